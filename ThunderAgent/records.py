@@ -1,0 +1,91 @@
+"""The step record: one line per LLM call, the one format every arm writes.
+
+Written by the proxy (--profile, `step_records.jsonl`), by the harness runner (client side), and by the
+discrete-event simulator. harness/records.py re-exports this and adds the run manifest and the
+engine-metrics series. Times are seconds: wall-clock Unix time for real runs, virtual seconds for
+simulated ones (the run manifest says which and gives the run's start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class StepRecord:
+    program_id: str
+    step: int  # 1-based index of this LLM call within its program
+    arrival: float  # request reached the client/proxy (before any pause wait)
+    start: float  # request was forwarded to the engine (after any pause wait)
+    end: float  # last byte of the response (or the failure)
+    status: str = "ok"  # "ok" | "error" | "cancelled"
+    first_token: float | None = None  # first streamed token (None for non-streaming calls)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None  # None when the engine does not report it
+    pause_s: float = 0.0  # time held by the scheduler (start - arrival for the proxy)
+    http_status: int | None = None
+    error: str | None = None
+    run_id: str | None = None
+    arm: str | None = None  # "vllm" | "thunderagent" | "continuum" | ...
+    instance_id: str | None = None
+    backend: str | None = None
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StepRecord":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class JsonlWriter:
+    """Append-only JSONL, one flushed line per record (safe to kill at any point: at most the last,
+    partial line is lost, and readers skip a partial last line)."""
+
+    def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO[str] = open(self.path, "a", encoding="utf-8")
+        self._fsync = fsync
+
+    def write_line(self, line: str) -> None:
+        self._f.write(line + "\n")
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def write(self, record: StepRecord) -> None:
+        self.write_line(record.to_json())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the objects of a JSONL file, skipping a truncated last line (an interrupted writer)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # partial last line
+            line = line.strip()
+            if line:
+                yield json.loads(line)
+
+
+def read_step_records(path: str | os.PathLike[str]) -> list[StepRecord]:
+    return [StepRecord.from_dict(d) for d in read_jsonl(path)]
