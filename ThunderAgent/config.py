@@ -2,49 +2,85 @@
 
 Upstream-compatible flags keep upstream's names and defaults (shared spec §9), except `host`, which
 defaults to 127.0.0.1 here (pass --host 0.0.0.0 to expose the proxy on all interfaces).
+
+Adding a field adds a flag: `foo_bar` becomes `--foo-bar`, typed from the annotation (str, int, float,
+bool -> store_true flag, `str | None`, `tuple[str, ...]` -> comma-separated list). Declare fields with
+`opt(default, "help text", choices=...)` so `--help` explains them; `metadata={"flag": False}` keeps a
+field off the command line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A Config field with the help text (and optional choices) its CLI flag shows."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Config:
     # --- upstream flags (same names, same defaults unless noted) -------------------------------------
-    host: str = "127.0.0.1"  # upstream: 0.0.0.0
-    port: int = 8300
-    log_level: str = "info"
-    backends: tuple[str, ...] = ("http://localhost:8000",)
-    router: str = "tr"  # "tr" (program-aware capacity scheduling) | "default" (pass-through)
-    backend_type: str = "vllm"  # "vllm" | "sglang" | "skyrl"
-    profile: bool = False
-    profile_dir: str = "/tmp/thunderagent_profiles"
-    metrics: bool = False
-    metrics_interval: float = 5.0
-    scheduler_interval: float = 5.0
-    acting_token_weight: float = 1.0
-    use_acting_token_decay: bool = False
+    host: str = opt(
+        "127.0.0.1",
+        "bind address. Default 127.0.0.1 (loopback only; upstream binds 0.0.0.0). To expose the proxy to "
+        "other hosts pass --host 0.0.0.0 and set --admin-token",
+    )
+    port: int = opt(8300, "bind port")
+    log_level: str = opt(
+        "info", "log level (uvicorn and the proxy)", choices=("critical", "error", "warning", "info", "debug", "trace")
+    )
+    backends: tuple[str, ...] = opt(
+        ("http://localhost:8000",), "comma-separated backend base URLs, e.g. http://localhost:8100,http://h2:8100"
+    )
+    router: str = opt(
+        "tr", "'tr' = program-aware capacity scheduling, 'default' = sticky pass-through", choices=("tr", "default")
+    )
+    backend_type: str = opt("vllm", "engine type of every backend", choices=("vllm", "sglang", "skyrl"))
+    profile: bool = opt(False, "per-step profiling: step_profiles.csv + step_records.jsonl in --profile-dir")
+    profile_dir: str = opt("/tmp/thunderagent_profiles", "directory for the profiling files (created if missing)")
+    metrics: bool = opt(False, "scrape each backend's /metrics periodically (engine metrics + health)")
+    metrics_interval: float = opt(5.0, "seconds between backend metrics scrapes")
+    scheduler_interval: float = opt(5.0, "seconds between scheduler ticks (router tr only)")
+    acting_token_weight: float = opt(
+        1.0, "weight of ACTING programs' tokens in capacity accounting (0.1 = aggressive, 0 = ignore)"
+    )
+    use_acting_token_decay: bool = opt(
+        False, "decay ACTING programs' tokens with the time spent acting (selects --acting-decay exp)"
+    )
 
     # --- proxy additions -------------------------------------------------------------------------------
-    proxy_connect_timeout: float = 10.0  # seconds to open a connection to a backend
-    proxy_read_timeout: float = 900.0  # seconds between bytes from a backend (not a total deadline)
-    idle_ttl: float = 1800.0  # seconds without a request after which a program expires (0 = never)
-    admin_token: str | None = None  # when set, /programs/release and admin routes need it
-    max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies get 413
-    max_programs: int = 100_000  # hard cap on tracked programs (oldest idle expire first beyond it)
+    proxy_connect_timeout: float = opt(10.0, "seconds to open a connection to a backend")
+    proxy_read_timeout: float = opt(
+        900.0, "seconds allowed between two reads from a backend (not a total deadline; 0 = no limit)"
+    )
+    idle_ttl: float = opt(1800.0, "seconds without a request after which a program expires (0 = never)")
+    admin_token: str | None = opt(
+        None, "when set, POST /programs/release needs 'Authorization: Bearer <token>' or 'X-Admin-Token'"
+    )
+    max_body_bytes: int = opt(32 * 1024 * 1024, "request bodies larger than this get HTTP 413")
+    max_programs: int = opt(100_000, "hard cap on tracked programs (the longest-idle expire first beyond it)")
 
     # --- tr scheduler (see ThunderAgent/policy/capacity.py for the meaning of each) ----------------------
-    buffer_per_program: int = 100  # decode headroom tokens charged per registered program (upstream: 100)
-    high_watermark: float = 1.0  # pause when projected usage > high_watermark * capacity
-    low_watermark: float = 0.9  # pause down to / resume up to low_watermark * capacity
-    acting_decay: str = "off"  # "off" | "exp" | "geometric"; --use-acting-token-decay selects "exp"
-    acting_decay_half_life: float = 1.0  # seconds (exp); upstream's fixed 2^-t has half-life 1 s
-    acting_decay_base: float = 2.0  # geometric decay base x: weight = x^-k after k ticks
-    resume_timeout: float = 1800.0  # forced resume after this long in the queue (capacity-aware)
-    aging_bound: float = 120.0  # a paused program with a pending request waits at most about this long
-    shared_prefix_credit: bool = False  # count a prefix shared by several programs on a backend once
-    extra: dict[str, str] = field(default_factory=dict)  # free-form, for experiments; not a flag
+    buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")
+    high_watermark: float = opt(1.0, "pause when projected usage > high_watermark * capacity")
+    low_watermark: float = opt(0.9, "pause down to / resume up to low_watermark * capacity")
+    acting_decay: str = opt(
+        "off",
+        "decay of ACTING tokens: off | exp (half-life --acting-decay-half-life) | geometric (--acting-decay-base per tick)",
+        choices=("off", "exp", "geometric"),
+    )
+    acting_decay_half_life: float = opt(1.0, "seconds (exp decay); upstream's fixed 2^-t has half-life 1 s")
+    acting_decay_base: float = opt(2.0, "geometric decay base x: weight = x^-k after k ticks")
+    resume_timeout: float = opt(1800.0, "forced resume after this long in the queue (capacity-aware)")
+    aging_bound: float = opt(120.0, "a paused program with a pending request waits at most about this long")
+    shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
+    extra: dict[str, str] = field(default_factory=dict, metadata={"flag": False})  # free-form, for experiments
 
     @property
     def scheduling_enabled(self) -> bool:
