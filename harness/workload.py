@@ -6,11 +6,25 @@ A program's call k (0-based) sends the prompt
 and generates turns[k].output_tokens; then the agent runs tools for turns[k].tool_time_s and appends
 turns[k].observation_tokens before call k+1. The last turn's tool time/observation are not used.
 All programs of a workload share the same system prompt (+ tool schemas) prefix of `system_tokens`.
+
+The rest of the module is the statistical model that produces such trajectories for OpenHands and
+mini-swe-agent on SWE-bench Lite (parameters as data in harness/workloads/<agent>.toml, each with its
+source), deterministic for a seed, plus trace replay (`load_traces`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ThunderAgent.records import StepRecord, read_jsonl
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +48,319 @@ class Trajectory:
         for t in self.turns[:k]:
             n += t.output_tokens + t.observation_tokens
         return n
+
+
+# --------------------------------------------------------------------------------------------------
+# The statistical model (parameters as data: harness/workloads/<agent>.toml)
+# --------------------------------------------------------------------------------------------------
+
+WORKLOADS_DIR = Path(__file__).parent / "workloads"
+
+
+class WorkloadError(ValueError):
+    """A workload file or trace is missing or malformed (the message names the file and the fix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogNormal:
+    """A lognormal given by its median and log-sigma, clipped to [min, max].
+
+    Medians are what published tables quote and what a reader can sanity-check; the clipped mean is
+    computed in closed form so tests can compare sampled means with the parameters exactly."""
+
+    median: float
+    sigma: float
+    min: float = 0.0
+    max: float = math.inf
+
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> Any:
+        x = rng.lognormal(math.log(self.median), self.sigma, size)
+        return np.clip(x, self.min, self.max)
+
+    def mean(self) -> float:
+        """E[clip(X, min, max)] for X ~ LogNormal(ln median, sigma)."""
+        mu, s = math.log(self.median), self.sigma
+        if s == 0:
+            return float(min(max(self.median, self.min), self.max))
+
+        def phi(z: float) -> float:
+            return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+        def z(x: float) -> float:
+            if x <= 0:
+                return -math.inf
+            return (math.log(x) - mu) / s if math.isfinite(x) else math.inf
+
+        za, zb = z(self.min), z(self.max)
+        below = phi(za) if math.isfinite(za) else 0.0
+        above = 1.0 - phi(zb) if math.isfinite(zb) else 0.0
+        inner = math.exp(mu + s * s / 2) * ((phi(zb - s) if math.isfinite(zb) else 1.0)
+                                            - (phi(za - s) if math.isfinite(za) else 0.0))
+        return inner + (self.min * below if below else 0.0) + (self.max * above if above else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolTime:
+    """Tool execution time: a two-component lognormal mixture (quick edits/reads vs commands such as
+    test runs), capped at the agent's command timeout. Mostly short, with a heavy tail."""
+
+    short: LogNormal
+    long: LogNormal
+    long_probability: float
+    max: float
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        is_long = rng.random(size) < self.long_probability
+        x = np.where(is_long, self.long.sample(rng, size), self.short.sample(rng, size))
+        return np.minimum(x, self.max)
+
+    def mean(self) -> float:
+        p = self.long_probability
+        s = LogNormal(self.short.median, self.short.sigma, 0.0, self.max)
+        lo = LogNormal(self.long.median, self.long.sigma, 0.0, self.max)
+        return (1 - p) * s.mean() + p * lo.mean()
+
+
+@dataclass(frozen=True, slots=True)
+class PrepTime:
+    """Environment preparation time before the first LLM call. Its mean grows with the number of
+    parallel workflows (sandboxes compete for the Docker host): piecewise-linear in `programs`,
+    clamped outside the measured points; lognormal spread `sigma` around that mean."""
+
+    programs: tuple[int, ...]
+    mean_s: tuple[float, ...]
+    sigma: float
+
+    def mean_at(self, programs: int | None) -> float:
+        if programs is None:
+            return float(self.mean_s[0])
+        return float(np.interp(programs, self.programs, self.mean_s))
+
+    def sample(self, rng: np.random.Generator, programs: int | None) -> float:
+        m = self.mean_at(programs)
+        if self.sigma == 0 or m == 0:
+            return m
+        # lognormal with the given MEAN: median = mean * exp(-sigma^2/2)
+        return float(rng.lognormal(math.log(m) - self.sigma**2 / 2, self.sigma))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadParams:
+    """Everything the model needs to sample one agent trajectory (see harness/workloads/*.toml)."""
+
+    name: str
+    description: str
+    system_tokens: int
+    first_user_template_tokens: int
+    issue_tokens: LogNormal
+    turns: LogNormal  # number of LLM calls; max = the agent's step cap
+    output_tokens: LogNormal
+    observation_tokens: LogNormal
+    tool_time: ToolTime
+    prep_time: PrepTime
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def step_cap(self) -> int:
+        return int(self.turns.max)
+
+    def scaled(self, **changes: Any) -> "WorkloadParams":
+        """A copy with some fields replaced (e.g. a shorter step cap for a smoke run)."""
+        return replace(self, **changes)
+
+
+def _lognormal(d: dict[str, Any], where: str) -> LogNormal:
+    try:
+        return LogNormal(float(d["median"]), float(d["sigma"]), float(d.get("min", 0.0)),
+                         float(d.get("max", math.inf)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorkloadError(f"{where}: needs median and sigma (and optional min/max): {e}") from None
+
+
+def parse_workload_params(data: dict[str, Any], origin: str = "<dict>") -> WorkloadParams:
+    """Build WorkloadParams from the parsed TOML structure (see harness/workloads/openhands.toml)."""
+    try:
+        fu = data["first_user"]
+        tt = data["tool_time"]
+        pt = data["prep_time"]
+        params = WorkloadParams(
+            name=str(data["name"]),
+            description=str(data.get("description", "")),
+            system_tokens=int(data["system"]["tokens"]),
+            first_user_template_tokens=int(fu.get("template_tokens", 0)),
+            issue_tokens=_lognormal(fu["issue"], f"{origin} [first_user].issue"),
+            turns=_lognormal(data["turns"], f"{origin} [turns]"),
+            output_tokens=_lognormal(data["output_tokens"], f"{origin} [output_tokens]"),
+            observation_tokens=_lognormal(data["observation_tokens"], f"{origin} [observation_tokens]"),
+            tool_time=ToolTime(_lognormal(tt["short"], f"{origin} [tool_time].short"),
+                               _lognormal(tt["long"], f"{origin} [tool_time].long"),
+                               float(tt["long_probability"]), float(tt["max"])),
+            prep_time=PrepTime(tuple(int(x) for x in pt["programs"]), tuple(float(x) for x in pt["mean_s"]),
+                               float(pt.get("sigma", 0.0))),
+            sources={k: str(v[key]) for k, v in data.items() if isinstance(v, dict)
+                     for key in v if key.startswith("source")},
+        )
+    except KeyError as e:
+        raise WorkloadError(f"{origin}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise WorkloadError(f"{origin}: bad value: {e}") from None
+    if params.turns.min < 1 or params.turns.max < params.turns.min:
+        raise WorkloadError(f"{origin}: [turns] needs 1 <= min <= max")
+    if not 0.0 <= params.tool_time.long_probability <= 1.0:
+        raise WorkloadError(f"{origin}: [tool_time].long_probability must be in [0, 1]")
+    if len(params.prep_time.programs) != len(params.prep_time.mean_s) or not params.prep_time.programs:
+        raise WorkloadError(f"{origin}: [prep_time] programs and mean_s need the same, non-zero length")
+    return params
+
+
+def available_workloads() -> list[str]:
+    return sorted(p.stem for p in WORKLOADS_DIR.glob("*.toml"))
+
+
+def load_workload_params(agent: str) -> WorkloadParams:
+    """The parameters for `agent` ("openhands", "miniswe", aliases "mini-swe-agent"/"mini") or a path
+    to a TOML file with the same structure."""
+    aliases = {"mini-swe-agent": "miniswe", "mini": "miniswe", "mini_swe_agent": "miniswe",
+               "openhands-sdk": "openhands", "codeact": "openhands"}
+    path = Path(agent)
+    if not (path.suffix == ".toml" and path.exists()):
+        path = WORKLOADS_DIR / f"{aliases.get(agent, agent)}.toml"
+    if not path.exists():
+        raise WorkloadError(f"unknown workload {agent!r}: choose one of {', '.join(available_workloads())} "
+                            f"or pass a path to a .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise WorkloadError(f"{path}: invalid TOML: {e}") from None
+    return parse_workload_params(data, str(path))
+
+
+def trajectory_rng(seed: int, instance_id: str, attempt: int = 0) -> np.random.Generator:
+    """The random stream for one (instance, attempt): independent of the order instances are drawn in,
+    so a resumed or reordered run samples the same trajectory for the same instance."""
+    digest = int.from_bytes(hashlib.sha1(f"{instance_id}:{attempt}".encode()).digest()[:8], "big")
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, digest]))
+
+
+def sample_trajectory(params: WorkloadParams, instance_id: str, rng: np.random.Generator, *,
+                      programs: int | None = None) -> Trajectory:
+    """Sample one trajectory. `programs` (parallel workflows) sets the environment-preparation mean
+    (ThunderAgent Fig. 2c grows with parallelism); None uses the lowest measured point."""
+    n = int(round(float(params.turns.sample(rng))))
+    n = max(int(params.turns.min), min(int(params.turns.max), n))
+    issue = int(round(float(params.issue_tokens.sample(rng))))
+    outs = np.rint(params.output_tokens.sample(rng, n)).astype(int)
+    obs = np.rint(params.observation_tokens.sample(rng, n)).astype(int)
+    tools = params.tool_time.sample(rng, n)
+    prep = params.prep_time.sample(rng, programs)
+    turns = tuple(Turn(int(o), int(b), float(t)) for o, b, t in zip(outs, obs, tools))
+    return Trajectory(instance_id=instance_id, system_tokens=params.system_tokens,
+                      first_user_tokens=params.first_user_template_tokens + issue,
+                      prep_time_s=prep, turns=turns)
+
+
+def sample_trajectories(params: WorkloadParams, instance_ids: Iterable[str], seed: int, *,
+                        programs: int | None = None, attempt: int = 0) -> list[Trajectory]:
+    """One trajectory per instance id, each from its own stream (`trajectory_rng(seed, id, attempt)`)."""
+    return [sample_trajectory(params, iid, trajectory_rng(seed, iid, attempt), programs=programs)
+            for iid in instance_ids]
+
+
+# --------------------------------------------------------------------------------------------------
+# Trace replay
+# --------------------------------------------------------------------------------------------------
+
+def load_traces(path: str | os.PathLike[str], *, system_tokens: int | None = None) -> list[Trajectory]:
+    """Load recorded trajectories to replay instead of sampling. Two JSONL formats (detected per file):
+
+    1. Trajectory lines (one object per trajectory):
+       {"instance_id": "astropy__astropy-12907", "system_tokens": 5000, "first_user_tokens": 1100,
+        "prep_time_s": 31.2, "turns": [{"output_tokens": 312, "observation_tokens": 95,
+        "tool_time_s": 0.42}, ...]}
+       (`system_tokens`/`prep_time_s` default to 0; observation/tool time of the last turn are unused.)
+    2. Our own step records (steps.jsonl of a run: one StepRecord per LLM call). Calls are grouped by
+       program_id and ordered by step; only status "ok" calls with token counts are used. Per call k:
+       output = completion_tokens, observation = prompt(k+1) - prompt(k) - completion(k) (>= 0),
+       tool time = arrival(k+1) - end(k) (>= 0). The first prompt is split into the shared prefix
+       (`system_tokens`, default: the median cached_tokens of first calls that hit the cache, else 0)
+       and the first user message. Preparation time is unknown from records: 0.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise WorkloadError(f"trace file {p} does not exist")
+    rows = list(read_jsonl(p))
+    if not rows:
+        raise WorkloadError(f"trace file {p} is empty")
+    if all("turns" in r for r in rows):
+        return [_trajectory_from_row(r, f"{p}:{i + 1}") for i, r in enumerate(rows)]
+    if all("program_id" in r and "step" in r for r in rows):
+        return _trajectories_from_steps([StepRecord.from_dict(r) for r in rows], system_tokens, str(p))
+    raise WorkloadError(f"{p}: lines are neither trajectories (with 'turns') nor step records "
+                        f"(with 'program_id' and 'step'); see harness.workload.load_traces")
+
+
+def _trajectory_from_row(r: dict[str, Any], where: str) -> Trajectory:
+    try:
+        turns = tuple(Turn(int(t["output_tokens"]), int(t.get("observation_tokens", 0)),
+                           float(t.get("tool_time_s", 0.0))) for t in r["turns"])
+        traj = Trajectory(instance_id=str(r.get("instance_id", where)),
+                          system_tokens=int(r.get("system_tokens", 0)),
+                          first_user_tokens=int(r["first_user_tokens"]),
+                          prep_time_s=float(r.get("prep_time_s", 0.0)), turns=turns)
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorkloadError(f"{where}: bad trajectory line ({type(e).__name__}: {e})") from None
+    if not turns:
+        raise WorkloadError(f"{where}: trajectory has no turns")
+    if min(traj.system_tokens, traj.first_user_tokens) < 0 or any(
+            t.output_tokens < 1 or t.observation_tokens < 0 or t.tool_time_s < 0 for t in turns):
+        raise WorkloadError(f"{where}: negative token counts/times or an output of < 1 token")
+    return traj
+
+
+def _trajectories_from_steps(records: list[StepRecord], system_tokens: int | None,
+                             where: str) -> list[Trajectory]:
+    by_program: dict[str, list[StepRecord]] = {}
+    for r in records:
+        if r.status == "ok" and r.prompt_tokens is not None and r.completion_tokens:
+            by_program.setdefault(r.program_id, []).append(r)
+    if not by_program:
+        raise WorkloadError(f"{where}: no ok step records with token counts")
+    for rs in by_program.values():
+        rs.sort(key=lambda x: x.step)
+    if system_tokens is None:
+        hits = sorted(rs[0].cached_tokens for rs in by_program.values()
+                      if rs[0].step == 1 and rs[0].cached_tokens)
+        system_tokens = int(hits[len(hits) // 2]) if hits else 0
+    out = []
+    for pid, rs in by_program.items():
+        turns = []
+        for k, r in enumerate(rs):
+            nxt = rs[k + 1] if k + 1 < len(rs) else None
+            obs = max(0, nxt.prompt_tokens - r.prompt_tokens - r.completion_tokens) if nxt else 0
+            tool = max(0.0, nxt.arrival - r.end) if nxt else 0.0
+            turns.append(Turn(int(r.completion_tokens), int(obs), float(tool)))
+        first = int(rs[0].prompt_tokens)
+        sys_t = min(system_tokens, first)
+        out.append(Trajectory(instance_id=rs[0].instance_id or pid, system_tokens=sys_t,
+                              first_user_tokens=first - sys_t, prep_time_s=0.0, turns=tuple(turns)))
+    return out
+
+
+def describe(trajectories: Iterable[Trajectory]) -> dict[str, float]:
+    """Summary statistics of a set of trajectories (what the TOML sources are compared against)."""
+    ts = list(trajectories)
+    if not ts:
+        return {}
+    turns = np.array([len(t.turns) for t in ts])
+    deepest = np.array([t.prompt_tokens(len(t.turns) - 1) for t in ts])
+    outs = np.concatenate([[x.output_tokens for x in t.turns] for t in ts])
+    obs = np.concatenate([[x.observation_tokens for x in t.turns] for t in ts])
+    tools = np.concatenate([[x.tool_time_s for x in t.turns] for t in ts])
+    return {
+        "trajectories": float(len(ts)), "turns_mean": float(turns.mean()), "turns_p50": float(np.median(turns)),
+        "deepest_prompt_p50": float(np.median(deepest)), "deepest_prompt_p95": float(np.percentile(deepest, 95)),
+        "output_tokens_mean": float(outs.mean()), "observation_tokens_mean": float(obs.mean()),
+        "tool_time_mean_s": float(tools.mean()), "tool_time_p50_s": float(np.median(tools)),
+        "tool_time_p99_s": float(np.percentile(tools, 99)),
+        "prep_time_mean_s": float(np.mean([t.prep_time_s for t in ts])),
+    }
