@@ -66,6 +66,19 @@ class Config:
     max_body_bytes: int = opt(32 * 1024 * 1024, "request bodies larger than this get HTTP 413")
     max_programs: int = opt(100_000, "hard cap on tracked programs (the longest-idle expire first beyond it)")
 
+    # --- tool-resource reclaim (see ThunderAgent/reclaim.py) -------------------------------------------
+    reclaim: str = opt(
+        "none",
+        "what to do with a program's docker_ids/tool_ids on release or idle expiry: 'none' = drop them, "
+        "'docker' = stop and remove the containers (Docker SDK, in the background)",
+        choices=("none", "docker"),
+    )
+    reclaim_images: bool = opt(False, "with --reclaim docker: also remove images no container uses any more")
+    reclaim_stop_timeout: int = opt(2, "seconds `docker stop` waits before killing a reclaimed container")
+    reclaim_docker_host: str | None = opt(
+        None, "Docker daemon URL for --reclaim docker (default: $DOCKER_HOST, else the local socket)"
+    )
+
     # --- tr scheduler (see ThunderAgent/policy/capacity.py for the meaning of each) ----------------------
     buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")
     high_watermark: float = opt(1.0, "pause when projected usage > high_watermark * capacity")
