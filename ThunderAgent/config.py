@@ -93,6 +93,25 @@ class Config:
     resume_timeout: float = opt(1800.0, "forced resume after this long in the queue (capacity-aware)")
     aging_bound: float = opt(120.0, "a paused program with a pending request waits at most about this long")
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
+    shared_prefix_tokens: int = opt(
+        0, "size in tokens of the prefix all programs share (system prompt + tools), for --shared-prefix-credit"
+    )
+    tr_mode: str = opt(
+        "fixed",
+        "how tr sets its limits: fixed = the watermarks times the KV capacity (upstream's rule, made explicit)",
+        choices=("fixed",),
+    )
+    tr_placement: str = opt(
+        "best_fit",
+        "where a resumed program goes when its origin backend has no room: best_fit (tightest backend that "
+        "fits; keeps big holes for big programs) | worst_fit (roomiest; upstream, balances load)",
+        choices=("best_fit", "worst_fit"),
+    )
+    unknown_capacity_programs: int = opt(
+        16,
+        "while a backend's KV capacity is unknown, admit at most this many programs to it (0 = none) and "
+        "never pause there; the proxy warns until the capacity is known",
+    )
     extra: dict[str, str] = field(default_factory=dict, metadata={"flag": False})  # free-form, for experiments
 
     @property

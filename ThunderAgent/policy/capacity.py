@@ -1,0 +1,817 @@
+"""Router "tr": program-aware capacity scheduling (upstream's default router, with its flaws fixed).
+
+The policy keeps each backend's KV-cache footprint of the programs placed on it under a limit, by holding
+whole programs (never single requests) in one global queue. It is pure: no I/O, no asyncio, no clock —
+every time-dependent method takes `now` — so the proxy and the discrete-event simulator drive the same
+object (see base.py for the driving contract).
+
+Accounting (per backend, kept incrementally — every transition is detach → mutate → attach):
+
+    used = Σ_REASONING c + w · Σ_ACTING c · f(age) + buffer · count  (+ P once, with shared-prefix credit)
+
+  c is a program's context in tokens (exact `usage.total_tokens` after each response, the caller's
+  estimate on arrival, + streamed progress), w = --acting-token-weight, f = the acting decay (1 when off;
+  2^(-t/half-life) for "exp"; base^(-ticks) for "geometric"), buffer = --buffer-per-program. With
+  --shared-prefix-credit a prefix of P tokens shared by every program (`set_shared_prefix`) is charged once
+  per backend instead of once per program. Decayed sums use a moving reference point, so a decayed sum is
+  one multiplication to read, not a scan.
+
+Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
+
+  * Pause pass (every tick, and on the arrival that pushed a backend over): when used > high, pause ACTING
+    programs smallest context first (cheapest to re-prefill), then MARK REASONING programs smallest first
+    (paused when their last in-flight request ends) — stopping as soon as the projected usage
+    (used − marked) is ≤ low. Marks count, so there is no pause wave.
+  * Resume pass (every tick, and whenever capacity frees: request end, release, capacity/health change),
+    admitting only while a backend stays ≤ low:
+      1. forced: a program whose request has waited ≥ --resume-timeout is placed anyway, and the backend's
+         pause pass then restores the watermark (capacity-aware: no lasting overload);
+      2. aged: programs whose request has waited ≥ --aging-bound, oldest first; one that does not fit
+         swaps out idle (ACTING) programs on the roomiest backend, else marks REASONING ones, and holds
+         everything below it until it is placed (a reservation: small programs cannot starve it);
+      3. pending: the other programs with a waiting request, smallest first;
+      4. then marks are cancelled where the room allows (cheaper than pausing and resuming later);
+      5. idle: paused programs with no request, smallest first (their next request will not wait).
+    Placement: the program's origin backend when it fits (its KV may still be cached), else best fit
+    (the backend whose room is smallest but sufficient; --tr-placement worst_fit balances instead).
+  * New programs and returning paused programs are admitted at arrival only if no other program with a
+    waiting request is queued (nobody overtakes a waiting program) and they fit.
+  * A backend whose capacity is unknown takes at most --unknown-capacity-programs programs and is never
+    paused; `stats().unknown_capacity` names such backends (warn loudly) until set_capacity fixes it.
+  * Release frees capacity at once; a request held for a released program gets Reject(410).
+
+Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sortedcontainers import SortedList
+
+from ThunderAgent.config import Config
+from ThunderAgent.policy.base import (
+    Action,
+    Admission,
+    BackendView,
+    Pause,
+    Phase,
+    PolicyStats,
+    Proceed,
+    ProgramView,
+    Reject,
+    Resume,
+    State,
+    Wait,
+)
+from ThunderAgent.policy.limits import Limits, make_limits
+
+DECAYS = ("off", "exp", "geometric")
+PLACEMENTS = ("best_fit", "worst_fit")
+_REBASE_EXPONENT = 64.0  # rebase the decay reference before base^exponent can overflow a float
+
+Key = tuple[int, int, str]  # (tokens, seq, program_id): seq breaks ties in arrival order
+
+
+class _Program:
+    __slots__ = (
+        "pid",
+        "seq",
+        "state",
+        "backend",
+        "origin",
+        "tokens",
+        "requests",
+        "marked",
+        "wait_since",
+        "paused_since",
+        "acting_u",
+        "key",
+    )
+
+    def __init__(self, pid: str, seq: int) -> None:
+        self.pid = pid
+        self.seq = seq
+        self.state = State.PAUSED
+        self.backend: str | None = None
+        self.origin: str | None = None
+        self.tokens = 0
+        self.requests = 0  # held + in flight; REASONING iff > 0
+        self.marked = False
+        self.wait_since: float | None = None  # when its oldest held request started waiting
+        self.paused_since: float | None = None
+        self.acting_u = 0.0  # decay clock value when it last became ACTING
+        self.key: Key = (0, seq, pid)  # the key it is filed under while attached
+
+
+class _Backend:
+    __slots__ = (
+        "url",
+        "order",
+        "capacity",
+        "healthy",
+        "count",
+        "reasoning_count",
+        "acting_count",
+        "marked_count",
+        "reasoning_tokens",
+        "acting_tokens",
+        "marked_tokens",
+        "reasoning_c",
+        "acting_c",
+        "marked_c",
+        "acting_s",
+        "paused_count",
+        "acting",
+        "reasoning",
+        "marked",
+    )
+
+    def __init__(self, url: str, order: int) -> None:
+        self.url = url
+        self.order = order
+        self.capacity: int | None = None
+        self.healthy = True
+        self.count = 0
+        self.reasoning_count = 0  # marked included
+        self.acting_count = 0
+        self.marked_count = 0
+        self.reasoning_tokens = 0  # raw contexts (views)
+        self.acting_tokens = 0
+        self.marked_tokens = 0
+        self.reasoning_c = 0  # charged contexts (shared prefix removed when credited)
+        self.acting_c = 0
+        self.marked_c = 0
+        self.acting_s = 0.0  # Σ c · base^((u0 − ref)/unit) over ACTING programs (decay on)
+        self.paused_count = 0  # queued programs whose origin is this backend
+        self.acting: SortedList = SortedList()  # keys of ACTING programs
+        self.reasoning: SortedList = SortedList()  # keys of unmarked REASONING programs
+        self.marked: SortedList = SortedList()  # keys of marked REASONING programs
+
+
+class CapacityPolicy:
+    """The "tr" router. Implements `ThunderAgent.policy.base.Policy`; see the module docstring."""
+
+    name = "tr"
+
+    def __init__(self, config: Config, *, limits: Limits | None = None) -> None:
+        self.config = config
+        self.limits: Limits = limits if limits is not None else make_limits(config)
+        decay = config.acting_decay
+        if decay == "off" and config.use_acting_token_decay:
+            decay = "exp"
+        if decay not in DECAYS:
+            raise ValueError(f"unknown --acting-decay {decay!r}: choose one of {', '.join(DECAYS)}")
+        if decay == "exp" and not config.acting_decay_half_life > 0:
+            raise ValueError("--acting-decay-half-life must be > 0 seconds")
+        if decay == "geometric" and not config.acting_decay_base > 1:
+            raise ValueError("--acting-decay-base must be > 1")
+        placement = getattr(config, "tr_placement", "best_fit")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown --tr-placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        if config.acting_token_weight < 0:
+            raise ValueError("--acting-token-weight must be >= 0")
+        if config.buffer_per_program < 0:
+            raise ValueError("--buffer-per-program must be >= 0")
+        if config.aging_bound < 0 or config.resume_timeout <= 0:
+            raise ValueError("--aging-bound must be >= 0 and --resume-timeout > 0")
+        self.decay = decay
+        self.best_fit = placement == "best_fit"
+        self._w = float(config.acting_token_weight)
+        self._buffer = int(config.buffer_per_program)
+        self._aging = float(config.aging_bound)
+        self._timeout = float(config.resume_timeout)
+        self._unknown_slots = int(getattr(config, "unknown_capacity_programs", 16))
+        self._credit = bool(config.shared_prefix_credit)
+        self._prefix = int(getattr(config, "shared_prefix_tokens", 0)) if self._credit else 0
+        # decay clock: u = now (exp, unit = half-life) or u = ticks (geometric, unit = 1)
+        if decay == "exp":
+            self._base, self._unit = 2.0, float(config.acting_decay_half_life)
+        else:
+            self._base, self._unit = float(config.acting_decay_base), 1.0
+        self._ticks = 0
+        self._ref = 0.0  # decay reference point (same clock as u)
+        self._ref_set = False
+        self._now = 0.0
+
+        self._backends: dict[str, _Backend] = {}
+        self._programs: dict[str, _Program] = {}
+        self._seq = 0
+        self._pending: SortedList = SortedList()  # keys of queued programs with a held request
+        self._pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of the same programs
+        self._idle: SortedList = SortedList()  # keys of queued programs without a request
+        self._buffered: list[Action] = []  # actions produced where the interface cannot return them
+        self._pauses = self._resumes = self._forced = self._marks = self._rejects = 0
+        self._swaps = self._unmarks = 0
+        for url in config.backends:
+            self.add_backend(url)
+
+    # ================================================================================ backends
+    def add_backend(self, url: str) -> None:
+        if url not in self._backends:
+            self._backends[url] = _Backend(url, len(self._backends))
+
+    def set_capacity(self, url: str, tokens: int | None, now: float) -> list[Action]:
+        """Capacity of `url` in KV tokens (block_size × num_gpu_blocks), or None while unknown."""
+        self.add_backend(url)
+        b = self._backends[url]
+        b.capacity = None if tokens is None or tokens <= 0 else int(tokens)
+        actions = self._flush()
+        self._advance(now)
+        self._pause_pass(b, actions)
+        self._resume_pass(now, actions)
+        return actions
+
+    def set_healthy(self, url: str, healthy: bool, now: float) -> list[Action]:
+        """Unhealthy backends get no new or resumed programs; programs already there stay (and are still
+        paused when over capacity)."""
+        self.add_backend(url)
+        self._backends[url].healthy = bool(healthy)
+        actions = self._flush()
+        self._advance(now)
+        if healthy:
+            self._resume_pass(now, actions)
+        return actions
+
+    def set_shared_prefix(self, tokens: int) -> None:
+        """Size in tokens of the prefix every program shares (e.g. the system prompt + tool schemas); only
+        used with --shared-prefix-credit. Rebuilds every sum (O(programs)): call it rarely."""
+        if not self._credit:
+            return
+        progs = [p for p in self._programs.values()]
+        for p in progs:
+            self._detach(p)
+        self._prefix = max(0, int(tokens))
+        for p in progs:
+            self._attach(p)
+
+    # ================================================================================ requests
+    def on_arrival(self, program_id: str, tokens: int, now: float) -> Admission:
+        self._advance(now)
+        tokens = max(0, int(tokens))
+        p = self._programs.get(program_id)
+        if p is None:
+            self._seq += 1
+            p = _Program(program_id, self._seq)
+            self._programs[program_id] = p
+            p.paused_since = now
+        else:
+            self._detach(p)
+        p.tokens = max(p.tokens, tokens) if p.requests > 0 else tokens
+        p.requests += 1
+        if p.state is State.ACTIVE:
+            self._attach(p)
+            b = self._backends[p.backend]  # type: ignore[index]
+            if b.capacity is not None and self._used(b) > self.limits.high(b.url, b.capacity):
+                self._pause_pass(b, self._buffered)  # arrival check (Pause actions are informational)
+            return Proceed(p.backend)  # type: ignore[arg-type]
+        # PAUSED (queued, or brand new): admit now only if nobody with a waiting request is queued
+        if p.wait_since is None:
+            p.wait_since = now
+        if not self._pending:
+            target = self._place(p, charge=self._charge(p, reasoning=True))
+            if target is not None:
+                self._activate(p, target)
+                self._attach(p)
+                return Proceed(target.url)
+        self._attach(p)
+        return Wait()
+
+    def on_progress(self, program_id: str, tokens: int) -> None:
+        p = self._programs.get(program_id)
+        if p is None or tokens <= 0:
+            return
+        self._detach(p)
+        p.tokens += int(tokens)
+        self._attach(p)
+
+    def on_request_end(self, program_id: str, now: float, total_tokens: int | None) -> list[Action]:
+        """One request of the program ended (any outcome). May also be called for a HELD request that the
+        client abandoned before it was released (the program then stops counting it as waiting)."""
+        actions = self._flush()
+        self._advance(now)
+        p = self._programs.get(program_id)
+        if p is None or p.requests == 0:
+            return actions
+        self._detach(p)
+        p.requests -= 1
+        if total_tokens is not None and total_tokens >= 0:
+            p.tokens = int(total_tokens) if p.requests == 0 else max(p.tokens, int(total_tokens))
+        if p.requests == 0:
+            p.acting_u = self._u(now)
+            p.wait_since = None
+            if p.state is State.ACTIVE and p.marked:
+                p.marked = False
+                b = p.backend
+                self._deactivate(p, now)
+                actions.append(Pause(p.pid, b))  # type: ignore[arg-type]
+                self._pauses += 1
+        self._attach(p)
+        self._resume_pass(now, actions)
+        return actions
+
+    # ================================================================================ lifecycle
+    def release(self, program_id: str, now: float) -> tuple[bool, list[Action]]:
+        actions = self._flush()
+        self._advance(now)
+        p = self._programs.pop(program_id, None)
+        if p is None:
+            return False, actions
+        self._detach(p)
+        if p.state is State.PAUSED and p.requests > 0:
+            actions.append(
+                Reject(
+                    p.pid,
+                    410,
+                    f"program {p.pid!r} was released while its request was waiting in the scheduler queue",
+                )
+            )
+            self._rejects += 1
+        p.state = State.TERMINATED
+        self._resume_pass(now, actions)
+        return True, actions
+
+    def tick(self, now: float) -> list[Action]:
+        actions = self._flush()
+        if self.decay == "geometric":
+            self._ticks += 1
+        self._advance(now)
+        self._rebase(self._u(now))
+        for b in self._backends.values():
+            self._pause_pass(b, actions)
+        self._resume_pass(now, actions)
+        return actions
+
+    # ================================================================================ views
+    def program(self, program_id: str) -> ProgramView | None:
+        p = self._programs.get(program_id)
+        return None if p is None else self._view(p)
+
+    def programs(self) -> list[ProgramView]:
+        return [self._view(p) for p in self._programs.values()]
+
+    def backends(self) -> list[BackendView]:
+        out = []
+        for b in self._backends.values():
+            out.append(
+                BackendView(
+                    url=b.url,
+                    capacity=b.capacity,
+                    healthy=b.healthy,
+                    used=int(round(self._used(b))),
+                    reasoning_tokens=b.reasoning_tokens,
+                    acting_tokens=b.acting_tokens,
+                    program_count=b.count,
+                    reasoning_count=b.reasoning_count,
+                    acting_count=b.acting_count,
+                    marked_count=b.marked_count,
+                    marked_tokens=b.marked_tokens,
+                    paused_count=b.paused_count,
+                )
+            )
+        return out
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(
+            pauses=self._pauses,
+            resumes=self._resumes,
+            forced_resumes=self._forced,
+            marks=self._marks,
+            rejects=self._rejects,
+            queue_length=len(self._pending) + len(self._idle),
+        )
+
+    def unknown_capacity(self) -> list[str]:
+        """Backends whose KV capacity is still unknown: the proxy should warn loudly while non-empty (they
+        take at most --unknown-capacity-programs programs each and are never paused)."""
+        return [b.url for b in self._backends.values() if b.capacity is None]
+
+    def used(self, url: str) -> float:
+        """Charged usage of a backend at the last `now` seen (exact float; BackendView rounds it)."""
+        return self._used(self._backends[url])
+
+    def _view(self, p: _Program) -> ProgramView:
+        return ProgramView(
+            program_id=p.pid,
+            phase=Phase.REASONING if p.requests > 0 else Phase.ACTING,
+            state=p.state,
+            backend=p.backend,
+            origin_backend=p.origin,
+            tokens=p.tokens,
+            inflight=p.requests,
+            marked_for_pause=p.marked,
+            paused_since=p.paused_since if p.state is State.PAUSED else None,
+        )
+
+    # ================================================================================ accounting
+    def _c(self, tokens: int) -> int:
+        """Charged context: the shared prefix is removed (it is charged once per backend instead)."""
+        return tokens - min(tokens, self._prefix) if self._prefix else tokens
+
+    def _u(self, now: float) -> float:
+        return float(self._ticks) if self.decay == "geometric" else now
+
+    def _advance(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
+
+    def _factor(self, u0: float) -> float:
+        return self._base ** ((u0 - self._ref) / self._unit)
+
+    def _rebase(self, u: float) -> None:
+        """Move the decay reference to `u`: every backend's decayed sum is scaled by one factor."""
+        if self.decay == "off":
+            return
+        if not self._ref_set:
+            self._ref, self._ref_set = u, True
+            return
+        if u <= self._ref:
+            return
+        scale = self._base ** ((self._ref - u) / self._unit)
+        for b in self._backends.values():
+            b.acting_s = b.acting_s * scale if b.acting_count else 0.0
+        self._ref = u
+
+    def _acting_charge(self, b: _Backend) -> float:
+        if self.decay == "off":
+            return self._w * b.acting_c
+        if not b.acting_count:
+            return 0.0
+        u = self._u(self._now)
+        return self._w * max(0.0, b.acting_s) * self._base ** ((self._ref - u) / self._unit)
+
+    def _used(self, b: _Backend) -> float:
+        shared = self._prefix if (self._prefix and b.count) else 0
+        return b.reasoning_c + self._acting_charge(b) + self._buffer * b.count + shared
+
+    def _projected(self, b: _Backend) -> float:
+        """Usage once every marked program has been paused."""
+        return self._used(b) - b.marked_c - self._buffer * b.marked_count
+
+    def _charge(self, p: _Program, *, reasoning: bool) -> float:
+        """What placing `p` adds to a backend's usage (shared prefix handled in `_fits`)."""
+        c = self._c(p.tokens)
+        if reasoning:
+            return c + self._buffer
+        if self.decay == "off":
+            return self._w * c + self._buffer
+        u = self._u(self._now)
+        return self._w * c * self._base ** ((p.acting_u - u) / self._unit) + self._buffer
+
+    def _attach(self, p: _Program) -> None:
+        """File `p` under its current state in the sums and ordered sets (the inverse of `_detach`)."""
+        key = (p.tokens, p.seq, p.pid)
+        p.key = key
+        if p.state is State.ACTIVE:
+            b = self._backends[p.backend]  # type: ignore[index]
+            c = self._c(p.tokens)
+            b.count += 1
+            if p.requests > 0:
+                b.reasoning_count += 1
+                b.reasoning_tokens += p.tokens
+                b.reasoning_c += c
+                if p.marked:
+                    b.marked_count += 1
+                    b.marked_tokens += p.tokens
+                    b.marked_c += c
+                    b.marked.add(key)
+                else:
+                    b.reasoning.add(key)
+            else:
+                b.acting_count += 1
+                b.acting_tokens += p.tokens
+                b.acting_c += c
+                if self.decay != "off":
+                    if not self._ref_set:
+                        self._ref, self._ref_set = p.acting_u, True
+                    if (p.acting_u - self._ref) / self._unit > _REBASE_EXPONENT:
+                        self._rebase(p.acting_u)
+                    b.acting_s += c * self._factor(p.acting_u)
+                b.acting.add(key)
+        elif p.state is State.PAUSED:
+            if p.origin is not None and p.origin in self._backends:
+                self._backends[p.origin].paused_count += 1
+            if p.requests > 0:
+                self._pending.add(key)
+                self._pending_age.add((p.wait_since, p.seq, p.pid))
+            else:
+                self._idle.add(key)
+
+    def _detach(self, p: _Program) -> None:
+        key = p.key
+        if p.state is State.ACTIVE:
+            b = self._backends[p.backend]  # type: ignore[index]
+            c = self._c(key[0])
+            b.count -= 1
+            if p.requests > 0:
+                b.reasoning_count -= 1
+                b.reasoning_tokens -= key[0]
+                b.reasoning_c -= c
+                if p.marked:
+                    b.marked_count -= 1
+                    b.marked_tokens -= key[0]
+                    b.marked_c -= c
+                    b.marked.remove(key)
+                else:
+                    b.reasoning.remove(key)
+            else:
+                b.acting_count -= 1
+                b.acting_tokens -= key[0]
+                b.acting_c -= c
+                if self.decay != "off":
+                    b.acting_s = b.acting_s - c * self._factor(p.acting_u) if b.acting_count else 0.0
+                b.acting.remove(key)
+        elif p.state is State.PAUSED:
+            if p.origin is not None and p.origin in self._backends:
+                self._backends[p.origin].paused_count -= 1
+            if p.requests > 0:
+                self._pending.remove(key)
+                self._pending_age.remove((p.wait_since, p.seq, p.pid))
+            else:
+                self._idle.remove(key)
+
+    # ================================================================================ transitions
+    # (callers detach before and attach after)
+    def _activate(self, p: _Program, b: _Backend) -> None:
+        p.state = State.ACTIVE
+        p.backend = b.url
+        p.origin = None
+        p.paused_since = None
+        p.wait_since = None
+        p.marked = False
+        self._resumes += 1
+
+    def _deactivate(self, p: _Program, now: float) -> None:
+        p.origin = p.backend
+        p.backend = None
+        p.state = State.PAUSED
+        p.paused_since = now
+        p.marked = False
+        if p.requests > 0 and p.wait_since is None:
+            p.wait_since = now
+
+    def _pause_acting(self, b: _Backend, actions: list[Action]) -> None:
+        """Pause the smallest ACTING program on `b` (cheapest to re-prefill)."""
+        p = self._programs[b.acting[0][2]]
+        self._detach(p)
+        self._deactivate(p, self._now)
+        self._attach(p)
+        actions.append(Pause(p.pid, b.url))
+        self._pauses += 1
+
+    def _mark_smallest(self, b: _Backend) -> None:
+        p = self._programs[b.reasoning[0][2]]
+        self._detach(p)
+        p.marked = True
+        self._attach(p)
+        self._marks += 1
+
+    def _pause_pass(self, b: _Backend, actions: list[Action]) -> None:
+        """If `b` is over its high limit: pause ACTING programs, then mark REASONING ones, smallest first,
+        until the projected usage (marks counted) is at or below the low limit."""
+        if b.capacity is None or self._used(b) <= self.limits.high(b.url, b.capacity):
+            return
+        target = self.limits.low(b.url, b.capacity)
+        while b.acting and self._projected(b) > target:
+            self._pause_acting(b, actions)
+        while b.reasoning and self._projected(b) > target:
+            self._mark_smallest(b)
+
+    # ================================================================================ placement
+    def _room(self, b: _Backend) -> float:
+        return self.limits.low(b.url, b.capacity) - self._used(b)  # type: ignore[arg-type]
+
+    def _fits(self, b: _Backend, charge: float) -> bool:
+        if not b.healthy:
+            return False
+        if b.capacity is None:
+            return b.count < self._unknown_slots
+        extra = self._prefix if (self._prefix and not b.count) else 0
+        return charge + extra <= self._room(b)
+
+    def _place(self, p: _Program, charge: float) -> _Backend | None:
+        """Origin backend when it fits, else best fit (smallest sufficient room) among healthy backends with
+        known capacity, else an unknown-capacity backend with a free slot (fewest programs)."""
+        if p.origin is not None:
+            o = self._backends.get(p.origin)
+            if o is not None and self._fits(o, charge):
+                return o
+        best: _Backend | None = None
+        best_room = 0.0
+        fallback: _Backend | None = None
+        for b in self._backends.values():
+            if not self._fits(b, charge):
+                continue
+            if b.capacity is None:
+                if fallback is None or b.count < fallback.count:
+                    fallback = b
+                continue
+            room = self._room(b)
+            if best is None or (room < best_room if self.best_fit else room > best_room):
+                best, best_room = b, room
+        return best if best is not None else fallback
+
+    def _oversize(self, p: _Program) -> bool:
+        """True when `p` fits no healthy backend even empty (only a forced resume can place it)."""
+        charge = self._c(p.tokens) + self._buffer + self._prefix
+        for b in self._backends.values():
+            if not b.healthy:
+                continue
+            if b.capacity is None or charge <= self.limits.low(b.url, b.capacity):
+                return False
+        return True
+
+    def _resume(self, p: _Program, b: _Backend, actions: list[Action]) -> None:
+        self._detach(p)
+        self._activate(p, b)
+        self._attach(p)
+        actions.append(Resume(p.pid, b.url))
+
+    # ================================================================================ resume pass
+    def _resume_pass(self, now: float, actions: list[Action]) -> None:
+        if not self._backends:
+            return
+        # 1. forced resume after --resume-timeout (oldest first), then restore the watermark
+        while self._pending_age and now - self._pending_age[0][0] >= self._timeout:
+            p = self._programs[self._pending_age[0][2]]
+            b = self._forced_target(p)
+            if b is None:
+                break
+            self._resume(p, b, actions)
+            self._forced += 1
+            self._pause_pass(b, actions)
+        # 2. aged programs, oldest first; a non-oversize one that cannot be placed reserves the room
+        i = 0
+        while i < len(self._pending_age):
+            wait_since, _, pid = self._pending_age[i]
+            if now - wait_since < self._aging:
+                break
+            p = self._programs[pid]
+            b = self._place(p, self._charge(p, reasoning=True))
+            if b is None:
+                b = self._make_room(p, actions)
+            if b is not None:
+                self._resume(p, b, actions)
+                continue
+            if self._oversize(p):
+                i += 1  # cannot fit anywhere: waits for the forced resume, blocks nobody
+                continue
+            return  # reservation: nothing below an aged program is resumed before it
+        # 3. programs with a waiting request, smallest first
+        while self._pending:
+            p = self._programs[self._pending[0][2]]
+            b = self._place(p, self._charge(p, reasoning=True))
+            if b is None:
+                break  # a larger one fits nowhere either
+            self._resume(p, b, actions)
+        if self._pending:
+            return
+        # 4. cancel marks where the room allows (the marked programs are running and their KV is hot)
+        for b in self._backends.values():
+            if b.marked and b.capacity is not None:
+                self._unmark_fitting(b)
+        # 5. idle paused programs, smallest first
+        while self._idle:
+            p = self._programs[self._idle[0][2]]
+            b = self._place(p, self._charge(p, reasoning=False))
+            if b is None:
+                break
+            self._resume(p, b, actions)
+
+    def _unmark_fitting(self, b: _Backend) -> None:
+        target = self.limits.low(b.url, b.capacity)  # type: ignore[arg-type]
+        while b.marked:
+            key = b.marked[-1]  # largest first: the most expensive to re-prefill later
+            if self._projected(b) + self._c(key[0]) + self._buffer > target:
+                key = b.marked[0]
+                if self._projected(b) + self._c(key[0]) + self._buffer > target:
+                    return
+            p = self._programs[key[2]]
+            self._detach(p)
+            p.marked = False
+            self._attach(p)
+            self._unmarks += 1
+
+    def _forced_target(self, p: _Program) -> _Backend | None:
+        """Origin if healthy, else the healthy backend with most room (unknown capacity = fewest programs),
+        else any backend."""
+        if p.origin is not None:
+            o = self._backends.get(p.origin)
+            if o is not None and o.healthy:
+                return o
+        best: _Backend | None = None
+        best_room = -math.inf
+        for b in self._backends.values():
+            if not b.healthy:
+                continue
+            room = self._room(b) if b.capacity is not None else math.inf
+            if best is None or room > best_room:
+                best, best_room = b, room
+        if best is None:
+            best = next(iter(self._backends.values()), None)
+        return best
+
+    def _make_room(self, p: _Program, actions: list[Action]) -> _Backend | None:
+        """For an aged program that fits nowhere: on the healthy backend with the most projected room (where
+        it would fit at all), pause idle (ACTING) programs smallest first until it fits; if that is not
+        enough, mark REASONING programs so it fits once they end. Returns the backend if it fits now."""
+        charge = self._charge(p, reasoning=True)
+        best: _Backend | None = None
+        best_room = -math.inf
+        for b in self._backends.values():
+            if not b.healthy or b.capacity is None:
+                continue
+            extra = self._prefix if self._prefix else 0
+            if charge + extra > self.limits.low(b.url, b.capacity):
+                continue
+            room = self.limits.low(b.url, b.capacity) - self._projected(b)
+            if p.origin == b.url:
+                room += 0.5  # prefer the origin on ties
+            if room > best_room:
+                best, best_room = b, room
+        if best is None:
+            return None
+        b = best
+        while b.acting and not self._fits(b, charge):
+            self._pause_acting(b, actions)
+            self._swaps += 1
+        if self._fits(b, charge):
+            return b
+        target = self.limits.low(b.url, b.capacity) - charge  # type: ignore[arg-type]
+        while b.reasoning and self._projected(b) > target:
+            self._mark_smallest(b)
+        return None
+
+    def _flush(self) -> list[Action]:
+        out, self._buffered = self._buffered, []
+        return out
+
+    # ================================================================================ debug
+    def check_invariants(self) -> None:
+        """Recount everything from scratch and compare with the incremental state (tests; O(n))."""
+        seen: set[str] = set()
+        pend, idle = [], []
+        per: dict[str, dict[str, float]] = {
+            u: dict(count=0, rc=0, ac=0, mc=0, rt=0, at=0, mt=0, rcn=0, acn=0, mcn=0, paused=0, s=0.0)
+            for u in self._backends
+        }
+        sets: dict[str, dict[str, list[Key]]] = {u: dict(a=[], r=[], m=[]) for u in self._backends}
+        for pid, p in self._programs.items():
+            assert pid == p.pid and pid not in seen
+            seen.add(pid)
+            assert p.key == (p.tokens, p.seq, p.pid), f"{pid}: stale key {p.key} vs tokens {p.tokens}"
+            assert p.requests >= 0
+            if p.state is State.ACTIVE:
+                assert p.backend in self._backends and p.origin is None, pid
+                d, s, c = per[p.backend], sets[p.backend], self._c(p.tokens)  # type: ignore[index]
+                d["count"] += 1
+                if p.requests > 0:
+                    d["rcn"] += 1
+                    d["rt"] += p.tokens
+                    d["rc"] += c
+                    if p.marked:
+                        d["mcn"] += 1
+                        d["mt"] += p.tokens
+                        d["mc"] += c
+                        s["m"].append(p.key)
+                    else:
+                        s["r"].append(p.key)
+                else:
+                    assert not p.marked, f"{pid}: ACTING but marked"
+                    d["acn"] += 1
+                    d["at"] += p.tokens
+                    d["ac"] += c
+                    if self.decay != "off":
+                        d["s"] += c * self._factor(p.acting_u)
+                    s["a"].append(p.key)
+            elif p.state is State.PAUSED:
+                assert p.backend is None and not p.marked, pid
+                if p.origin is not None:
+                    per[p.origin]["paused"] += 1
+                if p.requests > 0:
+                    assert p.wait_since is not None, pid
+                    pend.append(p.key)
+                else:
+                    idle.append(p.key)
+            else:
+                raise AssertionError(f"{pid}: terminated program still tracked")
+        assert sorted(pend) == list(self._pending), "pending queue differs from recount"
+        assert sorted(idle) == list(self._idle), "idle queue differs from recount"
+        assert len(self._pending_age) == len(self._pending)
+        assert {k[2] for k in self._pending_age} == {k[2] for k in self._pending}
+        for u, b in self._backends.items():
+            d = per[u]
+            got = dict(
+                count=b.count, rc=b.reasoning_c, ac=b.acting_c, mc=b.marked_c, rt=b.reasoning_tokens,
+                at=b.acting_tokens, mt=b.marked_tokens, rcn=b.reasoning_count, acn=b.acting_count,
+                mcn=b.marked_count, paused=b.paused_count,
+            )  # fmt: skip
+            want = {k: v for k, v in d.items() if k != "s"}
+            assert got == want, f"{u}: incremental {got} != recount {want}"
+            assert sorted(sets[u]["a"]) == list(b.acting), f"{u}: acting set differs"
+            assert sorted(sets[u]["r"]) == list(b.reasoning), f"{u}: reasoning set differs"
+            assert sorted(sets[u]["m"]) == list(b.marked), f"{u}: marked set differs"
+            if self.decay != "off":
+                assert math.isclose(b.acting_s, d["s"], rel_tol=1e-6, abs_tol=1e-6), (
+                    f"{u}: decayed sum {b.acting_s} != recount {d['s']}"
+                )
