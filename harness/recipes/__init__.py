@@ -146,17 +146,15 @@ def parse_duration(text: str | int | float) -> float:
 
 
 def parse_window(text: str) -> tuple[float, float]:
-    """'10m-70m' -> (600.0, 4200.0), relative to the run start; start must be before end."""
-    parts = str(text).split("-")
-    if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-        raise RecipeError(f"bad window {text!r}: use START-END, e.g. 10m-70m")
+    """'10m-70m' -> (600.0, 4200.0), relative to the run start (harness.throughput's syntax and rules)."""
+    from harness.throughput import WindowError
+    from harness.throughput import parse_window as _parse
+
     try:
-        a, b = parse_duration(parts[0]), parse_duration(parts[1])
-    except RecipeError:
-        raise RecipeError(f"bad window {text!r}: use START-END with units, e.g. 10m-70m") from None
-    if b <= a:
-        raise RecipeError(f"bad window {text!r}: the end must come after the start, e.g. 10m-70m")
-    return a, b
+        w = _parse(str(text))
+    except WindowError as e:
+        raise RecipeError(str(e)) from None
+    return w.start_s, w.end_s
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

@@ -1,0 +1,145 @@
+"""The comparison figure: steps/min vs parallel workflows (one line per arm, ThunderAgent/vLLM ratio at the
+largest concurrency), prefix-cache hit rate, and per-step latency.
+
+Input is the summary rows of harness/reproduce.py (one dict per arm x concurrency, the rows of
+summary.json). Simulated series are labelled "simulated" with their profile in the legend and the title;
+real and simulated series are never drawn under one unlabelled title. One row of panels per recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+ARM_STYLE: dict[str, dict[str, Any]] = {
+    "vllm": {"label": "vLLM", "color": "#d62728", "marker": "o"},
+    "continuum": {"label": "Continuum-style", "color": "#ff7f0e", "marker": "s"},
+    "thunderagent": {"label": "ThunderAgent", "color": "#1f77b4", "marker": "^"},
+}
+ARM_ORDER = ("vllm", "continuum", "thunderagent")
+
+
+def _ok(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status", "ok") == "ok" and _num(r.get("steps_per_min")) is not None]
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _label(arm: str, simulated: bool, profile: str | None) -> str:
+    base = ARM_STYLE.get(arm, {"label": arm})["label"]
+    return f"{base} (simulated, {profile})" if simulated else f"{base} (real)"
+
+
+def ratios_at_max(rows: list[dict[str, Any]], base: str = "vllm") -> dict[str, float]:
+    """arm -> steps/min ratio over `base` at the largest concurrency both ran successfully."""
+    by = {(r["arm"], int(r["programs"])): _num(r["steps_per_min"]) for r in _ok(rows)}
+    out: dict[str, float] = {}
+    for arm in {a for a, _ in by}:
+        if arm == base:
+            continue
+        common = [n for (a, n) in by if a == arm and (base, n) in by and by[(base, n)]]
+        if common:
+            n = max(common)
+            out[arm] = by[(arm, n)] / by[(base, n)]  # type: ignore[operator]
+    return out
+
+
+def plot_summary(rows: list[dict[str, Any]], out: str | Path, title: str | None = None) -> Path:
+    """Draw the three panels per recipe and save to `out` (PNG/SVG/PDF by suffix). Returns the path."""
+    rows = list(rows)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[str(r.get("recipe") or "")].append(r)
+    if not _ok(rows):
+        raise ValueError("nothing to plot: no successful points in the given results")
+    names = [g for g in groups if _ok(groups[g])]
+    fig, axes = plt.subplots(len(names), 3, figsize=(16, 4.6 * len(names)), squeeze=False)
+    for i, name in enumerate(names):
+        _draw_recipe(axes[i], groups[name], name)
+    if title:
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if title else None)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
+    ok = _ok(rows)
+    sim = sorted({str(r.get("profile")) for r in ok if r.get("simulated")})
+    real = any(not r.get("simulated") for r in ok)
+    tag = ("SIMULATED (" + ", ".join(sim) + ")") if sim and not real else ("real engine" if not sim else
+                                                                          "real + SIMULATED series")
+    ax_tp, ax_hit, ax_lat = ax_row
+    arms = [a for a in ARM_ORDER if any(r["arm"] == a for r in ok)] + sorted(
+        {r["arm"] for r in ok} - set(ARM_ORDER))
+    for arm in arms:
+        for simulated in (True, False):
+            pts = sorted((r for r in ok if r["arm"] == arm and bool(r.get("simulated")) == simulated),
+                         key=lambda r: int(r["programs"]))
+            if not pts:
+                continue
+            st = ARM_STYLE.get(arm, {"color": None, "marker": "x"})
+            label = _label(arm, simulated, pts[0].get("profile"))
+            ls = "-" if simulated is False or not real else "--"
+            x = [int(r["programs"]) for r in pts]
+            y = [_num(r["steps_per_min"]) for r in pts]
+            lo = [_num(r.get("ci_low")) for r in pts]
+            hi = [_num(r.get("ci_high")) for r in pts]
+            kw = dict(color=st.get("color"), marker=st.get("marker"), ls=ls, lw=2, ms=6, label=label)
+            ax_tp.plot(x, y, **kw)
+            if all(v is not None for v in lo + hi):
+                ax_tp.fill_between(x, lo, hi, color=st.get("color"), alpha=0.15, lw=0)  # type: ignore[arg-type]
+            hit = [_num(r.get("prefix_hit_rate")) for r in pts]
+            if any(h is not None for h in hit):
+                ax_hit.plot(x, [100 * h if h is not None else math.nan for h in hit], **kw)
+            p50 = [_num(r.get("p50_step_latency_s")) for r in pts]
+            p95 = [_num(r.get("p95_step_latency_s")) for r in pts]
+            ax_lat.plot(x, [v if v is not None else math.nan for v in p50], **kw)
+            if any(v is not None for v in p95):
+                ax_lat.plot(x, [v if v is not None else math.nan for v in p95], color=st.get("color"),
+                            ls=":", lw=1.5, marker=st.get("marker"), ms=4, alpha=0.8)
+    # ratio labels at the largest concurrency
+    rat = ratios_at_max(ok)
+    top = max(int(r["programs"]) for r in ok)
+    for arm, ratio in sorted(rat.items()):
+        pt = [r for r in ok if r["arm"] == arm and int(r["programs"]) == top]
+        if not pt:
+            continue
+        y = _num(pt[0]["steps_per_min"])
+        ax_tp.annotate(f"{ratio:.2f}× vLLM", xy=(top, y), xytext=(8, 0), textcoords="offset points",
+                       va="center", fontsize=10, fontweight="bold",
+                       color=ARM_STYLE.get(arm, {}).get("color", "black"))
+    xs = sorted({int(r["programs"]) for r in ok})
+    for ax in (ax_tp, ax_hit, ax_lat):
+        ax.set_xticks(xs)
+        ax.set_xlabel("parallel workflows (agent programs in flight)")
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(min(xs) - (max(xs) - min(xs) or 1) * 0.05, max(xs) + (max(xs) - min(xs) or 1) * 0.22)
+    ax_tp.set_ylim(bottom=0)
+    ax_tp.set_ylabel("steps / min")
+    ax_tp.set_title(f"{recipe}: throughput — {tag}", fontsize=10.5)
+    ax_tp.legend(fontsize=8, loc="lower left")
+    ax_hit.set_ylabel("prefix-cache hit rate (%)")
+    ax_hit.set_ylim(0, 105)
+    ax_hit.set_title(f"{recipe}: prefix-cache hit rate — {tag}", fontsize=10.5)
+    ax_lat.set_ylabel("per-step latency (s)  — p50 solid, p95 dotted")
+    ax_lat.set_ylim(bottom=0)
+    ax_lat.set_title(f"{recipe}: per-step latency — {tag}", fontsize=10.5)

