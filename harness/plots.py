@@ -124,22 +124,28 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
         if not pt:
             continue
         y = _num(pt[0]["steps_per_min"])
-        ax_tp.annotate(f"{ratio:.2f}× vLLM", xy=(top, y), xytext=(8, 0), textcoords="offset points",
-                       va="center", fontsize=10, fontweight="bold",
+        ax_tp.annotate(f"{ratio:.2f}×\nvs vLLM", xy=(top, y), xytext=(9, 0), textcoords="offset points",
+                       va="center", ha="left", fontsize=9.5, fontweight="bold", linespacing=0.95,
                        color=ARM_STYLE.get(arm, {}).get("color", "black"))
     xs = sorted({int(r["programs"]) for r in ok})
     for ax in (ax_tp, ax_hit, ax_lat):
         ax.set_xticks(xs)
         ax.set_xlabel("parallel workflows (agent programs in flight)")
         ax.grid(True, alpha=0.3)
-        ax.set_xlim(min(xs) - (max(xs) - min(xs) or 1) * 0.05, max(xs) + (max(xs) - min(xs) or 1) * 0.22)
+        span = (max(xs) - min(xs)) or max(xs)
+        ax.set_xlim(min(xs) - span * 0.06, max(xs) + span * (0.2 if ax is ax_tp else 0.06))
     ax_tp.set_ylim(bottom=0)
     ax_tp.set_ylabel("steps / min")
-    ax_tp.set_title(f"{recipe}: throughput — {tag}", fontsize=10.5)
-    ax_tp.legend(fontsize=8, loc="lower left")
+    ax_tp.set_title(f"{recipe} — {tag}\nthroughput (band: 95% CI)", fontsize=10.5)
+    ax_tp.legend(fontsize=8, loc="lower left", framealpha=0.9)
     ax_hit.set_ylabel("prefix-cache hit rate (%)")
     ax_hit.set_ylim(0, 105)
-    ax_hit.set_title(f"{recipe}: prefix-cache hit rate — {tag}", fontsize=10.5)
-    ax_lat.set_ylabel("per-step latency (s)  — p50 solid, p95 dotted")
+    ax_hit.set_title(f"{recipe} — {tag}\nprefix-cache hit rate in the window", fontsize=10.5)
+    ax_lat.set_ylabel("per-step latency (s)")
     ax_lat.set_ylim(bottom=0)
-    ax_lat.set_title(f"{recipe}: per-step latency — {tag}", fontsize=10.5)
+    ax_lat.set_title(f"{recipe} — {tag}\nper-step latency (arrival to last token)", fontsize=10.5)
+    from matplotlib.lines import Line2D
+
+    ax_lat.legend(handles=[Line2D([], [], color="black", lw=2, label="p50"),
+                           Line2D([], [], color="black", lw=1.5, ls=":", label="p95")],
+                  fontsize=8, loc="upper left", framealpha=0.9)
