@@ -1,0 +1,1012 @@
+"""The ThunderAgent proxy's HTTP layer: routes, the request lifecycle, and the background loops.
+
+    create_app(config, *, policy=None, reclaimer=None, clock=None) -> FastAPI
+
+A chat completion request goes: read (size limit) -> parse and validate -> program id (body, extra_body,
+X-Program-Id header, /p/<id>/ URL prefix) -> registry record + token estimate -> `policy.on_arrival`
+-> (held on a future, no byte sent, until the policy's Resume/Reject) -> forward (ThunderAgent/forward.py)
+-> `policy.on_request_end` exactly once, whatever happened (success, error status, backend failure,
+client disconnect, missing usage). Every error reaches the client as OpenAI-style JSON with a fitting
+status; the proxy never answers 500.
+
+The policy is pure and synchronous; this module is the only place that owns asyncio: it applies every
+action any policy call returns (Resume wakes held requests, Reject fails them) and runs the loops on the
+app's lifespan — scheduler ticks (router tr), capacity discovery until every backend's KV capacity is
+known, metrics scraping and health (--metrics), and idle-program expiry (--idle-ttl, --max-programs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import anyio
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from ThunderAgent import __version__
+from ThunderAgent.backends import BackendState, fetch_capacity, scrape
+from ThunderAgent.config import Config
+from ThunderAgent.forward import (
+    PROGRESS_EVENTS,
+    ProxyError,
+    SSETap,
+    Usage,
+    backend_error_body,
+    make_client,
+    request_headers,
+    response_headers,
+    sse_error_event,
+    translate_transport_error,
+    usage_from,
+)
+from ThunderAgent.policy import make_policy
+from ThunderAgent.policy.base import Action, Pause, Phase, Policy, Reject, Resume, State, Wait
+from ThunderAgent.programs import RESOURCE_KEYS, ProgramRecord, ProgramRegistry
+from ThunderAgent.records import StepRecord
+from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
+from ThunderAgent.tokens import TokenEstimator
+
+log = logging.getLogger("thunderagent")
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+MAX_PROGRAM_ID_LEN = 512
+RELEASE_BODY_LIMIT = 64 * 1024
+CLIENT_CLOSED = 499  # nginx's "client closed request": recorded only, nobody is there to read it
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response started."""
+
+
+# --- request parsing ------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            declared = int(cl)
+        except ValueError:
+            raise ProxyError(400, "invalid Content-Length header", code="invalid_content_length") from None
+        if declared > limit:
+            raise ProxyError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)", code="request_too_large")
+    chunks: list[bytes] = []
+    n = 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise ProxyError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream) or a non-object."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ProxyError(400, "Invalid JSON", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise ProxyError(400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body")
+    return payload
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "stream": (bool,),
+    "stream_options": (dict,),
+    "extra_body": (dict,),
+    "tools": (list,),
+}
+
+
+def validate_chat(payload: dict[str, Any]) -> None:
+    """Type checks for the fields the proxy reads (the engine validates the rest)."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        what = "missing" if messages is None else f"a {type(messages).__name__}"
+        raise ProxyError(400, f"'messages' must be a list of message objects ({what})", param="messages", code="invalid_type")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ProxyError(400, f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
+    for name, types in _FIELD_TYPES.items():
+        v = payload.get(name)
+        if v is not None and not isinstance(v, types):
+            raise ProxyError(400, f"'{name}' must be of type {types[0].__name__}, got {type(v).__name__}", param=name, code="invalid_type")
+
+
+def _coerce_id(value: Any, param: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ProxyError(400, f"'{param}' must be a string", param=param, code="invalid_type")
+    s = str(value)
+    if len(s) > MAX_PROGRAM_ID_LEN:
+        raise ProxyError(400, f"'{param}' is longer than {MAX_PROGRAM_ID_LEN} characters", param=param, code="invalid_value")
+    return s or None
+
+
+def extract_program_id(payload: dict[str, Any], header: str | None, url_id: str | None) -> tuple[str, str]:
+    """(program_id, source). Precedence: top-level body, literal extra_body, X-Program-Id header, URL
+    prefix; none -> "default" (as upstream)."""
+    eb = payload.get("extra_body")
+    candidates = (
+        ("body", payload.get("program_id"), "program_id"),
+        ("extra_body", eb.get("program_id") if isinstance(eb, dict) else None, "extra_body.program_id"),
+        ("header", header, "X-Program-Id"),
+        ("url", url_id, "program_id"),
+    )
+    for source, value, param in candidates:
+        pid = _coerce_id(value, param)
+        if pid is not None:
+            return pid, source
+    return "default", "default"
+
+
+def extract_resources(payload: dict[str, Any]) -> dict[str, list[str]]:
+    """Tool resources (`docker_ids`, `tool_ids`, top level or in extra_body) to reclaim at release."""
+    out: dict[str, list[str]] = {}
+    eb = payload.get("extra_body")
+    for container in (payload, eb if isinstance(eb, dict) else {}):
+        for key in RESOURCE_KEYS:
+            v = container.get(key)
+            if v is None:
+                continue
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v):
+                raise ProxyError(400, f"'{key}' must be a list of strings", param=key, code="invalid_type")
+            out.setdefault(key, []).extend(str(i) for i in v)
+    return out
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What to send to the backend."""
+
+    body: bytes
+    stream: bool
+    strip_usage_chunk: bool  # the proxy asked for a usage chunk the client did not ask for
+
+
+def prepare_forward(payload: dict[str, Any], original: bytes) -> Prepared:
+    """Strip program_id and harness-only fields; ask for usage on streams. The original bytes are
+    forwarded untouched when nothing had to change."""
+    stream = bool(payload.get("stream"))
+    fwd = payload
+    changed = False
+    strip_keys = ("program_id", *RESOURCE_KEYS)
+    if any(k in payload for k in strip_keys) or "extra_body" in payload:
+        fwd = {k: v for k, v in payload.items() if k not in strip_keys}
+        eb = payload.get("extra_body")
+        if isinstance(eb, dict) and any(k in eb for k in strip_keys):
+            eb = {k: v for k, v in eb.items() if k not in strip_keys}
+            if eb:
+                fwd["extra_body"] = eb
+            else:
+                del fwd["extra_body"]
+        changed = fwd.keys() != payload.keys() or fwd.get("extra_body") is not payload.get("extra_body")
+    strip_usage = False
+    if stream:
+        so = payload.get("stream_options")
+        so = so if isinstance(so, dict) else {}
+        if so.get("include_usage") is not True and not so.get("continuous_usage_stats"):
+            if fwd is payload:
+                fwd = dict(payload)
+            fwd["stream_options"] = {**so, "include_usage": True}
+            strip_usage = True
+            changed = True
+    body = json.dumps(fwd, ensure_ascii=False, separators=(",", ":")).encode() if changed else original
+    return Prepared(body=body, stream=stream, strip_usage_chunk=strip_usage)
+
+
+# --- responses ------------------------------------------------------------------------------------------
+
+
+def error_response(err: ProxyError, compat_detail: bool = False) -> JSONResponse:
+    body = err.body()
+    if compat_detail:  # upstream answered {"detail": ...} here; keep that key for its clients
+        body["detail"] = err.message
+    return JSONResponse(body, status_code=err.status)
+
+
+class RawResponse(Response):
+    """A response with the backend's headers as they came (minus hop-by-hop ones)."""
+
+    def __init__(self, content: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = content
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = [*raw_headers, (b"content-length", str(len(content)).encode())]
+
+
+class ProxyStream(Response):
+    """Streams a backend SSE response to the client through an SSETap and calls `on_done` exactly once
+    when the stream ends for any reason (completed, backend failure, client disconnect, cancellation)."""
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        tap: SSETap,
+        backend: str,
+        on_done: Callable[[str, ProxyError | None], None],
+    ) -> None:
+        self.upstream = upstream
+        self.tap = tap
+        self.backend = backend
+        self.on_done = on_done
+        self.status_code = upstream.status_code
+        self.raw_headers = response_headers(upstream.headers)
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        result: list[Any] = ["cancelled", None]
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def pump() -> None:
+                    result[:] = await self._pump(send)
+                    tg.cancel_scope.cancel()
+
+                async def listen() -> None:
+                    while True:
+                        msg = await receive()
+                        if msg["type"] == "http.disconnect":
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(pump)
+                await listen()
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.upstream.aclose()
+                except Exception:  # noqa: BLE001 - closing a broken stream may fail; nothing to do
+                    pass
+            self.on_done(result[0], result[1])
+
+    async def _pump(self, send: Send) -> tuple[str, ProxyError | None]:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        except OSError:
+            return "cancelled", None
+        try:
+            async for chunk in self.upstream.aiter_bytes():
+                out = self.tap.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": self.tap.flush(), "more_body": False})
+            return "ok", None
+        except httpx.HTTPError as e:
+            err = translate_transport_error(e, self.backend)
+            log.warning("stream from %s broke: %s", self.backend, err.message)
+            try:
+                await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": False})
+            except OSError:
+                pass
+            return "failed", err
+        except OSError:  # the client went away (ASGI servers raise OSError subclasses on send)
+            return "cancelled", None
+
+
+# --- the proxy runtime ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """One chat completion request through the proxy."""
+
+    program_id: str
+    record: ProgramRecord
+    step: int
+    stream: bool
+    estimate: int
+    arrival: float  # policy clock
+    arrival_wall: float
+    start: float | None = None
+    start_wall: float | None = None
+    first_token_wall: float | None = None
+    backend: str | None = None
+    finished: bool = False
+
+
+@dataclass
+class Proxy:
+    """All runtime state of one app: policy, registry, backends, clients, telemetry, loops."""
+
+    config: Config
+    policy: Policy
+    clock: Clock
+    reclaimer: Any = None
+    registry: ProgramRegistry = field(default_factory=ProgramRegistry)
+    estimator: TokenEstimator = field(default_factory=TokenEstimator)
+
+    def __post_init__(self) -> None:
+        self.backends: dict[str, BackendState] = {
+            url: BackendState(url=url, backend_type=self.config.backend_type) for url in self.config.backends
+        }
+        for url in self.config.backends:
+            self.policy.add_backend(url)
+        self.telemetry = Telemetry(self.policy, self.registry, lambda: self.backends)
+        if self.reclaimer is not None and hasattr(self.reclaimer, "register_metrics"):
+            self.reclaimer.register_metrics(self.telemetry.registry)
+        self.profiler: ProfileWriter | None = ProfileWriter(self.config.profile_dir) if self.config.profile else None
+        self.client = make_client(self.config)
+        self.probe_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=min(10.0, self.config.proxy_connect_timeout)))
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    # --- actions -----------------------------------------------------------------------------------
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out what a policy call decided: wake (Resume) or fail (Reject) held requests."""
+        for a in actions:
+            if isinstance(a, Resume):
+                self._wake(a.program_id, a.backend)
+            elif isinstance(a, Reject):
+                self._fail_waiters(a.program_id, ProxyError(a.status, a.message, "scheduler_rejected", code=a.status))
+            elif isinstance(a, Pause):
+                log.debug("program %s paused (from %s)", a.program_id, a.backend)
+
+    def _wake(self, program_id: str, backend: str) -> None:
+        rec = self.registry.get(program_id)
+        if rec is None or not rec.waiters:
+            return
+        waiters, rec.waiters = rec.waiters, []
+        for fut in waiters:
+            if fut.done():  # its client gave up while held: the policy counts it as running now, end it
+                self._end_policy_request(program_id)
+            else:
+                fut.set_result(backend)
+
+    def _fail_waiters(self, program_id: str, err: ProxyError) -> None:
+        rec = self.registry.get(program_id)
+        if rec is None:
+            return
+        waiters, rec.waiters = rec.waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _end_policy_request(self, program_id: str) -> None:
+        try:
+            actions = self.policy.on_request_end(program_id, self.clock(), None)
+        except Exception:  # noqa: BLE001 - a policy bug must not take the proxy down
+            log.exception("policy.on_request_end failed for %s", program_id)
+            return
+        self.apply(actions)
+
+    def _call_policy(self, what: str, fn: Callable[[], list[Action]]) -> None:
+        try:
+            actions = fn()
+        except Exception:  # noqa: BLE001
+            log.exception("policy.%s failed", what)
+            return
+        self.apply(actions)
+
+    # --- the chat completion lifecycle --------------------------------------------------------------
+    async def chat(self, request: Request, url_program_id: str | None = None) -> Response:
+        arrival_wall = time.time()
+        now = self.clock()
+        try:
+            body = await read_body(request, self.config.max_body_bytes)
+            payload = parse_json_object(body)
+            validate_chat(payload)
+            pid, source = extract_program_id(payload, request.headers.get("x-program-id"), url_program_id)
+            resources = extract_resources(payload)
+            prepared = prepare_forward(payload, body)
+        except ProxyError as e:
+            self.telemetry.requests.labels("invalid").inc()
+            return error_response(e, compat_detail=e.message == "Invalid JSON")
+        if self.closed:
+            return error_response(ProxyError(503, "proxy is shutting down", "unavailable"))
+
+        rec, created = self.registry.get_or_create(pid, now)
+        if created:
+            log.info("new program %s (id from %s)", pid, source)
+        if resources:
+            rec.add_resources(resources)
+        rec.step_count += 1
+        rec.last_activity = now
+        rec.last_arrival = now
+        rec.context_len = len(body)
+        estimate = self.estimator.estimate(rec.tokens, payload["messages"], payload.get("tools"))
+        call = Call(pid, rec, rec.step_count, prepared.stream, estimate, now, arrival_wall)
+
+        try:
+            admission = self.policy.on_arrival(pid, estimate, now)
+        except Exception as e:  # noqa: BLE001 - e.g. no backend configured
+            log.exception("policy.on_arrival failed for %s", pid)
+            self.telemetry.requests.labels("rejected").inc()
+            return error_response(ProxyError(503, f"no backend available: {e}", "unavailable", code="no_backend"))
+
+        if isinstance(admission, Wait):
+            try:
+                backend = await self._hold(call, request)
+            except ProxyError as e:
+                self._record_unforwarded(call, "rejected", e)
+                return error_response(e)
+            except ClientGone:
+                self._record_unforwarded(call, "cancelled", None)
+                return error_response(ProxyError(CLIENT_CLOSED, "client closed the request while it was held", "cancelled"))
+        else:
+            backend = admission.backend
+
+        call.backend = backend
+        call.start = self.clock()
+        call.start_wall = time.time()
+        rec.inflight += 1
+        self.telemetry.wait.observe(max(0.0, call.start - call.arrival))
+        # From here on _finish(call, ...) runs exactly once, whatever happens.
+        try:
+            return await self._forward(call, request, prepared)
+        except BaseException:
+            self._finish(call, "cancelled", None, None, "cancelled")
+            raise
+
+    async def _hold(self, call: Call, request: Request) -> str:
+        """Wait (no byte sent) for the policy to Resume (-> backend) or Reject (-> ProxyError) the program."""
+        rec = call.record
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        rec.waiters.append(fut)
+        rec.held += 1
+        watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait({fut, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._abandon(call.program_id, fut)
+            raise
+        finally:
+            watcher.cancel()
+            rec.held -= 1
+        if fut.done():
+            return fut.result()
+        self._abandon(call.program_id, fut)
+        raise ClientGone
+
+    def _abandon(self, program_id: str, fut: asyncio.Future[str]) -> None:
+        """A held request's client is gone. If the resume already happened, end the request now; otherwise
+        the cancelled future tells `_wake` to end it when the resume comes."""
+        if fut.cancel():
+            return
+        if not fut.cancelled() and fut.exception() is None:
+            self._end_policy_request(program_id)
+
+    async def _forward(self, call: Call, request: Request, prepared: Prepared) -> Response:
+        backend = call.backend or ""
+        url = backend.rstrip("/") + "/v1/chat/completions"
+        headers = request_headers(request.headers.raw)
+        req = self.client.build_request("POST", url, content=prepared.body, headers=headers)
+        try:
+            upstream = await _race_disconnect(request.receive, self.client.send(req, stream=True))
+        except ClientGone:
+            self._finish(call, "cancelled", None, CLIENT_CLOSED, "client disconnected")
+            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected", "cancelled"))
+        except httpx.HTTPError as e:
+            err = translate_transport_error(e, backend)
+            self._observe_health(backend, not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)))
+            self._finish(call, "failed", None, err.status, err.message)
+            return error_response(err)
+        self._observe_health(backend, True)
+
+        ctype = upstream.headers.get("content-type", "")
+        if prepared.stream and upstream.status_code < 400 and ctype.startswith("text/event-stream"):
+            return self._stream_response(call, upstream, prepared)
+
+        try:
+            content = await _race_disconnect(request.receive, upstream.aread())
+        except ClientGone:
+            await upstream.aclose()
+            self._finish(call, "cancelled", None, CLIENT_CLOSED, "client disconnected")
+            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected", "cancelled"))
+        except httpx.HTTPError as e:
+            await upstream.aclose()
+            err = translate_transport_error(e, backend)
+            self._finish(call, "failed", None, err.status, err.message)
+            return error_response(err)
+        status = upstream.status_code
+        if status >= 400:
+            out_status, replaced = backend_error_body(status, content)
+            self._finish(call, "error", None, out_status, f"backend HTTP {status}")
+            if replaced is not None:
+                return Response(replaced, status_code=out_status, media_type="application/json")
+            return RawResponse(content, status, response_headers(upstream.headers))
+        usage = None
+        try:
+            usage = usage_from(json.loads(content))
+        except ValueError:
+            pass
+        self._finish(call, "ok", usage, status, None)
+        return RawResponse(content, status, response_headers(upstream.headers))
+
+    def _stream_response(self, call: Call, upstream: httpx.Response, prepared: Prepared) -> ProxyStream:
+        def on_event(n: int) -> None:
+            if call.first_token_wall is None:
+                call.first_token_wall = time.time()
+            if n % PROGRESS_EVENTS == 0:
+                try:
+                    self.policy.on_progress(call.program_id, PROGRESS_EVENTS)
+                except Exception:  # noqa: BLE001
+                    log.exception("policy.on_progress failed")
+
+        tap = SSETap(prepared.strip_usage_chunk, on_event)
+        status = upstream.status_code
+
+        def done(outcome: str, err: ProxyError | None) -> None:
+            if outcome == "ok":
+                self._finish(call, "ok", tap.usage, status, None)
+            elif outcome == "failed" and err is not None:
+                self._finish(call, "failed", tap.usage, err.status, err.message)
+            else:
+                self._finish(call, "cancelled", tap.usage, CLIENT_CLOSED, "client disconnected")
+
+        return ProxyStream(upstream, tap, call.backend or "", done)
+
+    def _finish(self, call: Call, outcome: str, usage: Usage | None, http_status: int | None, error: str | None) -> None:
+        """The one end-of-request bookkeeping: registry, estimator, policy, telemetry, profile."""
+        if call.finished:
+            return
+        call.finished = True
+        try:
+            now = self.clock()
+            end_wall = time.time()
+            rec = call.record
+            rec.inflight = max(0, rec.inflight - 1)
+            rec.last_activity = now
+            total = usage.total_tokens if usage else None
+            self.estimator.learn(rec.tokens, usage.prompt_tokens if usage else None, total)
+            self._call_policy("on_request_end", lambda: self.policy.on_request_end(call.program_id, now, total))
+            self.telemetry.requests.labels(outcome).inc()
+            self.telemetry.latency.labels("true" if call.stream else "false").observe(max(0.0, now - call.arrival))
+            prev_end = rec.last_end
+            if outcome == "ok":
+                rec.last_end = end_wall
+                rec.completed_steps += 1
+            self._profile(call, outcome, usage, http_status, error, end_wall, prev_end)
+        except Exception:  # noqa: BLE001 - bookkeeping must never break a response
+            log.exception("end-of-request bookkeeping failed for %s", call.program_id)
+
+    def _record_unforwarded(self, call: Call, outcome: str, err: ProxyError | None) -> None:
+        """A held request that never reached a backend (rejected, or its client left)."""
+        self.telemetry.requests.labels(outcome).inc()
+        call.record.last_activity = self.clock()
+        if self.profiler is not None:
+            now = time.time()
+            self.profiler.submit(
+                StepRecord(
+                    program_id=call.program_id,
+                    step=call.step,
+                    arrival=call.arrival_wall,
+                    start=now,
+                    end=now,
+                    status="error" if outcome == "rejected" else "cancelled",
+                    pause_s=now - call.arrival_wall,
+                    http_status=err.status if err else CLIENT_CLOSED,
+                    error=err.message if err else "client disconnected while held",
+                    arm="thunderagent",
+                ),
+                None,
+            )
+
+    def _profile(
+        self,
+        call: Call,
+        outcome: str,
+        usage: Usage | None,
+        http_status: int | None,
+        error: str | None,
+        end_wall: float,
+        prev_end: float | None,
+    ) -> None:
+        if self.profiler is None:
+            return
+        start_wall = call.start_wall if call.start_wall is not None else call.arrival_wall
+        rec = StepRecord(
+            program_id=call.program_id,
+            step=call.step,
+            arrival=call.arrival_wall,
+            start=start_wall,
+            end=end_wall,
+            status={"ok": "ok", "cancelled": "cancelled"}.get(outcome, "error"),
+            first_token=call.first_token_wall,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
+            pause_s=max(0.0, start_wall - call.arrival_wall),
+            http_status=http_status,
+            error=error,
+            arm="thunderagent",
+            backend=call.backend,
+        )
+        row = None
+        if outcome == "ok":
+            tool_call_s = max(0.0, call.arrival_wall - prev_end) if prev_end is not None else 0.0
+            row = csv_row(rec, call.record.completed_steps, tool_call_s)
+            t = call.record.profile
+            t.steps += 1
+            first = rec.first_token
+            t.prefill_s += max(0.0, first - rec.start) if first is not None else 0.0
+            t.decode_s += max(0.0, rec.end - first) if first is not None else 0.0
+            t.pause_s += rec.pause_s
+            t.tool_call_s += tool_call_s
+            if usage is not None:
+                t.prompt_tokens += usage.prompt_tokens or 0
+                t.completion_tokens += usage.completion_tokens or 0
+                t.cached_tokens += usage.cached_tokens or 0
+                if usage.cached_tokens is not None and usage.prompt_tokens:
+                    t.kv_hit_sum += usage.cached_tokens / usage.prompt_tokens
+                    t.kv_hit_n += 1
+        self.profiler.submit(rec, row)
+
+    # --- release and expiry ------------------------------------------------------------------------
+    def drop_program(self, program_id: str, reason: str) -> bool:
+        """Release (client) or expire (idle) a program: policy, held requests, registry, reclaim."""
+        now = self.clock()
+        released = False
+        try:
+            released, actions = self.policy.release(program_id, now)
+            self.apply(actions)
+        except Exception:  # noqa: BLE001
+            log.exception("policy.release failed for %s", program_id)
+        self._fail_waiters(program_id, ProxyError(410, f"program {program_id} was {reason} while its request was held", "program_released", code="program_released"))
+        rec = self.registry.remove(program_id)
+        if rec is not None and rec.resources and self.reclaimer is not None:
+            self.reclaimer.schedule(program_id, {k: list(v) for k, v in rec.resources.items()})
+        return released or rec is not None
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Expire programs idle longer than --idle-ttl, and the longest-idle beyond --max-programs."""
+        now = self.clock() if now is None else now
+        gone = []
+        for rec in self.registry.idle_candidates(now, self.config.idle_ttl, self.config.max_programs):
+            log.info("program %s expired after %.0f s idle", rec.program_id, now - rec.last_activity)
+            self.drop_program(rec.program_id, "expired")
+            self.telemetry.expired.inc()
+            gone.append(rec.program_id)
+        return gone
+
+    # --- backends ----------------------------------------------------------------------------------
+    def _observe_health(self, url: str, ok: bool) -> None:
+        st = self.backends.get(url)
+        if st is None:
+            return
+        changed = st.health.record(ok)
+        if changed is not None:
+            log.warning("backend %s is now %s", url, "healthy" if changed else "UNHEALTHY")
+            self._call_policy("set_healthy", lambda: self.policy.set_healthy(url, changed, self.clock()))
+
+    async def discover_capacity_once(self) -> bool:
+        """One capacity attempt for every backend still unknown; True when all are known."""
+        pending = [st for st in self.backends.values() if st.capacity is None]
+        results = await asyncio.gather(*(fetch_capacity(self.probe_client, st) for st in pending))
+        for st, cap in zip(pending, results):
+            if cap is not None:
+                log.info("backend %s: KV capacity %d tokens", st.url, cap)
+                self._call_policy("set_capacity", lambda st=st, cap=cap: self.policy.set_capacity(st.url, cap, self.clock()))
+        return all(st.capacity is not None for st in self.backends.values())
+
+    async def scrape_once(self) -> None:
+        sts = list(self.backends.values())
+        oks = await asyncio.gather(*(scrape(self.probe_client, st) for st in sts))
+        for st, ok in zip(sts, oks):
+            self._observe_health(st.url, ok)
+
+    # --- loops -------------------------------------------------------------------------------------
+    async def _capacity_loop(self) -> None:
+        delay = 0.5
+        while not await self.discover_capacity_once():
+            await asyncio.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+    async def _every(self, interval: float, what: str, fn: Callable[[], Awaitable[None] | None]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                r = fn()
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception:  # noqa: BLE001 - a loop never dies
+                log.exception("%s failed", what)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._capacity_loop(), name="capacity"))
+        if self.config.scheduling_enabled and self.config.scheduler_interval > 0:
+            tick = lambda: self._call_policy("tick", lambda: self.policy.tick(self.clock()))  # noqa: E731
+            self._tasks.append(asyncio.create_task(self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"))
+        if self.config.metrics and self.config.metrics_interval > 0:
+            self._tasks.append(asyncio.create_task(self._every(self.config.metrics_interval, "metrics scrape", self.scrape_once), name="metrics"))
+        if self.config.idle_ttl > 0 or self.config.max_programs > 0:
+            every = min(30.0, max(0.05, self.config.idle_ttl / 4 if self.config.idle_ttl > 0 else 30.0))
+            self._tasks.append(asyncio.create_task(self._every(every, "idle expiry", self.expire_idle), name="expiry"))
+
+    async def stop(self) -> None:
+        self.closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._tasks.clear()
+        for rec in self.registry.records():
+            self._fail_waiters(rec.program_id, ProxyError(503, "proxy is shutting down", "unavailable"))
+        await self.client.aclose()
+        await self.probe_client.aclose()
+        if self.profiler is not None:
+            await asyncio.to_thread(self.profiler.close)
+        if self.reclaimer is not None and hasattr(self.reclaimer, "aclose"):
+            await self.reclaimer.aclose()
+
+    # --- views -------------------------------------------------------------------------------------
+    def programs_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for rec in self.registry.records():
+            v = self.policy.program(rec.program_id)
+            entry: dict[str, Any] = {
+                "backend": v.backend if v else None,
+                "context_len": rec.context_len,
+                "total_tokens": v.tokens if v else 0,
+                "step_count": rec.step_count,
+                "status": str(v.phase) if v else str(Phase.ACTING),
+                "state": str(v.state) if v else str(State.ACTIVE),
+                "inflight": rec.inflight,
+                "waiting": rec.held,
+                "idle_s": round(max(0.0, self.clock() - rec.last_activity), 3) if not rec.busy else 0.0,
+            }
+            if self.config.profile:
+                entry["profile"] = rec.profile.averages()
+            out[rec.program_id] = entry
+        return out
+
+    def health_json(self) -> dict[str, Any]:
+        views = self.policy.programs()
+        stats = self.policy.stats()
+        per_backend = {}
+        for b in self.policy.backends():
+            per_backend[b.url] = {
+                "total": b.program_count,
+                "reasoning": b.reasoning_count,
+                "acting": b.acting_count,
+                "paused": b.paused_count,
+                "marked_for_pause": b.marked_count,
+                "future_paused_tokens": b.marked_tokens,
+                "healthy": b.healthy,
+                "capacity": b.capacity,
+            }
+        return {
+            "status": "ok",
+            "version": __version__,
+            "router_mode": self.config.router,
+            "scheduling_enabled": self.config.scheduling_enabled,
+            "backends": list(self.config.backends),
+            "programs_count": len(views),
+            "reasoning_count": sum(1 for v in views if v.phase == Phase.REASONING and v.state == State.ACTIVE),
+            "acting_count": sum(1 for v in views if v.phase == Phase.ACTING and v.state == State.ACTIVE),
+            "paused_count": stats.queue_length,
+            "per_backend": per_backend,
+            "profile_enabled": self.config.profile,
+        }
+
+    def metrics_json(self) -> dict[str, Any]:
+        w = self.config.acting_token_weight
+        out: dict[str, Any] = {}
+        for b in self.policy.backends():
+            st = self.backends.get(b.url) or BackendState(url=b.url)
+            active = int(b.reasoning_tokens + w * b.acting_tokens)
+            entry: dict[str, Any] = {
+                "url": b.url,
+                "active_program_tokens": active,
+                "reasoning_program_tokens": b.reasoning_tokens,
+                "acting_program_tokens": b.acting_tokens,
+                "active_program_count": b.program_count,
+                "reasoning_program_count": b.reasoning_count,
+                "acting_program_count": b.acting_count,
+                "active_program_tokens_ratio": round(active / b.capacity, 4) if b.capacity else None,
+                "total_program_tokens": b.reasoning_tokens + b.acting_tokens,
+                "paused_program_count": b.paused_count,
+                "future_paused_tokens": b.marked_tokens,
+                "shared_tokens": 0,
+                "buffer_per_program": self.config.buffer_per_program,
+                "capacity_overflow": max(0, b.used - b.capacity) if b.capacity else 0,
+                "healthy": b.healthy,
+                "monitoring": self.config.metrics,
+                "cache_config": st.cache_config_json(),
+            }
+            m = st.metrics_json()
+            if m is not None:
+                entry["metrics"] = m
+            out[b.url] = entry
+        return {
+            "metrics_enabled": self.config.metrics,
+            "metrics_interval": self.config.metrics_interval if self.config.metrics else None,
+            "backends": out,
+        }
+
+    def admin_ok(self, request: Request) -> bool:
+        token = self.config.admin_token
+        if not token:
+            return True
+        given = request.headers.get("x-admin-token")
+        if given is None:
+            auth = request.headers.get("authorization", "")
+            if auth[:7].lower() == "bearer ":
+                given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+async def _race_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
+    """Await `aw`, but raise ClientGone (cancelling it) if the client disconnects first."""
+    task = asyncio.ensure_future(aw)
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - the request is being abandoned
+        pass
+    raise ClientGone
+
+
+# --- the app --------------------------------------------------------------------------------------------
+
+
+def create_app(
+    config: Config,
+    *,
+    policy: Policy | None = None,
+    reclaimer: Any = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The proxy app. `policy` defaults to make_policy(config); `reclaimer` to the one --reclaim selects;
+    `clock` (monotonic seconds for the policy) to time.monotonic."""
+    if reclaimer is None and getattr(config, "reclaim", "none") != "none":
+        from ThunderAgent.reclaim import reclaimer_from_config
+
+        reclaimer = reclaimer_from_config(config)
+    proxy = Proxy(config=config, policy=policy if policy is not None else make_policy(config), clock=clock or time.monotonic, reclaimer=reclaimer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        proxy.start()
+        log.info(
+            "ThunderAgent %s: router=%s backends=%s scheduler_interval=%s metrics=%s profile=%s",
+            __version__, config.router, ",".join(config.backends), config.scheduler_interval,
+            config.metrics_interval if config.metrics else "off", proxy.profiler.csv_path if proxy.profiler else "off",
+        )
+        try:
+            yield
+        finally:
+            await proxy.stop()
+
+    app = FastAPI(title="ThunderAgent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.proxy = proxy
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(ProxyError(404, f"no route {request.method} {request.url.path}", "not_found_error", code="not_found"))
+        if exc.status_code == 405:
+            return error_response(ProxyError(405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error", code="method_not_allowed"))
+        return error_response(ProxyError(exc.status_code, str(exc.detail), "invalid_request_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ProxyError(400, f"invalid request: {exc.errors()}", code="invalid_request"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ProxyError(502, f"proxy error: {type(exc).__name__}: {exc}", "proxy_error", code="proxy_error"))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy.chat(request)
+
+    @app.post("/p/{program_id}/v1/chat/completions")
+    async def chat_completions_prefixed(program_id: str, request: Request) -> Response:
+        return await proxy.chat(request, url_program_id=program_id)
+
+    async def models(request: Request) -> Response:
+        if not config.backends:
+            return JSONResponse({"object": "list", "data": []})
+        views = {b.url: b for b in proxy.policy.backends()}
+        url = next((u for u in config.backends if u in views and views[u].healthy), config.backends[0])
+        try:
+            r = await proxy.client.get(url.rstrip("/") + "/v1/models", headers=request_headers(request.headers.raw))
+        except httpx.HTTPError as e:
+            return error_response(translate_transport_error(e, url))
+        if r.status_code >= 400:
+            status, replaced = backend_error_body(r.status_code, r.content)
+            if replaced is not None:
+                return Response(replaced, status_code=status, media_type="application/json")
+        return RawResponse(r.content, r.status_code, response_headers(r.headers))
+
+    app.get("/v1/models")(models)
+
+    @app.get("/p/{program_id}/v1/models")
+    async def models_prefixed(program_id: str, request: Request) -> Response:
+        return await models(request)
+
+    @app.get("/programs")
+    async def programs() -> JSONResponse:
+        return JSONResponse(proxy.programs_json())
+
+    @app.post("/programs/release")
+    async def release(request: Request) -> JSONResponse:
+        if not proxy.admin_ok(request):
+            return error_response(ProxyError(401, "admin token required: send 'Authorization: Bearer <token>' or 'X-Admin-Token'", "authentication_error", code="unauthorized"))
+        try:
+            payload = parse_json_object(await read_body(request, RELEASE_BODY_LIMIT))
+            pid = _coerce_id(payload.get("program_id"), "program_id")
+        except ProxyError as e:
+            return error_response(e, compat_detail=True)
+        if pid is None:
+            return error_response(ProxyError(400, "Missing program_id", param="program_id", code="missing_program_id"), compat_detail=True)
+        released = proxy.drop_program(pid, "released")
+        if released:
+            proxy.telemetry.released.inc()
+            log.info("program %s released", pid)
+        return JSONResponse({"program_id": pid, "released": released})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(proxy.health_json())
+
+    def _profiling_off() -> JSONResponse:
+        return error_response(ProxyError(400, "Profiling not enabled. Start with --profile flag.", code="profiling_disabled"))
+
+    @app.get("/profiles")
+    async def profiles() -> JSONResponse:
+        if not config.profile:
+            return _profiling_off()
+        return JSONResponse({r.program_id: r.profile.averages() for r in proxy.registry.records()})
+
+    @app.get("/profiles/{program_id}")
+    async def profile(program_id: str) -> JSONResponse:
+        if not config.profile:
+            return _profiling_off()
+        rec = proxy.registry.get(program_id)
+        if rec is None:
+            return error_response(ProxyError(404, f"Profile not found for program: {program_id}", "not_found_error", code="not_found"), compat_detail=True)
+        return JSONResponse(rec.profile.averages())
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        fmt = request.query_params.get("format")
+        if fmt == "json" or (fmt is None and "application/json" in request.headers.get("accept", "")):
+            return JSONResponse(proxy.metrics_json())
+        if fmt not in (None, "prometheus", "text"):
+            return error_response(ProxyError(400, f"unknown format {fmt!r}: use json or prometheus", param="format", code="invalid_value"))
+        return Response(generate_latest(proxy.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

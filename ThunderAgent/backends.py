@@ -1,0 +1,287 @@
+"""Backends: capacity discovery, metrics scraping, health with hysteresis.
+
+Everything here is I/O at the edges plus small pure parsers that other parts of the project reuse
+(`parse_vllm_metrics`, `parse_cache_config`; the simulator's tests and the harness scraper call them).
+
+* Capacity (KV tokens) is fetched at start and retried until known (upstream tries once and then treats
+  the backend as unbounded forever): vLLM `vllm:cache_config_info` labels block_size × num_gpu_blocks
+  (summed over engines), SGLang `/get_server_info` max_total_num_tokens, SkyRL engines × 200,000.
+* Metrics (`--metrics`) are parsed with prometheus_client's text parser: exponents, `+Inf`, several
+  engines / models (counters summed, ratio gauges averaged), vLLM V0 names mapped to V1 names.
+* Health has hysteresis: unhealthy after `fail_threshold` consecutive failures, healthy again after
+  `ok_threshold` consecutive successes (upstream flips on one failed scrape).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger("thunderagent.backends")
+
+SKYRL_TOKENS_PER_ENGINE = 200_000  # upstream's fixed guess: SkyRL exposes no KV capacity
+HISTORY_SIZE = 12
+
+# Gauges that are fractions/ratios: averaged over engines instead of summed.
+AVERAGED = frozenset({"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage", "sglang:cache_hit_rate"})
+# vLLM V0 names -> V1 names (filled only when the V1 name is absent).
+V0_NAMES = {
+    "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
+    "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+    "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
+}
+# The series the proxy (and the engine-metrics JSONL) cares about.
+VLLM_SERIES = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:num_preemptions_total",
+    "vllm:request_success_total",
+)
+
+
+class MetricsParseError(ValueError):
+    pass
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {sample name: value}, aggregated over label sets (engines, models, reasons).
+
+    Counters and count-like gauges are summed (e.g. "vllm:request_success_total" = sum over
+    finished_reason and engines); ratio gauges (AVERAGED) are averaged. Histogram buckets and `_created`
+    timestamps are skipped; `_sum`/`_count` are kept (summed). Raises MetricsParseError on malformed text.
+    """
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                name = s.name
+                if name.endswith("_created") or name.endswith("_bucket") or name.endswith("_gsum") or name.endswith("_gcount"):
+                    continue
+                value = float(s.value)
+                if math.isnan(value):
+                    continue
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
+    except (ValueError, TypeError, IndexError) as e:
+        raise MetricsParseError(f"malformed Prometheus text: {e}") from e
+    out = {k: (v / counts[k] if k in AVERAGED else v) for k, v in sums.items()}
+    for old, new in V0_NAMES.items():
+        if old in out and new not in out:
+            out[new] = out[old]
+    return out
+
+
+def parse_cache_config(text: str) -> tuple[int, int] | None:
+    """(block_size, num_gpu_blocks) from `vllm:cache_config_info` labels, or None if absent/unknown.
+
+    With several engines behind one server (data parallel) each engine has its own KV pool, so
+    num_gpu_blocks is summed over distinct engines. Capacity in tokens = block_size * num_gpu_blocks.
+    """
+    block_size: int | None = None
+    blocks: dict[str, int] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, TypeError, IndexError):
+        return None
+    for family in families:
+        if family.name != "vllm:cache_config_info":
+            continue
+        for s in family.samples:
+            try:
+                bs = int(s.labels["block_size"])
+                nb = int(s.labels["num_gpu_blocks"])
+            except (KeyError, ValueError):
+                continue
+            if bs <= 0 or nb <= 0:
+                continue
+            block_size = bs
+            blocks[s.labels.get("engine", str(len(blocks)))] = nb
+    if block_size is None:
+        return None
+    return block_size, sum(blocks.values())
+
+
+def parse_sglang_capacity(info: Any) -> int | None:
+    """KV capacity from SGLang's /get_server_info JSON (top-level or nested `server_info`, then
+    internal_states[].memory_usage.token_capacity)."""
+    if not isinstance(info, dict):
+        return None
+    for obj in (info, info.get("server_info")):
+        if isinstance(obj, dict):
+            v = _positive_int(obj.get("max_total_num_tokens"))
+            if v:
+                return v
+    best = None
+    states = info.get("internal_states")
+    if isinstance(states, list):
+        for st in states:
+            mu = st.get("memory_usage") if isinstance(st, dict) else None
+            v = _positive_int(mu.get("token_capacity")) if isinstance(mu, dict) else None
+            if v and (best is None or v > best):
+                best = v
+    return best
+
+
+def parse_skyrl_metrics(obj: Any) -> dict[str, float] | None:
+    """SkyRL's JSON /metrics: running/waiting/preemptions summed, KV usage averaged (0-100 -> 0-1).
+    None when no healthy engine reports."""
+    engines = obj.get("engines") if isinstance(obj, dict) else None
+    if not isinstance(engines, list):
+        return None
+    ok = [e for e in engines if isinstance(e, dict) and "error" not in e]
+    if not ok:
+        return None
+    return {
+        "vllm:num_requests_running": float(sum(e.get("num_running_reqs", 0) or 0 for e in ok)),
+        "vllm:num_requests_waiting": float(sum(e.get("num_waiting_reqs", 0) or 0 for e in ok)),
+        "vllm:num_preemptions_total": float(sum(e.get("num_cumulative_preemption", 0) or 0 for e in ok)),
+        "vllm:kv_cache_usage_perc": sum(float(e.get("kv_cache_usage_pct", 0) or 0) for e in ok) / len(ok) / 100.0,
+        "num_engines": float(len(engines)),
+    }
+
+
+def _positive_int(v: Any) -> int | None:
+    try:
+        n = int(float(v))
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+@dataclass
+class HealthTracker:
+    """Healthy/unhealthy with hysteresis over consecutive probe results."""
+
+    fail_threshold: int = 3
+    ok_threshold: int = 2
+    healthy: bool = True
+    _fails: int = 0
+    _oks: int = 0
+
+    def record(self, ok: bool) -> bool | None:
+        """Feed one result; returns the new state when it changed, else None."""
+        if ok:
+            self._fails = 0
+            self._oks += 1
+            if not self.healthy and self._oks >= self.ok_threshold:
+                self.healthy = True
+                return True
+        else:
+            self._oks = 0
+            self._fails += 1
+            if self.healthy and self._fails >= self.fail_threshold:
+                self.healthy = False
+                return False
+        return None
+
+
+@dataclass
+class BackendState:
+    """What the proxy knows about one backend beyond the policy: cache config, scraped metrics, health."""
+
+    url: str
+    backend_type: str = "vllm"
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    capacity: int | None = None
+    num_engines: int | None = None
+    health: HealthTracker = field(default_factory=HealthTracker)
+    latest: dict[str, float] = field(default_factory=dict)
+    last_updated: float | None = None  # Unix time of the last successful scrape
+    history: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
+    last_error: str | None = None
+
+    def cache_config_json(self) -> dict[str, Any] | None:
+        if self.capacity is None:
+            return None
+        if self.backend_type == "sglang":
+            return {"total_tokens_capacity": self.capacity}
+        if self.backend_type == "skyrl":
+            return {"total_tokens_capacity": self.capacity, "num_engines": self.num_engines, "backend_type": "skyrl"}
+        return {"block_size": self.block_size, "num_gpu_blocks": self.num_gpu_blocks, "total_tokens_capacity": self.capacity}
+
+    def metrics_json(self) -> dict[str, Any] | None:
+        """Upstream's `metrics` block (spec §6.2) from the latest scrape."""
+        if not self.latest:
+            return None
+        m = self.latest
+        q = m.get("vllm:prefix_cache_queries_total", 0.0)
+        h = m.get("vllm:prefix_cache_hits_total", 0.0)
+        return {
+            "num_requests_running": m.get("vllm:num_requests_running", 0.0),
+            "num_requests_waiting": m.get("vllm:num_requests_waiting", 0.0),
+            "kv_cache_usage_perc": round(m.get("vllm:kv_cache_usage_perc", 0.0), 4),
+            "prefix_cache_hit_rate": round(h / q, 4) if q else 0.0,
+            "prefix_cache_queries": q,
+            "prefix_cache_hits": h,
+            "prompt_tokens_total": m.get("vllm:prompt_tokens_total", 0.0),
+            "generation_tokens_total": m.get("vllm:generation_tokens_total", 0.0),
+            "num_preemptions": m.get("vllm:num_preemptions_total", 0.0),
+            "requests_completed": m.get("vllm:request_success_total", 0.0),
+            "last_updated": self.last_updated,
+            "history_size": len(self.history),
+        }
+
+
+async def fetch_capacity(client: httpx.AsyncClient, st: BackendState) -> int | None:
+    """Ask the backend for its KV capacity in tokens; fills `st`. None if not (yet) available."""
+    try:
+        if st.backend_type == "sglang":
+            r = await client.get(f"{st.url}/get_server_info")
+            cap = parse_sglang_capacity(r.json()) if r.status_code == 200 else None
+        elif st.backend_type == "skyrl":
+            r = await client.get(f"{st.url}/metrics")
+            parsed = parse_skyrl_metrics(r.json()) if r.status_code == 200 else None
+            if parsed:
+                st.num_engines = int(parsed["num_engines"])
+            cap = st.num_engines * SKYRL_TOKENS_PER_ENGINE if parsed and st.num_engines else None
+        else:
+            r = await client.get(f"{st.url}/metrics")
+            cc = parse_cache_config(r.text) if r.status_code == 200 else None
+            cap = None
+            if cc:
+                st.block_size, st.num_gpu_blocks = cc
+                cap = cc[0] * cc[1]
+    except (httpx.HTTPError, ValueError) as e:
+        st.last_error = f"{type(e).__name__}: {e}"
+        return None
+    if cap:
+        st.capacity = cap
+    return cap
+
+
+async def scrape(client: httpx.AsyncClient, st: BackendState) -> bool:
+    """One metrics scrape; stores the values and returns whether it succeeded."""
+    try:
+        r = await client.get(f"{st.url}/metrics")
+        if r.status_code != 200:
+            st.last_error = f"HTTP {r.status_code}"
+            return False
+        if st.backend_type == "skyrl":
+            values = parse_skyrl_metrics(r.json())
+            if values is None:
+                st.last_error = "no healthy SkyRL engine"
+                return False
+        else:
+            values = parse_vllm_metrics(r.text)
+    except (httpx.HTTPError, ValueError) as e:
+        st.last_error = f"{type(e).__name__}: {e}"
+        return False
+    st.latest = values
+    st.last_updated = time.time()
+    st.history.append(values)
+    st.last_error = None
+    return True

@@ -1,0 +1,240 @@
+"""Forwarding to a backend: request preparation, the shared httpx client, streaming pass-through with
+usage extraction, and the translation of backend failures into OpenAI-style errors.
+
+Bytes flow through unchanged, except that (a) program_id and harness-only fields are stripped from the
+request and (b) when the proxy itself asked the backend for a usage chunk (`stream_options.include_usage`)
+that the client did not request, the usage-only chunk is removed from the stream. Usage — prompt,
+completion and cached tokens — is read from every response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import httpx
+
+from ThunderAgent.config import Config
+
+# Headers never forwarded in either direction (hop-by-hop, or recomputed by the server that sends them).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "x-program-id", "x-admin-token"}
+RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
+PROGRESS_EVENTS = 20  # report streaming progress to the policy every N content events (upstream: 20)
+
+
+def make_client(config: Config) -> httpx.AsyncClient:
+    """The one shared client for proxied traffic: separate connect/read timeouts, unbounded pool."""
+    read = config.proxy_read_timeout if config.proxy_read_timeout > 0 else None
+    timeout = httpx.Timeout(connect=config.proxy_connect_timeout, read=read, write=read, pool=None)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=60.0)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+
+def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    out = [(k, v) for k, v in headers if k.decode("latin-1").lower() not in REQUEST_DROP]
+    out.append((b"accept-encoding", b"identity"))  # we parse bodies: keep them uncompressed
+    return out
+
+
+def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers.raw if k.decode("latin-1").lower() not in RESPONSE_DROP]
+
+
+# --- usage ----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None  # None when the engine does not report it
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and math.isfinite(v):
+        return int(v)
+    return None
+
+
+def usage_from(obj: Any) -> Usage | None:
+    """Usage from a response object or stream chunk; None unless usage.total_tokens is a finite number."""
+    if not isinstance(obj, dict):
+        return None
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        return None
+    total = _int(u.get("total_tokens"))
+    if total is None:
+        return None
+    prompt = _int(u.get("prompt_tokens"))
+    completion = _int(u.get("completion_tokens"))
+    if completion is None and prompt is not None:
+        completion = max(0, total - prompt)
+    details = u.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return Usage(prompt, completion, total, cached)
+
+
+# --- streaming ------------------------------------------------------------------------------------------
+
+
+class SSETap:
+    """Watches an SSE byte stream: finds usage, first-token time and progress; optionally removes the
+    usage-only chunk (`"choices": []` with usage) that the proxy injected.
+
+    Without stripping, every input chunk is forwarded unchanged as it arrives. With stripping, complete
+    events are forwarded byte-for-byte and an incomplete trailing event is held until it completes.
+    """
+
+    def __init__(self, strip_usage_chunk: bool, on_event: Callable[[int], None] | None = None) -> None:
+        self.strip = strip_usage_chunk
+        self.usage: Usage | None = None
+        self.events = 0  # data events other than [DONE]
+        self.saw_done = False
+        self._buf = b""
+        self._on_event = on_event  # called with the running event count
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Consume a chunk; return the bytes to forward now."""
+        self._buf += chunk
+        out: list[bytes] = []
+        while True:
+            cut = _event_end(self._buf)
+            if cut is None:
+                break
+            event, self._buf = self._buf[:cut], self._buf[cut:]
+            if self._inspect(event) or not self.strip:
+                out.append(event)
+        if not self.strip:
+            return chunk
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The held remainder at the end of the stream (an unterminated last event)."""
+        rest, self._buf = self._buf, b""
+        if rest.strip() and not self._inspect(rest) and self.strip:
+            return b""
+        return rest if self.strip else b""
+
+    def _inspect(self, event: bytes) -> bool:
+        """Parse one event; returns False if it is a usage-only chunk (to be stripped)."""
+        data = _event_data(event)
+        if data is None:
+            return True
+        if data == b"[DONE]":
+            self.saw_done = True
+            return True
+        self.events += 1
+        if self._on_event is not None:
+            self._on_event(self.events)
+        if b'"usage"' not in data:
+            return True
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return True
+        u = usage_from(obj)
+        if u is None:
+            return True
+        self.usage = u  # the last usage seen is final (continuous_usage_stats sends one per chunk)
+        return not (isinstance(obj, dict) and obj.get("choices") == [])
+
+
+def _event_end(buf: bytes) -> int | None:
+    """Index just past the first complete event (terminated by a blank line) in buf, or None."""
+    a = buf.find(b"\n\n")
+    b = buf.find(b"\r\n\r\n")
+    if a < 0 and b < 0:
+        return None
+    if b >= 0 and (a < 0 or b < a):
+        return b + 4
+    return a + 2
+
+
+def _event_data(event: bytes) -> bytes | None:
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            parts.append(line[5:].lstrip(b" "))
+    if not parts:
+        return None
+    data = b"\n".join(parts).strip()
+    return data or None
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+class ProxyError(Exception):
+    """An error to return to the client as OpenAI-style JSON with `status`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code if code is not None else status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def translate_transport_error(e: httpx.HTTPError, backend: str) -> ProxyError:
+    """httpx failure talking to `backend` -> the status a client should see."""
+    name = type(e).__name__
+    if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return ProxyError(504, f"backend {backend} did not accept the connection in time ({name})", "backend_timeout", code="backend_connect_timeout")
+    if isinstance(e, httpx.TimeoutException):
+        return ProxyError(504, f"backend {backend} timed out ({name})", "backend_timeout", code="backend_timeout")
+    if isinstance(e, httpx.ConnectError):
+        return ProxyError(502, f"cannot connect to backend {backend}: {e}", "backend_unreachable", code="backend_unreachable")
+    return ProxyError(502, f"backend {backend} failed: {name}: {e}", "backend_error", code="backend_error")
+
+
+def backend_error_body(status: int, content: bytes) -> tuple[int, bytes | None]:
+    """For a backend error response: the status to return and a replacement body (None = pass the
+    original body through). OpenAI-style JSON bodies pass through; other bodies are wrapped. 5xx other
+    than 503/504 become 502 (the proxy never answers 500)."""
+    out_status = status if status < 500 or status in (502, 503, 504) else 502
+    try:
+        obj = json.loads(content)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and out_status == status:
+        return status, None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+        msg = str(obj["error"].get("message", ""))
+    elif isinstance(obj, dict) and "detail" in obj:
+        msg = str(obj["detail"])
+    else:
+        msg = content[:500].decode("utf-8", "replace")
+    err = ProxyError(out_status, f"backend returned HTTP {status}: {msg}", "backend_error", code=status)
+    return out_status, json.dumps(err.body()).encode()
+
+
+def sse_error_event(err: ProxyError) -> bytes:
+    """An error sent inside an already-started stream (status line already sent), as vLLM does."""
+    return b"data: " + json.dumps(err.body()).encode() + b"\n\n"

@@ -1,0 +1,192 @@
+"""Telemetry: Prometheus exposition of the proxy's own state, and the --profile step writers.
+
+* `/metrics` (Prometheus text) comes from a per-app CollectorRegistry: a custom collector reads the
+  policy's views at scrape time (programs by phase/state, queue length, per-backend used/capacity tokens,
+  pause/resume counters — exact, and nothing to keep in sync), plus request counters and latency
+  histograms observed per request.
+* `--profile` writes, per LLM call, one StepRecord line to `step_records.jsonl` (the project's shared
+  record format) and, per completed call, one row of upstream's `step_profiles.csv` (same columns as
+  upstream, spec §7.2). Both are written by one writer thread fed through a queue, so the event loop never
+  blocks on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ThunderAgent.policy.base import Phase, State
+from ThunderAgent.records import JsonlWriter, StepRecord
+
+if TYPE_CHECKING:
+    from ThunderAgent.backends import BackendState
+    from ThunderAgent.policy.base import Policy
+    from ThunderAgent.programs import ProgramRegistry
+
+log = logging.getLogger("thunderagent.telemetry")
+
+CSV_NAME = "step_profiles.csv"
+JSONL_NAME = "step_records.jsonl"
+CSV_COLUMNS = ("program_id", "step_id", "prefill_s", "decode_s", "pause_s", "tool_call_s", "kv_hit_rate", "completed_at")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class _StateCollector(Collector):
+    """Reads the policy and registry at scrape time."""
+
+    def __init__(
+        self,
+        policy: "Policy",
+        programs: "ProgramRegistry",
+        backends: Callable[[], dict[str, "BackendState"]],
+    ) -> None:
+        self._policy = policy
+        self._programs = programs
+        self._backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        views = self._policy.programs()
+        by = GaugeMetricFamily("thunderagent_programs", "Tracked programs by phase and state", labels=["phase", "state"])
+        counts: dict[tuple[str, str], int] = {(p.value, s.value): 0 for p in Phase for s in (State.ACTIVE, State.PAUSED)}
+        for v in views:
+            key = (str(v.phase), str(v.state))
+            counts[key] = counts.get(key, 0) + 1
+        for (phase, state), n in counts.items():
+            by.add_metric([phase, state], n)
+        yield by
+
+        stats = self._policy.stats()
+        yield GaugeMetricFamily("thunderagent_queue_length", "Programs in the global waiting queue", value=stats.queue_length)
+        for name, help_, value in (
+            ("thunderagent_pauses", "Programs paused by the scheduler", stats.pauses),
+            ("thunderagent_resumes", "Programs resumed by the scheduler", stats.resumes),
+            ("thunderagent_forced_resumes", "Resumes forced by the queue timeout", stats.forced_resumes),
+            ("thunderagent_marks", "REASONING programs marked to pause at the end of their request", stats.marks),
+            ("thunderagent_rejects", "Held requests failed by the scheduler", stats.rejects),
+        ):
+            yield CounterMetricFamily(name, help_, value=value)
+
+        recs = self._programs.records()
+        yield GaugeMetricFamily("thunderagent_requests_inflight", "Requests forwarded and not finished", value=sum(r.inflight for r in recs))
+        yield GaugeMetricFamily("thunderagent_requests_held", "Requests held by the scheduler", value=sum(r.held for r in recs))
+
+        used = GaugeMetricFamily("thunderagent_backend_used_tokens", "Tokens the policy charges to the backend", labels=["backend"])
+        cap = GaugeMetricFamily("thunderagent_backend_capacity_tokens", "KV-cache capacity of the backend (tokens)", labels=["backend"])
+        progs = GaugeMetricFamily("thunderagent_backend_programs", "Programs placed on the backend", labels=["backend", "phase"])
+        healthy = GaugeMetricFamily("thunderagent_backend_healthy", "1 if the backend is considered healthy", labels=["backend"])
+        for b in self._policy.backends():
+            used.add_metric([b.url], b.used)
+            if b.capacity is not None:
+                cap.add_metric([b.url], b.capacity)
+            progs.add_metric([b.url, "reasoning"], b.reasoning_count)
+            progs.add_metric([b.url, "acting"], b.acting_count)
+            healthy.add_metric([b.url], 1.0 if b.healthy else 0.0)
+        yield used
+        yield cap
+        yield progs
+        yield healthy
+
+        engine = GaugeMetricFamily("thunderagent_engine_metric", "Latest scraped engine value (--metrics)", labels=["backend", "name"])
+        for url, st in self._backends().items():
+            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+                if name in st.latest:
+                    engine.add_metric([url, name], st.latest[name])
+        yield engine
+
+
+class Telemetry:
+    """The app's Prometheus registry and the per-request instruments."""
+
+    def __init__(self, policy: "Policy", programs: "ProgramRegistry", backends: Callable[[], dict[str, "BackendState"]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_StateCollector(policy, programs, backends))
+        self.requests = Counter(
+            "thunderagent_requests", "Chat completion requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "thunderagent_request_duration_seconds",
+            "Arrival to last byte of chat completion requests (queue wait included)",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.wait = Histogram(
+            "thunderagent_queue_wait_seconds",
+            "Time requests were held by the scheduler before forwarding",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.expired = Counter("thunderagent_programs_expired", "Programs expired by --idle-ttl or --max-programs", registry=self.registry)
+        self.released = Counter("thunderagent_programs_released", "Programs released by clients", registry=self.registry)
+
+
+def csv_row(rec: StepRecord, step_id: int, tool_call_s: float) -> list[Any]:
+    """One upstream step_profiles.csv row. Non-streaming calls have prefill = decode = 0 (as upstream);
+    kv_hit_rate is empty when the engine did not report cached tokens (upstream writes 0.0)."""
+    first = rec.first_token
+    prefill = (first - rec.start) if first is not None else 0.0
+    decode = (rec.end - first) if first is not None else 0.0
+    hit = ""
+    if rec.cached_tokens is not None and rec.prompt_tokens:
+        hit = f"{rec.cached_tokens / rec.prompt_tokens:.4f}"
+    return [
+        rec.program_id,
+        step_id,
+        f"{max(0.0, prefill):.4f}",
+        f"{max(0.0, decode):.4f}",
+        f"{max(0.0, rec.pause_s):.4f}",
+        f"{max(0.0, tool_call_s):.4f}",
+        hit,
+        f"{rec.end:.4f}",
+    ]
+
+
+class ProfileWriter:
+    """Appends step records (JSONL) and upstream CSV rows from a writer thread."""
+
+    _STOP = object()
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.dir / CSV_NAME
+        self.jsonl_path = self.dir / JSONL_NAME
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="thunderagent-profile-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: StepRecord, row: list[Any] | None) -> None:
+        self._q.put((record, row))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._q.put(self._STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        new_csv = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as fcsv, JsonlWriter(self.jsonl_path) as jw:
+            w = csv.writer(fcsv)
+            if new_csv:
+                w.writerow(CSV_COLUMNS)
+                fcsv.flush()
+            while True:
+                item = self._q.get()
+                if item is self._STOP:
+                    return
+                record, row = item  # type: ignore[misc]
+                try:
+                    jw.write(record)
+                    if row is not None:
+                        w.writerow(row)
+                        fcsv.flush()
+                except (OSError, ValueError) as e:  # a full disk must not kill the writer thread
+                    log.error("profile write failed: %s", e)
