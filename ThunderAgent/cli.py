@@ -1,13 +1,159 @@
-"""`thunderagent` / `python -m ThunderAgent` command line (placeholder until the proxy lands)."""
+"""`thunderagent` / `python -m ThunderAgent`: run the proxy.
+
+The flags are generated from ThunderAgent.config.Config, one per field (`foo_bar` -> `--foo-bar`, help
+and choices from the field's metadata), so adding a Config field adds a flag. Types follow the
+annotation: bool -> a switch (`--profile`; `--no-x` for switches that default to on), int/float/str,
+`str | None`, `tuple[str, ...]` -> a comma-separated list. Bad values end the program with one readable
+line and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from typing import Any, NoReturn, get_args, get_origin
 
 from ThunderAgent import __version__
+from ThunderAgent.config import Config
+
+EPILOG = """\
+Binding: the proxy listens on 127.0.0.1 by default (upstream: 0.0.0.0), so only this machine can reach
+it. To expose it to other hosts pass --host 0.0.0.0 (or one interface's address) and set --admin-token
+so that only you can release programs. Point OpenAI clients at http://<host>:<port>/v1 and send a
+program_id per agent trajectory (body, extra_body, X-Program-Id header, or base URL
+http://<host>:<port>/p/<program_id>/v1).
+"""
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one readable line, no usage dump
+        self.exit(2, f"thunderagent: error: {message} (see thunderagent --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(underlying type, optional?) of a field annotation."""
+    if get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list with at least one item")
+    return items
+
+
+def _number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="thunderagent",
+        description="ThunderAgent: a program-aware, OpenAI-compatible scheduling proxy in front of vLLM/SGLang.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"thunderagent {__version__}")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if not f.metadata.get("flag", True):
+            continue
+        tp, optional = _base_type(hints[f.name])
+        help_ = f.metadata.get("help", "")
+        default = f.default
+        kw: dict[str, Any] = {"dest": f.name, "default": default}
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        if tp is bool:
+            if default:
+                p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=f"{help_} (default: on)", **kw)
+            else:
+                p.add_argument(_flag(f.name), action="store_true", help=help_, **kw)
+            continue
+        if get_origin(tp) is tuple:
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            p.add_argument(_flag(f.name), type=_csv_list, metavar="A,B,...", help=f"{help_} (default: {shown})", **kw)
+            continue
+        if tp in (int, float):
+            kw["type"] = _number(tp)
+        elif tp is not str:
+            continue  # a type the command line cannot express (e.g. dicts): not a flag
+        shown = "unset" if default is None and optional else default
+        metavar = None if "choices" in kw else (f.name.upper() if tp is str else tp.__name__.upper())
+        p.add_argument(_flag(f.name), metavar=metavar, help=f"{help_} (default: {shown})", **kw)
+    return p
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks on a parsed Config; raises CliError with one line naming the problem."""
+    if not 0 < cfg.port < 65536:
+        raise CliError(f"--port {cfg.port} is not a valid TCP port (1-65535)")
+    if not cfg.backends:
+        raise CliError("--backends needs at least one URL")
+    for url in cfg.backends:
+        if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1]) == 0:
+            raise CliError(f"--backends: {url!r} is not an http(s):// URL")
+    for name in ("metrics_interval", "scheduler_interval", "proxy_connect_timeout"):
+        if getattr(cfg, name) <= 0:
+            raise CliError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
+    for name in ("proxy_read_timeout", "idle_ttl", "acting_token_weight", "resume_timeout"):
+        if getattr(cfg, name) < 0:
+            raise CliError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_body_bytes <= 0:
+        raise CliError(f"--max-body-bytes must be > 0, got {cfg.max_body_bytes}")
+    if cfg.max_programs <= 0:
+        raise CliError(f"--max-programs must be > 0, got {cfg.max_programs}")
+    if cfg.admin_token is not None and not cfg.admin_token:
+        raise CliError("--admin-token must not be empty")
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """argv -> a validated Config (exits with one line on a bad flag)."""
+    p = build_parser()
+    ns = vars(p.parse_args(argv))
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in ns.items() if k in names})
+    try:
+        validate(cfg)
+    except CliError as e:
+        p.exit(2, f"thunderagent: error: {e}\n")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="thunderagent", description="ThunderAgent proxy")
-    p.add_argument("--version", action="version", version=f"thunderagent {__version__}")
-    p.parse_args(argv)
+    cfg = parse_config(argv)
+    level = cfg.log_level.upper() if cfg.log_level != "trace" else "DEBUG"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from ThunderAgent.app import create_app
+
+    try:
+        app = create_app(cfg)
+    except (ValueError, ImportError, OSError) as e:
+        sys.exit(f"thunderagent: error: {e}")
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.log_level in ("debug", "trace"))
+    except OSError as e:  # e.g. address in use
+        sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")
