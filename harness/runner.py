@@ -304,6 +304,7 @@ class Runner:
 
     async def _cancel_all(self, tasks: dict[asyncio.Task[InstanceResult], tuple[str, str, int, int]],
                           result: RunResult, inst_w: JsonlWriter) -> None:
+        leftover = list(self.live)
         for t in tasks:
             t.cancel()
         if tasks:
@@ -312,7 +313,6 @@ class Runner:
             self._finish(t, pid, iid, attempt, rnd, result, inst_w)
         tasks.clear()
         # backstop: agents release in finally, but a crashed agent may not have; releasing twice is harmless
-        leftover = list(self.live)
         if leftover and self.cfg.endpoint.thunderagent:
             async with httpx.AsyncClient(timeout=5.0) as client:
                 await asyncio.gather(*(release_program(self.cfg.endpoint, p, client) for p in leftover))

@@ -1,0 +1,290 @@
+"""The runner: exactly N in flight, closed loop, resume without duplicates (also after a real SIGKILL),
+graceful stop with release; the synthetic agent's requests against a mock OpenAI endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.agents.base import Endpoint, InstanceResult
+from harness.agents.synthetic import SyntheticAgent, filler
+from harness.datasets import program_id_for
+from harness.records import RunManifest, RunPaths, read_instance_events, read_jsonl, read_step_records
+from harness.runner import RunConfig, Runner, RunnerError
+from harness.workload import Trajectory, Turn
+from ThunderAgent.records import StepRecord
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeAgent:
+    """Emits `steps` step records per instance, `delay` seconds apart; tracks concurrency and releases."""
+
+    name = "synthetic"
+
+    def __init__(self, steps: int = 3, delay: float = 0.002, fail: set[str] | None = None) -> None:
+        self.steps, self.delay, self.fail = steps, delay, fail or set()
+        self.running = 0
+        self.max_running = 0
+        self.released: list[str] = []
+        self.seen_ids: list[str] = []
+
+    async def run_instance(self, instance, program_id, endpoint, sink):
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        self.seen_ids.append(program_id)
+        try:
+            for k in range(1, self.steps + 1):
+                t = time.time()
+                await asyncio.sleep(self.delay)
+                sink(StepRecord(program_id, k, arrival=t, start=t, end=time.time(),
+                                instance_id=instance["instance_id"], prompt_tokens=100 * k, completion_tokens=10))
+            status = "error" if instance["instance_id"] in self.fail else "ok"
+            return InstanceResult(instance["instance_id"], program_id, status, steps=self.steps)
+        finally:
+            self.running -= 1
+            self.released.append(program_id)
+
+
+def _instances(n: int) -> list[dict]:
+    return [{"instance_id": f"inst-{i:03d}"} for i in range(n)]
+
+
+def _cfg(tmp_path, n=10, programs=3, **kw) -> RunConfig:
+    ep = Endpoint("http://127.0.0.1:9/v1", "m", thunderagent=False)
+    return RunConfig(run_dir=tmp_path / "run", arm="vllm", programs=programs, endpoint=ep,
+                     instances=_instances(n), progress=False, handle_signals=False, **kw)
+
+
+def _check_no_duplicates(run_dir: Path) -> list[StepRecord]:
+    recs = read_step_records(run_dir / "steps.jsonl")
+    keys = Counter((r.program_id, r.step) for r in recs)
+    assert all(c == 1 for c in keys.values()), "duplicate (program_id, step)"
+    return recs
+
+
+async def test_closed_loop_keeps_exactly_n_in_flight(tmp_path):
+    agent = FakeAgent(steps=4)
+    res = await Runner(_cfg(tmp_path, n=12, programs=3), agent).run()
+    assert agent.max_running == 3 and res.ok == 12 and res.steps == 48 and res.started == 12
+    recs = _check_no_duplicates(tmp_path / "run")
+    assert {r.run_id for r in recs} == {res.run_id} and {r.arm for r in recs} == {"vllm"}
+    ids = {r.program_id for r in recs}
+    assert ids == {program_id_for(f"inst-{i:03d}", 0, res.run_id) for i in range(12)}
+    m = RunManifest.read(tmp_path / "run" / "manifest.json")
+    assert m.programs == 3 and m.end_time and m.git_revision and m.versions["python"]
+
+
+async def test_resume_skips_finished_and_retries_errors(tmp_path):
+    first = await Runner(_cfg(tmp_path, n=6), FakeAgent(fail={"inst-002"})).run()
+    assert first.ok == 5 and first.errors == 1
+    agent = FakeAgent()
+    second = await Runner(_cfg(tmp_path, n=6), agent).run()
+    assert second.skipped == 5 and second.started == 1 and second.ok == 1
+    assert agent.seen_ids == [program_id_for("inst-002", 1, first.run_id)]  # fresh attempt, fresh program
+    _check_no_duplicates(tmp_path / "run")
+    third = await Runner(_cfg(tmp_path, n=6), FakeAgent()).run()
+    assert third.started == 0 and third.skipped == 6
+
+
+async def test_dir_of_another_experiment_is_refused(tmp_path):
+    await Runner(_cfg(tmp_path, n=1), FakeAgent()).run()
+    cfg = _cfg(tmp_path, n=1, programs=5)
+    with pytest.raises(RunnerError, match="use another output directory"):
+        await Runner(cfg, FakeAgent()).run()
+
+
+async def test_duration_mode_cycles_instances_and_stops_at_the_deadline(tmp_path):
+    agent = FakeAgent(steps=2, delay=0.01)
+    cfg = _cfg(tmp_path, n=2, programs=4, duration_s=0.5)
+    t = time.monotonic()
+    res = await Runner(cfg, agent).run()
+    assert time.monotonic() - t < 3.0
+    assert res.ok > 4  # the 2-instance list was cycled (rounds), 4 in flight
+    events = read_instance_events(tmp_path / "run" / "instances.jsonl")
+    assert max(e.round for e in events) >= 2
+    assert agent.max_running == 4
+
+
+async def test_stop_cancels_and_releases_live_programs(tmp_path):
+    released: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/programs/release":
+            released.append(json.loads(request.content)["program_id"])
+            return httpx.Response(200, json={"released": True})
+        return httpx.Response(404)
+
+    class Hanging(FakeAgent):
+        async def run_instance(self, instance, program_id, endpoint, sink):
+            self.seen_ids.append(program_id)
+            await asyncio.sleep(3600)
+
+    ep = Endpoint("http://proxy.test/v1", "m", thunderagent=True)
+    cfg = RunConfig(run_dir=tmp_path / "run", arm="thunderagent", programs=2, endpoint=ep, instances=_instances(5),
+                    progress=False, handle_signals=False)
+    runner = Runner(cfg, Hanging())
+    orig = httpx.AsyncClient.__init__
+
+    def patched(self, *a, **k):
+        k.setdefault("transport", httpx.MockTransport(handler))
+        orig(self, *a, **k)
+
+    httpx.AsyncClient.__init__ = patched
+    try:
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 5
+        while len(runner.live) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        runner.stop()
+        res = await asyncio.wait_for(task, 5)
+    finally:
+        httpx.AsyncClient.__init__ = orig
+    assert res.interrupted and res.cancelled == 2
+    assert sorted(released) == sorted(runner.agent.seen_ids)  # backstop release of both live programs
+    ends = [e for e in read_instance_events(tmp_path / "run" / "instances.jsonl") if e.event == "end"]
+    assert {e.status for e in ends} == {"cancelled"}
+
+
+_CHILD = """
+import asyncio, sys
+sys.path.insert(0, {repo!r})
+from tests.unit.test_runner import FakeAgent, _cfg
+from pathlib import Path
+from harness.runner import Runner
+cfg = _cfg(Path({tmp!r}), n=40, programs=4)
+asyncio.run(Runner(cfg, FakeAgent(steps=5, delay=0.02)).run())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_resume_after_sigkill_never_duplicates_a_step(tmp_path):
+    steps_file = tmp_path / "run" / "steps.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=str(REPO), tmp=str(tmp_path))],
+                             cwd=REPO, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # poll until the run is well under way
+        if steps_file.exists() and sum(1 for _ in open(steps_file)) >= 30:
+            break
+        if child.poll() is not None:
+            pytest.fail(f"child exited early: {child.stderr.read().decode()[-2000:]}")
+        await asyncio.sleep(0.02)
+    else:
+        child.kill()
+        pytest.fail("the child run produced no steps in 30 s")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    before = read_step_records(steps_file)
+    events = read_instance_events(tmp_path / "run" / "instances.jsonl")
+    finished = {e.instance_id for e in events if e.event == "end" and e.status == "ok"}
+    assert 0 < len(finished) < 40
+    interrupted = {e.instance_id for e in events if e.event == "start"} - finished
+
+    res = await Runner(_cfg(tmp_path, n=40, programs=4), FakeAgent(steps=5, delay=0.001)).run()
+    assert res.skipped == len(finished) and res.ok == 40 - len(finished)
+    recs = _check_no_duplicates(tmp_path / "run")
+    assert recs[: len(before)] == before  # nothing rewritten
+    events = read_instance_events(tmp_path / "run" / "instances.jsonl")
+    ok = Counter(e.instance_id for e in events if e.event == "end" and e.status == "ok")
+    assert set(ok) == {f"inst-{i:03d}" for i in range(40)} and set(ok.values()) == {1}
+    # interrupted instances restarted under a new program id, from step 1, with all 5 steps
+    for iid in interrupted:
+        pids = {e.program_id for e in events if e.instance_id == iid and e.event == "end" and e.status == "ok"}
+        (pid,) = pids
+        assert sorted(r.step for r in recs if r.program_id == pid) == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ the synthetic agent over HTTP (mocked)
+
+class MockEngine:
+    """An OpenAI-compatible endpoint counting prompt tokens as words + 3 per message (like a chat
+    template), streaming `max_tokens` one-word chunks, honouring ThunderAgent's release route."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.released: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/programs/release":
+            self.released.append(json.loads(request.content)["program_id"])
+            return httpx.Response(200, json={"program_id": self.released[-1], "released": True})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        prompt = sum(len(m["content"].split()) + 3 for m in body["messages"])
+        n = body["max_tokens"]
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
+                 "prompt_tokens_details": {"cached_tokens": 0}}
+        if not body.get("stream"):
+            return httpx.Response(200, json={"choices": [{"message": {"content": filler(n, "out")}}], "usage": usage})
+        chunks = [{"choices": [{"delta": {"content": w + " "}}]} for w in filler(n, "out").split()]
+        chunks.append({"choices": [], "usage": usage})
+        text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+
+TRAJ = Trajectory("inst-a", system_tokens=500, first_user_tokens=300, prep_time_s=0.0,
+                  turns=(Turn(20, 150, 0.0), Turn(30, 400, 0.0), Turn(25, 10, 0.0), Turn(10, 0, 0.0)))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_synthetic_agent_plays_the_trajectory(stream):
+    engine = MockEngine()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    agent = SyntheticAgent(traces=[TRAJ], client=client, stream=stream)
+    recs: list[StepRecord] = []
+    ep = Endpoint("http://ta.test/v1", "served", thunderagent=True)
+    res = await agent.run_instance({"instance_id": "inst-a"}, "swe-abc", ep, recs.append)
+    await client.aclose()
+    assert res.status == "ok" and res.steps == 4 and engine.released == ["swe-abc"]
+    assert [r.step for r in recs] == [1, 2, 3, 4] and all(r.status == "ok" for r in recs)
+    assert [b["max_tokens"] for b in engine.bodies] == [20, 30, 25, 10]
+    assert all(b["ignore_eos"] and b["min_tokens"] == b["max_tokens"] for b in engine.bodies)
+    assert all(b["program_id"] == "swe-abc" and b["model"] == "served" for b in engine.bodies)
+    # the conversation grows and re-sends the same prefix (byte-identical: prefix caching works)
+    msgs = [b["messages"] for b in engine.bodies]
+    assert all(msgs[i + 1][: len(msgs[i])] == msgs[i] for i in range(3))
+    # prompts track the plan: exact after the overhead is learnt, within a few tokens before
+    plan = [TRAJ.prompt_tokens(k) for k in range(4)]
+    got = [r.prompt_tokens for r in recs]
+    assert all(abs(g - p) <= 6 for g, p in zip(got, plan)), (got, plan)
+    assert got[2:] == plan[2:]
+    if stream:
+        assert all(r.first_token is not None and r.arrival <= r.first_token <= r.end for r in recs)
+
+
+async def test_synthetic_agent_reports_http_errors_and_still_releases():
+    released = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/programs/release":
+            released.append(1)
+            return httpx.Response(200, json={"released": True})
+        return httpx.Response(400, json={"error": {"message": "context too long", "type": "BadRequestError"}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    agent = SyntheticAgent(traces=[TRAJ], client=client)
+    recs: list[StepRecord] = []
+    res = await agent.run_instance({"instance_id": "inst-a"}, "p", Endpoint("http://x/v1", "m", True), recs.append)
+    await client.aclose()
+    assert res.status == "error" and "context too long" in res.error and released == [1]
+    assert recs[0].status == "error" and recs[0].http_status == 400
+
+
+async def test_raw_engine_arm_sends_no_program_id_and_no_release():
+    engine = MockEngine()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    agent = SyntheticAgent(traces=[TRAJ], client=client, stream=False)
+    await agent.run_instance({"instance_id": "inst-a"}, "p", Endpoint("http://x/v1", "m", False), lambda r: None)
+    await client.aclose()
+    assert engine.released == [] and all("program_id" not in b for b in engine.bodies)
