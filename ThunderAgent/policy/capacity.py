@@ -550,17 +550,17 @@ class CapacityPolicy:
         if p.requests > 0 and p.wait_since is None:
             p.wait_since = now
 
-    def _pause_acting(self, b: _Backend, actions: list[Action]) -> None:
-        """Pause the smallest ACTING program on `b` (cheapest to re-prefill)."""
-        p = self._programs[b.acting[0][2]]
+    def _pause(self, p: _Program, actions: list[Action]) -> None:
+        """Move an ACTING program from its backend to the queue (its next request will wait)."""
+        url = p.backend
         self._detach(p)
         self._deactivate(p, self._now)
         self._attach(p)
-        actions.append(Pause(p.pid, b.url))
+        actions.append(Pause(p.pid, url))  # type: ignore[arg-type]
         self._pauses += 1
 
-    def _mark_smallest(self, b: _Backend) -> None:
-        p = self._programs[b.reasoning[0][2]]
+    def _mark(self, p: _Program) -> None:
+        """Mark a REASONING program: it is paused when its last in-flight request ends."""
         self._detach(p)
         p.marked = True
         self._attach(p)
@@ -572,10 +572,34 @@ class CapacityPolicy:
         if b.capacity is None or self._used(b) <= self.limits.high(b.url, b.capacity):
             return
         target = self.limits.low(b.url, b.capacity)
-        while b.acting and self._projected(b) > target:
-            self._pause_acting(b, actions)
-        while b.reasoning and self._projected(b) > target:
-            self._mark_smallest(b)
+        need = self._projected(b) - target
+        if need > 0 and b.acting:
+            for key in self._select(b.acting, need, reasoning=False):
+                self._pause(self._programs[key[2]], actions)
+            need = self._projected(b) - target
+        if need > 0 and b.reasoning:
+            for key in self._select(b.reasoning, need, reasoning=True):
+                self._mark(self._programs[key[2]])
+
+    def _select(self, keys: SortedList, need: float, *, reasoning: bool) -> list[Key]:
+        """Smallest first until `need` charged tokens are freed, then drop (largest first) any chosen
+        program the others already cover: no overshoot that the resume pass would undo at once.
+        O(chosen), not O(programs)."""
+        chosen: list[tuple[Key, float]] = []
+        freed = 0.0
+        for key in keys:
+            if freed >= need:
+                break
+            c = self._charge(self._programs[key[2]], reasoning=reasoning)
+            chosen.append((key, c))
+            freed += c
+        keep = [chosen[-1]] if chosen else []
+        for key, c in reversed(chosen[:-1]):
+            if freed - c >= need:
+                freed -= c
+            else:
+                keep.append((key, c))
+        return sorted(k for k, _ in keep)
 
     # ================================================================================ placement
     def _room(self, b: _Backend) -> float:
@@ -732,14 +756,18 @@ class CapacityPolicy:
         if best is None:
             return None
         b = best
-        while b.acting and not self._fits(b, charge):
-            self._pause_acting(b, actions)
-            self._swaps += 1
+        extra = self._prefix if (self._prefix and not b.count) else 0
+        need = charge + extra - self._room(b)
+        if b.acting:
+            for key in self._select(b.acting, need, reasoning=False):
+                self._pause(self._programs[key[2]], actions)
+                self._swaps += 1
         if self._fits(b, charge):
             return b
-        target = self.limits.low(b.url, b.capacity) - charge  # type: ignore[arg-type]
-        while b.reasoning and self._projected(b) > target:
-            self._mark_smallest(b)
+        need = self._projected(b) - (self.limits.low(b.url, b.capacity) - charge)  # type: ignore[arg-type]
+        if need > 0 and b.reasoning:
+            for key in self._select(b.reasoning, need, reasoning=True):
+                self._mark(self._programs[key[2]])
         return None
 
     def _flush(self) -> list[Action]:
