@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from harness import __version__
 
@@ -54,16 +55,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _error_line(message: str) -> None:
+    """`error: <message>` on ONE line (newlines folded; no rich markup interpretation of the message)."""
+    msg = " ".join(message.split())
+    err.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _guard() -> Iterator[None]:
     try:
         yield
     except _user_errors() as e:
-        msg = " ".join(str(e).split())  # one line, whatever the exception carried
-        err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        _error_line(str(e))
         raise typer.Exit(2) from None
     except FileNotFoundError as e:
-        err.print(f"[bold red]error:[/] {e.filename or e}: not found", highlight=False, soft_wrap=True)
+        _error_line(f"{e.filename or e}: not found")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -54,5 +54,97 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     raise NotImplementedError("waiting for harness/sim/des.py")
 
 
+def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
+    """The recipe's synthetic trajectory model, its step cap clipped to the recipe's max_iterations."""
+    from dataclasses import replace
+
+    from harness.workload import load_workload_params
+
+    r = opts.recipe
+    params = load_workload_params(r.workload.params_source(r.path.parent))
+    cap = r.workload.max_iterations
+    if params.turns.max > cap:
+        params = params.scaled(turns=replace(params.turns, max=float(cap), min=min(params.turns.min, float(cap))))
+    return params
+
+
+def make_agent(opts: "SweepOptions", programs: int):  # -> harness.agents.base.Agent
+    """The agent for a live point: synthetic (sampled trajectories) or a real agent library (A's)."""
+    if opts.agent == "synthetic":
+        from harness.agents.synthetic import SyntheticAgent
+
+        ts = opts.time_scale if opts.engine == "live-sim" else 1.0
+        return SyntheticAgent(workload_params(opts), seed=opts.seed, programs=programs, time_scale=ts)
+    if opts.agent == "openhands":
+        from harness.agents import openhands
+
+        return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations)
+    if opts.agent == "mini-swe-agent":
+        from harness.agents import miniswe
+
+        return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations)
+    raise ValueError(f"unknown agent {opts.agent!r}")
+
+
 def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, console: Console) -> dict[str, Any]:
-    raise NotImplementedError("waiting for harness/runner.py")
+    """A fresh engine (+ proxy) for this point, the runner for the run's duration, everything stopped after.
+
+    live-sim uses ephemeral ports (nothing outside talks to these processes); the real engine uses the
+    recipe's ports, so a port already taken is a clear failure of the point."""
+    import asyncio
+
+    from harness.agents.base import Endpoint
+    from harness.datasets import load_instances
+    from harness.launch import vllm_spec
+    from harness.launch.process import LaunchError, Supervisor, free_port
+    from harness.launch.proxy import proxy_spec
+    from harness.launch.sim import sim_spec
+    from harness.reproduce import PointFailed
+    from harness.runner import RunConfig
+    from harness.runner import run as run_programs
+
+    if arm == "continuum":
+        raise PointFailed("the Continuum-style arm exists only in the des engine")
+    r = opts.recipe
+    sim = opts.engine == "live-sim"
+    ts = opts.time_scale if sim else 1.0
+    logs = run_dir / "logs"
+    with Supervisor(logs, console) as sup:
+        try:
+            eng = sim_spec(r, port=free_port(), time_scale=ts) if sim else vllm_spec(r)
+            sup.start(eng)
+            backend = f"http://{eng.host}:{eng.port}"
+            base_url = backend + "/v1"
+            if arm == "thunderagent":
+                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"))
+                sup.start(px)
+                base_url = f"http://{px.host}:{px.port}/v1"
+        except LaunchError as e:
+            raise PointFailed(str(e)) from None
+        endpoint = Endpoint(base_url=base_url, model=r.engine.served_name, thunderagent=arm == "thunderagent")
+        dataset = "lite-synthetic" if opts.agent == "synthetic" and sim else opts.dataset
+        cfg = RunConfig(
+            run_dir=run_dir, arm=arm, programs=programs, endpoint=endpoint,
+            instances=load_instances(dataset), duration_s=opts.duration_s / ts, metrics_urls=[backend],
+            scrape_interval_s=max(0.25, 5.0 / ts), agent_name=opts.agent,
+            engine="sim" if sim else r.engine.kind, simulated=sim, profile=r.sim.profile if sim else None,
+            time_scale=ts, recipe=r.name, workload=r.workload.params_source(r.path.parent), dataset=dataset,
+            seed=opts.seed, progress=False, handle_signals=False,
+            extra={"window": opts.window, "engine_argv": list(eng.argv)},
+        )
+        agent = make_agent(opts, programs)
+
+        async def _drive():  # one event loop for the run and the agent's client shutdown
+            try:
+                return await run_programs(cfg, agent)
+            finally:
+                close = getattr(agent, "aclose", None)
+                if close is not None:
+                    await close()
+
+        result = asyncio.run(_drive())
+        dead = [p for p in sup.running if not p.alive()]
+        if dead:
+            raise PointFailed(f"{dead[0].name} died during the run (log {dead[0].log})")
+    return {"steps": result.steps, "ok_instances": result.ok, "errors": result.errors,
+            "processes_stopped": True}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
@@ -218,7 +219,7 @@ def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, r
         with console.status(f"running {label} ..."):
             extra = runner(opts, arm, programs, pdir, console) or {}
     except PointFailed as e:
-        console.print(f"[red]✗[/] {label}: failed: {e}")
+        console.print(f"[red]✗[/] {escape(label)}: failed: {escape(str(e))}")
         _write_json(pdir / "failed.json", {"arm": arm, "programs": programs, "reason": str(e)})
         return PointResult(arm, programs, name, "failed", str(e), round(time.time() - t, 3))
     wall = round(time.time() - t, 3)
@@ -322,7 +323,7 @@ def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -
         t.add_row(str(r["arm"]), str(r["programs"]), _fmt(r.get("steps_per_min"), ".1f"), ci,
                   "—" if hit is None else f"{100 * hit:.1f}%", _fmt(r.get("preemptions"), ".0f"),
                   _fmt(r.get("p50_step_latency_s"), ".2f"), _fmt(r.get("p95_step_latency_s"), ".2f"),
-                  r["status"] if r["status"] == "ok" else f"[red]failed: {r.get('reason')}[/]")
+                  r["status"] if r["status"] == "ok" else f"[red]failed: {escape(str(r.get('reason')))}[/]")
     console.print(t)
     for arm, ratio in sorted(ratios_at_max(rows).items()):
         console.print(f"  {arm} / vllm at the largest concurrency: [bold]{ratio:.2f}×[/]")

@@ -94,6 +94,15 @@ class WorkloadSpec:
     agent: str = "openhands"  # "openhands" | "mini-swe-agent" | "synthetic" (the statistical model)
     dataset: str = "lite"  # "lite" = princeton-nlp/SWE-bench_Lite test, or a path to jsonl/parquet
     max_iterations: int = 50  # agent step cap per instance (upstream: --max-iterations 50)
+    params: str = ""  # synthetic trajectory model: "" = harness/workloads/<agent>.toml, or a TOML path
+    # (relative to the recipe file) with the same structure
+
+    def params_source(self, recipe_dir: Path) -> str:
+        """What to pass to harness.workload.load_workload_params."""
+        if self.params:
+            p = Path(self.params)
+            return str(p if p.is_absolute() else recipe_dir / p)
+        return "openhands" if self.agent == "synthetic" else self.agent
 
 
 @dataclass(frozen=True)
@@ -292,6 +301,8 @@ def _validate(r: Recipe, where: str) -> None:
         raise RecipeError(f"recipe {where}: [sim].time_scale must be > 0")
     if r.workload.agent not in AGENTS:
         raise RecipeError(f"recipe {where}: [workload].agent must be one of {', '.join(AGENTS)}")
+    if r.workload.params and not Path(r.workload.params_source(r.path.parent)).is_file():
+        raise RecipeError(f"recipe {where}: [workload].params {r.workload.params!r} not found")
     if r.workload.max_iterations < 1:
         raise RecipeError(f"recipe {where}: [workload].max_iterations must be >= 1")
     if not s.levels or any(n < 1 for n in s.levels):
