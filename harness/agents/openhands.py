@@ -1,0 +1,253 @@
+"""OpenHands (openhands-sdk / openhands-tools 1.58.2) on SWE-bench instances, one program_id per instance.
+
+Per instance (see shared spec "agents-and-datasets" §1.3 / §6a):
+  * a copy of the base LLM with `litellm_extra_body={"program_id": ...}` (only when the endpoint is
+    ThunderAgent), `api_mode="chat"`, model `openai/<served name>`, `base_url` = proxy or engine;
+  * the default tools without the browser (terminal, file_editor, task_tracker; finish/think built in);
+  * our own instance prompt (INSTANCE_PROMPT), at most `max_iterations` agent steps;
+  * patch = `git diff` of the work tree against base_commit (new files included);
+  * the conversation is closed and `POST /programs/release` sent in `finally` — also on error, timeout
+    and cancellation, and only after the worker thread has stopped making LLM calls.
+
+The SDK is synchronous (blocking HTTP, subprocess tools), so each instance runs in a worker thread
+(`asyncio.to_thread`) and the runner's event loop stays free. Workspaces:
+  * "local": a temp checkout of the instance repo at base_commit (toy fixtures, CI, or --repos-dir);
+  * "docker": the swebench instance image wrapped by OpenHands' agent-server (`DockerDevWorkspace`),
+    for users with a Docker engine and the images. There the SDK serialises the whole agent, LLM
+    included, into the container, so the LLM calls come from the container: the endpoint must be
+    reachable from it (host network), and client-side step records are not available (use the proxy's
+    --profile records); program_id still travels with the per-instance LLM copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.agents.base import Endpoint, Instance, InstanceResult
+from harness.agents.checkout import diff_against, prepare_checkout
+from harness.agents.steps import StepRecorder
+from harness.agents.threaded import StopSignal, ThreadedAgent
+
+log = logging.getLogger(__name__)
+
+# Quiet, offline-friendly library start-up (no remote model-cost map fetch, no banner).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
+# litellm has no price for a self-hosted model; the SDK warns on every call. Cost is not our metric.
+warnings.filterwarnings("ignore", message="Cost calculation failed")
+
+SDK_VERSION = "1.58.2"  # the pinned, verified openhands-sdk/openhands-tools version (pyproject extra)
+
+INSTANCE_PROMPT = """\
+The repository {repo} is checked out in {workdir}. A user reported this issue:
+
+<issue>
+{problem_statement}
+</issue>
+
+Change the non-test source files under {workdir} so that the issue is resolved. The tests that check
+the fix already exist elsewhere; do not add or modify tests. Work in small steps:
+1. find and read the code involved;
+2. reproduce the problem with a short command if that helps;
+3. make the smallest change that fixes it, keeping the codebase's style;
+4. re-run your reproduction, then call the finish tool with a one-line summary.
+Do not commit; your changes are collected from the working tree.
+"""
+
+
+def swebench_image(instance: Instance) -> str:
+    """The official swebench instance image name (same rule as swebench / mini-swe-agent / OpenHands)."""
+    if instance.get("image_name") or instance.get("docker_image"):
+        return str(instance.get("image_name") or instance.get("docker_image"))
+    iid = instance["instance_id"].replace("__", "_1776_")
+    return f"docker.io/swebench/sweb.eval.x86_64.{iid}:latest".lower()
+
+
+def _import_sdk() -> Any:
+    try:
+        import openhands.sdk as sdk
+        from openhands.tools.preset.default import get_default_tools
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise RuntimeError("the OpenHands agent needs the `openhands` extra: "
+                           "THUNDERBENCH_EXTRAS=openhands bash scripts/setup/setup.sh") from e
+    return sdk, get_default_tools
+
+
+_RECORDING_LLM: Any = None
+
+
+def recording_llm_class() -> Any:
+    """`openhands.sdk.LLM` whose every HTTP attempt (`_transport_call`, retries included) is recorded.
+
+    `_transport_call` is the SDK's single synchronous chat-completions call site (llm.py), below its
+    retry loop, so one record = one request the endpoint saw."""
+    global _RECORDING_LLM
+    if _RECORDING_LLM is None:
+        sdk, _ = _import_sdk()
+        from pydantic import PrivateAttr
+
+        class RecordingLLM(sdk.LLM):  # type: ignore[misc, valid-type]
+            _recorder: StepRecorder | None = PrivateAttr(default=None)
+
+            def _transport_call(self, **kwargs: Any) -> Any:
+                rec = self._recorder
+                if rec is None:
+                    return super()._transport_call(**kwargs)
+                with rec.call() as c:
+                    resp = super()._transport_call(**kwargs)
+                    c.usage_from(resp)
+                    return resp
+
+        _RECORDING_LLM = RecordingLLM
+    return _RECORDING_LLM
+
+
+@dataclass
+class OpenHandsAgent(ThreadedAgent):
+    """The runner's Agent for OpenHands. One object serves a whole run (instances run concurrently)."""
+
+    max_iterations: int = 50
+    workspace: str = "local"  # "local" | "docker"
+    repos_dir: Path | None = None  # local mirrors of real repos (see harness/agents/checkout.py)
+    work_root: Path | None = None  # where temp checkouts go (default: system temp)
+    keep_workspaces: bool = False
+    terminal_type: str | None = None  # None: the SDK's choice (tmux if present); or "subprocess"/"tmux"
+    native_tool_calling: bool = True
+    temperature: float | None = 0.0
+    num_retries: int = 5  # the SDK's retry count for transient LLM errors
+    llm_timeout_s: int = 600
+    docker_network: str | None = "host"
+    llm_overrides: dict[str, Any] = field(default_factory=dict)  # extra openhands.sdk.LLM fields
+
+    name = "openhands"
+
+    def __post_init__(self) -> None:
+        if self.workspace not in ("local", "docker"):
+            raise ValueError(f"workspace must be 'local' or 'docker', not {self.workspace!r}")
+        self._base_llms: dict[tuple[str, str, str], Any] = {}
+        self._base_lock = threading.Lock()
+
+    def base_llm(self, endpoint: Endpoint) -> Any:
+        """The run's LLM (built once per endpoint); instances get copies of it."""
+        key = (endpoint.base_url, endpoint.model, endpoint.api_key)
+        with self._base_lock:
+            llm = self._base_llms.get(key)
+            if llm is None:
+                from pydantic import SecretStr
+
+                cls = recording_llm_class()
+                fields: dict[str, Any] = dict(
+                    model=f"openai/{endpoint.model}", base_url=endpoint.base_url,
+                    api_key=SecretStr(endpoint.api_key), api_mode="chat", reasoning_effort=None,
+                    usage_id="agent", native_tool_calling=self.native_tool_calling,
+                    temperature=self.temperature, num_retries=self.num_retries, timeout=self.llm_timeout_s,
+                )
+                fields.update(self.llm_overrides)
+                llm = self._base_llms[key] = cls(**fields)
+        return llm
+
+    def instance_llm(self, endpoint: Endpoint, program_id: str, recorder: StepRecorder | None) -> Any:
+        base = self.base_llm(endpoint)
+        extra = dict(base.litellm_extra_body or {})
+        if endpoint.thunderagent:
+            extra["program_id"] = program_id
+        llm = base.model_copy(deep=True, update={"litellm_extra_body": extra})
+        llm._recorder = recorder
+        return llm
+
+    def tools(self) -> list[Any]:
+        sdk, get_default_tools = _import_sdk()
+        tools = get_default_tools(enable_browser=False)
+        if self.terminal_type:
+            tools = [sdk.Tool(name=t.name, params={**(t.params or {}), "terminal_type": self.terminal_type})
+                     if t.name == "terminal" else t for t in tools]
+        return tools
+
+    def _run_sync(self, instance: Instance, program_id: str, endpoint: Endpoint, recorder: StepRecorder,
+                  stop: StopSignal, result: InstanceResult) -> None:
+        """Runs in a worker thread. Never raises: failures are reported in `result`."""
+        t0 = time.time()
+        tmp = Path(tempfile.mkdtemp(prefix="oh-", dir=self.work_root))
+        conversation = None
+        workspace = None
+        try:
+            sdk, _ = _import_sdk()
+            llm = self.instance_llm(endpoint, program_id, recorder)
+            agent = sdk.Agent(llm=llm, tools=self.tools(), system_prompt_kwargs={"cli_mode": True})
+            if self.workspace == "local":
+                workdir = str(prepare_checkout(instance, tmp / instance["repo"].split("/")[-1],
+                                               self.repos_dir))
+                workspace = sdk.LocalWorkspace(working_dir=workdir)
+            else:
+                workdir = "/testbed"
+                workspace = self._docker_workspace(instance)
+            if stop.is_set():
+                raise TimeoutError("stopped before the agent started")
+            conversation = sdk.Conversation(
+                agent=agent, workspace=workspace, max_iteration_per_run=self.max_iterations,
+                visualizer=None, delete_on_close=True,
+                **({"persistence_dir": str(tmp / "conversation")} if self.workspace == "local" else {}))
+            stop.on_stop(conversation.pause)  # takes effect after the in-flight LLM call or tool
+            conversation.send_message(INSTANCE_PROMPT.format(
+                repo=instance["repo"], workdir=workdir, problem_statement=instance["problem_statement"]))
+            try:
+                conversation.run()
+            finally:
+                status = str(getattr(conversation.state.execution_status, "value",
+                                     conversation.state.execution_status))
+                result.extra["execution_status"] = status
+            result.patch = self._patch(instance, workdir, workspace)
+            result.status = "ok" if status == "finished" else "error"
+            if result.status == "error" and result.error is None:
+                result.error = f"conversation ended {status}"
+        except BaseException as e:  # noqa: BLE001 - the contract: report, never raise
+            result.status = "error"
+            result.error = f"{type(e).__name__}: {e}"[:2000]
+            if result.patch is None and self.workspace == "local" and (tmp / instance["repo"].split("/")[-1]).exists():
+                try:  # keep whatever the agent changed before failing
+                    result.patch = diff_against(tmp / instance["repo"].split("/")[-1], instance["base_commit"])
+                except Exception:  # noqa: BLE001
+                    pass
+        finally:
+            if conversation is not None:
+                try:
+                    conversation.close()
+                except Exception:  # noqa: BLE001
+                    log.debug("conversation.close failed", exc_info=True)
+            if workspace is not None and self.workspace == "docker":
+                try:
+                    workspace.cleanup()
+                except Exception:  # noqa: BLE001
+                    log.debug("workspace cleanup failed", exc_info=True)
+            if not self.keep_workspaces:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                result.extra["workspace"] = str(tmp)
+            result.extra["wall_s"] = round(time.time() - t0, 3)
+
+    def _patch(self, instance: Instance, workdir: str, workspace: Any) -> str:
+        if self.workspace == "local":
+            return diff_against(workdir, instance["base_commit"])
+        cmd = (f"cd {workdir} && git add -A && git diff --cached --no-color --no-ext-diff "
+               f"{instance['base_commit']}")
+        out = workspace.execute_command(cmd, timeout=120)
+        if getattr(out, "exit_code", 0) != 0:
+            raise RuntimeError(f"git diff in the container failed: {getattr(out, 'stderr', '')[:500]}")
+        return str(out.stdout)
+
+    def _docker_workspace(self, instance: Instance) -> Any:
+        try:
+            from openhands.workspace import DockerDevWorkspace
+        except ImportError as e:  # pragma: no cover
+            raise RuntimeError("the docker workspace needs openhands-workspace (the `openhands` extra)") from e
+        return DockerDevWorkspace(base_image=swebench_image(instance), working_dir="/testbed",
+                                  network=self.docker_network)
