@@ -1,0 +1,206 @@
+"""Bad input and backend failures: the client gets an OpenAI-style error with a fitting status, the
+proxy never answers 500, and the state stays consistent (policy.on_request_end exactly once per
+forwarded request, nothing left in flight, the program ACTING afterwards)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ThunderAgent.config import Config
+from ThunderAgent.policy.base import Phase
+from ThunderAgent.policy.passthrough import PassthroughPolicy
+from tests.fakes.fake_vllm import FakeVLLM, free_port_url
+from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
+
+
+def cfg(*backends: str, **kw) -> Config:
+    return Config(backends=backends, router="default", **kw)
+
+
+def assert_openai_error(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def assert_consistent(proxy, spy: SpyPolicy, pid: str = "p") -> None:
+    assert spy.balanced(), (spy.arrivals, spy.ends)
+    rec = proxy.registry.get(pid)
+    assert rec is not None and rec.inflight == 0 and rec.held == 0
+    assert proxy.policy.program(pid).phase == Phase.ACTING
+    assert proxy.policy.program(pid).inflight == 0
+
+
+@pytest.fixture
+def spy(fake_vllm: FakeVLLM) -> SpyPolicy:
+    return SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"\xff\xfe", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'"text"', 400, None),
+        (b"{}", 400, "messages"),
+        (b'{"messages": "hi"}', 400, "messages"),
+        (b'{"messages": ["hi"]}', 400, "messages[0]"),
+        (b'{"messages": [], "stream": "yes"}', 400, "stream"),
+        (b'{"messages": [], "stream_options": 1}', 400, "stream_options"),
+        (b'{"messages": [], "extra_body": []}', 400, "extra_body"),
+        (b'{"messages": [], "program_id": {"a": 1}}', 400, "program_id"),
+        (b'{"messages": [], "program_id": true}', 400, "program_id"),
+        (b'{"messages": [], "docker_ids": [1.5]}', 400, "docker_ids"),
+        (b'{"messages": [], "model": 3}', 400, "model"),
+    ],
+)
+async def test_bad_request_bodies(fake_vllm: FakeVLLM, body: bytes, status: int, param):
+    async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
+        r = await c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        err = assert_openai_error(r, status)
+        assert err["param"] == param
+        assert len(proxy.registry) == 0 and fake_vllm.requests == []
+
+
+async def test_invalid_json_keeps_upstream_detail(fake_vllm: FakeVLLM):
+    async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
+        r = await c.post("/v1/chat/completions", content=b"{oops")
+        assert r.json()["detail"] == "Invalid JSON"
+
+
+async def test_oversized_body_413(fake_vllm: FakeVLLM):
+    async with running_proxy(cfg(fake_vllm.url, max_body_bytes=1000)) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat("x" * 2000))
+        assert_openai_error(r, 413)
+
+        async def chunks():  # no Content-Length: the limit is enforced while reading
+            for _ in range(10):
+                yield b"x" * 200
+
+        r = await c.post("/v1/chat/completions", content=chunks())
+        assert_openai_error(r, 413)
+        assert fake_vllm.requests == []
+        r = await c.post("/v1/chat/completions", json=chat("x" * 100))
+        assert r.status_code == 200
+
+
+async def test_backend_refusing_connections_502(spy: SpyPolicy):
+    url = free_port_url()
+    spy.inner = PassthroughPolicy(cfg(url))
+    async with running_proxy(cfg(url), policy=spy) as (c, proxy):
+        for stream in (False, True):
+            r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))
+            err = assert_openai_error(r, 502)
+            assert err["code"] == "backend_unreachable"
+        assert_consistent(proxy, spy)
+        assert spy.ends["p"] == 2
+
+
+async def test_backend_timeout_504(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    fake_vllm.delay = 2.0
+    async with running_proxy(cfg(fake_vllm.url, proxy_read_timeout=0.2), policy=spy) as (c, proxy):
+        for stream in (False, True):
+            r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))
+            err = assert_openai_error(r, 504)
+            assert err["type"] == "backend_timeout"
+        assert_consistent(proxy, spy)
+
+
+async def test_backend_timeout_mid_stream_sends_error_event(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    fake_vllm.token_delay = 1.0
+    async with running_proxy(cfg(fake_vllm.url, proxy_read_timeout=0.3), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
+        assert r.status_code == 200  # the status line was already sent
+        last = r.text.strip().split("\n\n")[-1]
+        err = json.loads(last[len("data: "):])["error"]
+        assert err["type"] == "backend_timeout" and err["code"] == "backend_timeout"
+        assert_consistent(proxy, spy)
+        assert spy.end_totals == [("p", None)]
+
+
+@pytest.mark.parametrize(("backend_status", "client_status"), [(400, 400), (404, 404), (422, 422), (429, 429), (500, 502), (501, 502), (503, 503)])
+async def test_backend_error_status(fake_vllm: FakeVLLM, spy: SpyPolicy, backend_status: int, client_status: int):
+    fake_vllm.fail_status = backend_status
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        for stream in (False, True):
+            r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))
+            err = assert_openai_error(r, client_status)
+            if client_status == backend_status:  # OpenAI-style bodies pass through unchanged
+                assert err == {"message": "fake failure", "type": "InternalServerError", "param": None, "code": backend_status}
+            else:
+                assert err["code"] == backend_status and "fake failure" in err["message"]
+        assert_consistent(proxy, spy)
+        assert spy.end_totals == [("p", None), ("p", None)]
+
+
+async def test_backend_non_json_error_is_wrapped(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    fake_vllm.fail_status = 500
+    fake_vllm.fail_body = b"Internal Server Error"
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        err = assert_openai_error(r, 502)
+        assert "Internal Server Error" in err["message"]
+        fake_vllm.fail_status = 404
+        fake_vllm.fail_body = b'{"detail": "Not Found"}'
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        assert assert_openai_error(r, 404)["message"].endswith("Not Found")
+        assert_consistent(proxy, spy)
+
+
+async def test_backend_model_not_found_passes_through(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json={**chat(program_id="p"), "model": "nope"})
+        err = assert_openai_error(r, 404)
+        assert err["type"] == "NotFoundError" and err["param"] == "model"
+        assert_consistent(proxy, spy)
+
+
+async def test_backend_dies_mid_stream(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    fake_vllm.completion_tokens = 10
+    fake_vllm.die_after_chunks = 3
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
+        assert r.status_code == 200
+        events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
+        assert len(events) == 4  # 3 chunks, then the proxy's error event
+        err = json.loads(events[-1][len("data: "):])["error"]
+        assert err["code"] == "backend_error" and err["type"] == "backend_error"
+        assert "[DONE]" not in r.text
+        assert_consistent(proxy, spy)
+
+
+async def test_backend_dies_mid_body_non_streaming(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    fake_vllm.die_after_chunks = 0
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        assert_openai_error(r, 502)
+        assert_consistent(proxy, spy)
+        # the backend recovers: the program carries on normally
+        fake_vllm.die_after_chunks = None
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        assert r.status_code == 200 and proxy.policy.program("p").tokens == r.json()["usage"]["total_tokens"]
+        assert_consistent(proxy, spy)
+
+
+async def test_missing_usage_still_ends_request(fake_vllm: FakeVLLM, spy: SpyPolicy):
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        # continuous_usage_stats without include_usage: the proxy does not inject, the fake sends no usage
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True, stream_options={"continuous_usage_stats": True}))
+        assert r.status_code == 200
+        assert spy.end_totals == [("p", None)]
+        assert_consistent(proxy, spy)
+
+
+async def test_never_500_on_policy_failure(fake_vllm: FakeVLLM):
+    class Broken(PassthroughPolicy):
+        def on_request_end(self, program_id, now, total_tokens):
+            raise RuntimeError("policy bug")
+
+    async with running_proxy(cfg(fake_vllm.url), policy=Broken(cfg(fake_vllm.url))) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        assert r.status_code == 200  # the response is not lost to a bookkeeping error
+        assert proxy.registry.get("p").inflight == 0
