@@ -154,6 +154,7 @@ class Runner:
             attempts[e.instance_id] = max(attempts.get(e.instance_id, 0), e.attempt + 1)
         seen = {(d["program_id"], int(d["step"])) for d in read_jsonl(self.paths.steps)} \
             if self.paths.steps.exists() else set()
+        revision, versions = git_revision(), package_versions()  # slow-ish: before the clock starts
         now = self.clock()
         if old is not None:
             manifest = old
@@ -166,7 +167,7 @@ class Runner:
                 start_time=now, time_scale=cfg.time_scale, recipe=cfg.recipe, workload=cfg.workload,
                 dataset=cfg.dataset, instances=len(cfg.instances), seed=cfg.seed,
                 endpoint=cfg.endpoint.base_url, metrics_urls=list(cfg.metrics_urls), duration_s=cfg.duration_s,
-                git_revision=git_revision(), versions=package_versions(),
+                git_revision=revision, versions=versions,
                 extra={"thunderagent": cfg.endpoint.thunderagent, **cfg.extra})
         manifest.write(self.paths.manifest)
         return manifest, done, attempts, seen, old is not None
@@ -186,8 +187,17 @@ class Runner:
     # ---------------------------------------------------------------- main loop
     async def run(self) -> RunResult:
         cfg = self.cfg
-        manifest, done, attempts, seen, resumed = self._prepare()
-        result = RunResult(manifest.run_id, self.paths.root)
+        scrape_client = httpx.AsyncClient(timeout=5.0) if cfg.metrics_urls else None
+        first = RunResult("", self.paths.root)
+        if scrape_client is not None:  # a sample just before the run's clock starts covers early windows
+            await self._scrape_once(first, scrape_client)
+        try:
+            manifest, done, attempts, seen, resumed = self._prepare()
+        except BaseException:
+            if scrape_client is not None:
+                await scrape_client.aclose()
+            raise
+        result = RunResult(manifest.run_id, self.paths.root, scrapes=first.scrapes, scrape_errors=first.scrape_errors)
         result.skipped = sum(1 for i in cfg.instances if done.get(str(i["instance_id"]), 0) > 0)
         t0 = self.clock()
         deadline = (manifest.start_time + cfg.duration_s / cfg.time_scale) if cfg.duration_s is not None else None
@@ -205,7 +215,7 @@ class Runner:
         sink = _StepSink(steps_w, manifest.run_id, cfg.arm, seen, on_step)
         tasks: dict[asyncio.Task[InstanceResult], tuple[str, str, int, int]] = {}
         work = self._work(done)
-        scraper = asyncio.create_task(self._scrape_loop(result)) if cfg.metrics_urls else None
+        scraper = asyncio.create_task(self._scrape_loop(result, scrape_client)) if scrape_client else None
         restore = self._install_signals() if cfg.handle_signals else None
         try:
             exhausted = False
@@ -251,7 +261,8 @@ class Runner:
                 scraper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await scraper
-                await self._scrape_once(result)  # a last sample so the window's end is covered
+                await self._scrape_once(result, scrape_client)  # a last sample: the window's end is covered
+                await scrape_client.aclose()
             if restore:
                 restore()
             result.duplicate_steps = sink.duplicates
@@ -334,25 +345,24 @@ class Runner:
         return restore
 
     # ---------------------------------------------------------------- engine metrics
-    async def _scrape_loop(self, result: RunResult) -> None:
+    async def _scrape_loop(self, result: RunResult, client: httpx.AsyncClient) -> None:
         while True:
-            await self._scrape_once(result)
             await asyncio.sleep(self.cfg.scrape_interval_s / self.cfg.time_scale)
+            await self._scrape_once(result, client)
 
-    async def _scrape_once(self, result: RunResult) -> None:
+    async def _scrape_once(self, result: RunResult, client: httpx.AsyncClient) -> None:
         parse = _metrics_parser()
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            for url in self.cfg.metrics_urls:
-                try:
-                    r = await client.get(url.rstrip("/") + "/metrics")
-                    r.raise_for_status()
-                    sample = EngineSample.from_metrics(self.clock(), url, parse(r.text))
-                except Exception:  # an engine restarting or not up yet: keep going, count it
-                    result.scrape_errors += 1
-                    continue
-                with JsonlWriter(self.paths.engine_metrics) as w:
-                    w.write_line(sample.to_json())
-                result.scrapes += 1
+        for url in self.cfg.metrics_urls:
+            try:
+                r = await client.get(url.rstrip("/") + "/metrics")
+                r.raise_for_status()
+                sample = EngineSample.from_metrics(self.clock(), url, parse(r.text))
+            except Exception:  # an engine restarting or not up yet: keep going, count it
+                result.scrape_errors += 1
+                continue
+            with JsonlWriter(self.paths.engine_metrics) as w:
+                w.write_line(sample.to_json())
+            result.scrapes += 1
 
 
 def _metrics_parser() -> Callable[[str], dict[str, float]]:
