@@ -41,15 +41,19 @@ def docker_client() -> Iterator[Any]:
     """A docker.DockerClient for the engine at $DOCKER_HOST; leftover test containers removed at the end."""
     import docker
 
+    problem = None
     try:
         client = docker.from_env(timeout=30)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
-        _unavailable(f"no Docker engine at {os.environ.get('DOCKER_HOST', 'the default socket')}: {exc}")
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        _unavailable(f"image {IMAGE} not found")
+        problem = f"no Docker engine at {os.environ.get('DOCKER_HOST', 'the default socket')}: {exc}"
+    if problem is None:
+        try:
+            client.images.get(IMAGE)
+        except docker.errors.ImageNotFound:
+            problem = f"image {IMAGE} not found"
+    if problem is not None:
+        _unavailable(problem)  # outside the except blocks: one clear line, no chained traceback
     yield client
     for c in client.containers.list(all=True, filters={"label": LABEL}):
         c.remove(force=True)
@@ -146,3 +150,155 @@ def test_daemon_down_is_counted_not_raised() -> None:
     assert snap["errors"] == {"daemon_unavailable": 2}
     assert snap["resources"] == {"docker_ids:failed": 2}
     r.close(1)
+
+
+# --- through the real proxy (uvicorn on a socket) in front of the fake vLLM backend ------------------------
+@pytest.fixture
+def proxy_server(fake_vllm: Any) -> Iterator[Callable[..., Any]]:
+    """Start the real proxy app on a real socket: call it with a Config override and optional reclaimer."""
+    from tests.fakes.server import ServerThread
+    from ThunderAgent.app import create_app
+    from ThunderAgent.config import Config
+
+    started: list[Any] = []
+
+    def start(reclaimer: Any = None, **config: Any) -> Any:
+        cfg = Config(backends=(fake_vllm.url,), router="default", **config)
+        srv = ServerThread(create_app(cfg, reclaimer=reclaimer)).start()
+        srv.proxy = srv.app.state.proxy
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def chat_body(program_id: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "program_id": program_id, **extra}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_release_through_the_proxy_strips_ids_and_removes_containers(
+        docker_client: Any, make_container: Callable[..., str], fake_vllm: Any,
+        proxy_server: Callable[..., Any]) -> None:
+    import httpx
+
+    hooked: list[tuple[str, list[str]]] = []
+    reclaimer = DockerReclaimer(stop_timeout=0)  # 0: SIGKILL at once (the slow test below covers a real stop)
+    reclaimer.add_handler("tool_ids", lambda pid, ids: hooked.append((pid, ids)))
+    srv = proxy_server(reclaimer)
+    ids = [make_container(), make_container(), make_container()]
+    keep = make_container()  # another program's sandbox: must survive
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        r1 = c.post("/v1/chat/completions", json=chat_body("prog-a", docker_ids=ids[:2], tool_ids=["port:9001"]))
+        r2 = c.post("/v1/chat/completions",
+                    json=chat_body("prog-a", extra_body={"docker_ids": [ids[2], ids[0]], "top_k": 5}))
+        r3 = c.post("/v1/chat/completions", json=chat_body("prog-b", docker_ids=[keep]))
+        assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 200]
+        # the engine never saw the resource ids (top level or in extra_body); other extra_body fields pass
+        assert len(fake_vllm.requests) == 3
+        for body in fake_vllm.requests:
+            assert "docker_ids" not in body and "tool_ids" not in body and "program_id" not in body
+            assert "docker_ids" not in (body.get("extra_body") or {})
+        assert fake_vllm.requests[1]["extra_body"] == {"top_k": 5}
+        assert all(exists(docker_client, i) for i in ids)  # nothing reclaimed before release
+
+        t0 = time.perf_counter()
+        rel = c.post("/programs/release", json={"program_id": "prog-a"})
+        release_s = time.perf_counter() - t0
+        assert rel.status_code == 200 and rel.json()["released"] is True
+        gone_s = wait_until(lambda: not any(exists(docker_client, i) for i in ids), 30, "prog-a's containers")
+        assert exists(docker_client, keep)
+        assert reclaimer.wait_idle(10)
+        assert hooked == [("prog-a", ["port:9001"])]
+        text = c.get("/metrics").text
+        assert metric(text, "thunderagent_reclaim_resources_total", key="docker_ids", outcome="removed") == 3
+        assert metric(text, "thunderagent_reclaim_errors_total") == 0
+    print(f"release answered in {release_s * 1000:.1f} ms; 3 containers gone {gone_s:.2f} s after it")
+
+
+def test_idle_expiry_reclaims_containers(docker_client: Any, make_container: Callable[..., str],
+                                         proxy_server: Callable[..., Any]) -> None:
+    import httpx
+
+    srv = proxy_server(DockerReclaimer(stop_timeout=0), idle_ttl=0.5)
+    cid = make_container()
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.post("/v1/chat/completions", json=chat_body("prog-idle", docker_ids=[cid])).status_code == 200
+        wait_until(lambda: not exists(docker_client, cid), 30, "the idle program's container")
+        assert "prog-idle" not in c.get("/programs").json()
+        text = c.get("/metrics").text
+        assert metric(text, "thunderagent_programs_expired_total") >= 1
+        assert metric(text, "thunderagent_reclaim_resources_total", key="docker_ids", outcome="removed") == 1
+
+
+def test_daemon_down_release_is_quick_and_error_counted(proxy_server: Callable[..., Any]) -> None:
+    import httpx
+
+    # The reclaimer comes from the Config (the --reclaim/--reclaim-docker-host path), pointed at a dead socket.
+    srv = proxy_server(reclaim="docker", reclaim_docker_host=DEAD_SOCKET)
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.post("/v1/chat/completions",
+                      json=chat_body("prog-dead", docker_ids=["0123456789ab", "feedfacecafe"])).status_code == 200
+        t0 = time.perf_counter()
+        rel = c.post("/programs/release", json={"program_id": "prog-dead"})
+        assert rel.status_code == 200 and rel.json()["released"] is True
+        assert time.perf_counter() - t0 < 1.0
+        wait_until(lambda: metric(c.get("/metrics").text, "thunderagent_reclaim_errors_total",
+                                  kind="daemon_unavailable") == 2, 10, "daemon_unavailable errors in /metrics")
+        text = c.get("/metrics").text
+        assert metric(text, "thunderagent_reclaim_resources_total", key="docker_ids", outcome="failed") == 2
+        # the proxy still serves
+        assert c.post("/v1/chat/completions", json=chat_body("prog-next")).status_code == 200
+
+
+@pytest.mark.slow
+def test_slow_reclaim_does_not_block_the_event_loop(docker_client: Any, make_container: Callable[..., str],
+                                                     proxy_server: Callable[..., Any]) -> None:
+    import httpx
+
+    # `sleep` as PID 1 ignores SIGTERM: each `docker stop -t 3` takes the full 3 s before SIGKILL.
+    reclaimer = DockerReclaimer(stop_timeout=3, max_workers=1)
+    srv = proxy_server(reclaimer)
+    ids = [make_container(), make_container()]
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.post("/v1/chat/completions", json=chat_body("prog-slow", docker_ids=ids)).status_code == 200
+        assert c.post("/programs/release", json={"program_id": "prog-slow"}).status_code == 200
+        wait_until(lambda: reclaimer.pending == 1, 5, "the reclaim job to start")
+        latencies = []
+        for i in range(5):
+            t0 = time.perf_counter()
+            assert c.post("/v1/chat/completions", json=chat_body(f"prog-live-{i}")).status_code == 200
+            assert c.get("/metrics").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+        assert reclaimer.pending == 1, "the reclaim finished before the concurrent requests: test proves nothing"
+        assert max(latencies) < 1.0, f"requests stalled behind the reclaim: {latencies}"
+        wait_until(lambda: not any(exists(docker_client, i) for i in ids), 30, "the slow reclaim to finish")
+    print(f"during a 6 s reclaim: request+scrape max {max(latencies) * 1000:.1f} ms")
+
+
+def test_shutdown_waits_for_in_flight_reclaim(docker_client: Any, make_container: Callable[..., str],
+                                              proxy_server: Callable[..., Any]) -> None:
+    import httpx
+
+    reclaimer = DockerReclaimer(stop_timeout=2)
+    srv = proxy_server(reclaimer)
+    cid = make_container()
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.post("/v1/chat/completions", json=chat_body("prog-shut", docker_ids=[cid])).status_code == 200
+        assert c.post("/programs/release", json={"program_id": "prog-shut"}).status_code == 200
+    wait_until(lambda: reclaimer.pending == 1, 5, "the reclaim job to start")
+    srv.stop()  # lifespan shutdown: proxy.stop() awaits reclaimer.aclose()
+    assert reclaimer.pending == 0
+    assert not exists(docker_client, cid)
