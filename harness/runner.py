@@ -55,6 +55,8 @@ class RunConfig:
     programs: int
     endpoint: Endpoint
     instances: Sequence[Instance]
+    # Times are on the record clock (wall seconds). With time_scale s (an accelerated simulator), a run of
+    # duration_s covers duration_s * s simulated seconds; the agent divides its tool/prep waits by s.
     duration_s: float | None = None  # None: each instance once
     metrics_urls: Sequence[str] = ()  # engine roots (…:8000) whose /metrics to scrape
     scrape_interval_s: float = 5.0
@@ -200,7 +202,7 @@ class Runner:
         result = RunResult(manifest.run_id, self.paths.root, scrapes=first.scrapes, scrape_errors=first.scrape_errors)
         result.skipped = sum(1 for i in cfg.instances if done.get(str(i["instance_id"]), 0) > 0)
         t0 = self.clock()
-        deadline = (manifest.start_time + cfg.duration_s / cfg.time_scale) if cfg.duration_s is not None else None
+        deadline = (manifest.start_time + cfg.duration_s) if cfg.duration_s is not None else None
         steps_w = JsonlWriter(self.paths.steps)
         inst_w = JsonlWriter(self.paths.instances)
         progress = _Progress(cfg, len(cfg.instances) - result.skipped) if cfg.progress else None
@@ -347,7 +349,7 @@ class Runner:
     # ---------------------------------------------------------------- engine metrics
     async def _scrape_loop(self, result: RunResult, client: httpx.AsyncClient) -> None:
         while True:
-            await asyncio.sleep(self.cfg.scrape_interval_s / self.cfg.time_scale)
+            await asyncio.sleep(self.cfg.scrape_interval_s)
             await self._scrape_once(result, client)
 
     async def _scrape_once(self, result: RunResult, client: httpx.AsyncClient) -> None:
@@ -386,7 +388,7 @@ class _Progress:
         self.p.start()
 
     def update(self, r: RunResult, live: int, rate: float) -> None:
-        done = r.ok + r.errors if self.cfg.duration_s is None else (time.time() - self.start) * self.cfg.time_scale
+        done = r.ok + r.errors if self.cfg.duration_s is None else (time.time() - self.start)
         self.p.update(self.task, completed=done,
                       stats=f"in flight {live}  ok {r.ok}  err {r.errors}  steps {r.steps}  {rate:.0f} steps/min")
 

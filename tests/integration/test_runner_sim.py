@@ -29,8 +29,8 @@ async def test_runner_against_fake_vllm_counts_agree(tmp_path, fake_vllm):
     agent = SyntheticAgent(params, seed=3, programs=8, time_scale=scale, stream=False)
     cfg = RunConfig(run_dir=tmp_path / "run", arm="vllm", programs=8,
                     endpoint=Endpoint(fake_vllm.url + "/v1", "tiny", thunderagent=False),
-                    instances=load_instances("lite-synthetic"), duration_s=300.0, metrics_urls=[fake_vllm.url],
-                    scrape_interval_s=2.0, time_scale=scale, engine="fake-vllm", simulated=True,
+                    instances=load_instances("lite-synthetic"), duration_s=3.0, metrics_urls=[fake_vllm.url],
+                    scrape_interval_s=0.02, time_scale=scale, engine="fake-vllm", simulated=True,
                     profile="fake", dataset="lite-synthetic", workload=params.name, progress=False,
                     handle_signals=False)
     res = await Runner(cfg, agent).run()
