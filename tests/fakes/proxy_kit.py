@@ -38,6 +38,7 @@ class SpyPolicy:
         self.inner = inner
         self.name = inner.name
         self.arrivals: Counter[str] = Counter()
+        self.arrival_tokens: list[tuple[str, int]] = []
         self.ends: Counter[str] = Counter()
         self.end_totals: list[tuple[str, int | None]] = []
         self.progress: Counter[str] = Counter()
@@ -50,6 +51,7 @@ class SpyPolicy:
 
     def on_arrival(self, program_id: str, tokens: int, now: float) -> Admission:
         self.arrivals[program_id] += 1
+        self.arrival_tokens.append((program_id, tokens))
         return self.inner.on_arrival(program_id, tokens, now)
 
     def on_request_end(self, program_id: str, now: float, total_tokens: int | None) -> list[Action]:
