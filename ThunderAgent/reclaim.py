@@ -245,6 +245,8 @@ class DockerReclaimer(Reclaimer):
     def __init__(self, *, docker_host: str | None = None, stop_timeout: int = 2, remove_images: bool = False,
                  api_timeout: float = 30.0, client_factory: Callable[[], DockerAPI] | None = None,
                  max_workers: int = 2, max_pending: int = 10_000) -> None:
+        if stop_timeout < 0:  # Docker reads a negative stop timeout as "wait forever"
+            raise ValueError(f"reclaim stop timeout must be >= 0 seconds, got {stop_timeout}")
         super().__init__(max_workers=max_workers, max_pending=max_pending)
         self.docker_host = docker_host
         self.stop_timeout = stop_timeout

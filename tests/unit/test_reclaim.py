@@ -355,6 +355,8 @@ def test_factories() -> None:
     assert isinstance(make_reclaimer("docker"), DockerReclaimer)
     with pytest.raises(ValueError, match="unknown reclaim kind"):
         make_reclaimer("podman")
+    with pytest.raises(ValueError, match="stop timeout"):
+        make_reclaimer("docker", stop_timeout=-1)
     assert reclaimer_from_config(Config()) is None
     r = reclaimer_from_config(replace(Config(), reclaim="docker", reclaim_images=True, reclaim_stop_timeout=7,
                                       reclaim_docker_host="unix:///nonexistent.sock"))

@@ -9,13 +9,16 @@
 #   3. builds the image thunderbench/busybox:test with `docker import` of a rootfs made from the static
 #      busybox binary and its applet symlinks (no Docker Hub), unless it exists already;
 #   4. appends DOCKER_HOST and THUNDERBENCH_DOCKER_IMAGE to scripts/ci/env.local.
-# Options (environment): DOCKER_HOST (default unix:///var/run/docker.sock), DOCKERD_READY_TIMEOUT (s, default 60).
+# Options (environment): DOCKER_HOST (default unix:///var/run/docker.sock), DOCKERD_READY_TIMEOUT (s, default 60),
+#   DOCKERD_FLAGS (default "--iptables=false --storage-driver=vfs"; use "" for a plain dockerd with overlay2 and
+#   NAT when containers must reach the network, e.g. agent sandboxes; images must be re-imported after switching).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
 IMAGE="thunderbench/busybox:test"
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 READY_TIMEOUT="${DOCKERD_READY_TIMEOUT:-60}"
+DOCKERD_FLAGS="${DOCKERD_FLAGS---iptables=false --storage-driver=vfs}"
 STATE_DIR="${TMPDIR:-/tmp}/thunderbench-dockerd"
 
 log() { printf '[dockerd] %s\n' "$*" >&2; }
@@ -50,9 +53,10 @@ else
     *) log "DOCKER_HOST=$DOCKER_HOST does not answer and is not a local unix socket; cannot start it"; exit 1 ;;
   esac
   mkdir -p "$STATE_DIR"
-  log "starting dockerd (socket $sock, log $STATE_DIR/dockerd.log)"
+  log "starting dockerd $DOCKERD_FLAGS (socket $sock, log $STATE_DIR/dockerd.log)"
   # setsid + nohup: the daemon outlives this script (and the CI step that ran it).
-  $SUDO setsid nohup dockerd --host "unix://$sock" --iptables=false --storage-driver=vfs \
+  # shellcheck disable=SC2086  # DOCKERD_FLAGS is a list of flags
+  $SUDO setsid nohup dockerd --host "unix://$sock" $DOCKERD_FLAGS \
     --pidfile "$STATE_DIR/dockerd.pid" >"$STATE_DIR/dockerd.log" 2>&1 < /dev/null &
   deadline=$(( $(date +%s) + READY_TIMEOUT ))
   until docker info >/dev/null 2>&1; do
