@@ -201,3 +201,13 @@ class MiniSweAgent(ThreadedAgent):
             else:
                 result.extra["workspace"] = str(tmp)
             result.extra["wall_s"] = round(time.time() - t0, 3)
+
+
+def make_agent(max_iterations: int = 50, **kwargs: Any) -> MiniSweAgent:
+    """The factory the CLI uses (harness/points.py): `max_iterations` is mini's step_limit. Environment
+    defaults: THUNDERBENCH_WORKSPACE=local|docker, THUNDERBENCH_REPOS_DIR=<mirrors>.
+    Pass `predictions_path=<run dir>/predictions.jsonl` to get swebench predictions."""
+    kwargs.setdefault("environment", os.environ.get("THUNDERBENCH_WORKSPACE", "local"))
+    if os.environ.get("THUNDERBENCH_REPOS_DIR"):
+        kwargs.setdefault("repos_dir", Path(os.environ["THUNDERBENCH_REPOS_DIR"]))
+    return MiniSweAgent(step_limit=max_iterations, **kwargs)

@@ -251,3 +251,13 @@ class OpenHandsAgent(ThreadedAgent):
             raise RuntimeError("the docker workspace needs openhands-workspace (the `openhands` extra)") from e
         return DockerDevWorkspace(base_image=swebench_image(instance), working_dir="/testbed",
                                   network=self.docker_network)
+
+
+def make_agent(max_iterations: int = 50, **kwargs: Any) -> OpenHandsAgent:
+    """The factory the CLI uses (harness/points.py). Environment defaults, so a recipe run can choose
+    without new flags: THUNDERBENCH_WORKSPACE=local|docker, THUNDERBENCH_REPOS_DIR=<mirrors>.
+    Pass `predictions_path=<run dir>/predictions.jsonl` to get swebench predictions."""
+    kwargs.setdefault("workspace", os.environ.get("THUNDERBENCH_WORKSPACE", "local"))
+    if os.environ.get("THUNDERBENCH_REPOS_DIR"):
+        kwargs.setdefault("repos_dir", Path(os.environ["THUNDERBENCH_REPOS_DIR"]))
+    return OpenHandsAgent(max_iterations=max_iterations, **kwargs)
