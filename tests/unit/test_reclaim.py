@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import replace
@@ -16,6 +17,8 @@ from typing import Any
 import docker.errors
 import pytest
 import requests.exceptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -362,3 +365,48 @@ def test_factories() -> None:
                                       reclaim_docker_host="unix:///nonexistent.sock"))
     assert isinstance(r, DockerReclaimer)
     assert (r.remove_images, r.stop_timeout, r.docker_host) == (True, 7, "unix:///nonexistent.sock")
+
+
+def test_concurrent_schedules_from_many_threads_count_exactly() -> None:
+    fake = FakeDocker()
+    for i in range(200):
+        fake.add(f"c{i}", image=f"sha256:{i % 7}")
+    r = docker_reclaimer(fake, max_workers=4)
+
+    def release(lo: int) -> None:
+        for i in range(lo, lo + 50):
+            r.schedule(f"p{i}", {"docker_ids": [f"c{i}", "gone"], "tool_ids": ["t"]})
+
+    threads = [threading.Thread(target=release, args=(lo,)) for lo in range(0, 200, 50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = finish(r)
+    assert fake.containers_ == {}
+    assert snap["jobs"] == {"done": 200}
+    assert snap["resources"] == {"docker_ids:removed": 200, "docker_ids:already_gone": 200, "tool_ids:unhandled": 200}
+    assert snap["errors"] == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    program_id=st.text(max_size=300),
+    resources=st.dictionaries(
+        st.sampled_from(["docker_ids", "tool_ids", "other"]),
+        st.lists(st.one_of(st.text(max_size=200), st.integers()), max_size=5),
+        max_size=3,
+    ),
+)
+def test_schedule_never_raises_and_only_well_formed_ids_reach_docker(program_id: str,
+                                                                     resources: dict[str, list[Any]]) -> None:
+    fake = FakeDocker()
+    r = docker_reclaimer(fake)
+    r.schedule(program_id, resources)
+    snap = finish(r)
+    assert snap["pending"] == 0
+    assert set(snap["errors"]) <= {"invalid_id"}
+    for call in fake.calls:
+        if call[0] == "inspect":
+            assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", call[1])
+    r.close(1)
