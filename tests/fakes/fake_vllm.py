@@ -75,6 +75,18 @@ class _Die(Exception):
     """Raised inside the app to make uvicorn cut the connection."""
 
 
+class _ClientGone(Exception):
+    """The client (the proxy) closed the connection: stop generating, as vLLM aborts the request."""
+
+
+async def _watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
 class FakeVLLM:
     def __init__(
         self,
@@ -148,7 +160,12 @@ class FakeVLLM:
                 if not msg.get("more_body"):
                     break
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            await self._chat(body, headers, receive, send)
+            gone = asyncio.Event()
+            watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+            try:
+                await self._chat(body, headers, gone, send)
+            finally:
+                watcher.cancel()
         elif path == "/v1/models" and method == "GET":
             await _send_json(send, 200, _models())
         elif path == "/health" and method == "GET":
@@ -161,7 +178,7 @@ class FakeVLLM:
         else:
             await _send_json(send, 404, {"detail": "Not Found"})
 
-    async def _chat(self, raw: bytes, headers: dict[str, str], receive: Any, send: Any) -> None:
+    async def _chat(self, raw: bytes, headers: dict[str, str], gone: asyncio.Event, send: Any) -> None:
         try:
             body = json.loads(raw)
         except ValueError:
@@ -171,7 +188,12 @@ class FakeVLLM:
             self.requests.append(body)
             self.request_headers.append(headers)
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.wait_for(gone.wait(), self.delay)
+                self.disconnects += 1  # the client left while we were "thinking"
+                return
+            except TimeoutError:
+                pass
         if self.fail_status is not None and (self.fail_count is None or self.fail_count > 0):
             if self.fail_count is not None:
                 self.fail_count -= 1
@@ -192,13 +214,13 @@ class FakeVLLM:
         self.running += 1
         try:
             if body.get("stream"):
-                await self._stream(body, usage, n, send)
+                await self._stream(body, usage, n, send, gone)
             else:
                 await self._complete(body, usage, n, send)
             self.completed += 1
             self.prompt_tokens_total += prompt
             self.generation_tokens_total += n
-        except OSError:
+        except (OSError, _ClientGone):
             self.disconnects += 1
         finally:
             self.running -= 1
@@ -235,7 +257,7 @@ class FakeVLLM:
             raise _Die("fake backend died mid-response")
         await _send(send, 200, content, b"application/json")
 
-    async def _stream(self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any) -> None:
+    async def _stream(self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, gone: asyncio.Event) -> None:
         so = body.get("stream_options") or {}
         include_usage = bool(so.get("include_usage"))
         continuous = include_usage and bool(so.get("continuous_usage_stats"))
@@ -256,6 +278,8 @@ class FakeVLLM:
             await send({"type": "http.response.body", "body": b"data: " + json.dumps(ev).encode() + b"\n\n", "more_body": True})
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
+            if gone.is_set():
+                raise _ClientGone
         if include_usage:
             ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL, "choices": [], "usage": usage}
             await send({"type": "http.response.body", "body": b"data: " + json.dumps(ev).encode() + b"\n\n", "more_body": True})
