@@ -1,0 +1,275 @@
+"""The simulator's step-time model and its hardware/model profiles.
+
+One engine step of vLLM processes a batch of prefill chunks and one token for every decoding request. Its
+duration is modelled as (BLIS-style, with DistServe/LLMServingSim's attention term):
+
+    step_time = beta0 + beta1 * uncached_prefill_tokens + beta2 * decode_tokens + beta3 * sum(context of decodes)
+
+* beta0: the fixed cost of a step: reading every weight once (a large-batch MoE decode step touches almost all
+  experts) plus the CPU-side scheduling/sampling/launch overhead;
+* beta1: prefill GEMM cost per token, compute-bound: 2 x active params FLOPs at a stated fraction of peak;
+* beta2: the GEMM cost of one decode token (same FLOPs as a prefill token);
+* beta3: reading one token of KV cache per decoding request per step, memory-bound.
+
+Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface item 5). A measured profile
+(tiny-cpu, written by harness/sim/calibrate.py) carries [timing] betas directly. A GPU profile carries the raw
+facts ([hardware], [model], [efficiency]) and the betas and KV capacity are derived here, in code, the way
+vLLM sizes its cache (gpu_memory_utilization x HBM - weights - activation reserve, divided by the per-GPU KV
+bytes of one token). A [timing] table in a GPU profile (e.g. from a GPU calibration) overrides the derivation.
+
+Run `python -m harness.sim.timing [PROFILE ...]` to print the derived figures.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+class ProfileError(ValueError):
+    """A profile is missing or malformed (the message names the file and the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeModel:
+    """step_time = beta0 + beta1*prefill + beta2*decode + beta3*decode_context (seconds)."""
+
+    beta0: float
+    beta1: float
+    beta2: float
+    beta3: float
+
+    def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int) -> float:
+        return self.beta0 + self.beta1 * prefill_tokens + self.beta2 * decode_tokens + self.beta3 * decode_context
+
+    def decode_run_time(self, k: int, decode_tokens: int, decode_context: int) -> float:
+        """Total time of k consecutive decode-only steps of the same batch; the context of every request
+        grows by one token per step, so the sum is arithmetic."""
+        per_step = self.beta0 + self.beta2 * decode_tokens + self.beta3 * decode_context
+        return k * per_step + self.beta3 * decode_tokens * (k * (k - 1) / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The vLLM engine settings a profile assumes (the flags vLLM would be started with)."""
+
+    block_size: int
+    num_gpu_blocks: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV capacity in tokens as ThunderAgent discovers it (num_gpu_blocks x block_size)."""
+        return self.num_gpu_blocks * self.block_size
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """The intermediate figures of a first-principles profile (what `report` prints)."""
+
+    weight_bytes_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+    kv_heads_per_gpu: int
+    kv_budget_bytes_per_gpu: float
+    kv_tokens: int
+    weight_read_s: float
+    prefill_s_per_token: float
+    kv_read_s_per_token: float
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    description: str
+    engine: EngineSettings
+    timing: StepTimeModel
+    calibration: dict[str, Any] = field(default_factory=dict)
+    derivation: Derivation | None = None
+    source_path: str | None = None
+
+    def with_num_gpu_blocks(self, num_gpu_blocks: int | None) -> "Profile":
+        """The same profile with KV capacity overridden (vLLM's --num-gpu-blocks-override)."""
+        if num_gpu_blocks is None:
+            return self
+        if num_gpu_blocks < 2:
+            raise ProfileError(f"num_gpu_blocks must be >= 2 (one is vLLM's null block), got {num_gpu_blocks}")
+        return replace(self, engine=replace(self.engine, num_gpu_blocks=int(num_gpu_blocks)))
+
+    @property
+    def label(self) -> str:
+        """How simulated numbers are labelled: 'simulated (<profile>)'."""
+        return f"simulated ({self.name})"
+
+
+def _get(table: dict[str, Any], key: str, where: str) -> Any:
+    if key not in table:
+        raise ProfileError(f"{where}: missing field {key!r}")
+    return table[key]
+
+
+def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, int, Derivation]:
+    """Betas and num_gpu_blocks from [hardware], [model], [efficiency] and [engine] (first principles)."""
+    hw = _get(doc, "hardware", where)
+    model = _get(doc, "model", where)
+    eff = _get(doc, "efficiency", where)
+    eng = _get(doc, "engine", where)
+    n_gpu = int(_get(hw, "num_gpus", where + " [hardware]"))
+    bw = float(_get(hw, "hbm_bandwidth_bytes_per_s", where + " [hardware]"))
+    dtype = str(model.get("weight_dtype", "bf16"))
+    peak = float(_get(hw, "peak_flops_fp8" if dtype == "fp8" else "peak_flops_bf16", where + " [hardware]"))
+    hbm = float(_get(hw, "hbm_bytes", where + " [hardware]"))
+
+    layers = int(_get(model, "num_layers", where + " [model]"))
+    kv_heads = int(_get(model, "num_kv_heads", where + " [model]"))
+    head_dim = int(_get(model, "head_dim", where + " [model]"))
+    active = float(_get(model, "active_params", where + " [model]"))
+    weight_bytes = float(_get(model, "weight_bytes", where + " [model]"))
+    kv_dtype_bytes = float(_get(model, "kv_cache_dtype_bytes", where + " [model]"))
+
+    eff_bw = float(_get(eff, "memory_bandwidth", where + " [efficiency]"))
+    eff_compute = float(_get(eff, "compute", where + " [efficiency]"))
+    overhead = float(_get(eff, "step_overhead_s", where + " [efficiency]"))
+    reserve = float(_get(eff, "activation_reserve_bytes", where + " [efficiency]"))
+    util = float(eng.get("gpu_memory_utilization", 0.9))
+    block_size = int(_get(eng, "block_size", where + " [engine]"))
+
+    # vLLM's rule: KV heads are split over TP ranks, replicated when there are fewer heads than ranks.
+    kv_heads_per_gpu = max(1, kv_heads // n_gpu)
+    kv_per_token_gpu = 2 * layers * kv_heads_per_gpu * head_dim * kv_dtype_bytes  # K and V
+    weights_gpu = weight_bytes / n_gpu
+    kv_budget = util * hbm - weights_gpu - reserve
+    if kv_budget <= 0:
+        raise ProfileError(f"{where}: the weights ({weights_gpu / 2**30:.1f} GiB per GPU) do not fit")
+    kv_tokens = int(kv_budget // kv_per_token_gpu)
+    num_blocks = kv_tokens // block_size
+
+    weight_read = weights_gpu / (bw * eff_bw)
+    # all GPUs share one token's GEMMs under TP: 2 FLOPs per active parameter
+    prefill_per_token = 2 * active / (n_gpu * peak * eff_compute)
+    kv_read_per_token = kv_per_token_gpu / (bw * eff_bw)
+    model_ = StepTimeModel(
+        beta0=overhead + weight_read,
+        beta1=prefill_per_token,
+        beta2=prefill_per_token,
+        beta3=kv_read_per_token,
+    )
+    d = Derivation(
+        weight_bytes_per_gpu=weights_gpu,
+        kv_bytes_per_token_per_gpu=kv_per_token_gpu,
+        kv_heads_per_gpu=kv_heads_per_gpu,
+        kv_budget_bytes_per_gpu=kv_budget,
+        kv_tokens=num_blocks * block_size,
+        weight_read_s=weight_read,
+        prefill_s_per_token=prefill_per_token,
+        kv_read_s_per_token=kv_read_per_token,
+    )
+    return model_, num_blocks, d
+
+
+def profile_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    q = PROFILES_DIR / f"{name_or_path}.toml"
+    if q.exists():
+        return q
+    known = ", ".join(list_profiles()) or "none"
+    raise ProfileError(f"unknown simulator profile {name_or_path!r} (known: {known}; or pass a .toml path)")
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Profile:
+    """Load harness/sim/profiles/<name>.toml (or a path), deriving what the file leaves to first principles."""
+    path = profile_path(name_or_path)
+    where = str(path.name)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{where}: not valid TOML: {e}") from None
+    eng = _get(doc, "engine", where)
+    derivation: Derivation | None = None
+    derived_blocks: int | None = None
+    timing_model: StepTimeModel | None = None
+    if "hardware" in doc:
+        timing_model, derived_blocks, derivation = derive(doc, where)
+    if "timing" in doc:  # measured betas win over the derivation
+        t = doc["timing"]
+        timing_model = StepTimeModel(*(float(_get(t, f"beta{i}", where + " [timing]")) for i in range(4)))
+    if timing_model is None:
+        raise ProfileError(f"{where}: needs a [timing] table or [hardware]/[model]/[efficiency] to derive it")
+    blocks = eng.get("num_gpu_blocks", derived_blocks)
+    if blocks is None:
+        raise ProfileError(f"{where}: [engine] num_gpu_blocks missing and not derivable (no [hardware])")
+    settings = EngineSettings(
+        block_size=int(_get(eng, "block_size", where + " [engine]")),
+        num_gpu_blocks=int(blocks),
+        max_num_batched_tokens=int(_get(eng, "max_num_batched_tokens", where + " [engine]")),
+        max_num_seqs=int(_get(eng, "max_num_seqs", where + " [engine]")),
+        max_model_len=int(eng.get("max_model_len", 1 << 20)),
+    )
+    prof = Profile(
+        name=str(doc.get("name", path.stem)),
+        description=str(doc.get("description", "")),
+        engine=settings,
+        timing=timing_model,
+        calibration=dict(doc.get("calibration", {})),
+        derivation=derivation,
+        source_path=str(path),
+    )
+    return prof.with_num_gpu_blocks(num_gpu_blocks)
+
+
+def report(profile: Profile) -> str:
+    """A human-readable summary: the derived betas, the KV capacity and what a typical step costs."""
+    e, t = profile.engine, profile.timing
+    lines = [f"profile {profile.name}  [{profile.label}]", f"  {profile.description}"]
+    if profile.calibration:
+        lines.append(f"  calibration: {profile.calibration}")
+    d = profile.derivation
+    if d is not None:
+        lines += [
+            f"  weights per GPU          {d.weight_bytes_per_gpu / 2**30:8.1f} GiB",
+            f"  KV heads per GPU         {d.kv_heads_per_gpu:8d}",
+            f"  KV bytes/token per GPU   {d.kv_bytes_per_token_per_gpu:8.0f} B",
+            f"  KV budget per GPU        {d.kv_budget_bytes_per_gpu / 2**30:8.1f} GiB",
+            f"  derived KV capacity      {d.kv_tokens:8d} tokens",
+            f"  weight read per step     {d.weight_read_s * 1e3:8.2f} ms",
+        ]
+    lines += [
+        f"  block_size {e.block_size}  num_gpu_blocks {e.num_gpu_blocks}  (= {e.kv_tokens} KV tokens)",
+        f"  max_num_batched_tokens {e.max_num_batched_tokens}  max_num_seqs {e.max_num_seqs}"
+        f"  max_model_len {e.max_model_len}",
+        f"  beta0 {t.beta0 * 1e3:.3f} ms/step   beta1 {t.beta1 * 1e6:.3f} us/prefill token",
+        f"  beta2 {t.beta2 * 1e6:.3f} us/decode token   beta3 {t.beta3 * 1e9:.3f} ns/context token",
+        f"  prefill throughput ceiling {1 / t.beta1 if t.beta1 else float('inf'):,.0f} tok/s",
+    ]
+    for b, ctx in ((1, 2000), (48, 20000), (96, 20000)):
+        st = t.step_time(0, b, b * ctx)
+        lines.append(f"  decode step, batch {b:3d} x {ctx:6d} ctx: {st * 1e3:7.2f} ms  ({b / st:,.0f} tok/s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list_profiles()
+    for n in names:
+        try:
+            print(report(load_profile(n)))
+        except ProfileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
