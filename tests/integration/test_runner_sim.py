@@ -46,3 +46,36 @@ async def test_runner_against_fake_vllm_counts_agree(tmp_path, fake_vllm):
     # few steps per scrape interval at this speed: edges cost up to ~1 step each, hence 5% here
     assert abs(s.engine_steps_per_min - s.record_steps_per_min) / s.record_steps_per_min < 0.05
     assert s.simulated and s.profile == "fake" and s.programs == 8
+
+
+@pytest.mark.timeout(120)
+async def test_runner_through_thunderagent_proxy_releases_every_program(tmp_path, fake_vllm):
+    """Arm thunderagent: the real proxy (create_app, router tr, served over HTTP) in front of the fake
+    engine. program_id reaches the proxy and never the engine; every program is released at the end."""
+    import httpx
+
+    from tests.fakes.server import ServerThread
+    from ThunderAgent.app import create_app
+    from ThunderAgent.config import Config
+
+    fake_vllm.completion_tokens = 4000
+    scale = 100.0
+    proxy = ServerThread(create_app(Config(backends=(fake_vllm.url,), router="tr", scheduler_interval=0.05))).start()
+    try:
+        agent = SyntheticAgent(_short_workload(), seed=5, programs=6, time_scale=scale, stream=True)
+        cfg = RunConfig(run_dir=tmp_path / "run", arm="thunderagent", programs=6,
+                        endpoint=Endpoint(proxy.url + "/v1", "tiny", thunderagent=True),
+                        instances=load_instances("lite-synthetic:12"), metrics_urls=[fake_vllm.url],
+                        scrape_interval_s=0.05, time_scale=scale, engine="fake-vllm", simulated=True, profile="fake",
+                        dataset="lite-synthetic:12", progress=False, handle_signals=False)
+        res = await Runner(cfg, agent).run()
+        assert res.ok == 12 and res.errors == 0 and res.cancelled == 0
+        recs = read_step_records(tmp_path / "run" / "steps.jsonl")
+        assert len(recs) == res.steps and all(r.status == "ok" and r.arm == "thunderagent" for r in recs)
+        assert fake_vllm.requests and not any("program_id" in b for b in fake_vllm.requests)
+        async with httpx.AsyncClient() as c:
+            live = (await c.get(proxy.url + "/programs")).json()
+        assert live == {}  # released in the agent's finally
+        assert len({r.program_id for r in recs}) == 12
+    finally:
+        proxy.stop()
