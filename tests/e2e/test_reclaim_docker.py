@@ -112,6 +112,22 @@ def test_reclaimer_stops_and_removes_real_containers(docker_client: Any, make_co
     r.close(5)
 
 
+@pytest.mark.slow
+def test_many_programs_reclaimed_concurrently(docker_client: Any, make_container: Callable[..., str]) -> None:
+    # Several worker threads share one Docker API client (one requests session over the unix socket).
+    ids = [make_container() for _ in range(6)]
+    r = DockerReclaimer(stop_timeout=0, max_workers=3)
+    t0 = time.perf_counter()
+    for k in range(3):
+        r.schedule(f"prog-many-{k}", {"docker_ids": ids[2 * k: 2 * k + 2]})
+    assert r.wait_idle(60)
+    took = time.perf_counter() - t0
+    assert not any(exists(docker_client, i) for i in ids)
+    assert r.snapshot()["resources"] == {"docker_ids:removed": 6} and r.snapshot()["errors"] == {}
+    print(f"reclaimed 6 running containers (3 programs, 3 workers) in {took:.2f} s = {6 / took:.1f}/s")
+    r.close(5)
+
+
 def test_orphaned_image_removed_when_enabled_shared_one_kept(docker_client: Any,
                                                               make_container: Callable[..., str]) -> None:
     # A per-program image (as an agent harness would build per instance): commit a container to a new tag.
