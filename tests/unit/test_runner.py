@@ -288,3 +288,38 @@ async def test_raw_engine_arm_sends_no_program_id_and_no_release():
     await agent.run_instance({"instance_id": "inst-a"}, "p", Endpoint("http://x/v1", "m", False), lambda r: None)
     await client.aclose()
     assert engine.released == [] and all("program_id" not in b for b in engine.bodies)
+
+
+_CHILD_SIGNAL = """
+import asyncio, sys, dataclasses
+sys.path.insert(0, {repo!r})
+from tests.unit.test_runner import FakeAgent, _cfg
+from pathlib import Path
+from harness.runner import Runner
+cfg = dataclasses.replace(_cfg(Path({tmp!r}), n=40, programs=4), handle_signals=True)
+res = asyncio.run(Runner(cfg, FakeAgent(steps=50, delay=0.05)).run())
+print("RESULT", res.interrupted, res.cancelled, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_signal_stops_gracefully_and_flushes(tmp_path, sig):
+    steps_file = tmp_path / "run" / "steps.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_SIGNAL.format(repo=str(REPO), tmp=str(tmp_path))],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (steps_file.exists() and steps_file.stat().st_size > 0):
+        if time.monotonic() > deadline or child.poll() is not None:
+            child.kill()
+            pytest.fail(f"no steps from the child: {child.communicate()[1][-2000:]}")
+        await asyncio.sleep(0.02)
+    child.send_signal(sig)
+    out, err = child.communicate(timeout=20)
+    assert child.returncode == 0, err[-2000:]
+    assert "RESULT True 4" in out
+    ends = [e for e in read_instance_events(tmp_path / "run" / "instances.jsonl") if e.event == "end"]
+    assert [e.status for e in ends] == ["cancelled"] * 4
+    m = RunManifest.read(tmp_path / "run" / "manifest.json")
+    assert m.end_time is not None and m.extra["last_result"]["interrupted"] is True
+    _check_no_duplicates(tmp_path / "run")
