@@ -1,0 +1,60 @@
+"""Untrusted text (program ids, container ids, URL paths) in log lines and CSV cells.
+
+Program ids come from clients. Logged verbatim, an id such as ``"x\\nERROR forged line"`` writes a second,
+forged log line; in a CSV opened by a spreadsheet, a cell such as ``=HYPERLINK(...)`` is run as a formula.
+
+* ``EscapingFilter`` escapes control characters in every formatted log message (newlines become ``\\n``,
+  ANSI escapes ``\\x1b`` ...) so one record is always one line. It is a handler filter: attach it to the
+  handlers that write the log (``install()`` does that for the root logger's handlers after
+  ``logging.basicConfig``), and every logger in the process is covered, including ones that format ids with
+  ``%s``. Tracebacks (``exc_info``) are formatted separately and keep their lines.
+* ``csv_cell`` neutralises spreadsheet formulas in a CSV cell (OWASP "CSV injection"): a cell that starts
+  with ``= + - @`` (or a tab/CR) gets a leading ``'``. The csv module already quotes separators, quotes and
+  newlines, so rows and columns cannot be forged; this handles the formula part only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (
+        f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    )
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1, line/paragraph separators) backslash-escaped."""
+    return _CONTROL.sub(_escape_char, text)
+
+
+class EscapingFilter(logging.Filter):
+    """A handler filter that makes each log record a single line of printable text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is logging's problem to report, not ours
+            return True
+        if _CONTROL.search(message):
+            record.msg = escape_control(message)
+            record.args = None
+        return True
+
+
+def install(logger: logging.Logger | None = None) -> None:
+    """Attach one ``EscapingFilter`` to each handler of ``logger`` (default: the root logger). Idempotent."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, EscapingFilter) for f in handler.filters):
+            handler.addFilter(EscapingFilter())
+
+
+def csv_cell(value: str) -> str:
+    """``value`` safe to put in a CSV cell that a spreadsheet may open (formula prefix neutralised)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
