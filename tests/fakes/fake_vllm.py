@@ -318,3 +318,24 @@ async def _send(send: Any, status: int, content: bytes, ctype: bytes) -> None:
 
 async def _send_json(send: Any, status: int, obj: Any) -> None:
     await _send(send, status, json.dumps(obj).encode(), b"application/json")
+
+
+def serve(port: int, host: str = "127.0.0.1", **knobs: Any) -> None:
+    """Run a FakeVLLM in the foreground (for benchmarks and manual use):
+    python -m tests.fakes.fake_vllm --port 8100 [--completion-tokens 16]"""
+    import uvicorn
+
+    fake = FakeVLLM(**knobs)
+    uvicorn.run(fake, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="fake vLLM OpenAI server (tests/benchmarks)")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--completion-tokens", type=int, default=6)
+    ap.add_argument("--num-gpu-blocks", type=int, default=8192)
+    ap.add_argument("--block-size", type=int, default=128)
+    a = ap.parse_args()
+    serve(a.port, completion_tokens=a.completion_tokens, num_gpu_blocks=a.num_gpu_blocks, block_size=a.block_size)

@@ -1,0 +1,148 @@
+"""Proxy overhead: latency (p50/p99) and throughput through ThunderAgent vs calling the backend directly.
+
+One run starts a fake vLLM server (tests/fakes/fake_vllm.py, no artificial delays) and the proxy
+(`python -m ThunderAgent`, routers "default" and "tr") as separate processes, then drives each target
+with N concurrent clients (one program_id per client), non-streaming and streaming, side by side.
+Numbers are machine-dependent (this prints them; it asserts nothing about absolute times).
+
+    .venv/bin/python benchmarks/proxy_overhead.py            # 1, 64, 512 concurrent clients
+    .venv/bin/python benchmarks/proxy_overhead.py --quick    # CI-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], url: str, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"failed to start {' '.join(cmd)}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"{' '.join(cmd)} did not become healthy in {timeout}s")
+        time.sleep(0.1)
+
+
+@dataclass
+class Result:
+    target: str
+    stream: bool
+    clients: int
+    n: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+
+async def drive(url: str, clients: int, total: int, stream: bool, target: str) -> Result:
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    lat: list[float] = []
+    errors = 0
+    remaining = total
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as c:
+
+        async def one(i: int) -> None:
+            nonlocal remaining, errors
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "benchmark " * 20}], "max_tokens": 16, "program_id": f"bench-{i}"}
+            if stream:
+                body["stream"] = True
+            # warm the connection (not measured)
+            await c.post("/v1/chat/completions", json=body)
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                try:
+                    if stream:
+                        async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                            async for _ in r.aiter_raw():
+                                pass
+                    else:
+                        r = await c.post("/v1/chat/completions", json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                errors += 0 if ok else 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return Result(target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, len(lat) / wall)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small counts for CI")
+    ap.add_argument("--clients", type=str, default=None, help="comma-separated concurrency levels")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.clients.split(",")] if args.clients else ([1, 16] if args.quick else [1, 64, 512])
+
+    py = sys.executable
+    fport, dport, tport = free_port(), free_port(), free_port()
+    fake_url, default_url, tr_url = (f"http://127.0.0.1:{p}" for p in (fport, dport, tport))
+    procs = []
+    try:
+        procs.append(start([py, "-m", "tests.fakes.fake_vllm", "--port", str(fport), "--completion-tokens", "16"], fake_url))
+        common = ["--backends", fake_url, "--log-level", "warning", "--idle-ttl", "0"]
+        procs.append(start([py, "-m", "ThunderAgent", "--router", "default", "--port", str(dport), *common], default_url))
+        procs.append(start([py, "-m", "ThunderAgent", "--router", "tr", "--port", str(tport), *common], tr_url))
+        targets = [("direct", fake_url), ("proxy default", default_url), ("proxy tr", tr_url)]
+        results: list[Result] = []
+        for stream in (False, True):
+            for clients in levels:
+                total = max(30 if args.quick else 200, (2 if args.quick else 4) * clients)
+                for name, url in targets:
+                    results.append(asyncio.run(drive(url, clients, total, stream, name)))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    print(f"proxy overhead vs direct fake-vLLM calls ({os.cpu_count()} CPUs; shared machine: absolute numbers are noisy)")
+    print(f"{'mode':<10} {'clients':>7} {'target':<14} {'n':>5} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'+p50 ms':>8} {'+p99 ms':>8}")
+    base: dict[tuple[bool, int], Result] = {(r.stream, r.clients): r for r in results if r.target == "direct"}
+    for r in results:
+        b = base[(r.stream, r.clients)]
+        d50 = "" if r.target == "direct" else f"{r.p50_ms - b.p50_ms:+.2f}"
+        d99 = "" if r.target == "direct" else f"{r.p99_ms - b.p99_ms:+.2f}"
+        mode = "stream" if r.stream else "non-stream"
+        print(f"{mode:<10} {r.clients:>7} {r.target:<14} {r.n:>5} {r.errors:>4} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>8.1f} {d50:>8} {d99:>8}")
+
+
+if __name__ == "__main__":
+    main()
