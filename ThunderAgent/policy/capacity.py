@@ -265,10 +265,11 @@ class CapacityPolicy:
             if b.capacity is not None and self._used(b) > self.limits.high(b.url, b.capacity):
                 self._pause_pass(b, self._buffered)  # arrival check (Pause actions are informational)
             return Proceed(p.backend)  # type: ignore[arg-type]
-        # PAUSED (queued, or brand new): admit now only if nobody with a waiting request is queued
+        # PAUSED (queued, or brand new): admit now only if nobody with a waiting request is queued and this
+        # program has no earlier held request (those are released together by one Resume)
         if p.wait_since is None:
             p.wait_since = now
-        if not self._pending:
+        if not self._pending and p.requests == 1:
             target = self._place(p, charge=self._charge(p, reasoning=True))
             if target is not None:
                 self._activate(p, target)
@@ -580,6 +581,12 @@ class CapacityPolicy:
         if need > 0 and b.reasoning:
             for key in self._select(b.reasoning, need, reasoning=True):
                 self._mark(self._programs[key[2]])
+        # Marks relieve the backend only when responses end. If pausing idle programs gets the usage under
+        # the high line right now, do that too; if even pausing all of them could not, leave them be.
+        over = self._used(b) - self.limits.high(b.url, b.capacity)
+        if over > 0 and b.acting and self._acting_charge(b) + self._buffer * b.acting_count >= over:
+            for key in self._select(b.acting, over, reasoning=False):
+                self._pause(self._programs[key[2]], actions)
 
     def _select(self, keys: SortedList, need: float, *, reasoning: bool) -> list[Key]:
         """Smallest first until `need` charged tokens are freed, then drop (largest first) any chosen
@@ -771,8 +778,16 @@ class CapacityPolicy:
         return None
 
     def _flush(self) -> list[Action]:
+        """Actions produced where the interface could not return them (arrival checks), minus those that
+        went stale meanwhile (a Pause for a program that is no longer paused there)."""
+        if not self._buffered:
+            return []
         out, self._buffered = self._buffered, []
-        return out
+        return [a for a in out if not isinstance(a, Pause) or self._still_paused(a)]
+
+    def _still_paused(self, a: Pause) -> bool:
+        p = self._programs.get(a.program_id)
+        return p is not None and p.state is State.PAUSED and p.origin == a.backend
 
     # ================================================================================ debug
     def check_invariants(self) -> None:

@@ -1,0 +1,301 @@
+"""Property tests of the "tr" policy: random event sequences (arrivals, ends with and without usage, streamed
+progress, abandoned held requests, releases, capacity and health changes, ticks with advancing time) driven
+the way the proxy drives it, checking after every event that
+
+  * the incremental sums and ordered sets equal a from-scratch recount (`check_invariants`),
+  * no program is lost, duplicated, or both queued and active, and the policy's request counts match the
+    driver's (held + in flight),
+  * after every tick each backend with a known capacity is ≤ its high watermark unless only REASONING
+    programs are left on it (pausing cannot achieve more until they end; they are marked),
+  * after every tick the oldest program whose request has waited ≥ --aging-bound could not have been
+    placed anywhere (aged programs go first; when capacity allows, they are resumed within the bound).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ThunderAgent.config import Config
+from ThunderAgent.policy.base import Pause, Proceed, Reject, Resume, State, Wait
+from ThunderAgent.policy.capacity import CapacityPolicy
+
+BACKENDS = ("http://b0", "http://b1")
+PIDS = tuple(f"p{i}" for i in range(7))
+
+
+@dataclass
+class Driver:
+    """What the proxy knows: held requests (answered Wait) and requests in flight, per program."""
+
+    pol: CapacityPolicy
+    now: float = 0.0
+    held: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)
+    wait_start: dict[str, float] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)  # creation order: the policy's FIFO tie-break
+
+    def apply(self, actions) -> None:
+        for a in actions:
+            if isinstance(a, Resume):
+                assert a.backend in BACKENDS
+                v = self.pol.program(a.program_id)
+                assert v is not None and v.state is State.ACTIVE and v.backend == a.backend
+                self.inflight[a.program_id] = self.inflight.get(a.program_id, 0) + self.held.pop(a.program_id, 0)
+                self.wait_start.pop(a.program_id, None)
+            elif isinstance(a, Reject):
+                assert self.pol.program(a.program_id) is None and a.status in (409, 410)
+                assert self.held.pop(a.program_id, 0) > 0
+                self.wait_start.pop(a.program_id, None)
+            elif isinstance(a, Pause):
+                assert self.inflight.get(a.program_id, 0) == 0, "paused with a request in flight"
+
+    def step(self, ev) -> bool:
+        kind = ev[0]
+        pol = self.pol
+        if kind == "arrive":
+            _, pid, tokens = ev
+            if pol.program(pid) is None:
+                self.created[pid] = len(self.created) + 1 + max(self.created.values(), default=0)
+            adm = pol.on_arrival(pid, tokens, self.now)
+            if isinstance(adm, Proceed):
+                assert adm.backend in BACKENDS
+                self.inflight[pid] = self.inflight.get(pid, 0) + 1
+            else:
+                assert adm == Wait()
+                if not self.held.get(pid):
+                    self.wait_start[pid] = self.now
+                self.held[pid] = self.held.get(pid, 0) + 1
+        elif kind == "end":
+            _, pid, usage = ev
+            if self.inflight.get(pid, 0) > 0:
+                self.inflight[pid] -= 1
+                self.apply(pol.on_request_end(pid, self.now, usage))
+        elif kind == "abandon":  # a held request's client went away
+            _, pid = ev
+            if self.held.get(pid, 0) > 0:
+                self.held[pid] -= 1
+                if not self.held[pid]:
+                    self.wait_start.pop(pid, None)
+                self.apply(pol.on_request_end(pid, self.now, None))
+        elif kind == "progress":
+            _, pid, n = ev
+            if self.inflight.get(pid, 0) > 0:
+                pol.on_progress(pid, n)
+        elif kind == "release":
+            _, pid = ev
+            known = pol.program(pid) is not None
+            ok, actions = pol.release(pid, self.now)
+            assert ok == known
+            self.apply(actions)
+            self.held.pop(pid, None)
+            self.inflight.pop(pid, None)  # late ends of these requests are ignored by the policy
+            self.wait_start.pop(pid, None)
+        elif kind == "capacity":
+            _, b, cap = ev
+            self.apply(pol.set_capacity(BACKENDS[b], cap, self.now))
+        elif kind == "health":
+            _, b, ok = ev
+            self.apply(pol.set_healthy(BACKENDS[b], ok, self.now))
+        elif kind == "tick":
+            self.now += ev[1]
+            self.apply(pol.tick(self.now))
+            return True
+        return False
+
+    def check(self, after_tick: bool) -> None:
+        pol = self.pol
+        pol.check_invariants()
+        views = {v.program_id: v for v in pol.programs()}
+        assert len(views) == len(pol.programs())
+        for pid, v in views.items():
+            held, infl = self.held.get(pid, 0), self.inflight.get(pid, 0)
+            assert v.inflight == held + infl, (pid, v, held, infl)
+            if held:
+                assert v.state is State.PAUSED, f"{pid} has a held request but is {v.state}"
+            if v.state is State.ACTIVE:
+                assert v.backend in BACKENDS
+        for pid in set(self.held) | set(self.inflight):
+            if self.held.get(pid, 0) + self.inflight.get(pid, 0):
+                assert pid in views or self.held.get(pid, 0) == 0
+        if not after_tick:
+            return
+        cfg = pol.config
+        for b in pol.backends():
+            if b.capacity is None:
+                continue
+            if b.used > cfg.high_watermark * b.capacity + 1:
+                # over only if pausing every ACTING program could not bring it under (marks pending)
+                inner = pol._backends[b.url]  # noqa: SLF001
+                acting = pol._acting_charge(inner) + cfg.buffer_per_program * inner.acting_count  # noqa: SLF001
+                assert pol.used(b.url) - acting > cfg.high_watermark * b.capacity, f"{b.url} stays over: {b}"
+        # the oldest aged waiting program could not have been placed
+        aged = [
+            (t, self.created[pid], pid)
+            for pid, t in self.wait_start.items()
+            if self.held.get(pid) and self.now - t >= cfg.aging_bound and pid in views
+        ]
+        if aged:
+            _, _, pid = min(aged)
+            assert not self._placeable(views[pid]), f"{pid} waited ≥ aging bound and fits somewhere"
+
+    def _placeable(self, v) -> bool:
+        pol, cfg = self.pol, self.pol.config
+        prefix = pol._prefix  # noqa: SLF001 - the test mirrors the policy's charge
+        c = v.tokens - min(v.tokens, prefix) + cfg.buffer_per_program
+        for b in pol.backends():
+            if not b.healthy:
+                continue
+            if b.capacity is None:
+                if b.program_count < cfg.unknown_capacity_programs:
+                    return True
+                continue
+            extra = prefix if (prefix and b.program_count == 0) else 0
+            if c + extra <= cfg.low_watermark * b.capacity - pol.used(b.url) - 1:
+                return True
+        return False
+
+
+def random_events(rnd: random.Random, n: int) -> list[tuple]:
+    """A busy workload: mostly arrivals, ends (with usage usually a bit larger than the request), streamed
+    progress and short ticks; now and then abandoned held requests, releases, capacity and health changes
+    and long gaps (to cross the aging bound and the resume timeout)."""
+    kinds = ["arrive"] * 6 + ["end"] * 5 + ["progress"] * 2 + ["tick"] * 4 + ["abandon", "release"]
+    kinds += ["capacity", "health", "bigtick"]
+    out: list[tuple] = []
+    for _ in range(n):
+        k = rnd.choice(kinds)
+        pid = rnd.choice(PIDS)
+        if k == "arrive":
+            out.append(("arrive", pid, rnd.randint(0, 7_000)))
+        elif k == "end":
+            out.append(("end", pid, None if rnd.random() < 0.2 else rnd.randint(0, 8_000)))
+        elif k == "progress":
+            out.append(("progress", pid, rnd.randint(1, 3_000)))
+        elif k in ("abandon", "release"):
+            out.append((k, pid))
+        elif k == "capacity":
+            cap = None if rnd.random() < 0.2 else rnd.randint(2_000, 30_000)
+            out.append(("capacity", rnd.randint(0, 1), cap))
+        elif k == "health":
+            out.append(("health", rnd.randint(0, 1), rnd.random() < 0.7))
+        elif k == "tick":
+            out.append(("tick", rnd.choice([0.0, 0.5, 1.0, 5.0])))
+        else:
+            out.append(("tick", rnd.choice([40.0, 130.0, 2_000.0])))
+    return out
+
+
+configs = st.fixed_dictionaries(
+    {
+        "acting_decay": st.sampled_from(["off", "off", "exp", "geometric"]),
+        "acting_token_weight": st.sampled_from([1.0, 0.5, 0.0]),
+        "marks": st.sampled_from([(1.0, 0.9), (1.0, 1.0), (0.9, 0.6)]),
+        "tr_placement": st.sampled_from(["best_fit", "worst_fit"]),
+        "prefix": st.sampled_from([0, 0, 500]),
+        "unknown_capacity_programs": st.sampled_from([0, 2]),
+        "aging_bound": st.sampled_from([0.0, 30.0, 120.0]),
+        "resume_timeout": st.sampled_from([100.0, 1800.0]),
+    }
+)
+
+
+def make(cfg: dict) -> CapacityPolicy:
+    high, low = cfg["marks"]
+    pol = CapacityPolicy(
+        Config(
+            backends=BACKENDS,
+            router="tr",
+            acting_decay=cfg["acting_decay"],
+            acting_decay_half_life=2.0,
+            acting_decay_base=2.0,
+            acting_token_weight=cfg["acting_token_weight"],
+            high_watermark=high,
+            low_watermark=low,
+            tr_placement=cfg["tr_placement"],
+            shared_prefix_credit=cfg["prefix"] > 0,
+            unknown_capacity_programs=cfg["unknown_capacity_programs"],
+            aging_bound=cfg["aging_bound"],
+            resume_timeout=cfg["resume_timeout"],
+        )
+    )
+    pol.set_shared_prefix(cfg["prefix"])
+    pol.set_capacity(BACKENDS[0], 20_000, 0.0)
+    return pol
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs, seed=st.integers(0, 2**32 - 1), n=st.integers(1, 150))
+def test_random_event_sequences_keep_every_invariant(cfg, seed, n):
+    d = Driver(make(cfg))
+    d.check(after_tick=False)
+    for ev in random_events(random.Random(seed), n):
+        ticked = d.step(ev)
+        d.check(after_tick=ticked)
+
+
+def test_the_random_workload_reaches_every_mechanism():
+    """Guard against a vacuous property test: the generator must pause, mark, force, swap, reject and
+    unmark across a fixed set of seeds."""
+    totals = dict(pauses=0, marks=0, forced=0, rejects=0, swaps=0, unmarks=0, waits=0)
+    for seed in range(40):
+        cfg = dict(acting_decay="off", acting_token_weight=1.0, marks=(1.0, 0.9), tr_placement="best_fit",
+                   prefix=0, unknown_capacity_programs=2, aging_bound=30.0, resume_timeout=1800.0)  # fmt: skip
+        d = Driver(make(cfg))
+        for ev in random_events(random.Random(seed), 150):
+            d.check(after_tick=d.step(ev))
+            totals["waits"] += sum(1 for v in d.held.values() if v)
+        s = d.pol.stats()
+        totals["pauses"] += s.pauses
+        totals["marks"] += s.marks
+        totals["forced"] += s.forced_resumes
+        totals["rejects"] += s.rejects
+        totals["swaps"] += d.pol._swaps  # noqa: SLF001
+        totals["unmarks"] += d.pol._unmarks  # noqa: SLF001
+    assert all(v > 0 for v in totals.values()), totals
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(200, 4_000), min_size=4, max_size=12),
+    tool=st.sampled_from([1.0, 5.0, 20.0]),
+)
+def test_closed_loop_programs_never_wait_much_longer_than_the_aging_bound(sizes, tool):
+    """A closed loop like an agent harness: every program sends its next request a tool time after the
+    previous answer; a response takes 2 s. Whatever the sizes (each fits the backend alone), no request
+    waits longer than the aging bound plus one tick plus a few response times (upstream: smallest first,
+    so a large program can wait for the 1800 s forced resume)."""
+    aging, interval, response = 30.0, 5.0, 2.0
+    pol = CapacityPolicy(Config(backends=BACKENDS[:1], aging_bound=aging, low_watermark=0.9))
+    pol.set_capacity(BACKENDS[0], 10_000, 0.0)
+    d = Driver(pol)
+    ctx = {f"q{i}": s for i, s in enumerate(sizes)}
+    next_at: dict[str, float | None] = {p: 0.0 for p in ctx}
+    ends_at: dict[str, float] = {}
+    worst = 0.0
+    t = 0.0
+    while t < 600.0:
+        t += 1.0
+        d.now = t
+        for p in ctx:
+            if p in ends_at and ends_at[p] <= t:
+                del ends_at[p]
+                d.step(("end", p, ctx[p]))
+                next_at[p] = t + tool
+        if t % interval == 0:
+            d.apply(pol.tick(t))
+        for p in ctx:
+            at = next_at[p]
+            if at is not None and at <= t:
+                next_at[p] = None
+                d.step(("arrive", p, ctx[p]))
+        for p, n in d.inflight.items():
+            if n and p not in ends_at:
+                ends_at[p] = t + response
+        for p, s in d.wait_start.items():
+            worst = max(worst, t - s)
+        d.check(after_tick=False)
+    assert worst <= aging + interval + 3 * response, f"a request waited {worst:.0f} s (sizes {sizes})"
