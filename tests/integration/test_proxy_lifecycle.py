@@ -228,3 +228,37 @@ async def test_token_estimate_is_last_exact_total_plus_new_messages(fake_vllm: F
         ratio = 800 / r1.json()["usage"]["prompt_tokens"]  # learned from the first response
         assert second == total1 + int(800 / ratio) + 4  # the assistant echo is inside total1 already
         assert abs(second - (total1 + 800 / 4 + 4)) < 60  # and close to the fake tokenizer's truth
+
+
+async def test_streaming_progress_reported_every_20_events(fake_vllm: FakeVLLM):
+    fake_vllm.completion_tokens = 45
+    c0 = cfg(fake_vllm.url)
+    spy = SpyPolicy(PassthroughPolicy(c0))
+    async with running_proxy(c0, policy=spy) as (c, proxy):
+        await c.post("/v1/chat/completions", json={**chat(program_id="p", stream=True), "max_tokens": 100})
+        # 46 content events + the usage chunk = 47 data events -> two progress reports of 20
+        assert spy.progress["p"] == 40
+
+
+async def test_held_time_is_profiled_as_pause(fake_vllm: FakeVLLM, tmp_path):
+    from ThunderAgent.records import read_step_records
+
+    c0 = cfg(fake_vllm.url, profile=True, profile_dir=str(tmp_path))
+    pol = HoldingPolicy(c0, hold={"h"})
+    async with running_proxy(c0, policy=pol) as (c, proxy):
+        task = asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h")))
+        await until(lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 1)
+        t_held = time.monotonic()
+        await until(lambda: time.monotonic() - t_held >= 0.1, what="0.1 s held")  # hold it for a measurable time
+        pol.hold.clear()
+        proxy.apply([Resume("h", fake_vllm.url)])
+        assert (await task).status_code == 200
+        await c.post("/v1/chat/completions", json=chat(program_id="h"))
+        prof = (await c.get("/profiles/h")).json()
+        assert prof["step_count"] == 2 and prof["avg_pause_s"] >= 0.05  # (>= 0.1 + ~0) / 2
+    recs = read_step_records(tmp_path / "step_records.jsonl")
+    assert [r.step for r in recs] == [1, 2] and recs[0].pause_s >= 0.1 and recs[1].pause_s < 0.1
+    assert all(r.status == "ok" and r.prompt_tokens and r.backend == fake_vllm.url for r in recs)
+    rows = (tmp_path / "step_profiles.csv").read_text().splitlines()
+    assert rows[0] == "program_id,step_id,prefill_s,decode_s,pause_s,tool_call_s,kv_hit_rate,completed_at"
+    assert len(rows) == 3 and rows[1].startswith("h,1,") and float(rows[1].split(",")[4]) >= 0.1
