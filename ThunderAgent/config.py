@@ -78,6 +78,11 @@ class Config:
     reclaim_docker_host: str | None = opt(
         None, "Docker daemon URL for --reclaim docker (default: $DOCKER_HOST, else the local socket)"
     )
+    reclaim_label: str | None = opt(
+        None,
+        "with --reclaim docker: only reclaim containers carrying this label (KEY or KEY=VALUE); a named "
+        "container without it is left running and counted as refused",
+    )
 
     # --- tr scheduler (see ThunderAgent/policy/capacity.py for the meaning of each) ----------------------
     buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")

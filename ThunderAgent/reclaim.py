@@ -204,13 +204,14 @@ class Reclaimer(Collector):
         fam.add_metric([], pending)
         yield fam
         fam = CounterMetricFamily("thunderagent_reclaim_resources", "Resource ids handled, by resource key "
-                                  "and outcome (removed, already_gone, failed, unhandled).",
+                                  "and outcome (removed, already_gone, refused, failed, unhandled).",
                                   labels=["key", "outcome"])
         for (key, outcome), n in sorted(resources.items()):
             fam.add_metric([key, outcome], n)
         yield fam
         fam = CounterMetricFamily("thunderagent_reclaim_errors", "Reclaim errors by kind (daemon_unavailable, "
-                                  "timeout, api_error, invalid_id, handler, queue_full, closed, unexpected).",
+                                  "timeout, api_error, invalid_id, label_mismatch, handler, queue_full, closed, "
+                                  "unexpected).",
                                   labels=["kind"])
         for kind, n in sorted(errors.items()):
             fam.add_metric([kind], n)
@@ -235,7 +236,9 @@ class DockerReclaimer(Reclaimer):
     For each container: inspect (remembers its image), stop with a short timeout, remove with its anonymous
     volumes. With ``remove_images`` it then removes each remembered image that no container (in any state)
     still uses; Docker itself refuses to remove an image a container uses, so a race cannot break a sandbox.
-    A container that is already gone counts as ``already_gone``, not as an error.
+    A container that is already gone counts as ``already_gone``, not as an error. With ``require_label``
+    only containers carrying that label are touched (others count as ``refused`` + a ``label_mismatch``
+    error): a client can then only tear down sandboxes, never an unrelated container it names.
 
     The Docker client is created lazily in a worker thread; when the daemon is unreachable every id of the
     job counts one ``daemon_unavailable`` error and the next job tries to connect again (no retry of old
@@ -243,14 +246,15 @@ class DockerReclaimer(Reclaimer):
     """
 
     def __init__(self, *, docker_host: str | None = None, stop_timeout: int = 2, remove_images: bool = False,
-                 api_timeout: float = 30.0, client_factory: Callable[[], DockerAPI] | None = None,
-                 max_workers: int = 2, max_pending: int = 10_000) -> None:
+                 require_label: str | None = None, api_timeout: float = 30.0,
+                 client_factory: Callable[[], DockerAPI] | None = None, max_workers: int = 2, max_pending: int = 10_000) -> None:
         if stop_timeout < 0:  # Docker reads a negative stop timeout as "wait forever"
             raise ValueError(f"reclaim stop timeout must be >= 0 seconds, got {stop_timeout}")
         super().__init__(max_workers=max_workers, max_pending=max_pending)
         self.docker_host = docker_host
         self.stop_timeout = stop_timeout
         self.remove_images = remove_images
+        self.require_label = require_label
         self._api_timeout = api_timeout
         self._client_factory = client_factory or self._default_client
         self._client: DockerAPI | None = None
@@ -306,6 +310,11 @@ class DockerReclaimer(Reclaimer):
 
         try:
             info = client.inspect_container(cid)
+            if self.require_label and not _has_label(info, self.require_label):
+                self._count_error("label_mismatch")
+                log.warning("program %s: container %s lacks label %s; left alone", escape_id(program_id),
+                            escape_id(cid), escape_id(self.require_label))
+                return "refused"
             image = info.get("Image")
             if image:
                 images.add(image)
@@ -353,6 +362,13 @@ class DockerReclaimer(Reclaimer):
                             escape_id(image), exc)
 
 
+def _has_label(info: Mapping[str, Any], required: str) -> bool:
+    """Whether an inspected container carries ``required`` ("KEY" = present, "KEY=VALUE" = that value)."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    key, sep, value = required.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
 def _classify(exc: BaseException) -> str:
     """Map an exception from the Docker SDK (or requests underneath it) to an error-kind label."""
     import docker.errors
@@ -373,16 +389,18 @@ def _classify(exc: BaseException) -> str:
 
 
 def make_reclaimer(kind: str, *, docker_host: str | None = None, stop_timeout: int = 2,
-                   remove_images: bool = False) -> Reclaimer | None:
+                   remove_images: bool = False, require_label: str | None = None) -> Reclaimer | None:
     """The reclaimer for ``--reclaim KIND``: "none" -> None (the proxy drops resources), "docker" -> Docker."""
     if kind == "none":
         return None
     if kind == "docker":
-        return DockerReclaimer(docker_host=docker_host, stop_timeout=stop_timeout, remove_images=remove_images)
+        return DockerReclaimer(docker_host=docker_host, stop_timeout=stop_timeout, remove_images=remove_images,
+                               require_label=require_label)
     raise ValueError(f"unknown reclaim kind {kind!r}; choose one of {', '.join(RECLAIM_KINDS)}")
 
 
 def reclaimer_from_config(config: Any) -> Reclaimer | None:
     """``make_reclaimer`` with every reclaim knob taken from a ``ThunderAgent.config.Config``."""
     return make_reclaimer(config.reclaim, docker_host=config.reclaim_docker_host,
-                          stop_timeout=config.reclaim_stop_timeout, remove_images=config.reclaim_images)
+                          stop_timeout=config.reclaim_stop_timeout, remove_images=config.reclaim_images,
+                          require_label=config.reclaim_label)

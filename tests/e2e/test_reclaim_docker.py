@@ -64,8 +64,9 @@ def docker_client() -> Iterator[Any]:
 def make_container(docker_client: Any) -> Callable[..., str]:
     """Start a sleeping container (PID 1 `sleep` ignores SIGTERM, so `docker stop` waits its full timeout)."""
 
-    def make(image: str = IMAGE) -> str:
-        c = docker_client.containers.run(image, ["sleep", "600"], detach=True, labels={LABEL: "reclaim"})
+    def make(image: str = IMAGE, **labels: str) -> str:
+        c = docker_client.containers.run(image, ["sleep", "600"], detach=True,
+                                         labels={LABEL: "reclaim", **labels})
         return c.id
 
     return make
@@ -109,6 +110,20 @@ def test_reclaimer_stops_and_removes_real_containers(docker_client: Any, make_co
     assert r.wait_idle(10)
     assert r.snapshot()["resources"]["docker_ids:already_gone"] == 2
     assert docker_client.images.get(IMAGE)  # the shared base image is never touched by default
+    r.close(5)
+
+
+def test_label_guard_only_reclaims_sandboxes(docker_client: Any, make_container: Callable[..., str]) -> None:
+    sandbox = make_container(**{"thunderbench.sandbox": "swe"})
+    bystander = make_container()  # e.g. the user's database container, named by a confused or hostile client
+    r = DockerReclaimer(stop_timeout=0, require_label="thunderbench.sandbox=swe")
+    r.schedule("prog-label", {"docker_ids": [sandbox, bystander]})
+    assert r.wait_idle(30)
+    assert not exists(docker_client, sandbox)
+    assert docker_client.api.inspect_container(bystander)["State"]["Running"]
+    snap = r.snapshot()
+    assert snap["resources"] == {"docker_ids:removed": 1, "docker_ids:refused": 1}
+    assert snap["errors"] == {"label_mismatch": 1}
     r.close(5)
 
 

@@ -42,8 +42,9 @@ class FakeDocker:
         self.fail: dict[str, BaseException] = {}  # method name -> exception to raise
         self.lock = threading.Lock()
 
-    def add(self, cid: str, image: str = "sha256:img", running: bool = True) -> None:
-        self.containers_[cid] = {"Image": image, "Running": running}
+    def add(self, cid: str, image: str = "sha256:img", running: bool = True,
+            labels: dict[str, str] | None = None) -> None:
+        self.containers_[cid] = {"Image": image, "Running": running, "Labels": labels}
         self.images.add(image)
 
     def _maybe_fail(self, name: str) -> None:
@@ -56,7 +57,8 @@ class FakeDocker:
         c = self.containers_.get(container)
         if c is None:
             raise docker.errors.NotFound(f"No such container: {container}")
-        return {"Id": container, "Image": c["Image"], "State": {"Running": c["Running"]}}
+        return {"Id": container, "Image": c["Image"], "State": {"Running": c["Running"]},
+                "Config": {"Labels": c["Labels"]}}
 
     def stop(self, container: str, timeout: int | None = None) -> None:
         self.calls.append(("stop", container, str(timeout)))
@@ -228,6 +230,32 @@ def test_image_conflict_is_kept_quietly_other_image_errors_counted() -> None:
     assert snap["errors"] == {"api_error": 1}
 
 
+@pytest.mark.parametrize(
+    ("required", "labels", "removed"),
+    [
+        ("sandbox", {"sandbox": ""}, True),
+        ("sandbox", {"sandbox": "x"}, True),
+        ("sandbox=swe", {"sandbox": "swe"}, True),
+        ("sandbox=swe", {"sandbox": "other"}, False),
+        ("sandbox", {"other": "1"}, False),
+        ("sandbox", None, False),
+    ],
+)
+def test_require_label_leaves_unlabelled_containers_alone(required: str, labels: dict[str, str] | None,
+                                                          removed: bool) -> None:
+    fake = FakeDocker()
+    fake.add("c1", labels=labels)
+    r = docker_reclaimer(fake, require_label=required)
+    r.schedule("p1", {"docker_ids": ["c1"]})
+    snap = finish(r)
+    assert ("c1" not in fake.containers_) is removed
+    if removed:
+        assert snap["resources"] == {"docker_ids:removed": 1} and snap["errors"] == {}
+    else:
+        assert snap["resources"] == {"docker_ids:refused": 1} and snap["errors"] == {"label_mismatch": 1}
+        assert [c[0] for c in fake.calls] == ["inspect"]  # never stopped
+
+
 # --- generic machinery ------------------------------------------------------------------------------------
 def test_schedule_returns_immediately_while_a_handler_blocks() -> None:
     release = threading.Event()
@@ -362,9 +390,10 @@ def test_factories() -> None:
         make_reclaimer("docker", stop_timeout=-1)
     assert reclaimer_from_config(Config()) is None
     r = reclaimer_from_config(replace(Config(), reclaim="docker", reclaim_images=True, reclaim_stop_timeout=7,
-                                      reclaim_docker_host="unix:///nonexistent.sock"))
+                                      reclaim_docker_host="unix:///nonexistent.sock", reclaim_label="k=v"))
     assert isinstance(r, DockerReclaimer)
-    assert (r.remove_images, r.stop_timeout, r.docker_host) == (True, 7, "unix:///nonexistent.sock")
+    assert (r.remove_images, r.stop_timeout, r.docker_host, r.require_label) == (
+        True, 7, "unix:///nonexistent.sock", "k=v")
 
 
 def test_concurrent_schedules_from_many_threads_count_exactly() -> None:
