@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -99,7 +100,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream) or a non-object."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProxyError(400, "Invalid JSON", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise ProxyError(400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body")
@@ -412,6 +413,9 @@ class Proxy:
         except ProxyError as e:
             self.telemetry.requests.labels("invalid").inc()
             return error_response(e, compat_detail=e.message == "Invalid JSON")
+        except ClientDisconnect:
+            self.telemetry.requests.labels("cancelled").inc()
+            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected while sending the request", "cancelled"))
         if self.closed:
             return error_response(ProxyError(503, "proxy is shutting down", "unavailable"))
 

@@ -56,6 +56,7 @@ def spy(fake_vllm: FakeVLLM) -> SpyPolicy:
         (b'{"messages": [], "program_id": true}', 400, "program_id"),
         (b'{"messages": [], "docker_ids": [1.5]}', 400, "docker_ids"),
         (b'{"messages": [], "model": 3}', 400, "model"),
+        (b"[" * 100_000, 400, None),
     ],
 )
 async def test_bad_request_bodies(fake_vllm: FakeVLLM, body: bytes, status: int, param):

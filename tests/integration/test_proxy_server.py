@@ -126,3 +126,21 @@ def test_cli_starts_default_router(fake_vllm: FakeVLLM):
 @pytest.mark.slow
 def test_cli_starts_tr_router(fake_vllm: FakeVLLM):
     _run_cli(["--router", "tr", "--scheduler-interval", "0.2"], fake_vllm)
+
+
+def test_client_disconnect_while_sending_body(fake_vllm: FakeVLLM, caplog):
+    import socket
+
+    c0 = Config(backends=(fake_vllm.url,), router="default")
+    srv, proxy = start_proxy(c0, PassthroughPolicy(c0))
+    cancelled = proxy.telemetry.requests.labels("cancelled")
+    try:
+        with caplog.at_level("ERROR"):
+            with socket.create_connection(("127.0.0.1", srv.port)) as s:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\": [")
+            wait_until(lambda: cancelled._value.get() == 1, what="request counted as cancelled")
+        assert not [r for r in caplog.records if r.name.startswith("thunderagent")]
+        assert srv.call(lambda: len(proxy.registry)) == 0 and fake_vllm.requests == []
+        assert httpx.get(srv.url + "/health").status_code == 200
+    finally:
+        srv.stop()
