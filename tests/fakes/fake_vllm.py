@@ -60,7 +60,7 @@ def _text_chars(messages: Any) -> int:
         if isinstance(c, str):
             n += len(c)
         elif isinstance(c, list):
-            n += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
+            n += sum(len(p["text"]) for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
     return n
 
 
@@ -201,11 +201,17 @@ class FakeVLLM:
             ctype = b"application/json" if self.fail_body is None else b"text/plain"
             await _send(send, self.fail_status, content, ctype)
             return
-        if body.get("model", MODEL) != MODEL:
+        if isinstance(body, dict) and body.get("model", MODEL) != MODEL:
             await _send_json(send, 404, _error(f"The model `{body.get('model')}` does not exist. Valid aliases: tiny.", "NotFoundError", 404, "model"))
             return
-        prompt = prompt_tokens_of(body)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            await _send_json(send, 400, _error("'messages' must be a list", "BadRequestError", 400, "messages"))
+            return
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            await _send_json(send, 400, _error("max_tokens must be a positive integer", "BadRequestError", 400, "max_tokens"))
+            return
+        prompt = prompt_tokens_of(body)
         n = self.completion_tokens if not max_tokens else min(self.completion_tokens, int(max_tokens))
         cached = self._cached(body, prompt)
         usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n, "prompt_tokens_details": None}
