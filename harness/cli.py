@@ -192,6 +192,7 @@ def reproduce(
     seed: Optional[int] = typer.Option(None, "--seed", help="Workload seed (same trajectories for every arm)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default results/<recipe>/<UTC timestamp>)."),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="des: points simulated in parallel (default: CPU cores, at most 4)."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -208,7 +209,7 @@ def reproduce(
         r = _recipe(recipe)
         opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                             arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
-                            argv=tuple(["thunderbench", *sys.argv[1:]]))
+                            argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"

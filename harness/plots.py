@@ -116,25 +116,32 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
             if any(v is not None for v in p95):
                 ax_lat.plot(x, [v if v is not None else math.nan for v in p95], color=st.get("color"),
                             ls=":", lw=1.5, marker=st.get("marker"), ms=4, alpha=0.8)
-    # ratio labels at the largest concurrency
+    # ratio labels at the largest concurrency, spread apart vertically so close values stay readable
     rat = ratios_at_max(ok)
     top = max(int(r["programs"]) for r in ok)
-    for arm, ratio in sorted(rat.items()):
+    labels = []
+    for arm, ratio in rat.items():
         pt = [r for r in ok if r["arm"] == arm and int(r["programs"]) == top]
-        if not pt:
-            continue
-        y = _num(pt[0]["steps_per_min"])
-        ax_tp.annotate(f"{ratio:.2f}×\nvs vLLM", xy=(top, y), xytext=(9, 0), textcoords="offset points",
-                       va="center", ha="left", fontsize=9.5, fontweight="bold", linespacing=0.95,
-                       color=ARM_STYLE.get(arm, {}).get("color", "black"))
+        if pt:
+            labels.append((_num(pt[0]["steps_per_min"]) or 0.0, arm, ratio))
+    ymax = max((_num(r.get("ci_high")) or _num(r["steps_per_min"]) or 0.0) for r in ok) or 1.0
+    gap = 0.085 * ymax
+    placed: list[float] = []
+    for y, arm, ratio in sorted(labels):
+        ty = max([y] + [p + gap for p in placed])
+        placed.append(ty)
+        ax_tp.annotate(f"  {ratio:.2f}× vLLM", xy=(top, y), xytext=(top, ty), textcoords="data",
+                       xycoords="data", va="center", ha="left", fontsize=9.5, fontweight="bold",
+                       color=ARM_STYLE.get(arm, {}).get("color", "black"),
+                       bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     xs = sorted({int(r["programs"]) for r in ok})
     for ax in (ax_tp, ax_hit, ax_lat):
         ax.set_xticks(xs)
         ax.set_xlabel("parallel workflows (agent programs in flight)")
         ax.grid(True, alpha=0.3)
         span = (max(xs) - min(xs)) or max(xs)
-        ax.set_xlim(min(xs) - span * 0.06, max(xs) + span * (0.2 if ax is ax_tp else 0.06))
-    ax_tp.set_ylim(bottom=0)
+        ax.set_xlim(min(xs) - span * 0.06, max(xs) + span * (0.3 if ax is ax_tp else 0.06))
+    ax_tp.set_ylim(0, max(ymax, max(placed, default=0.0) + gap) * 1.08)
     ax_tp.set_ylabel("steps / min")
     ax_tp.set_title(f"{recipe} — {tag}\nthroughput (band: 95% CI)", fontsize=10.5)
     ax_tp.legend(fontsize=8, loc="lower left", framealpha=0.9)

@@ -50,8 +50,48 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     }
 
 
+def proxy_config(opts: "SweepOptions"):  # -> ThunderAgent.config.Config
+    """The ThunderAgent Config the recipe's proxy would run with (router + [proxy].args), parsed by the
+    proxy's own CLI parser so the DES policy and the real proxy read the same flags the same way."""
+    import contextlib
+    import io
+
+    from harness.reproduce import ReproduceError
+    from ThunderAgent.cli import parse_config
+
+    argv = ["--router", opts.recipe.proxy.router, *opts.recipe.proxy.args]
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            return parse_config(argv)
+    except SystemExit:
+        msg = " ".join(buf.getvalue().split()) or "invalid flags"
+        raise ReproduceError(f"recipe {opts.recipe.path.name}: [proxy].args {argv!r}: {msg}") from None
+
+
 def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, console: Console) -> dict[str, Any]:
-    raise NotImplementedError("waiting for harness/sim/des.py")
+    """E's discrete-event simulator for one point: a fresh engine model, the recipe's workload model and
+    (arm thunderagent) the same policy core the proxy runs, on virtual time. Writes the run directory."""
+    from harness.records import RunManifest
+    from harness.reproduce import PointFailed
+    from harness.sim.des import DesError, run_des
+
+    r = opts.recipe
+    try:
+        res = run_des(
+            r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
+            workload=workload_params(opts), policy_config=proxy_config(opts) if arm == "thunderagent" else None,
+            num_gpu_blocks=r.sim.num_gpu_blocks or None, out_dir=run_dir, run_id=f"{r.name}-{arm}-{programs}",
+        )
+    except DesError as e:
+        raise PointFailed(str(e)) from None
+    m = RunManifest.read(run_dir / "manifest.json")
+    m.recipe = r.name
+    m.dataset = "lite-synthetic"
+    m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3))
+    m.write(run_dir / "manifest.json")
+    (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
+    return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
 
 
 def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams

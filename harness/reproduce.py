@@ -23,6 +23,7 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ class SweepOptions:
     dataset: str
     argv: tuple[str, ...] = ()
     skipped_arms: tuple[str, ...] = ()
+    jobs: int = 1  # des: points simulated in parallel worker processes
 
     @property
     def simulated(self) -> bool:
@@ -122,7 +124,8 @@ def default_out(recipe: Recipe, root: Path = Path("results")) -> Path:
 def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...] | None = None,
                  window: str | None = None, duration: str | None = None, arms: tuple[str, ...] | None = None,
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
-                 agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = ()) -> SweepOptions:
+                 agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
+                 jobs: int | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
     eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
@@ -141,13 +144,19 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
     if eng != "vllm" and ag != "synthetic":
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
-    if out is not None and out.exists() and any(out.iterdir()):
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out")
+    if jobs is not None and jobs < 1:
+        raise ReproduceError(f"--jobs must be >= 1, got {jobs}")
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, 4) if eng == "des" else 1
+    if eng != "des" and jobs > 1:
+        raise ReproduceError(f"--jobs > 1 needs --engine des (engine {eng} runs one point at a time)")
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
-        argv=argv, skipped_arms=skipped,
+        argv=argv, skipped_arms=skipped, jobs=jobs,
     )
 
 
@@ -180,11 +189,15 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
     results: list[PointResult] = []
     ok = False
     try:
-        for programs in opts.levels:
-            for arm in opts.arms:
+        points = [(arm, programs) for programs in opts.levels for arm in opts.arms]
+        if opts.engine == "des" and opts.jobs > 1 and len(points) > 1:
+            results = _run_parallel(opts, points, tmp, console)
+        else:
+            for arm, programs in points:
                 results.append(_run_one(opts, runner, arm, programs, tmp, console))
                 manifest["points"] = [asdict(r) for r in results]
                 _write_json(tmp / "manifest.json", manifest)
+        manifest["points"] = [asdict(r) for r in results]
         rows = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
         write_summary(tmp, rows)
         if any(r["status"] == "ok" for r in rows):
@@ -209,10 +222,11 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
 
 
 def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, root: Path,
-             console: Console) -> PointResult:
+             console: Console, mkdir: bool = True) -> PointResult:
     name = f"{arm}-{programs}"
     pdir = root / name
-    pdir.mkdir()
+    if mkdir:
+        pdir.mkdir()
     t = time.time()
     label = f"{name} on {opts.engine}" + (f" (simulated, {opts.profile})" if opts.simulated else "")
     try:
@@ -251,6 +265,43 @@ def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
     rows[0]["run_dir"] = str(final)
     return rows[0]
+
+
+def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> PointResult:
+    """One DES point in a worker process (no console: the parent reports)."""
+    return _run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False)
+
+
+def _run_parallel(opts: SweepOptions, points: list[tuple[str, int]], root: Path,
+                  console: Console) -> list[PointResult]:
+    """DES points in `opts.jobs` worker processes (they are independent: one engine model each). The
+    biggest points start first; results keep the sweep's order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    for arm, programs in points:
+        (root / f"{arm}-{programs}").mkdir()
+    done: dict[tuple[str, int], PointResult] = {}
+    order = sorted(points, key=lambda p: -p[1])
+    label = f"on des (simulated, {opts.profile})"
+    with ProcessPoolExecutor(max_workers=min(opts.jobs, len(points)), mp_context=mp.get_context("spawn")) as ex:
+        futs = {ex.submit(_des_worker, opts, arm, n, root / f"{arm}-{n}"): (arm, n) for arm, n in order}
+        with console.status(f"simulating {len(points)} points {label} on {opts.jobs} workers ...") as st:
+            try:
+                for f in as_completed(futs):
+                    arm, n = futs[f]
+                    res = f.result()
+                    done[(arm, n)] = res
+                    if res.status == "ok":
+                        console.print(f"[green]✓[/] {arm}-{n} {escape(label)} in {res.wall_s:.1f} s")
+                    else:
+                        console.print(f"[red]✗[/] {arm}-{n} {escape(label)}: failed: {escape(str(res.reason))}")
+                    st.update(f"simulating {label}: {len(done)}/{len(points)} points done ...")
+            except BaseException:
+                for f in futs:
+                    f.cancel()
+                raise
+    return [done[p] for p in points]
 
 
 # --- summary ---------------------------------------------------------------------------------------------
@@ -311,20 +362,30 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -> None:
+    """The comparison table (fits 80 columns); failed points are listed under it with their reason."""
+    from rich import box
+
     from harness.plots import ratios_at_max
 
-    t = Table(title=title, title_style="bold")
-    for col in ("arm", "programs", "steps/min", "95% CI", "hit rate", "preempt.", "p50 s", "p95 s", "status"):
-        t.add_column(col, justify="right" if col not in ("arm", "status") else "left")
+    t = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("arm", "N", "steps/min", "95% CI", "hit", "preempt", "p50 s", "p95 s"):
+        t.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+    failed = []
     for r in sorted(rows, key=lambda r: (int(r["programs"]), str(r["arm"]))):
-        ci = (f"{_fmt(r.get('ci_low'), '.1f')}–{_fmt(r.get('ci_high'), '.1f')}"
+        if r["status"] != "ok":
+            failed.append(r)
+            t.add_row(str(r["arm"]), str(r["programs"]), "[red]failed[/]", "", "", "", "", "")
+            continue
+        ci = (f"{_fmt(r.get('ci_low'), '.0f')}–{_fmt(r.get('ci_high'), '.0f')}"
               if r.get("ci_low") is not None else "—")
         hit = r.get("prefix_hit_rate")
         t.add_row(str(r["arm"]), str(r["programs"]), _fmt(r.get("steps_per_min"), ".1f"), ci,
                   "—" if hit is None else f"{100 * hit:.1f}%", _fmt(r.get("preemptions"), ".0f"),
-                  _fmt(r.get("p50_step_latency_s"), ".2f"), _fmt(r.get("p95_step_latency_s"), ".2f"),
-                  r["status"] if r["status"] == "ok" else f"[red]failed: {escape(str(r.get('reason')))}[/]")
+                  _fmt(r.get("p50_step_latency_s"), ".1f"), _fmt(r.get("p95_step_latency_s"), ".1f"))
     console.print(t)
+    for r in failed:
+        console.print(f"  [red]failed[/] {r['arm']} × {r['programs']}: {escape(str(r.get('reason')))}",
+                      highlight=False, soft_wrap=True)
     for arm, ratio in sorted(ratios_at_max(rows).items()):
         console.print(f"  {arm} / vllm at the largest concurrency: [bold]{ratio:.2f}×[/]")
 
