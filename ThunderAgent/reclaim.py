@@ -10,10 +10,11 @@ teardown must never stall it. ``schedule`` only enqueues and returns; a small bo
 work. Errors (unknown container, daemon down, timeouts) are logged and counted, never raised to the caller:
 a release must succeed even when the sandbox is already gone or the daemon is down.
 
-Resource kinds are pluggable: a *handler* is a callable ``(program_id, ids) -> None`` registered for a resource
-key (``reclaimer.add_handler("tool_ids", fn)``). ``DockerReclaimer`` registers the built-in handler for
-``docker_ids``; generic ``tool_ids`` go to whatever hooks the embedding application registers (for instance a
-hook that deletes scratch directories or frees ports). A handler raising counts one ``handler`` error.
+Resource kinds are pluggable: a *handler* is a callable ``(program_id, ids) -> None`` registered for a
+resource key (``reclaimer.add_handler("tool_ids", fn)``). ``DockerReclaimer`` registers the built-in
+handler for ``docker_ids``; generic ``tool_ids`` go to whatever hooks the embedding application registers
+(for instance a hook that deletes scratch directories or frees ports). A handler raising counts one
+``handler`` error.
 
 Metrics: the reclaimer keeps plain counters and exposes them as a Prometheus collector, so it can be
 registered on the proxy's own CollectorRegistry (``reclaimer.register_metrics(registry)``) without global
@@ -28,11 +29,13 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from ThunderAgent.logsafe import escape_control
 
 log = logging.getLogger("ThunderAgent.reclaim")
 
@@ -51,10 +54,12 @@ class DockerAPI(Protocol):
 
     def inspect_container(self, container: str) -> dict[str, Any]: ...
     def stop(self, container: str, timeout: int | None = None) -> None: ...
-    def remove_container(self, container: str, v: bool = False, link: bool = False,
-                         force: bool = False) -> None: ...
-    def containers(self, quiet: bool = False, all: bool = False, filters: dict | None = None,
-                   **kw: Any) -> list[dict[str, Any]]: ...
+    def remove_container(
+        self, container: str, v: bool = False, link: bool = False, force: bool = False
+    ) -> None: ...
+    def containers(
+        self, quiet: bool = False, all: bool = False, filters: dict | None = None, **kw: Any
+    ) -> list[dict[str, Any]]: ...
     def remove_image(self, image: str, force: bool = False, noprune: bool = False) -> None: ...
 
 
@@ -108,15 +113,34 @@ class Reclaimer(Collector):
                     return
                 if self._pending >= self._max_pending:
                     self.errors["queue_full"] += 1
-                    log.warning("reclaim for program %s dropped: %d jobs pending",
-                                escape_id(program_id), self._pending)
+                    log.warning(
+                        "reclaim for program %s dropped: %d jobs pending",
+                        escape_id(program_id),
+                        self._pending,
+                    )
                     return
                 self._pending += 1
-            self._executor.submit(self._run, program_id, work)
+            try:
+                future = self._executor.submit(self._run, program_id, work)
+            except RuntimeError:  # the pool was shut down between the check above and here
+                self._job_gone("closed")
+                return
+            future.add_done_callback(self._on_done)
         except Exception:  # noqa: BLE001 - a release must never fail because of reclaim
             log.exception("could not schedule reclaim for program %s", escape_id(program_id))
             with self._cond:
                 self.errors["unexpected"] += 1
+
+    def _job_gone(self, error_kind: str) -> None:
+        """A job that was counted as pending but will never run."""
+        with self._cond:
+            self._pending -= 1
+            self.errors[error_kind] += 1
+            self._cond.notify_all()
+
+    def _on_done(self, future: Future[None]) -> None:
+        if future.cancelled():  # still queued when close() gave up waiting
+            self._job_gone("cancelled")
 
     def _run(self, program_id: str, work: dict[str, list[str]]) -> None:
         try:
@@ -130,8 +154,12 @@ class Reclaimer(Collector):
                         handler(program_id, ids)
                     except Exception as exc:  # noqa: BLE001 - hooks are third-party code
                         self._count_error("handler")
-                        log.warning("reclaim hook %s for program %s failed: %s",
-                                    getattr(handler, "__name__", handler), escape_id(program_id), exc)
+                        log.warning(
+                            "reclaim hook %s for program %s failed: %s",
+                            getattr(handler, "__name__", handler),
+                            escape_id(program_id),
+                            escape_control(str(exc)),
+                        )
         finally:
             with self._cond:
                 self._pending -= 1
@@ -167,8 +195,11 @@ class Reclaimer(Collector):
             self._closed = True
         idle = self.wait_idle(timeout)
         if not idle:
-            log.warning("reclaim shutdown: %d job(s) still pending after %.1f s; abandoning them",
-                        self.pending, timeout)
+            log.warning(
+                "reclaim shutdown: %d job(s) still pending after %.1f s; abandoning them",
+                self.pending,
+                timeout,
+            )
         self._executor.shutdown(wait=False, cancel_futures=True)
         return idle
 
@@ -196,28 +227,38 @@ class Reclaimer(Collector):
             errors = dict(self.errors)
             images = self.images_removed
             pending = self._pending
-        fam = CounterMetricFamily("thunderagent_reclaim_jobs", "Reclaim jobs (one per program release or "
-                                  "expiry with resources) finished.")
+        fam = CounterMetricFamily(
+            "thunderagent_reclaim_jobs",
+            "Reclaim jobs (one per program release or " "expiry with resources) finished.",
+        )
         fam.add_metric([], jobs)
         yield fam
         fam = GaugeMetricFamily("thunderagent_reclaim_pending", "Reclaim jobs queued or running.")
         fam.add_metric([], pending)
         yield fam
-        fam = CounterMetricFamily("thunderagent_reclaim_resources", "Resource ids handled, by resource key "
-                                  "and outcome (removed, already_gone, refused, failed, unhandled).",
-                                  labels=["key", "outcome"])
+        fam = CounterMetricFamily(
+            "thunderagent_reclaim_resources",
+            "Resource ids handled, by resource key "
+            "and outcome (removed, already_gone, refused, failed, unhandled).",
+            labels=["key", "outcome"],
+        )
         for (key, outcome), n in sorted(resources.items()):
             fam.add_metric([key, outcome], n)
         yield fam
-        fam = CounterMetricFamily("thunderagent_reclaim_errors", "Reclaim errors by kind (daemon_unavailable, "
-                                  "timeout, api_error, invalid_id, label_mismatch, handler, queue_full, closed, "
-                                  "unexpected).",
-                                  labels=["kind"])
+        fam = CounterMetricFamily(
+            "thunderagent_reclaim_errors",
+            "Reclaim errors by kind (daemon_unavailable, "
+            "timeout, api_error, invalid_id, label_mismatch, handler, queue_full, "
+            "closed, cancelled, unexpected).",
+            labels=["kind"],
+        )
         for kind, n in sorted(errors.items()):
             fam.add_metric([kind], n)
         yield fam
-        fam = CounterMetricFamily("thunderagent_reclaim_images_removed", "Orphaned images removed after "
-                                  "their containers were reclaimed.")
+        fam = CounterMetricFamily(
+            "thunderagent_reclaim_images_removed",
+            "Orphaned images removed after " "their containers were reclaimed.",
+        )
         fam.add_metric([], images)
         yield fam
 
@@ -245,9 +286,18 @@ class DockerReclaimer(Reclaimer):
     jobs: the containers are left to an operator, as upstream's tool_improve branch does).
     """
 
-    def __init__(self, *, docker_host: str | None = None, stop_timeout: int = 2, remove_images: bool = False,
-                 require_label: str | None = None, api_timeout: float = 30.0,
-                 client_factory: Callable[[], DockerAPI] | None = None, max_workers: int = 2, max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        docker_host: str | None = None,
+        stop_timeout: int = 2,
+        remove_images: bool = False,
+        require_label: str | None = None,
+        api_timeout: float = 30.0,
+        client_factory: Callable[[], DockerAPI] | None = None,
+        max_workers: int = 2,
+        max_pending: int = 10_000,
+    ) -> None:
         if stop_timeout < 0:  # Docker reads a negative stop timeout as "wait forever"
             raise ValueError(f"reclaim stop timeout must be >= 0 seconds, got {stop_timeout}")
         super().__init__(max_workers=max_workers, max_pending=max_pending)
@@ -266,8 +316,7 @@ class DockerReclaimer(Reclaimer):
 
         if self.docker_host:
             return docker.APIClient(base_url=self.docker_host, version="auto", timeout=self._api_timeout)
-        return docker.APIClient(version="auto", timeout=self._api_timeout,
-                                **docker.utils.kwargs_from_env())
+        return docker.APIClient(version="auto", timeout=self._api_timeout, **docker.utils.kwargs_from_env())
 
     def _get_client(self) -> DockerAPI:
         with self._client_lock:
@@ -285,8 +334,12 @@ class DockerReclaimer(Reclaimer):
             bad = [i for i in ids if not _CONTAINER_REF.fullmatch(i)]
             self._count_error("invalid_id", len(bad))
             self._count_resources("docker_ids", "failed", len(bad))
-            log.warning("program %s: ignoring %d invalid container id(s), e.g. %s",
-                        escape_id(program_id), len(bad), escape_id(bad[0], 80))
+            log.warning(
+                "program %s: ignoring %d invalid container id(s), e.g. %s",
+                escape_id(program_id),
+                len(bad),
+                escape_id(bad[0], 80),
+            )
         if not valid:
             return
         try:
@@ -295,8 +348,13 @@ class DockerReclaimer(Reclaimer):
             kind = _classify(exc)
             self._count_error(kind, len(valid))
             self._count_resources("docker_ids", "failed", len(valid))
-            log.warning("program %s: cannot reach Docker to reclaim %d container(s) (%s): %s",
-                        escape_id(program_id), len(valid), kind, exc)
+            log.warning(
+                "program %s: cannot reach Docker to reclaim %d container(s) (%s): %s",
+                escape_id(program_id),
+                len(valid),
+                kind,
+                escape_control(str(exc)),
+            )
             return
         images: set[str] = set()
         for cid in valid:
@@ -312,8 +370,12 @@ class DockerReclaimer(Reclaimer):
             info = client.inspect_container(cid)
             if self.require_label and not _has_label(info, self.require_label):
                 self._count_error("label_mismatch")
-                log.warning("program %s: container %s lacks label %s; left alone", escape_id(program_id),
-                            escape_id(cid), escape_id(self.require_label))
+                log.warning(
+                    "program %s: container %s lacks label %s; left alone",
+                    escape_id(program_id),
+                    escape_id(cid),
+                    escape_id(self.require_label),
+                )
                 return "refused"
             image = info.get("Image")
             if image:
@@ -331,8 +393,13 @@ class DockerReclaimer(Reclaimer):
             if kind == "daemon_unavailable":
                 self._drop_client()  # reconnect (and renegotiate the API version) on the next job
             self._count_error(kind)
-            log.warning("program %s: reclaiming container %s failed (%s): %s",
-                        escape_id(program_id), escape_id(cid), kind, exc)
+            log.warning(
+                "program %s: reclaiming container %s failed (%s): %s",
+                escape_id(program_id),
+                escape_id(cid),
+                kind,
+                escape_control(str(exc)),
+            )
             return "failed"
 
     def _remove_orphaned_images(self, client: DockerAPI, program_id: str, images: set[str]) -> None:
@@ -350,16 +417,28 @@ class DockerReclaimer(Reclaimer):
                 continue  # removed meanwhile by someone else
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:  # in use, or tagged in several repositories: keep it
-                    log.info("program %s: image %s kept: %s", escape_id(program_id), escape_id(image),
-                             exc.explanation)
+                    log.info(
+                        "program %s: image %s kept: %s",
+                        escape_id(program_id),
+                        escape_id(image),
+                        escape_control(str(exc.explanation)),
+                    )
                     continue
                 self._count_error("api_error")
-                log.warning("program %s: removing image %s failed: %s", escape_id(program_id),
-                            escape_id(image), exc)
+                log.warning(
+                    "program %s: removing image %s failed: %s",
+                    escape_id(program_id),
+                    escape_id(image),
+                    escape_control(str(exc)),
+                )
             except Exception as exc:  # noqa: BLE001
                 self._count_error(_classify(exc))
-                log.warning("program %s: removing image %s failed: %s", escape_id(program_id),
-                            escape_id(image), exc)
+                log.warning(
+                    "program %s: removing image %s failed: %s",
+                    escape_id(program_id),
+                    escape_id(image),
+                    escape_control(str(exc)),
+                )
 
 
 def _has_label(info: Mapping[str, Any], required: str) -> bool:
@@ -388,19 +467,35 @@ def _classify(exc: BaseException) -> str:
     return "unexpected"
 
 
-def make_reclaimer(kind: str, *, docker_host: str | None = None, stop_timeout: int = 2,
-                   remove_images: bool = False, require_label: str | None = None) -> Reclaimer | None:
-    """The reclaimer for ``--reclaim KIND``: "none" -> None (the proxy drops resources), "docker" -> Docker."""
+def make_reclaimer(
+    kind: str,
+    *,
+    docker_host: str | None = None,
+    stop_timeout: int = 2,
+    remove_images: bool = False,
+    require_label: str | None = None,
+) -> Reclaimer | None:
+    """The reclaimer for ``--reclaim KIND``: "none" -> None (the proxy drops resources), "docker" -> Docker.
+
+    Raises ValueError for an unknown kind or a negative stop timeout (the CLI reports it in one line)."""
     if kind == "none":
         return None
     if kind == "docker":
-        return DockerReclaimer(docker_host=docker_host, stop_timeout=stop_timeout, remove_images=remove_images,
-                               require_label=require_label)
+        return DockerReclaimer(
+            docker_host=docker_host,
+            stop_timeout=stop_timeout,
+            remove_images=remove_images,
+            require_label=require_label,
+        )
     raise ValueError(f"unknown reclaim kind {kind!r}; choose one of {', '.join(RECLAIM_KINDS)}")
 
 
 def reclaimer_from_config(config: Any) -> Reclaimer | None:
     """``make_reclaimer`` with every reclaim knob taken from a ``ThunderAgent.config.Config``."""
-    return make_reclaimer(config.reclaim, docker_host=config.reclaim_docker_host,
-                          stop_timeout=config.reclaim_stop_timeout, remove_images=config.reclaim_images,
-                          require_label=config.reclaim_label)
+    return make_reclaimer(
+        config.reclaim,
+        docker_host=config.reclaim_docker_host,
+        stop_timeout=config.reclaim_stop_timeout,
+        remove_images=config.reclaim_images,
+        require_label=config.reclaim_label,
+    )

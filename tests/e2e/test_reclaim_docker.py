@@ -26,7 +26,9 @@ DEAD_SOCKET = "unix:///nonexistent/thunderbench-dead-docker.sock"
 
 
 def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or "THUNDERBENCH_DOCKER_IMAGE" in os.environ
+    return (
+        os.environ.get("CI", "").lower() in ("1", "true", "yes") or "THUNDERBENCH_DOCKER_IMAGE" in os.environ
+    )
 
 
 def _unavailable(reason: str) -> None:
@@ -65,8 +67,9 @@ def make_container(docker_client: Any) -> Callable[..., str]:
     """Start a sleeping container (PID 1 `sleep` ignores SIGTERM, so `docker stop` waits its full timeout)."""
 
     def make(image: str = IMAGE, **labels: str) -> str:
-        c = docker_client.containers.run(image, ["sleep", "600"], detach=True,
-                                         labels={LABEL: "reclaim", **labels})
+        c = docker_client.containers.run(
+            image, ["sleep", "600"], detach=True, labels={LABEL: "reclaim", **labels}
+        )
         return c.id
 
     return make
@@ -93,7 +96,9 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 # --- the reclaimer alone on the real engine ----------------------------------------------------------------
-def test_reclaimer_stops_and_removes_real_containers(docker_client: Any, make_container: Callable[..., str]) -> None:
+def test_reclaimer_stops_and_removes_real_containers(
+    docker_client: Any, make_container: Callable[..., str]
+) -> None:
     ids = [make_container(), make_container()]
     assert all(docker_client.api.inspect_container(i)["State"]["Running"] for i in ids)
     r = DockerReclaimer(stop_timeout=1)
@@ -134,7 +139,7 @@ def test_many_programs_reclaimed_concurrently(docker_client: Any, make_container
     r = DockerReclaimer(stop_timeout=0, max_workers=3)
     t0 = time.perf_counter()
     for k in range(3):
-        r.schedule(f"prog-many-{k}", {"docker_ids": ids[2 * k: 2 * k + 2]})
+        r.schedule(f"prog-many-{k}", {"docker_ids": ids[2 * k : 2 * k + 2]})
     assert r.wait_idle(60)
     took = time.perf_counter() - t0
     assert not any(exists(docker_client, i) for i in ids)
@@ -143,8 +148,9 @@ def test_many_programs_reclaimed_concurrently(docker_client: Any, make_container
     r.close(5)
 
 
-def test_orphaned_image_removed_when_enabled_shared_one_kept(docker_client: Any,
-                                                              make_container: Callable[..., str]) -> None:
+def test_orphaned_image_removed_when_enabled_shared_one_kept(
+    docker_client: Any, make_container: Callable[..., str]
+) -> None:
     # A per-program image (as an agent harness would build per instance): commit a container to a new tag.
     base = docker_client.containers.get(make_container())
     tag = f"thunderbench/reclaim-orphan:{uuid.uuid4().hex[:8]}"
@@ -206,8 +212,13 @@ def proxy_server(fake_vllm: Any) -> Iterator[Callable[..., Any]]:
 
 
 def chat_body(program_id: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-            "program_id": program_id, **extra}
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "program_id": program_id,
+        **extra,
+    }
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -221,8 +232,8 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_release_through_the_proxy_strips_ids_and_removes_containers(
-        docker_client: Any, make_container: Callable[..., str], fake_vllm: Any,
-        proxy_server: Callable[..., Any]) -> None:
+    docker_client: Any, make_container: Callable[..., str], fake_vllm: Any, proxy_server: Callable[..., Any]
+) -> None:
     import httpx
 
     hooked: list[tuple[str, list[str]]] = []
@@ -232,9 +243,13 @@ def test_release_through_the_proxy_strips_ids_and_removes_containers(
     ids = [make_container(), make_container(), make_container()]
     keep = make_container()  # another program's sandbox: must survive
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        r1 = c.post("/v1/chat/completions", json=chat_body("prog-a", docker_ids=ids[:2], tool_ids=["port:9001"]))
-        r2 = c.post("/v1/chat/completions",
-                    json=chat_body("prog-a", extra_body={"docker_ids": [ids[2], ids[0]], "top_k": 5}))
+        r1 = c.post(
+            "/v1/chat/completions", json=chat_body("prog-a", docker_ids=ids[:2], tool_ids=["port:9001"])
+        )
+        r2 = c.post(
+            "/v1/chat/completions",
+            json=chat_body("prog-a", extra_body={"docker_ids": [ids[2], ids[0]], "top_k": 5}),
+        )
         r3 = c.post("/v1/chat/completions", json=chat_body("prog-b", docker_ids=[keep]))
         assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 200]
         # the engine never saw the resource ids (top level or in extra_body); other extra_body fields pass
@@ -259,14 +274,17 @@ def test_release_through_the_proxy_strips_ids_and_removes_containers(
     print(f"release answered in {release_s * 1000:.1f} ms; 3 containers gone {gone_s:.2f} s after it")
 
 
-def test_idle_expiry_reclaims_containers(docker_client: Any, make_container: Callable[..., str],
-                                         proxy_server: Callable[..., Any]) -> None:
+def test_idle_expiry_reclaims_containers(
+    docker_client: Any, make_container: Callable[..., str], proxy_server: Callable[..., Any]
+) -> None:
     import httpx
 
     srv = proxy_server(DockerReclaimer(stop_timeout=0), idle_ttl=0.5)
     cid = make_container()
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        assert c.post("/v1/chat/completions", json=chat_body("prog-idle", docker_ids=[cid])).status_code == 200
+        assert (
+            c.post("/v1/chat/completions", json=chat_body("prog-idle", docker_ids=[cid])).status_code == 200
+        )
         wait_until(lambda: not exists(docker_client, cid), 30, "the idle program's container")
         assert "prog-idle" not in c.get("/programs").json()
         text = c.get("/metrics").text
@@ -280,14 +298,25 @@ def test_daemon_down_release_is_quick_and_error_counted(proxy_server: Callable[.
     # The reclaimer comes from the Config (the --reclaim/--reclaim-docker-host path), pointed at a dead socket.
     srv = proxy_server(reclaim="docker", reclaim_docker_host=DEAD_SOCKET)
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        assert c.post("/v1/chat/completions",
-                      json=chat_body("prog-dead", docker_ids=["0123456789ab", "feedfacecafe"])).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions",
+                json=chat_body("prog-dead", docker_ids=["0123456789ab", "feedfacecafe"]),
+            ).status_code
+            == 200
+        )
         t0 = time.perf_counter()
         rel = c.post("/programs/release", json={"program_id": "prog-dead"})
         assert rel.status_code == 200 and rel.json()["released"] is True
         assert time.perf_counter() - t0 < 1.0
-        wait_until(lambda: metric(c.get("/metrics").text, "thunderagent_reclaim_errors_total",
-                                  kind="daemon_unavailable") == 2, 10, "daemon_unavailable errors in /metrics")
+        wait_until(
+            lambda: metric(
+                c.get("/metrics").text, "thunderagent_reclaim_errors_total", kind="daemon_unavailable"
+            )
+            == 2,
+            10,
+            "daemon_unavailable errors in /metrics",
+        )
         text = c.get("/metrics").text
         assert metric(text, "thunderagent_reclaim_resources_total", key="docker_ids", outcome="failed") == 2
         # the proxy still serves
@@ -295,8 +324,9 @@ def test_daemon_down_release_is_quick_and_error_counted(proxy_server: Callable[.
 
 
 @pytest.mark.slow
-def test_slow_reclaim_does_not_block_the_event_loop(docker_client: Any, make_container: Callable[..., str],
-                                                     proxy_server: Callable[..., Any]) -> None:
+def test_slow_reclaim_does_not_block_the_event_loop(
+    docker_client: Any, make_container: Callable[..., str], proxy_server: Callable[..., Any]
+) -> None:
     import httpx
 
     # `sleep` as PID 1 ignores SIGTERM: each `docker stop -t 3` takes the full 3 s before SIGKILL.
@@ -313,21 +343,26 @@ def test_slow_reclaim_does_not_block_the_event_loop(docker_client: Any, make_con
             assert c.post("/v1/chat/completions", json=chat_body(f"prog-live-{i}")).status_code == 200
             assert c.get("/metrics").status_code == 200
             latencies.append(time.perf_counter() - t0)
-        assert reclaimer.pending == 1, "the reclaim finished before the concurrent requests: test proves nothing"
+        assert (
+            reclaimer.pending == 1
+        ), "the reclaim finished before the concurrent requests: test proves nothing"
         assert max(latencies) < 1.0, f"requests stalled behind the reclaim: {latencies}"
         wait_until(lambda: not any(exists(docker_client, i) for i in ids), 30, "the slow reclaim to finish")
     print(f"during a 6 s reclaim: request+scrape max {max(latencies) * 1000:.1f} ms")
 
 
-def test_shutdown_waits_for_in_flight_reclaim(docker_client: Any, make_container: Callable[..., str],
-                                              proxy_server: Callable[..., Any]) -> None:
+def test_shutdown_waits_for_in_flight_reclaim(
+    docker_client: Any, make_container: Callable[..., str], proxy_server: Callable[..., Any]
+) -> None:
     import httpx
 
     reclaimer = DockerReclaimer(stop_timeout=2)
     srv = proxy_server(reclaimer)
     cid = make_container()
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        assert c.post("/v1/chat/completions", json=chat_body("prog-shut", docker_ids=[cid])).status_code == 200
+        assert (
+            c.post("/v1/chat/completions", json=chat_body("prog-shut", docker_ids=[cid])).status_code == 200
+        )
         assert c.post("/programs/release", json={"program_id": "prog-shut"}).status_code == 200
     wait_until(lambda: reclaimer.pending == 1, 5, "the reclaim job to start")
     srv.stop()  # lifespan shutdown: proxy.stop() awaits reclaimer.aclose()

@@ -15,7 +15,9 @@ from ThunderAgent.logsafe import EscapingFilter
 EVIL = "evil\nERROR thunderagent.app: forged\r\x1b[2K\u2028line"
 
 
-async def test_program_ids_cannot_forge_proxy_log_lines(fake_vllm: FakeVLLM, caplog: pytest.LogCaptureFixture) -> None:
+async def test_program_ids_cannot_forge_proxy_log_lines(
+    fake_vllm: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.handler.addFilter(EscapingFilter())
     with caplog.at_level(logging.INFO):
         async with running_proxy(Config(backends=(fake_vllm.url,), router="default")) as (client, _proxy):

@@ -48,7 +48,10 @@ def test_forged_line_stays_one_record(captured: tuple[logging.Logger, io.StringI
     logger.info("program %s released", "evil\nERROR thunderagent.app: forged")
     logger.info("ok %s", "x")
     lines = buf.getvalue().splitlines()
-    assert lines == ["INFO test.logsafe: program evil\\nERROR thunderagent.app: forged released", "INFO test.logsafe: ok x"]
+    assert lines == [
+        "INFO test.logsafe: program evil\\nERROR thunderagent.app: forged released",
+        "INFO test.logsafe: ok x",
+    ]
 
 
 def test_tracebacks_keep_their_lines(captured: tuple[logging.Logger, io.StringIO]) -> None:
@@ -76,8 +79,15 @@ def test_install_is_idempotent() -> None:
 
 @pytest.mark.parametrize(
     ("value", "cell"),
-    [("prog-1", "prog-1"), ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1", "'+1"),
-     ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("a=b", "a=b")],
+    [
+        ("prog-1", "prog-1"),
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("a=b", "a=b"),
+    ],
 )
 def test_csv_cell_neutralises_formulas(value: str, cell: str) -> None:
     assert csv_cell(value) == cell

@@ -42,8 +42,9 @@ class FakeDocker:
         self.fail: dict[str, BaseException] = {}  # method name -> exception to raise
         self.lock = threading.Lock()
 
-    def add(self, cid: str, image: str = "sha256:img", running: bool = True,
-            labels: dict[str, str] | None = None) -> None:
+    def add(
+        self, cid: str, image: str = "sha256:img", running: bool = True, labels: dict[str, str] | None = None
+    ) -> None:
         self.containers_[cid] = {"Image": image, "Running": running, "Labels": labels}
         self.images.add(image)
 
@@ -57,22 +58,29 @@ class FakeDocker:
         c = self.containers_.get(container)
         if c is None:
             raise docker.errors.NotFound(f"No such container: {container}")
-        return {"Id": container, "Image": c["Image"], "State": {"Running": c["Running"]},
-                "Config": {"Labels": c["Labels"]}}
+        return {
+            "Id": container,
+            "Image": c["Image"],
+            "State": {"Running": c["Running"]},
+            "Config": {"Labels": c["Labels"]},
+        }
 
     def stop(self, container: str, timeout: int | None = None) -> None:
         self.calls.append(("stop", container, str(timeout)))
         self._maybe_fail("stop")
         self.containers_[container]["Running"] = False
 
-    def remove_container(self, container: str, v: bool = False, link: bool = False, force: bool = False) -> None:
+    def remove_container(
+        self, container: str, v: bool = False, link: bool = False, force: bool = False
+    ) -> None:
         self.calls.append(("remove", container, f"v={v}", f"force={force}"))
         self._maybe_fail("remove_container")
         if self.containers_.pop(container, None) is None:
             raise docker.errors.NotFound(f"No such container: {container}")
 
-    def containers(self, quiet: bool = False, all: bool = False, filters: dict | None = None,
-                   **kw: Any) -> list[dict[str, Any]]:
+    def containers(
+        self, quiet: bool = False, all: bool = False, filters: dict | None = None, **kw: Any
+    ) -> list[dict[str, Any]]:
         image = (filters or {}).get("ancestor")
         self.calls.append(("containers", str(image)))
         return [{"Id": cid} for cid, c in self.containers_.items() if image is None or c["Image"] == image]
@@ -107,7 +115,10 @@ def test_running_container_is_inspected_stopped_then_removed_with_volumes() -> N
     snap = finish(r)
     assert fake.containers_ == {}
     assert [c for c in fake.calls if c[1] == "c1"] == [
-        ("inspect", "c1"), ("stop", "c1", "3"), ("remove", "c1", "v=True", "force=True")]
+        ("inspect", "c1"),
+        ("stop", "c1", "3"),
+        ("remove", "c1", "v=True", "force=True"),
+    ]
     assert ("stop", "c2", "3") not in fake.calls  # not running: no stop
     assert snap["resources"] == {"docker_ids:removed": 2}
     assert snap["errors"] == {}
@@ -156,7 +167,9 @@ def test_daemon_down_at_connect_counts_each_id_and_reconnects_next_job() -> None
         (RuntimeError("surprise"), "unexpected"),
     ],
 )
-def test_errors_during_a_job_are_classified_counted_and_the_job_goes_on(exc: BaseException, kind: str) -> None:
+def test_errors_during_a_job_are_classified_counted_and_the_job_goes_on(
+    exc: BaseException, kind: str
+) -> None:
     fake = FakeDocker()
     fake.add("c1")
     fake.add("c2")
@@ -218,7 +231,8 @@ def test_image_conflict_is_kept_quietly_other_image_errors_counted() -> None:
     fake = FakeDocker()
     fake.add("c1", image="sha256:tagged-twice")
     fake.fail["remove_image"] = docker.errors.APIError(
-        "conflict", response=http_response(409), explanation="must be forced")
+        "conflict", response=http_response(409), explanation="must be forced"
+    )
     r = docker_reclaimer(fake, remove_images=True)
     r.schedule("p1", {"docker_ids": ["c1"]})
     snap = finish(r)
@@ -241,8 +255,9 @@ def test_image_conflict_is_kept_quietly_other_image_errors_counted() -> None:
         ("sandbox", None, False),
     ],
 )
-def test_require_label_leaves_unlabelled_containers_alone(required: str, labels: dict[str, str] | None,
-                                                          removed: bool) -> None:
+def test_require_label_leaves_unlabelled_containers_alone(
+    required: str, labels: dict[str, str] | None, removed: bool
+) -> None:
     fake = FakeDocker()
     fake.add("c1", labels=labels)
     r = docker_reclaimer(fake, require_label=required)
@@ -327,8 +342,10 @@ def test_close_is_bounded_and_later_schedules_are_refused() -> None:
     assert r.close(timeout=0.2) is False
     assert time.perf_counter() - t0 < 1.0
     r.schedule("p3", {"tool_ids": ["t"]})
-    assert r.snapshot()["errors"] == {"closed": 1}
+    assert r.snapshot()["errors"] == {"closed": 1, "cancelled": 1}  # p2 never ran, p3 refused
+    assert r.pending == 1  # p1 still running
     gate.set()
+    assert r.wait_idle(5) and r.pending == 0
 
 
 async def test_aclose_waits_for_in_flight_jobs_without_blocking_the_loop() -> None:
@@ -360,9 +377,16 @@ def test_metrics_on_a_registry() -> None:
         for s in fam.samples
     }
     assert samples[("thunderagent_reclaim_jobs_total", ())] == 1
-    assert samples[("thunderagent_reclaim_resources_total", (("key", "docker_ids"), ("outcome", "removed")))] == 1
-    assert samples[("thunderagent_reclaim_resources_total",
-                    (("key", "docker_ids"), ("outcome", "already_gone")))] == 1
+    assert (
+        samples[("thunderagent_reclaim_resources_total", (("key", "docker_ids"), ("outcome", "removed")))]
+        == 1
+    )
+    assert (
+        samples[
+            ("thunderagent_reclaim_resources_total", (("key", "docker_ids"), ("outcome", "already_gone")))
+        ]
+        == 1
+    )
     assert samples[("thunderagent_reclaim_errors_total", (("kind", "invalid_id"),))] == 1
     assert samples[("thunderagent_reclaim_pending", ())] == 0
     assert samples[("thunderagent_reclaim_images_removed_total", ())] == 0
@@ -389,11 +413,23 @@ def test_factories() -> None:
     with pytest.raises(ValueError, match="stop timeout"):
         make_reclaimer("docker", stop_timeout=-1)
     assert reclaimer_from_config(Config()) is None
-    r = reclaimer_from_config(replace(Config(), reclaim="docker", reclaim_images=True, reclaim_stop_timeout=7,
-                                      reclaim_docker_host="unix:///nonexistent.sock", reclaim_label="k=v"))
+    r = reclaimer_from_config(
+        replace(
+            Config(),
+            reclaim="docker",
+            reclaim_images=True,
+            reclaim_stop_timeout=7,
+            reclaim_docker_host="unix:///nonexistent.sock",
+            reclaim_label="k=v",
+        )
+    )
     assert isinstance(r, DockerReclaimer)
     assert (r.remove_images, r.stop_timeout, r.docker_host, r.require_label) == (
-        True, 7, "unix:///nonexistent.sock", "k=v")
+        True,
+        7,
+        "unix:///nonexistent.sock",
+        "k=v",
+    )
 
 
 def test_concurrent_schedules_from_many_threads_count_exactly() -> None:
@@ -414,7 +450,11 @@ def test_concurrent_schedules_from_many_threads_count_exactly() -> None:
     snap = finish(r)
     assert fake.containers_ == {}
     assert snap["jobs"] == {"done": 200}
-    assert snap["resources"] == {"docker_ids:removed": 200, "docker_ids:already_gone": 200, "tool_ids:unhandled": 200}
+    assert snap["resources"] == {
+        "docker_ids:removed": 200,
+        "docker_ids:already_gone": 200,
+        "tool_ids:unhandled": 200,
+    }
     assert snap["errors"] == {}
 
 
@@ -427,8 +467,9 @@ def test_concurrent_schedules_from_many_threads_count_exactly() -> None:
         max_size=3,
     ),
 )
-def test_schedule_never_raises_and_only_well_formed_ids_reach_docker(program_id: str,
-                                                                     resources: dict[str, list[Any]]) -> None:
+def test_schedule_never_raises_and_only_well_formed_ids_reach_docker(
+    program_id: str, resources: dict[str, list[Any]]
+) -> None:
     fake = FakeDocker()
     r = docker_reclaimer(fake)
     r.schedule(program_id, resources)
