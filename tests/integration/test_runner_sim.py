@@ -79,3 +79,24 @@ async def test_runner_through_thunderagent_proxy_releases_every_program(tmp_path
         assert len({r.program_id for r in recs}) == 12
     finally:
         proxy.stop()
+
+
+@pytest.mark.timeout(120)
+def test_des_run_dir_reads_back_through_throughput_and_trace_replay(tmp_path):
+    """E's DES writes the same run directory: both step counts agree on it, and its steps.jsonl replays
+    as trajectories whose token/tool statistics are the workload's."""
+    from harness.sim.des import run_des
+    from harness.workload import describe, load_traces
+
+    params = load_workload_params("miniswe")
+    run_des("glm4.6-8xh100", arm="vllm", programs=8, duration_s=20 * 60, seed=1, workload=params,
+            out_dir=tmp_path / "des")
+    s = summarize_run(tmp_path / "des", "2m-18m")
+    assert s.agree is True and s.steps_in_window > 100 and s.simulated and s.profile == "glm4.6-8xh100"
+    assert s.prefix_hit_rate is not None and 0.5 < s.prefix_hit_rate <= 1.0
+    traces = load_traces(tmp_path / "des" / "steps.jsonl")
+    # the shared prefix, recovered from the first calls' cached_tokens (block-aligned, so within one block)
+    assert all(params.system_tokens - 128 < t.system_tokens <= params.system_tokens for t in traces)
+    d = describe(traces)
+    assert d["output_tokens_mean"] == pytest.approx(params.output_tokens.mean(), rel=0.15)
+    assert d["tool_time_mean_s"] == pytest.approx(params.tool_time.mean(), rel=0.5)
