@@ -368,3 +368,56 @@ def test_shutdown_waits_for_in_flight_reclaim(
     srv.stop()  # lifespan shutdown: proxy.stop() awaits reclaimer.aclose()
     assert reclaimer.pending == 0
     assert not exists(docker_client, cid)
+
+
+def test_cli_flags_enable_reclaim_with_label_guard(
+    docker_client: Any, make_container: Callable[..., str], fake_vllm: Any
+) -> None:
+    """`thunderagent --reclaim docker --reclaim-label ...` as users start it: a subprocess, real flags."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.fakes.fake_vllm import free_port_url
+
+    url = free_port_url()
+    port = url.rsplit(":", 1)[1]
+    sandbox = make_container(**{"thunderbench.sandbox": "1"})
+    bystander = make_container()
+    argv = [sys.executable, "-m", "ThunderAgent", "--port", port, "--backends", fake_vllm.url,
+            "--router", "default", "--reclaim", "docker", "--reclaim-stop-timeout", "0",
+            "--reclaim-label", "thunderbench.sandbox", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as c:
+
+            def up() -> bool:
+                assert proc.poll() is None, f"proxy exited: {proc.stdout.read() if proc.stdout else ''}"
+                try:
+                    return c.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(up, 30, "the proxy subprocess to serve /health")
+            body = chat_body("prog-cli", docker_ids=[sandbox, bystander])
+            assert c.post("/v1/chat/completions", json=body).status_code == 200
+            assert c.post("/programs/release", json={"program_id": "prog-cli"}).status_code == 200
+            wait_until(lambda: not exists(docker_client, sandbox), 30, "the labelled sandbox to be removed")
+            wait_until(
+                lambda: metric(
+                    c.get("/metrics").text, "thunderagent_reclaim_errors_total", kind="label_mismatch"
+                )
+                == 1,
+                10,
+                "the refused bystander in /metrics",
+            )
+            assert docker_client.api.inspect_container(bystander)["State"]["Running"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
