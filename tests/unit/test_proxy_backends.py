@@ -93,3 +93,49 @@ def test_health_hysteresis():
     assert [h.record(False), h.record(False), h.record(False)] == [None, None, False]
     assert h.record(False) is None and not h.healthy
     assert [h.record(True), h.record(False), h.record(True), h.record(True)] == [None, None, None, True]
+
+
+# --- fetch_capacity / scrape over HTTP (httpx.MockTransport) -------------------------------------------
+
+import httpx  # noqa: E402
+
+from ThunderAgent.backends import BackendState, fetch_capacity, scrape  # noqa: E402
+
+
+def mock_client(routes: dict[str, httpx.Response]) -> httpx.AsyncClient:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return routes.get(req.url.path, httpx.Response(404))
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def test_fetch_capacity_per_backend_type():
+    async with mock_client({"/metrics": httpx.Response(200, text=PRESSURE)}) as c:
+        st = BackendState(url="http://v")
+        assert await fetch_capacity(c, st) == 128 * 24
+        assert st.cache_config_json() == {"block_size": 128, "num_gpu_blocks": 24, "total_tokens_capacity": 3072}
+    async with mock_client({"/get_server_info": httpx.Response(200, json={"max_total_num_tokens": 5000})}) as c:
+        st = BackendState(url="http://s", backend_type="sglang")
+        assert await fetch_capacity(c, st) == 5000 and st.cache_config_json() == {"total_tokens_capacity": 5000}
+    skyrl = {"timestamp": 1, "engines": [{"engine_id": 0, "kv_cache_usage_pct": 20}, {"engine_id": 1, "kv_cache_usage_pct": 40}]}
+    async with mock_client({"/metrics": httpx.Response(200, json=skyrl)}) as c:
+        st = BackendState(url="http://k", backend_type="skyrl")
+        assert await fetch_capacity(c, st) == 400_000
+        assert st.cache_config_json()["backend_type"] == "skyrl" and st.cache_config_json()["num_engines"] == 2
+        assert await scrape(c, st) and st.latest["vllm:kv_cache_usage_perc"] == pytest.approx(0.3)
+
+
+async def test_fetch_capacity_and_scrape_failures():
+    async with mock_client({"/metrics": httpx.Response(503, text="starting")}) as c:
+        st = BackendState(url="http://v")
+        assert await fetch_capacity(c, st) is None and st.capacity is None
+        assert not await scrape(c, st) and st.last_error == "HTTP 503"
+    async with mock_client({"/metrics": httpx.Response(200, text="vllm:x{a=b} garbage\n")}) as c:
+        st = BackendState(url="http://v")
+        assert await fetch_capacity(c, st) is None
+        assert not await scrape(c, st) and "MetricsParseError" in st.last_error
+    async with mock_client({"/metrics": httpx.Response(200, text=IDLE)}) as c:
+        st = BackendState(url="http://v")
+        for _ in range(14):
+            assert await scrape(c, st)
+        assert len(st.history) == 12 and st.metrics_json()["requests_completed"] == 46.0
