@@ -323,3 +323,18 @@ async def test_signal_stops_gracefully_and_flushes(tmp_path, sig):
     m = RunManifest.read(tmp_path / "run" / "manifest.json")
     assert m.end_time is not None and m.extra["last_result"]["interrupted"] is True
     _check_no_duplicates(tmp_path / "run")
+
+
+async def test_instance_timeout_is_recorded_and_retried_on_resume(tmp_path):
+    class Slow(FakeAgent):
+        async def run_instance(self, instance, program_id, endpoint, sink):
+            if instance["instance_id"] == "inst-001":
+                await asyncio.sleep(3600)
+            return await super().run_instance(instance, program_id, endpoint, sink)
+
+    res = await Runner(_cfg(tmp_path, n=3, instance_timeout_s=0.2), Slow(steps=1)).run()
+    assert res.ok == 2 and res.errors == 1
+    ends = {e.instance_id: e for e in read_instance_events(tmp_path / "run" / "instances.jsonl") if e.event == "end"}
+    assert ends["inst-001"].status == "timeout" and "Timeout" in ends["inst-001"].error
+    again = await Runner(_cfg(tmp_path, n=3), FakeAgent(steps=1)).run()
+    assert again.started == 1 and again.ok == 1
