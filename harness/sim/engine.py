@@ -361,6 +361,8 @@ class BlockPool:
             out.append(got)
             need -= take
         qkey = self.qkey
+        if need and need <= 32 and not out:  # scalar path: numpy's per-call overhead dominates tiny pops
+            return self._pop_few(need)
         while need:
             avail = self._tail - self._head
             m = min(avail, max(2 * need, 64))
@@ -381,11 +383,39 @@ class BlockPool:
         hs = self.hash[blocks]
         held = np.flatnonzero(hs)
         if len(held):
-            for h, b in zip(hs[held].tolist(), blocks[held].tolist()):
-                self._uncache(h, b)
+            hl = hs[held].tolist()
+            if not self._dups:  # every hash is held by exactly one block: drop them in C
+                deque(map(self.cached.__delitem__, hl), maxlen=0)
+            else:
+                for h, b in zip(hl, blocks[held].tolist()):
+                    self._uncache(h, b)
             self.hash[blocks[held]] = _NO_HASH
             self.evictions += len(held)
         return blocks
+
+    def _pop_few(self, n: int) -> np.ndarray:
+        qb, qk, qkey, ref, hashes = self._qb, self._qk, self.qkey, self.ref, self.hash
+        head = self._head
+        got: list[int] = []
+        while len(got) < n:
+            b = qb.item(head)
+            if qkey.item(b) == qk.item(head):
+                got.append(b)
+            head += 1
+        self._head = head
+        self.num_free -= n
+        for b in got:
+            qkey[b] = -1
+            ref[b] = 1
+            h = hashes.item(b)
+            if h != _NO_HASH:
+                if self._dups:
+                    self._uncache(h, b)
+                else:
+                    del self.cached[h]
+                hashes[b] = _NO_HASH
+                self.evictions += 1
+        return np.array(got, dtype=np.int32)
 
     def _uncache(self, h: int, b: int) -> None:
         if self.cached.get(h) == b:
@@ -410,7 +440,11 @@ class BlockPool:
         bl = blocks[lo:hi]
         self.hash[bl] = hashes[lo:hi]
         cached = self.cached
-        for h, b in zip(hash_list[lo:hi], bl.tolist()):
+        hl = hash_list[lo:hi]
+        if cached.keys().isdisjoint(hl):
+            cached.update(zip(hl, bl.tolist()))
+            return
+        for h, b in zip(hl, bl.tolist()):
             if h in cached:
                 self._dups.setdefault(h, []).append(b)
             else:
