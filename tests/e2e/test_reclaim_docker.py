@@ -370,6 +370,7 @@ def test_shutdown_waits_for_in_flight_reclaim(
     assert not exists(docker_client, cid)
 
 
+@pytest.mark.slow
 def test_cli_flags_enable_reclaim_with_label_guard(
     docker_client: Any, make_container: Callable[..., str], fake_vllm: Any
 ) -> None:
