@@ -10,7 +10,9 @@ planned size, repeat. One StepRecord per call goes to the sink; POST /programs/r
 Message sizes: text is built from short common words (" the", " and", ...: about one token each with BPE
 tokenizers and 4 characters each, i.e. ~1 token under a chars/4 estimate too). After each response the
 agent compares the engine's `usage.prompt_tokens` with the plan and sizes the next observation so the
-next prompt lands on the planned length (the chat template's per-message overhead is learnt the same way).
+next prompt lands on the planned length (the chat template's per-message overhead is learnt the same way),
+and learns the tokenizer's tokens-per-word ratio from the first calls (so a tokenizer that splits the filler
+words, e.g. a tiny test model's, still gets prompts of the planned size after the first few programs).
 Content is deterministic per program (seeded by program id), so re-sent prefixes are byte-identical
 (prefix caching works as with a real agent) and no two programs share more than the system prompt.
 
@@ -91,6 +93,21 @@ class SyntheticAgent:
         self._client = client
         self._own_client = client is None
         self._timeout = httpx.Timeout(request_timeout_s, connect=30.0)
+        self._tpw = 1.0
+        self._tpw_n = 0
+
+    @property
+    def tokens_per_word(self) -> float:
+        """Tokens per filler word for the engine's tokenizer: 1.0 until the first responses tell (a
+        running mean over the first 32 programs' first calls, then fixed so the shared system prompt stays
+        byte-identical across programs)."""
+        return self._tpw
+
+    def _learn_tokens_per_word(self, observed: float) -> None:
+        if self._tpw_n >= 32 or not 0.2 <= observed <= 8.0:
+            return
+        self._tpw_n += 1
+        self._tpw += (observed - self._tpw) / self._tpw_n if self._tpw_n > 1 else observed - self._tpw
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -126,17 +143,23 @@ class SyntheticAgent:
             if traj.prep_time_s > 0:
                 await asyncio.sleep(traj.prep_time_s / self.time_scale)
             overhead = 4  # chat-template tokens per message (learnt below)
+            tpw = self.tokens_per_word
+            first_words = (max(1, round((traj.system_tokens - overhead) / tpw)),
+                           max(1, round((traj.first_user_tokens - overhead) / tpw)))
             messages: list[dict[str, str]] = [
-                {"role": "system", "content": filler(traj.system_tokens - overhead, SYSTEM_SEED)},
-                {"role": "user", "content": filler(traj.first_user_tokens - overhead, f"{program_id}:user")},
+                {"role": "system", "content": filler(first_words[0], SYSTEM_SEED)},
+                {"role": "user", "content": filler(first_words[1], f"{program_id}:user")},
             ]
             last: tuple[int, int] | None = None  # (tokens before the last 2 messages, words added)
             for k, turn in enumerate(traj.turns):
                 rec, text, usage = await self._call(endpoint, program_id, iid, k + 1, messages,
                                                     turn.output_tokens)
                 sink(rec)
+                if k == 0 and usage.prompt is not None:
+                    self._learn_tokens_per_word((usage.prompt - 2 * overhead) / sum(first_words))
+                    tpw = self.tokens_per_word
                 if last is not None and usage.prompt is not None:  # learn the per-message overhead
-                    overhead = max(0, min(64, round((usage.prompt - last[0] - last[1]) / 2)))
+                    overhead = max(0, min(64, round((usage.prompt - last[0] - tpw * last[1]) / 2)))
                 steps += 1
                 if rec.status != "ok":
                     return InstanceResult(iid, program_id, "error", steps=steps, error=rec.error)
@@ -147,9 +170,10 @@ class SyntheticAgent:
                 # size the observation so the next prompt hits the plan (usage tells us where we are)
                 target = traj.prompt_tokens(k + 1)
                 have = ((usage.prompt or 0) + (usage.completion or turn.output_tokens)) if usage.prompt else None
-                words = (target - have - 2 * overhead) if have is not None else turn.observation_tokens
-                messages.append({"role": "assistant", "content": text or filler(turn.output_tokens, f"{program_id}:a{k}")})
-                words = max(1, words)
+                tokens = (target - have - 2 * overhead) if have is not None else turn.observation_tokens
+                words = max(1, round(tokens / tpw))
+                messages.append({"role": "assistant",
+                                 "content": text or filler(max(1, round(turn.output_tokens / tpw)), f"{program_id}:a{k}")})
                 last = (have, words) if have is not None else None
                 messages.append({"role": "user", "content": filler(words, f"{program_id}:o{k}")})
             return InstanceResult(iid, program_id, "ok", steps=steps,

@@ -211,7 +211,8 @@ class MockEngine:
     """An OpenAI-compatible endpoint counting prompt tokens as words + 3 per message (like a chat
     template), streaming `max_tokens` one-word chunks, honouring ThunderAgent's release route."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens_per_word: int = 1) -> None:
+        self.tpw = tokens_per_word
         self.bodies: list[dict] = []
         self.released: list[str] = []
 
@@ -221,7 +222,7 @@ class MockEngine:
             return httpx.Response(200, json={"program_id": self.released[-1], "released": True})
         body = json.loads(request.content)
         self.bodies.append(body)
-        prompt = sum(len(m["content"].split()) + 3 for m in body["messages"])
+        prompt = sum(self.tpw * len(m["content"].split()) + 3 for m in body["messages"])
         n = body["max_tokens"]
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
                  "prompt_tokens_details": {"cached_tokens": 0}}
@@ -258,7 +259,7 @@ async def test_synthetic_agent_plays_the_trajectory(stream):
     plan = [TRAJ.prompt_tokens(k) for k in range(4)]
     got = [r.prompt_tokens for r in recs]
     assert all(abs(g - p) <= 6 for g, p in zip(got, plan)), (got, plan)
-    assert got[2:] == plan[2:]
+    assert all(abs(g - p) <= 3 for g, p in zip(got[2:], plan[2:])), (got, plan)
     if stream:
         assert all(r.first_token is not None and r.arrival <= r.first_token <= r.end for r in recs)
 
@@ -338,3 +339,20 @@ async def test_instance_timeout_is_recorded_and_retried_on_resume(tmp_path):
     assert ends["inst-001"].status == "timeout" and "Timeout" in ends["inst-001"].error
     again = await Runner(_cfg(tmp_path, n=3), FakeAgent(steps=1)).run()
     assert again.started == 1 and again.ok == 1
+
+
+async def test_synthetic_agent_learns_the_tokenizer_ratio():
+    """A tokenizer spending 2 tokens per filler word: the first program overshoots, later ones hit the plan."""
+    engine = MockEngine(tokens_per_word=2)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    agent = SyntheticAgent(traces=[TRAJ], client=client, stream=False)
+    ep = Endpoint("http://x/v1", "m", False)
+    first: list[StepRecord] = []
+    second: list[StepRecord] = []
+    await agent.run_instance({"instance_id": "inst-a"}, "p1", ep, first.append)
+    await agent.run_instance({"instance_id": "inst-a"}, "p2", ep, second.append)
+    await client.aclose()
+    plan = [TRAJ.prompt_tokens(k) for k in range(4)]
+    assert first[0].prompt_tokens > 1.8 * plan[0]  # before anything was learnt
+    assert agent.tokens_per_word == pytest.approx(2.0, rel=0.02)
+    assert all(abs(r.prompt_tokens - p) <= 0.02 * p + 6 for r, p in zip(second, plan)), ([r.prompt_tokens for r in second], plan)
