@@ -54,7 +54,7 @@ from ThunderAgent.forward import (
 )
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Action, Pause, Phase, Policy, Reject, Resume, State, Wait
-from ThunderAgent.programs import RESOURCE_KEYS, ProgramRecord, ProgramRegistry
+from ThunderAgent.programs import MAX_RESOURCE_ID_LEN, MAX_RESOURCE_IDS, RESOURCE_KEYS, ProgramRecord, ProgramRegistry
 from ThunderAgent.records import StepRecord
 from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
 from ThunderAgent.tokens import TokenEstimator
@@ -172,7 +172,12 @@ def extract_resources(payload: dict[str, Any]) -> dict[str, list[str]]:
                 v = [v]
             if not isinstance(v, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v):
                 raise ProxyError(400, f"'{key}' must be a list of strings", param=key, code="invalid_type")
-            out.setdefault(key, []).extend(str(i) for i in v)
+            ids = out.setdefault(key, [])
+            ids.extend(str(i) for i in v)
+            if len(ids) > MAX_RESOURCE_IDS:
+                raise ProxyError(400, f"'{key}' lists more than {MAX_RESOURCE_IDS} ids", param=key, code="invalid_value")
+            if any(len(i) > MAX_RESOURCE_ID_LEN for i in ids):
+                raise ProxyError(400, f"'{key}' has an id longer than {MAX_RESOURCE_ID_LEN} characters", param=key, code="invalid_value")
     return out
 
 
@@ -303,6 +308,14 @@ class ProxyStream(Response):
             return "failed", err
         except OSError:  # the client went away (ASGI servers raise OSError subclasses on send)
             return "cancelled", None
+        except Exception as e:  # noqa: BLE001 - a proxy bug must end the stream cleanly, not kill it
+            log.exception("streaming from %s failed", self.backend)
+            err = ProxyError(502, f"proxy error while streaming: {type(e).__name__}: {e}", "proxy_error", code="proxy_error")
+            try:
+                await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": False})
+            except OSError:
+                pass
+            return "failed", err
 
 
 # --- the proxy runtime ----------------------------------------------------------------------------------

@@ -205,3 +205,23 @@ async def test_never_500_on_policy_failure(fake_vllm: FakeVLLM):
         r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
         assert r.status_code == 200  # the response is not lost to a bookkeeping error
         assert proxy.registry.get("p").inflight == 0
+
+
+async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPolicy, monkeypatch):
+    import ThunderAgent.app as app_module
+    from ThunderAgent.forward import SSETap
+
+    class BrokenTap(SSETap):
+        def feed(self, chunk: bytes) -> bytes:
+            if self.events >= 2:
+                raise RuntimeError("tap bug")
+            return super().feed(chunk)
+
+    monkeypatch.setattr(app_module, "SSETap", BrokenTap)
+    fake_vllm.completion_tokens = 10
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
+        assert r.status_code == 200
+        err = json.loads(r.text.strip().split("\n\n")[-1][len("data: "):])["error"]
+        assert err["code"] == "proxy_error"
+        assert_consistent(proxy, spy)
