@@ -1,0 +1,546 @@
+"""The simulator as an HTTP server that speaks vLLM's OpenAI-compatible API and its /metrics.
+
+    python -m harness.sim.server --profile tiny-cpu --port 8100 [--time-scale 20] [--num-gpu-blocks 24]
+
+One asyncio task runs the engine model (harness/sim/engine.py) on an accelerated clock: virtual time =
+wall time since start x time_scale. Each engine step (or run of identical decode steps, bounded by a short
+wall-clock slice so new requests join promptly) is slept for duration / time_scale, then its first tokens and
+finished requests are delivered. Responses are timed by the engine model, never by per-token sleeps.
+
+Tokens: messages are rendered with a ChatML-like template and tokenized by `SimTokenizer`, a deterministic
+regex tokenizer (a word with its leading space, a run of punctuation, or whitespace = one token, id from
+CRC32), so identical prefixes give identical ids and the prefix cache sees a conversation's reuse exactly as
+vLLM would. The output is deterministic text of exactly `max_tokens` tokens (with `ignore_eos`, or whenever
+max_tokens is given; otherwise `--default-output-tokens` and finish_reason "stop"); sent back as the next
+assistant message it tokenizes to the same ids, so turn k+1 reuses turn k's output blocks. `--script FILE`
+(JSON list; entry i answers a request whose conversation already holds i assistant messages; the last entry
+repeats) returns scripted content or tool calls so a real agent can be driven.
+
+Every number here is simulated; /metrics and /v1/models say which profile they assume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+import uuid
+import zlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from harness.sim.engine import Engine, IdSeq, Request
+from harness.sim.metrics import render_metrics
+from harness.sim.timing import Profile, ProfileError, load_profile
+
+VERSION = "0.32.0"
+FINGERPRINT = f"vllm-{VERSION}-thunderbench-sim"
+_TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")
+_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+          "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",
+          "whiskey", "xray", "yankee", "zulu")
+IM_START, IM_END, VOCAB = 1, 2, 32000
+
+
+class SimTokenizer:
+    """Deterministic, prefix-stable tokenizer: the same text always gives the same ids."""
+
+    def tokenize(self, text: str) -> list[int]:
+        return [zlib.crc32(p.encode("utf-8")) % (VOCAB - 16) + 16 for p in _TOKEN.findall(text)]
+
+    def count(self, text: str) -> int:
+        return len(_TOKEN.findall(text))
+
+    def render_messages(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
+        ids: list[int] = []
+        for m in messages:
+            ids.append(IM_START)
+            ids += self.tokenize(str(m.get("role", "user")) + "\n")
+            ids += self.tokenize(_content_text(m))
+            ids.append(IM_END)
+            ids += self.tokenize("\n")
+        if add_generation_prompt:
+            ids.append(IM_START)
+            ids += self.tokenize("assistant\n")
+        return ids
+
+
+def _content_text(m: dict[str, Any]) -> str:
+    c = m.get("content")
+    if isinstance(c, list):  # OpenAI content parts
+        text = "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+    else:
+        text = "" if c is None else str(c)
+    if m.get("tool_calls"):
+        text += json.dumps(m["tool_calls"], sort_keys=True, separators=(",", ":"))
+    return text
+
+
+def output_text(seed: int, n: int) -> str:
+    """n tokens of deterministic text (each ' word' is one token)."""
+    return "".join(" " + _WORDS[(seed + 7 * i) % len(_WORDS)] for i in range(n))
+
+
+def error_body(message: str, type_: str, code: int, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error(message: str, code: int = 400, type_: str = "BadRequestError", param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=code)
+
+
+@dataclass
+class _Pending:
+    req: Request
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SimEngineRunner:
+    """Owns the engine and its accelerated clock; one asyncio task steps it."""
+
+    def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        self.profile = profile
+        self.engine = Engine.from_profile(profile)
+        self.time_scale = time_scale
+        self.slice_s = slice_s
+        self.t0 = time.monotonic()
+        self.pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def vnow(self) -> float:
+        return (time.monotonic() - self.t0) * self.time_scale
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._loop(), name="sim-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def submit(self, req: Request) -> _Pending:
+        req.arrival_time = self.vnow()
+        p = _Pending(req)
+        self.engine.add_request(req)
+        self.pending[req.request_id] = p
+        self._wake.set()
+        return p
+
+    def abort(self, p: _Pending) -> None:
+        if not p.done.is_set():
+            self.engine.abort(p.req, self.vnow())
+            p.done.set()
+        self.pending.pop(p.req.request_id, None)
+
+    async def _loop(self) -> None:
+        eng = self.engine
+        while True:
+            if not eng.has_work():
+                self._wake.clear()
+                pe = eng.next_pin_expiry()
+                timeout = None if pe is None else max(0.0, (pe - self.vnow()) / self.time_scale)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    eng.expire_pins(self.vnow())
+                continue
+            now = self.vnow()
+            res = eng.step(now, self.slice_s * self.time_scale)
+            if res.steps == 0:  # nothing fits (e.g. pinned blocks): wait for a change
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.slice_s)
+                except TimeoutError:
+                    pass
+                continue
+            delay = (now + res.duration - self.vnow()) / self.time_scale
+            await asyncio.sleep(max(0.0, delay))
+            for r in res.first_tokens:
+                p = self.pending.get(r.request_id)
+                if p is not None:
+                    p.first.set()
+            for r in res.finished:
+                p = self.pending.pop(r.request_id, None)
+                if p is not None:
+                    p.first.set()
+                    p.done.set()
+
+
+def create_app(
+    profile: Profile,
+    *,
+    time_scale: float = 1.0,
+    model_name: str | None = None,
+    script: list[dict[str, Any]] | None = None,
+    default_output_tokens: int = 64,
+    slice_s: float = 0.005,
+    num_gpu_blocks_override: int | None = None,
+) -> FastAPI:
+    """The FastAPI app (tests mount it; `serve` runs it under uvicorn)."""
+    runner = SimEngineRunner(profile, time_scale=time_scale, slice_s=slice_s)
+    tok = SimTokenizer()
+    name = model_name or profile.name
+    max_len = profile.engine.max_model_len
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner.t0 = time.monotonic()
+        runner.start()
+        yield
+        await runner.stop()
+
+    app = FastAPI(title="thunderbench simulated vLLM", lifespan=lifespan)
+    app.state.runner = runner
+
+    def check_model(body: dict[str, Any]) -> JSONResponse | None:
+        m = body.get("model")
+        if m is not None and m != name:
+            return error(f"The model `{m}` does not exist. Valid aliases: {name}.", 404, "NotFoundError", "model")
+        return None
+
+    async def read_json(request: HttpRequest) -> dict[str, Any] | JSONResponse:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return error(f"Invalid JSON body: {e}")
+        if not isinstance(body, dict):
+            return error("The request body must be a JSON object")
+        return body
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": VERSION}
+
+    @app.get("/load")
+    async def load() -> dict[str, int]:
+        return {"server_load": len(runner.pending)}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": name, "object": "model", "created": created, "owned_by": "vllm",
+            "root": f"thunderbench-sim:{profile.name}", "parent": None, "max_model_len": max_len,
+            "simulated": True, "profile": profile.name, "time_scale": time_scale,
+        }]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        eng = runner.engine
+        text = render_metrics(
+            eng.stats, model_name=name, num_running=eng.num_running, num_waiting=eng.num_waiting,
+            kv_cache_usage=eng.kv_usage(), block_size=eng.block_size, num_gpu_blocks=eng.num_gpu_blocks,
+            num_gpu_blocks_override=num_gpu_blocks_override, max_num_seqs=eng.scheduler.max_num_seqs,
+            created=float(created), profile=f"{profile.name} (time scale {time_scale:g})",
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/tokenize")
+    async def tokenize(request: HttpRequest) -> Response:
+        body = await read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if (bad := check_model(body)) is not None:
+            return bad
+        if "messages" in body:
+            ids = tok.render_messages(body["messages"], add_generation_prompt=bool(body.get("add_generation_prompt", True)))
+        elif "prompt" in body:
+            ids = tok.tokenize(str(body["prompt"]))
+        else:
+            return error("Either `prompt` or `messages` is required")
+        return JSONResponse({"count": len(ids), "max_model_len": max_len, "tokens": ids, "token_strs": None})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest) -> Response:
+        body = await read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if (bad := check_model(body)) is not None:
+            return bad
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            return error("`messages` must be a non-empty list of message objects", param="messages")
+        if body.get("n", 1) != 1:
+            return error("Only n=1 is supported by the simulator", param="n")
+        prompt_ids = tok.render_messages(messages)
+        n_prompt = len(prompt_ids)
+        if n_prompt > max_len:
+            return error(
+                f"This model's maximum context length is {max_len} tokens. However, your prompt contains at least "
+                f"{n_prompt} input tokens, which exceeds this limit even without any output tokens. Please reduce "
+                f"the length of the input prompt. (parameter=input_tokens, value={n_prompt})", param="input_tokens")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+            return error("max_tokens must be a positive integer", param="max_tokens")
+        if max_tokens is not None and n_prompt + max_tokens > max_len:
+            return error(
+                f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the completion). "
+                f"Please reduce the length of the messages or completion.", param="max_tokens")
+        seed = zlib.crc32(bytes(str(prompt_ids[-64:]), "ascii"))
+        tool_calls: list[dict[str, Any]] | None = None
+        if script:
+            turn = sum(1 for m in messages if m.get("role") == "assistant")
+            entry = script[min(turn, len(script) - 1)]
+            if entry.get("tool_calls"):
+                tool_calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                               "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))}}
+                              for c in entry["tool_calls"]]
+                text = ""
+            else:
+                text = str(entry.get("content", ""))
+            out_ids = tok.tokenize(text) if text else tok.tokenize(json.dumps(tool_calls, sort_keys=True,
+                                                                                separators=(",", ":")))
+            limit = max_tokens if max_tokens is not None else max_len - n_prompt
+            out_ids = out_ids[:limit] or [IM_END]
+            reason = "length" if len(out_ids) == limit and limit < len(tok.tokenize(text or "x")) else (
+                "tool_calls" if tool_calls else "stop")
+        else:
+            n_out = max_tokens if max_tokens is not None else min(default_output_tokens, max_len - n_prompt)
+            if n_out < 1:
+                return error("No room left for output tokens within max_model_len", param="max_tokens")
+            text = output_text(seed, n_out)
+            out_ids = tok.tokenize(text)
+            reason = "length" if max_tokens is not None else "stop"
+        if -(-(n_prompt + len(out_ids)) // profile.engine.block_size) > runner.engine.num_gpu_blocks - 1:
+            return error(f"The request needs {n_prompt + len(out_ids)} tokens of KV cache but the engine has only "
+                         f"{(runner.engine.num_gpu_blocks - 1) * profile.engine.block_size}", param="max_tokens")
+        rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        req = Request(rid, IdSeq(profile.engine.block_size, prompt_ids + out_ids), n_prompt, len(out_ids), 0.0,
+                      program_id=_program_id(body), finish_reason_at_limit="stop" if reason == "tool_calls" else reason)
+        pending = runner.submit(req)
+        now_s = int(time.time())
+
+        def usage() -> dict[str, Any]:
+            return {"prompt_tokens": n_prompt, "total_tokens": n_prompt + len(out_ids),
+                    "completion_tokens": len(out_ids),
+                    "prompt_tokens_details": {"cached_tokens": max(req.num_cached_tokens, 0)}}
+
+        message: dict[str, Any] = {"role": "assistant", "content": text if not tool_calls else None,
+                                   "refusal": None, "tool_calls": tool_calls or [], "reasoning_content": None}
+        if not body.get("stream"):
+            try:
+                while not pending.done.is_set():
+                    try:
+                        await asyncio.wait_for(pending.done.wait(), 0.5)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            runner.abort(pending)
+                            return Response(status_code=499)
+            except asyncio.CancelledError:
+                runner.abort(pending)
+                raise
+            return JSONResponse({
+                "id": rid, "object": "chat.completion", "created": now_s, "model": name,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason,
+                             "stop_reason": None}],
+                "service_tier": None, "system_fingerprint": FINGERPRINT, "usage": usage(),
+                "prompt_logprobs": None, "kv_transfer_params": None,
+            })
+
+        opts = body.get("stream_options") or {}
+        include_usage = bool(opts.get("include_usage"))
+        continuous = bool(opts.get("continuous_usage_stats"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, n_out: int = 0) -> str:
+            c: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": now_s, "model": name,
+                                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            if include_usage and continuous:
+                c["usage"] = {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out, "completion_tokens": n_out}
+            return f"data: {json.dumps(c)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                await pending.first.wait()
+                if tool_calls:
+                    await pending.done.wait()
+                    deltas = [{"tool_calls": [{"index": i, **tc} for i, tc in enumerate(tool_calls)]}]
+                else:
+                    pieces = _TOKEN.findall(text)
+                    yield chunk({"content": pieces[0] if pieces else ""}, None, 1)
+                    await pending.done.wait()
+                    rest = pieces[1:]
+                    step = max(1, len(rest) // 8)  # a few chunks, not one per token
+                    deltas = [{"content": "".join(rest[i:i + step])} for i in range(0, len(rest), step)]
+                for i, d in enumerate(deltas):
+                    last = i == len(deltas) - 1
+                    yield chunk(d, reason if last else None, len(out_ids))
+                if not deltas:
+                    yield chunk({"content": ""}, reason, len(out_ids))
+                if include_usage:
+                    yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": now_s,
+                                                 "model": name, "choices": [], "usage": usage(),
+                                                 "system_fingerprint": FINGERPRINT}) + "\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                if not pending.done.is_set():
+                    runner.abort(pending)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    _add_completions_route(app, runner, tok, name, max_len, check_model, read_json)
+    return app
+
+
+def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokenizer, name: str, max_len: int,
+                           check_model: Any, read_json: Any) -> None:
+    """/v1/completions with a text or token-id prompt (what calibration and validation drive, because token ids
+    make the prompt identical on a real vLLM and on the simulator)."""
+    bs = runner.profile.engine.block_size
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest) -> Response:
+        body = await read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if (bad := check_model(body)) is not None:
+            return bad
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = tok.tokenize(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
+            ids = list(prompt)
+        else:
+            return error("`prompt` must be a string or a non-empty list of token ids", param="prompt")
+        max_tokens = body.get("max_tokens", 16)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return error("max_tokens must be a positive integer", param="max_tokens")
+        if len(ids) + max_tokens > max_len:
+            return error(
+                f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} in the completion). "
+                f"Please reduce the length of the messages or completion.", param="max_tokens")
+        if -(-(len(ids) + max_tokens) // bs) > runner.engine.num_gpu_blocks - 1:
+            return error("The request can never fit in the KV cache", param="max_tokens")
+        seed = zlib.crc32(bytes(str(ids[-64:]), "ascii"))
+        text = output_text(seed, max_tokens)
+        out_ids = tok.tokenize(text)
+        rid = f"cmpl-{uuid.uuid4().hex[:16]}"
+        req = Request(rid, IdSeq(bs, ids + out_ids), len(ids), len(out_ids), 0.0, program_id=_program_id(body))
+        pending = runner.submit(req)
+        try:
+            while not pending.done.is_set():
+                try:
+                    await asyncio.wait_for(pending.done.wait(), 0.5)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        runner.abort(pending)
+                        return Response(status_code=499)
+        except asyncio.CancelledError:
+            runner.abort(pending)
+            raise
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
+                                  "stop_reason": None, "prompt_logprobs": None}
+        if body.get("return_token_ids"):
+            choice["token_ids"] = out_ids
+            choice["prompt_token_ids"] = ids
+        return JSONResponse({
+            "id": rid, "object": "text_completion", "created": int(time.time()), "model": name,
+            "choices": [choice], "service_tier": None, "system_fingerprint": FINGERPRINT,
+            "usage": {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(out_ids),
+                      "completion_tokens": len(out_ids),
+                      "prompt_tokens_details": {"cached_tokens": max(req.num_cached_tokens, 0)}},
+        })
+
+
+def _program_id(body: dict[str, Any]) -> str | None:
+    pid = body.get("program_id")
+    if pid is None and isinstance(body.get("extra_body"), dict):
+        pid = body["extra_body"].get("program_id")
+    return str(pid) if pid is not None else None
+
+
+def load_script(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON list of {"content": str} or {"tool_calls": [{"name": str, "arguments": {...}}]} entries."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
+        raise ValueError(f"{path}: a script is a non-empty JSON list of objects")
+    for i, e in enumerate(data):
+        if "tool_calls" in e:
+            if not isinstance(e["tool_calls"], list) or not all(isinstance(c, dict) and "name" in c for c in e["tool_calls"]):
+                raise ValueError(f"{path}: entry {i}: tool_calls must be a list of {{name, arguments}}")
+        elif "content" not in e:
+            raise ValueError(f"{path}: entry {i} needs `content` or `tool_calls`")
+    return data
+
+
+def serve(
+    profile: str | Profile,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    time_scale: float = 1.0,
+    num_gpu_blocks: int | None = None,
+    model_name: str | None = None,
+    script: str | Path | None = None,
+    default_output_tokens: int = 64,
+    log_level: str = "warning",
+) -> None:
+    """Run the simulated vLLM server until interrupted (what `thunderbench sim serve` calls)."""
+    import uvicorn
+
+    prof = load_profile(profile, num_gpu_blocks=num_gpu_blocks) if isinstance(profile, str) else (
+        profile.with_num_gpu_blocks(num_gpu_blocks))
+    app = create_app(prof, time_scale=time_scale, model_name=model_name,
+                     script=load_script(script) if script else None, default_output_tokens=default_output_tokens,
+                     num_gpu_blocks_override=num_gpu_blocks)
+    print(f"thunderbench simulated vLLM: profile {prof.name} ({prof.engine.num_gpu_blocks} blocks x "
+          f"{prof.engine.block_size}), time scale {time_scale:g}, http://{host}:{port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.sim.server", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="tiny-cpu", help="profile name (harness/sim/profiles) or a .toml path")
+    ap.add_argument("--port", type=int, default=8100)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
+    ap.add_argument("--num-gpu-blocks", type=int, default=None, help="override the KV capacity (blocks)")
+    ap.add_argument("--served-model-name", default=None, help="model name (default: the profile name)")
+    ap.add_argument("--script", default=None, help="JSON script of replies (content or tool calls)")
+    ap.add_argument("--default-output-tokens", type=int, default=64)
+    ap.add_argument("--log-level", default="warning")
+    a = ap.parse_args(argv)
+    try:
+        if a.time_scale <= 0:
+            raise ValueError("--time-scale must be > 0")
+        serve(a.profile, a.port, host=a.host, time_scale=a.time_scale, num_gpu_blocks=a.num_gpu_blocks,
+              model_name=a.served_model_name, script=a.script, default_output_tokens=a.default_output_tokens,
+              log_level=a.log_level)
+    except (ProfileError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
