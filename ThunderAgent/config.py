@@ -86,8 +86,10 @@ class Config:
 
     # --- tr scheduler (see ThunderAgent/policy/capacity.py for the meaning of each) ----------------------
     buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")
-    high_watermark: float = opt(1.0, "pause when projected usage > high_watermark * capacity")
-    low_watermark: float = opt(0.9, "pause down to / resume up to low_watermark * capacity")
+    high_watermark: float = opt(1.0, "pause when a backend's charged usage > high_watermark * its KV capacity")
+    low_watermark: float = opt(
+        0.9, "pause down to (marked programs counted as gone), and admit/resume only up to, low_watermark * capacity"
+    )
     acting_decay: str = opt(
         "off",
         "decay of ACTING tokens: off | exp (half-life --acting-decay-half-life) | geometric (--acting-decay-base per tick)",
@@ -95,8 +97,12 @@ class Config:
     )
     acting_decay_half_life: float = opt(1.0, "seconds (exp decay); upstream's fixed 2^-t has half-life 1 s")
     acting_decay_base: float = opt(2.0, "geometric decay base x: weight = x^-k after k ticks")
-    resume_timeout: float = opt(1800.0, "forced resume after this long in the queue (capacity-aware)")
-    aging_bound: float = opt(120.0, "a paused program with a pending request waits at most about this long")
+    resume_timeout: float = opt(
+        1800.0, "seconds a held request waits before a forced resume (the pause pass then restores the watermark)"
+    )
+    aging_bound: float = opt(
+        120.0, "seconds after which a held request goes first and reserves room (bounds the wait of large programs)"
+    )
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(
         0, "size in tokens of the prefix all programs share (system prompt + tools), for --shared-prefix-credit"
