@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
     level = cfg.log_level.upper() if cfg.log_level != "trace" else "DEBUG"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ThunderAgent.logsafe import install
+
+    install()  # program ids come from clients: one log record stays one line
     import uvicorn
 
     from ThunderAgent.app import create_app

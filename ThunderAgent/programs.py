@@ -19,6 +19,8 @@ from ThunderAgent.tokens import ProgramTokenState
 log = logging.getLogger("thunderagent.programs")
 
 RESOURCE_KEYS = ("docker_ids", "tool_ids")
+MAX_RESOURCE_IDS = 1_000  # per program and key: ids come from clients, memory must stay bounded
+MAX_RESOURCE_ID_LEN = 256
 RELEASED_MEMORY = 10_000
 
 
@@ -67,7 +69,7 @@ class ProgramRecord:
     context_len: int = 0  # characters of the last request's JSON (upstream field)
     total_tokens: int = 0  # last exact usage.total_tokens, else the last estimate
     tokens: ProgramTokenState = field(default_factory=ProgramTokenState)
-    resources: dict[str, list[str]] = field(default_factory=dict)
+    resources: dict[str, dict[str, None]] = field(default_factory=dict)  # key -> ids (an ordered set)
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
     profile: ProfileTotals = field(default_factory=ProfileTotals)
 
@@ -76,11 +78,17 @@ class ProgramRecord:
         return self.inflight > 0 or self.held > 0
 
     def add_resources(self, found: dict[str, list[str]]) -> None:
+        """Remember tool resource ids (O(1) per id, first-seen order kept); at most MAX_RESOURCE_IDS per
+        key, further new ids are dropped with a warning."""
         for key, ids in found.items():
-            known = self.resources.setdefault(key, [])
+            known = self.resources.setdefault(key, {})
             for i in ids:
-                if i not in known:
-                    known.append(i)
+                if i in known:
+                    continue
+                if len(known) >= MAX_RESOURCE_IDS:
+                    log.warning("program %s: more than %d %s, further ids are not reclaimed", self.program_id, MAX_RESOURCE_IDS, key)
+                    break
+                known[i] = None
 
 
 class ProgramRegistry:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ThunderAgent.logsafe import csv_cell
 from ThunderAgent.policy.base import Phase, State
 from ThunderAgent.records import JsonlWriter, StepRecord
 
@@ -139,7 +140,7 @@ def csv_row(rec: StepRecord, step_id: int, tool_call_s: float) -> list[Any]:
     if rec.cached_tokens is not None and rec.prompt_tokens:
         hit = f"{rec.cached_tokens / rec.prompt_tokens:.4f}"
     return [
-        rec.program_id,
+        csv_cell(rec.program_id),
         step_id,
         f"{max(0.0, prefill):.4f}",
         f"{max(0.0, decode):.4f}",
