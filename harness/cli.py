@@ -47,6 +47,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [RecipeError, LaunchError, ReproduceError]
     for mod, name in (("harness.throughput", "WindowError"), ("harness.datasets", "DatasetError"),
                       ("harness.workload", "WorkloadError"), ("harness.launch.vllm", "VllmSetupError"),
+                      ("harness.sim.timing", "ProfileError"), ("harness.sim.des", "DesError"),
+                      ("harness.runner", "RunnerError"),
                       ("harness.launch.vllm", "VllmStartError")):
         try:
             types.append(getattr(__import__(mod, fromlist=[name]), name))
@@ -305,19 +307,28 @@ def plot(
 
 @sim_app.command("serve")
 def sim_serve(
-    profile: str = typer.Option(..., "--profile", "-p", help="harness/sim/profiles/<name>.toml, e.g. glm4.6-8xh100."),
+    profile: str = typer.Option(..., "--profile", "-p", help="harness/sim/profiles/<name>.toml, e.g. glm4.6-8xh100, or a .toml path."),
     port: int = typer.Option(8100, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    time_scale: float = typer.Option(1.0, "--time-scale", help="Simulated seconds per wall second."),
-    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="Override the profile's KV blocks."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name to serve."),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="Simulated seconds per wall second (60: an hour in a minute)."),
+    num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="Override the profile's KV capacity (blocks)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name to serve (default: the profile name)."),
+    script: Optional[Path] = typer.Option(None, "--script", help="JSON script of replies (content or tool calls) to drive a real agent."),
 ) -> None:
-    """Serve the simulated engine with vLLM's HTTP API and /metrics (labelled simulated)."""
+    """Serve the simulated engine with vLLM's HTTP API and /metrics (every number labelled simulated).
+
+    Example: [bold]thunderbench sim serve -p glm4.6-8xh100 --port 8100 --time-scale 60[/]
+    """
     with _guard():
+        from harness.launch.process import check_port_free
+        from harness.reproduce import ReproduceError
         from harness.sim import server
 
-        server.serve(profile=profile, host=host, port=port, time_scale=time_scale,
-                     num_gpu_blocks=num_gpu_blocks, served_model_name=served_model_name)
+        if time_scale <= 0:
+            raise ReproduceError(f"--time-scale must be > 0, got {time_scale}")
+        check_port_free(host, port, "the simulator")
+        server.serve(profile, port, host=host, time_scale=time_scale, num_gpu_blocks=num_gpu_blocks,
+                     model_name=served_model_name, script=script)
 
 
 @app.command()

@@ -184,7 +184,23 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
 
         result = asyncio.run(_drive())
         dead = [p for p in sup.running if not p.alive()]
+        procs = [{"name": p.name, "pid": p.pid, "pgid": p.pgid, "log": str(Path(p.log).relative_to(run_dir))}
+                 for p in sup.running]
         if dead:
             raise PointFailed(f"{dead[0].name} died during the run (log {dead[0].log})")
-    return {"steps": result.steps, "ok_instances": result.ok, "errors": result.errors,
-            "processes_stopped": True}
+        stopped = dict(sup.stop_all())
+    for p in procs:
+        p["stopped"] = stopped.get(p["name"])
+    _annotate(run_dir, processes=procs)
+    if not (run_dir / "predictions.jsonl").exists():
+        (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
+    return {"steps": result.steps, "ok_instances": result.ok, "errors": result.errors, "processes": procs}
+
+
+def _annotate(run_dir: Path, **extra: Any) -> None:
+    """Add keys to the run manifest's `extra` (atomic rewrite)."""
+    from harness.records import RunManifest
+
+    m = RunManifest.read(run_dir / "manifest.json")
+    m.extra.update(extra)
+    m.write(run_dir / "manifest.json")
