@@ -152,6 +152,8 @@ class MiniSweAgent(ThreadedAgent):
         """Runs in a worker thread. Never raises: failures are reported in `result`."""
         t0 = time.time()
         iid = instance["instance_id"]
+        if self.work_root is not None:
+            Path(self.work_root).mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="mini-", dir=self.work_root))
         env = None
         agent = None

@@ -35,7 +35,7 @@ from typing import Any
 from harness.agents.base import Endpoint, Instance, InstanceResult
 from harness.agents.checkout import diff_against, prepare_checkout
 from harness.agents.steps import StepRecorder
-from harness.agents.threaded import StopSignal, ThreadedAgent
+from harness.agents.threaded import StopRequested, StopSignal, ThreadedAgent
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,13 @@ def recording_llm_class() -> Any:
 
         class RecordingLLM(sdk.LLM):  # type: ignore[misc, valid-type]
             _recorder: StepRecorder | None = PrivateAttr(default=None)
+            _stop: StopSignal | None = PrivateAttr(default=None)
 
             def _transport_call(self, **kwargs: Any) -> Any:
+                # Conversation.pause() is lost when it lands before run() starts (run() resets PAUSED to
+                # RUNNING, sdk 1.58.2), so the stop flag is also enforced here: no call after a stop.
+                if self._stop is not None and self._stop.is_set():
+                    raise StopRequested("instance stopped (timeout or cancellation) before this LLM call")
                 rec = self._recorder
                 if rec is None:
                     return super()._transport_call(**kwargs)
@@ -155,13 +160,15 @@ class OpenHandsAgent(ThreadedAgent):
                 llm = self._base_llms[key] = cls(**fields)
         return llm
 
-    def instance_llm(self, endpoint: Endpoint, program_id: str, recorder: StepRecorder | None) -> Any:
+    def instance_llm(self, endpoint: Endpoint, program_id: str, recorder: StepRecorder | None,
+                     stop: StopSignal | None = None) -> Any:
         base = self.base_llm(endpoint)
         extra = dict(base.litellm_extra_body or {})
         if endpoint.thunderagent:
             extra["program_id"] = program_id
         llm = base.model_copy(deep=True, update={"litellm_extra_body": extra})
         llm._recorder = recorder
+        llm._stop = stop
         return llm
 
     def tools(self) -> list[Any]:
@@ -176,12 +183,14 @@ class OpenHandsAgent(ThreadedAgent):
                   stop: StopSignal, result: InstanceResult) -> None:
         """Runs in a worker thread. Never raises: failures are reported in `result`."""
         t0 = time.time()
+        if self.work_root is not None:
+            Path(self.work_root).mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="oh-", dir=self.work_root))
         conversation = None
         workspace = None
         try:
             sdk, _ = _import_sdk()
-            llm = self.instance_llm(endpoint, program_id, recorder)
+            llm = self.instance_llm(endpoint, program_id, recorder, stop)
             agent = sdk.Agent(llm=llm, tools=self.tools(), system_prompt_kwargs={"cli_mode": True})
             if self.workspace == "local":
                 workdir = str(prepare_checkout(instance, tmp / instance["repo"].split("/")[-1],

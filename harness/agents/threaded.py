@@ -37,6 +37,7 @@ class StopSignal:
         return self.event.is_set()
 
     def on_stop(self, fn: Any) -> None:
+        """Run `fn` when stopped (now, on this thread, if already stopped)."""
         with self._lock:
             fired = self.event.is_set()
             if not fired:
@@ -45,11 +46,18 @@ class StopSignal:
             _call_quietly(fn)
 
     def set(self) -> None:
+        """Set the flag and run the hooks on a helper thread: a library's pause() may block on its own
+        lock until the current step ends, and this is called from the event loop."""
         with self._lock:
             self.event.set()
             hooks, self.hooks = self.hooks, []
-        for fn in hooks:
-            _call_quietly(fn)
+        if hooks:
+            threading.Thread(target=lambda: [_call_quietly(fn) for fn in hooks], name="agent-stop",
+                             daemon=True).start()
+
+
+class StopRequested(RuntimeError):
+    """Raised instead of sending an LLM call once the instance was asked to stop (timeout/cancel)."""
 
 
 def _call_quietly(fn: Any) -> None:
