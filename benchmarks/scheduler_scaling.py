@@ -454,8 +454,8 @@ def main() -> None:
     events = check_same_rule(rounds=30 if args.quick else 100)
     print(f"same rule: ours and the naive twin made identical decisions over {events} events (100 programs)")
     print(
-        f"{EVENTS_PER_TICK} events per tick, {len(BACKENDS)} backends; µs of CPU per call; ours best of 3 runs, naive one "
-        "run, on a shared machine (compare ratios, not absolute times)"
+        f"{EVENTS_PER_TICK} events per tick, {len(BACKENDS)} backends; µs of CPU per call; ours best of "
+        f"{repeats} runs, naive one run, on a shared machine (compare ratios, not absolute times)"
     )
     # ours: every size measured `repeats` times, interleaved, best mean per call kept (a shared machine
     # only ever adds time); naive: one run per size

@@ -765,13 +765,14 @@ class CapacityPolicy:
         b = best
         extra = self._prefix if (self._prefix and not b.count) else 0
         need = charge + extra - self._room(b)
-        if b.acting:
-            for key in self._select(b.acting, need, reasoning=False):
+        if b.acting and self._acting_charge(b) + self._buffer * b.acting_count >= need:
+            for key in self._select(b.acting, need, reasoning=False):  # room right now: swap idle ones out
                 self._pause(self._programs[key[2]], actions)
                 self._swaps += 1
-        if self._fits(b, charge):
-            return b
-        need = self._projected(b) - (self.limits.low(b.url, b.capacity) - charge)  # type: ignore[arg-type]
+            if self._fits(b, charge):
+                return b
+        # otherwise mark running programs so that it fits once they end (marks already made count)
+        need = self._projected(b) - (self.limits.low(b.url, b.capacity) - charge - extra)  # type: ignore[arg-type]
         if need > 0 and b.reasoning:
             for key in self._select(b.reasoning, need, reasoning=True):
                 self._mark(self._programs[key[2]])
