@@ -100,3 +100,103 @@ def test_des_run_dir_reads_back_through_throughput_and_trace_replay(tmp_path):
     d = describe(traces)
     assert d["output_tokens_mean"] == pytest.approx(params.output_tokens.mean(), rel=0.15)
     assert d["tool_time_mean_s"] == pytest.approx(params.tool_time.mean(), rel=0.5)
+
+
+# ------------------------------------------------------------------ the simulator server (+ the real proxy)
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(argv: list[str], url: str, log_path, what: str):
+    """Start a server process and poll its /health until it answers (deadline 60 s)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"{what} exited with {proc.returncode}: {open(log_path).read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return proc, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{what} did not become healthy in 60 s: {open(log_path).read()[-2000:]}")
+
+
+def _stop(proc, log) -> None:
+    import os
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("arm", ["vllm", "thunderagent"])
+async def test_runner_against_the_simulator_server(tmp_path, arm):
+    """Five simulated minutes (GLM-4.6 profile, 60x clock) of 8 synthetic mini-swe-agent programs against
+    E's simulator server (harness/sim/server.py, its own process), directly or through the ThunderAgent
+    proxy (`python -m ThunderAgent`, router tr): engine and record counts agree, nothing errors, the
+    prefix cache sees the conversations' reuse, every program is released."""
+    import httpx
+
+    scale = 60.0
+    sim_port = _free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    procs = [_start(["-m", "harness.sim.server", "--profile", "glm4.6-8xh100", "--port", str(sim_port),
+                     "--time-scale", str(scale), "--served-model-name", "glm"], sim_url, tmp_path / "sim.log", "sim")]
+    try:
+        base = sim_url
+        if arm == "thunderagent":
+            px_port = _free_port()
+            base = f"http://127.0.0.1:{px_port}"
+            procs.append(_start(["-m", "ThunderAgent", "--backends", sim_url, "--port", str(px_port), "--router", "tr",
+                                 "--scheduler-interval", str(5.0 / scale), "--metrics",
+                                 "--metrics-interval", str(5.0 / scale)], base, tmp_path / "proxy.log", "proxy"))
+        params = load_workload_params("miniswe")
+        agent = SyntheticAgent(params, seed=11, programs=8, time_scale=scale)
+        cfg = RunConfig(run_dir=tmp_path / "run", arm=arm, programs=8,
+                        endpoint=Endpoint(base + "/v1", "glm", thunderagent=arm == "thunderagent"),
+                        instances=load_instances("lite-synthetic"), duration_s=300.0 / scale, metrics_urls=[sim_url],
+                        scrape_interval_s=5.0 / scale, time_scale=scale, engine="sim", simulated=True,
+                        profile="glm4.6-8xh100", dataset="lite-synthetic", workload="miniswe", progress=False,
+                        handle_signals=False)
+        res = await Runner(cfg, agent).run()
+        assert res.errors == 0 and res.steps > 30, res
+        recs = read_step_records(tmp_path / "run" / "steps.jsonl")
+        ok = [r for r in recs if r.status == "ok"]
+        # prompts track the workload plan: the simulator's tokenizer counts each filler word as one token
+        assert all(r.completion_tokens and r.completion_tokens >= 16 for r in ok)
+        later = [r for r in ok if r.step >= 2 and r.cached_tokens is not None]
+        assert later and sum(r.cached_tokens for r in later) / sum(r.prompt_tokens for r in later) > 0.8
+        s = summarize_run(tmp_path / "run", "1m-4m")
+        print(f"\n{arm}: {s.as_dict()}")
+        assert s.engine_steps_per_min and s.record_steps_per_min
+        assert abs(s.engine_steps_per_min - s.record_steps_per_min) / s.record_steps_per_min < 0.05, s
+        if arm == "thunderagent":
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(base + "/programs")).json() == {}
+    finally:
+        for proc, log in reversed(procs):
+            _stop(proc, log)
