@@ -50,8 +50,8 @@ def _one_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
 def _agent(tmp: Path, **kw: Any) -> Any:
     from harness.agents.miniswe import MiniSweAgent
 
-    return MiniSweAgent(step_limit=10, predictions_path=tmp / "predictions.jsonl", work_root=tmp,
-                        trajectories_dir=tmp / "traj", **kw)
+    kw.setdefault("predictions_path", tmp / "predictions.jsonl")
+    return MiniSweAgent(step_limit=10, work_root=tmp, trajectories_dir=tmp / "traj", **kw)
 
 
 def test_miniswe_through_thunderagent(model: ScriptedLLM, proxy: Proxy, tmp_path: Path,
@@ -132,3 +132,35 @@ def test_miniswe_cancel_mid_command_releases_once(model: ScriptedLLM, proxy: Pro
     assert len(recs) == 1 and recs[0].end <= releases[0][1]
     assert proxy.released_in_log()[pid] == 1
     assert pid not in proxy.programs()
+
+
+def test_miniswe_under_the_runner(model: ScriptedLLM, proxy: Proxy, tmp_path: Path) -> None:
+    """The real path of `thunderbench run`: W's runner keeps 2 programs in flight over the toy dataset;
+    the run dir gets steps.jsonl (agent-side records) and predictions.jsonl, and evaluate infers the
+    dataset from the run manifest."""
+    from collections import Counter
+
+    from harness.datasets import load_instances
+    from harness.evaluate import evaluate
+    from harness.runner import RunConfig, run
+    from ThunderAgent.records import read_step_records
+
+    run_dir = tmp_path / "run"
+    endpoint = Endpoint(base_url=proxy.base_url, model="scripted", thunderagent=True)
+    cfg = RunConfig(run_dir=run_dir, arm="thunderagent", programs=2, endpoint=endpoint,
+                    instances=load_instances("toy"), agent_name="miniswe", dataset="toy", progress=False,
+                    handle_signals=False)
+    agent = _agent(tmp_path, predictions_path=None)
+    agent.predictions_path = run_dir / "predictions.jsonl"
+    result = asyncio.run(run(cfg, agent))
+    assert (result.started, result.ok, result.errors) == (3, 2, 1)
+
+    steps = read_step_records(run_dir / "steps.jsonl")
+    per_pid = Counter(s.program_id for s in steps)
+    proxy_recs = Counter(r.program_id for r in proxy.wait_records(len(steps)) if r.program_id in per_pid)
+    assert per_pid == proxy_recs and len(per_pid) == 3
+    assert sorted(per_pid.values()) == [3, 4, 4]
+    assert not set(per_pid) & set(proxy.programs()), "every program released"
+
+    report = evaluate(run_dir / "predictions.jsonl")
+    assert report.dataset == "toy" and report.resolved == 2
