@@ -88,7 +88,7 @@ class Config:
     buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")
     high_watermark: float = opt(1.0, "pause when a backend's charged usage > high_watermark * its KV capacity")
     low_watermark: float = opt(
-        0.9, "pause down to (marked programs counted as gone), and admit/resume only up to, low_watermark * capacity"
+        0.95, "pause down to (marked programs counted as gone), and admit/resume only up to, low_watermark * capacity"
     )
     acting_decay: str = opt(
         "off",
