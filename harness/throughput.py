@@ -289,9 +289,10 @@ def summarize(run: RunData, window: Window | str = DEFAULT_WINDOW) -> Throughput
     lat = np.array([(r.end - r.arrival) * m.time_scale for r in in_win])
     pct = (lambda q: float(np.percentile(lat, q)) if lat.size else None)
     errors = len([r for r in _in_window(run, w, ok_only=False) if r.status != "ok"])
+    pre = engine_delta(run, PREEMPTIONS, w)  # a count: interpolated edges make it fractional, so round
     return ThroughputSummary(
         arm=m.arm, programs=m.programs, steps_per_min=float(headline), ci_low=lo, ci_high=hi,
-        prefix_hit_rate=hit_rate, preemptions=engine_delta(run, PREEMPTIONS, w),
+        prefix_hit_rate=hit_rate, preemptions=None if pre is None else float(round(pre)),
         p50_step_latency_s=pct(50), p95_step_latency_s=pct(95), p99_step_latency_s=pct(99),
         simulated=m.simulated, profile=m.profile, window=str(w), engine_steps_per_min=eng_spm,
         record_steps_per_min=rec_spm, agree=ok, steps_source="engine" if eng_spm is not None else "records",
