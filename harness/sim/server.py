@@ -29,10 +29,10 @@ import sys
 import time
 import uuid
 import zlib
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -491,6 +491,44 @@ def load_script(path: str | Path) -> list[dict[str, Any]]:
         elif "content" not in e:
             raise ValueError(f"{path}: entry {i} needs `content` or `tool_calls`")
     return data
+
+
+@contextmanager
+def serve_in_thread(profile: str | Profile, *, time_scale: float = 1.0, num_gpu_blocks: int | None = None,
+                    startup_timeout_s: float = 20.0, **kw: Any) -> Iterator[str]:
+    """Run the server on a free local port in a background thread; yields its base URL (tests, validation)."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    prof = load_profile(profile, num_gpu_blocks=num_gpu_blocks) if isinstance(profile, str) else (
+        profile.with_num_gpu_blocks(num_gpu_blocks))
+    app = create_app(prof, time_scale=time_scale, num_gpu_blocks_override=num_gpu_blocks, **kw)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=server.run, name="sim-server", daemon=True)
+    th.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not th.is_alive():
+            server.should_exit = True
+            raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        th.join(10)
 
 
 def serve(

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,44 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from harness.sim.server import create_app, load_script
-from harness.sim.timing import load_profile
+from harness.sim.server import load_script, serve_in_thread
 from ThunderAgent.backends import BackendState, fetch_capacity, parse_cache_config, parse_vllm_metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def sim_server(profile: str = "tiny-cpu", *, time_scale: float = 50.0, num_gpu_blocks: int | None = None,
                **kw: Any) -> Iterator[str]:
-    prof = load_profile(profile, num_gpu_blocks=num_gpu_blocks)
-    app = create_app(prof, time_scale=time_scale, num_gpu_blocks_override=num_gpu_blocks, **kw)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("simulator server did not become healthy within 20 s")
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        th.join(10)
+    with serve_in_thread(profile, time_scale=time_scale, num_gpu_blocks=num_gpu_blocks, **kw) as u:
+        yield u
 
 
 @pytest.fixture(scope="module")
