@@ -272,6 +272,8 @@ class CapacityPolicy:
         if not self._pending and p.requests == 1:
             target = self._place(p, charge=self._charge(p, reasoning=True))
             if target is not None:
+                if p.origin is not None:
+                    self._resumes += 1  # a paused program back on a backend (a newcomer is not a resume)
                 self._activate(p, target)
                 self._attach(p)
                 return Proceed(target.url)
@@ -540,7 +542,6 @@ class CapacityPolicy:
         p.paused_since = None
         p.wait_since = None
         p.marked = False
-        self._resumes += 1
 
     def _deactivate(self, p: _Program, now: float) -> None:
         p.origin = p.backend
@@ -657,6 +658,7 @@ class CapacityPolicy:
         self._activate(p, b)
         self._attach(p)
         actions.append(Resume(p.pid, b.url))
+        self._resumes += 1
 
     # ================================================================================ resume pass
     def _resume_pass(self, now: float, actions: list[Action]) -> None:

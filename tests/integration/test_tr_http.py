@@ -78,7 +78,7 @@ async def test_scheduler_paused_program_is_held_without_a_byte_and_released_when
         assert fake_vllm.requests[-1]["messages"][-1]["content"] == "more"
         v = proxy.policy.program("a")
         assert (v.state, v.backend, v.phase) == (State.ACTIVE, fake_vllm.url, Phase.ACTING)
-        assert proxy.policy.stats().pauses >= 1 and proxy.policy.stats().resumes >= 3
+        assert (proxy.policy.stats().pauses, proxy.policy.stats().resumes) == (1, 1)
         assert spy.balanced()
         proxy.policy.check_invariants()
 

@@ -546,7 +546,7 @@ def test_views_report_queue_marks_pauses_and_resumes():
     pol.on_progress("c", 4_000)  # 10,300: pausing b alone is not enough, a alone is: pause a only
     assert pol.tick(1.0) == [Pause("a", B1)]
     s = pol.stats()
-    assert (s.pauses, s.queue_length, s.resumes) == (1, 1, 3)
+    assert (s.pauses, s.queue_length, s.resumes) == (1, 1, 0)  # first admissions are not resumes
     b = pol.backends()[0]
     assert (b.program_count, b.reasoning_count, b.acting_count, b.paused_count) == (2, 1, 1, 1)
     assert b.used == 7_200
