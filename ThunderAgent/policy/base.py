@@ -122,6 +122,10 @@ class PolicyStats:
     marks: int
     rejects: int
     queue_length: int
+    # added for "tr" (defaults keep other policies unchanged):
+    unmarks: int = 0  # marks withdrawn because room freed before the response ended
+    swaps: int = 0  # idle programs paused to make room for a request that waited past --aging-bound
+    unknown_capacity: tuple[str, ...] = ()  # backends whose KV capacity is still unknown: warn loudly
 
 
 class Policy(Protocol):

@@ -382,6 +382,9 @@ class CapacityPolicy:
             marks=self._marks,
             rejects=self._rejects,
             queue_length=len(self._pending) + len(self._idle),
+            unmarks=self._unmarks,
+            swaps=self._swaps,
+            unknown_capacity=tuple(self.unknown_capacity()),
         )
 
     def unknown_capacity(self) -> list[str]:

@@ -214,7 +214,7 @@ def test_marks_are_cancelled_when_room_frees_before_the_response_ends():
     assert view(pol, "a").marked_for_pause
     pol.release("c", 6.0)
     pol.on_request_end("b", 6.0, 1_000)  # b shrinks (e.g. a context-condensing agent): room for a
-    assert not view(pol, "a").marked_for_pause
+    assert not view(pol, "a").marked_for_pause and pol.stats().unmarks == 1
     pol.check_invariants()
 
 
@@ -321,7 +321,7 @@ def test_aging_bounds_the_wait_of_a_large_program_behind_a_stream_of_small_ones(
             break
     # without aging it would wait forever (nothing ever leaves); with it: right after the bound
     assert resumed_large_at is not None and 30.0 <= resumed_large_at <= 30.0 + 5.0
-    assert pol.stats().pauses == 2  # two idle small programs swapped out to make room
+    assert pol.stats().pauses == pol.stats().swaps == 2  # two idle small programs swapped out for it
     assert used(pol) <= 20_000
     pol.check_invariants()
 
@@ -336,6 +336,7 @@ def test_aged_program_reserves_room_small_programs_do_not_overtake():
     assert view(pol, "a").marked_for_pause  # a mark makes room for it once a's response ends
     actions = pol.on_request_end("a", 36.0, 9_000)
     assert actions[:2] == [Pause("a", B1), Resume("large", B1)]
+    assert pol.stats().marks == 1 and pol.stats().swaps == 0
     pol.check_invariants()
 
 
@@ -401,14 +402,14 @@ def test_unhealthy_backend_gets_no_new_programs():
 # ------------------------------------------------------------------------------------------ unknown capacity
 def test_unknown_capacity_admits_a_bounded_number_of_programs_and_is_reported():
     pol = mk(capacity=None, unknown_capacity_programs=2)
-    assert pol.unknown_capacity() == [B1]
+    assert pol.unknown_capacity() == [B1] and pol.stats().unknown_capacity == (B1,)
     assert pol.on_arrival("a", 90_000_000, 0.0) == Proceed(B1)  # no usable number: count only
     assert pol.on_arrival("b", 1, 0.0) == Proceed(B1)
     assert pol.on_arrival("c", 1, 0.0) == Wait()
     assert pol.tick(5.0) == []  # never paused while unknown
     # capacity becomes known: the pause pass and the resume pass run at once
     actions = pol.set_capacity(B1, 100_000, 6.0)
-    assert pol.unknown_capacity() == []
+    assert pol.unknown_capacity() == [] and pol.stats().unknown_capacity == ()
     assert view(pol, "a").marked_for_pause  # 90,000,000 cannot stay: marked (it is in flight)
     assert actions == []  # c waits: usage is way over
     pol.on_request_end("a", 7.0, 90_000_000)

@@ -253,8 +253,8 @@ def test_the_random_workload_reaches_every_mechanism():
         totals["marks"] += s.marks
         totals["forced"] += s.forced_resumes
         totals["rejects"] += s.rejects
-        totals["swaps"] += d.pol._swaps  # noqa: SLF001
-        totals["unmarks"] += d.pol._unmarks  # noqa: SLF001
+        totals["swaps"] += s.swaps
+        totals["unmarks"] += s.unmarks
     assert all(v > 0 for v in totals.values()), totals
 
 
