@@ -124,7 +124,8 @@ def grade_local(instance: Instance, model_patch: str, *, timeout_s: float = 300.
         err = _apply(repo, instance["test_patch"])
         if err is not None:
             return InstanceGrade(iid, False, "test_patch_failed", "local", error=err)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # toy fixtures need pytest only: no third-party plugin start-up (seconds each on a busy machine)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         env.pop("PYTHONPATH", None)
         try:
             r = subprocess.run([python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", *tests], cwd=repo,
