@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -224,23 +225,66 @@ def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, 
     return out
 
 
+async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: str = "tiny",
+                        seed: int = 1) -> tuple[float, list[float]]:
+    """How much slower engine steps run right now than the profile's calibration predicts (median ratio).
+
+    The machine is shared: a calibration taken at one load does not hold at another. A few controlled probes
+    (the calibration's own prefill and decode probes, sized to fit a 24-block cache) on the engine under test,
+    taken just before the arms, give a scalar that the load-adjusted simulation multiplies the betas by.
+    Needs an otherwise idle engine.
+    """
+    from harness.sim.calibrate import Prober
+    from harness.sim.timing import load_profile
+
+    tm = load_profile(profile).timing
+    prober = Prober(engine_url, model, seed=seed)
+    ratios: list[float] = []
+    try:
+        await prober.stream(prober.prompt(64), 8)  # warm-up
+        for _ in range(2):
+            for n in (256, 1024):
+                smp = await prober.prefill_probe(n)
+                ratios.append(smp.step_time / tm.step_time(smp.uncached_prefill_tokens, 0, 0))
+            for batch, ctx in ((1, 513), (4, 257)):
+                smp = await prober.decode_probe(batch, ctx, 64)
+                ratios.append(smp.step_time / tm.step_time(0, smp.decode_tokens, smp.decode_context_tokens))
+    finally:
+        await prober.close()
+    ordered = sorted(ratios)
+    return ordered[len(ordered) // 2], ratios
+
+
 def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "tiny-cpu", num_gpu_blocks: int = 24,
-             window: tuple[float, float] | None = None, scheduler_interval: float = 1.0) -> list[ArmResult]:
+             window: tuple[float, float] | None = None, scheduler_interval: float = 1.0,
+             step_scale: float = 1.0) -> list[ArmResult]:
     """The same workload in the discrete-event simulator (E's harness/sim/des.py) with a calibrated profile.
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
-    interval. Results are labelled simulated with their profile.
+    interval. Results are labelled simulated with their profile. ``step_scale`` multiplies every beta (the
+    load adjustment measured by ``step_slowdown``); the label then says so.
     """
+    from dataclasses import replace
+
     from harness.sim.des import BACKEND, run_des
+    from harness.sim.timing import load_profile
     from ThunderAgent.config import Config
+
+    prof = load_profile(profile)
+    label = f"simulated {profile}"
+    if step_scale != 1.0:
+        t = prof.timing
+        prof = replace(prof, timing=replace(t, beta0=t.beta0 * step_scale, beta1=t.beta1 * step_scale,
+                                            beta2=t.beta2 * step_scale, beta3=t.beta3 * step_scale))
+        label += f" x{step_scale:.2f}"
 
     lo, hi = window or (20.0, 120.0)
     out: list[ArmResult] = []
     for arm in arms:
         cfg = Config(router="default" if arm == "thunderagent-default" else "tr", backends=(BACKEND,),
                      scheduler_interval=scheduler_interval)
-        res = run_des(profile, arm="vllm" if arm == "vllm" else "thunderagent", programs=workload.programs,
+        res = run_des(prof, arm="vllm" if arm == "vllm" else "thunderagent", programs=workload.programs,
                       duration_s=hi, trajectories=workload.trajectories(arm), policy_config=cfg,
                       num_gpu_blocks=num_gpu_blocks, metrics_interval=1.0)
         summ = res.summary()
@@ -249,7 +293,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "ti
         last = res.metrics[-1] if res.metrics else {}
         queries = last.get("vllm:prefix_cache_queries_total", 0.0)
         out.append(ArmResult(
-            arm=f"{arm} [simulated {profile}]", programs=workload.programs, steps=len(steps), errors=0,
+            arm=f"{arm} [{label}]", programs=workload.programs, steps=len(steps), errors=0,
             wall_s=hi - lo, steps_per_min=60.0 * len(steps) / (hi - lo), completion_tokens=completion,
             tokens_per_s=completion / (hi - lo), preemptions=float(summ["preemptions"]), prefix_queries=queries,
             prefix_hits=last.get("vllm:prefix_cache_hits_total", 0.0),
@@ -277,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim", action="store_true", help="also run the same workload in the DES with the tiny-cpu "
                    "profile (needs --duration)")
     p.add_argument("--sim-only", action="store_true", help="only the simulated arms (no engine needed)")
+    p.add_argument("--step-scale", type=float, help="with --sim-only: multiply the profile's betas by this")
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
@@ -295,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.sim_only:
-        for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window):
+        for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window,
+                          step_scale=args.step_scale or 1.0):
             print(r.row())
         return 0
     if not args.engine_url and not args.launch:
@@ -311,28 +357,43 @@ def main(argv: list[str] | None = None) -> int:
         engine_url = server.base_url if server else args.engine_url.rstrip("/")
         cap = asyncio.run(engine_capacity(engine_url))
         print(f"engine {engine_url}: cache_config {cap}; workload {wl}", file=sys.stderr)
+        slowdown, ratios = (asyncio.run(step_slowdown(engine_url)) if args.sim else (1.0, []))
+        if args.sim:
+            print(f"engine steps run {slowdown:.2f}x the tiny-cpu calibration right now "
+                  f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        load = [os.getloadavg()]
         out_dir = args.out or cache_dir() / "realbench" / time.strftime("%Y%m%d-%H%M%S")
         if out_dir.exists() and any(out_dir.iterdir()):
             print(f"error: {out_dir} is not empty; give a new --out directory", file=sys.stderr)
             return 2
         results = run_bench(engine_url, wl, arms, out_dir=out_dir, log_dir=log_dir, stream=args.stream,
                             window=window)
+        load.append(os.getloadavg())
     finally:
         if server is not None:
             server.stop()
-    simulated = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window) if args.sim else []
-    for group in (results, simulated):
+    simulated: list[ArmResult] = []
+    adjusted: list[ArmResult] = []
+    if args.sim:
+        simulated = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window)
+        adjusted = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window, step_scale=slowdown)
+    print(f"load average (1 min) before/after the arms: {load[0][0]:.1f} / {load[-1][0]:.1f} on "
+          f"{os.cpu_count()} cores")
+    for group in (results, simulated, adjusted):
         base = group[0] if group and group[0].arm.startswith("vllm") else None
         for r in group:
             ratio = f"  {r.steps_per_min / base.steps_per_min:.2f}x vllm" if base and base.steps_per_min else ""
             print(r.row() + ratio)
-    for real, sim in zip(results, simulated):
-        print(f"real/sim {real.arm}: steps/min {real.steps_per_min / max(sim.steps_per_min, 1e-9):.2f}, "
-              f"preemptions {real.preemptions:.0f} vs {sim.preemptions:.0f}, prefix hit "
-              f"{100 * real.prefix_hit_rate:.1f}% vs {100 * sim.prefix_hit_rate:.1f}%")
-    (out_dir / "results.json").write_text(json.dumps({"workload": asdict(wl), "cache_config": cap, "window": window,
-                                                      "arms": [asdict(r) for r in results],
-                                                      "simulated": [asdict(r) for r in simulated]}, indent=1))
+    for sims in (simulated, adjusted):
+        for real, sim in zip(results, sims):
+            print(f"real / {sim.arm}: steps/min {real.steps_per_min / max(sim.steps_per_min, 1e-9):.2f}, "
+                  f"preemptions {real.preemptions:.0f} vs {sim.preemptions:.0f}, prefix hit "
+                  f"{100 * real.prefix_hit_rate:.1f}% vs {100 * sim.prefix_hit_rate:.1f}%")
+    (out_dir / "results.json").write_text(json.dumps({
+        "workload": asdict(wl), "cache_config": cap, "window": window, "loadavg": load, "cores": os.cpu_count(),
+        "step_slowdown": {"median": slowdown, "ratios": ratios}, "arms": [asdict(r) for r in results],
+        "simulated": [asdict(r) for r in simulated], "simulated_load_adjusted": [asdict(r) for r in adjusted]},
+        indent=1))
     print(f"run directories and results.json in {out_dir}", file=sys.stderr)
     return 0
 
