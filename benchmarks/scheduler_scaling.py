@@ -88,7 +88,9 @@ class NaivePolicy:
 
     def on(self, b: str, kind: str) -> list[dict]:
         if kind == "acting":
-            sel = [p for p in self.progs.values() if p["state"] == "A" and p["backend"] == b and p["req"] == 0]
+            sel = [
+                p for p in self.progs.values() if p["state"] == "A" and p["backend"] == b and p["req"] == 0
+            ]
         else:
             sel = [
                 p
@@ -465,7 +467,8 @@ def main() -> None:
             best[n] = [min(a, b) for a, b in zip(best[n], measure_ours(n, ours_rounds), strict=True)]
     rows = [(n, tuple(best[n]), measure_naive(n, naive_rounds[n])) for n in sizes]
     cols = ("tick", "arrival", "request end")
-    hdr = f"{'programs':>9} | " + " | ".join(f"{c + ' ours':>17} {'naive':>10} {'naive/ours':>10}" for c in cols)
+    hdr = f"{'programs':>9} | "
+    hdr += " | ".join(f"{c + ' ours':>17} {'naive':>10} {'naive/ours':>10}" for c in cols)
     hdr += f" | {'ours at n / ours at 100 (tick, arrival, end)':>44}"
     print(hdr)
     print("-" * len(hdr))

@@ -777,7 +777,8 @@ class CapacityPolicy:
             if self._fits(b, charge):
                 return b
         # otherwise mark running programs so that it fits once they end (marks already made count)
-        need = self._projected(b) - (self.limits.low(b.url, b.capacity) - charge - extra)  # type: ignore[arg-type]
+        low = self.limits.low(b.url, b.capacity)  # type: ignore[arg-type]
+        need = self._projected(b) - (low - charge - extra)
         if need > 0 and b.reasoning:
             for key in self._select(b.reasoning, need, reasoning=True):
                 self._mark(self._programs[key[2]])

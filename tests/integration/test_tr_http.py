@@ -53,7 +53,7 @@ def tr_config(url: str) -> Config:
     return Config(backends=(url,), router="tr", scheduler_interval=3600.0, low_watermark=0.9)
 
 
-async def test_scheduler_paused_program_is_held_without_a_byte_and_released_when_room_frees(fake_vllm: FakeVLLM):
+async def test_scheduler_paused_program_is_held_without_a_byte_until_room_frees(fake_vllm: FakeVLLM):
     fake_vllm.block_size, fake_vllm.num_gpu_blocks, fake_vllm.completion_tokens = 16, 50, 4  # 800 tokens
     cfg = tr_config(fake_vllm.url)
     spy = SpyPolicy(make_policy(cfg))
@@ -89,8 +89,10 @@ async def test_concurrent_requests_of_one_program_are_counted_in_flight(fake_vll
     spy = SpyPolicy(make_policy(cfg))
     async with running_proxy(cfg, policy=spy) as (c, proxy):
         await until(lambda: fake_vllm.url in spy.capacities, what="capacity discovered")
-        tasks = [asyncio.create_task(c.post("/v1/chat/completions", json=body("p", f"sub-agent {i}"))) for i in range(3)]
-        await until(lambda: (v := proxy.policy.program("p")) is not None and v.inflight == 3, what="3 in flight")
+        url = "/v1/chat/completions"
+        tasks = [asyncio.create_task(c.post(url, json=body("p", f"sub-agent {i}"))) for i in range(3)]
+        pol = proxy.policy
+        await until(lambda: (v := pol.program("p")) is not None and v.inflight == 3, what="3 in flight")
         assert proxy.policy.program("p").phase is Phase.REASONING
         b = proxy.policy.backends()[0]
         assert (b.program_count, b.reasoning_count) == (1, 1)  # one program, not three

@@ -473,7 +473,7 @@ def test_decay_survives_long_runs_without_overflow():
     assert used(pol) < 5 * 100 + 1_000
 
 
-# ------------------------------------------------------------------------------------------ shared prefix credit
+# ------------------------------------------------------------------------------------ shared prefix credit
 def test_shared_prefix_is_charged_once_per_backend_with_credit():
     pol = mk(shared_prefix_credit=True)
     pol.set_shared_prefix(2_000)
@@ -494,7 +494,7 @@ def test_shared_prefix_credit_is_off_by_default():
     assert used(pol) == 10_200
 
 
-# ------------------------------------------------------------------------------------------ §4.11 worked example
+# ------------------------------------------------------------------------------------ §4.11 worked example
 def test_worked_example_4_11_upstream_vs_ours():
     """Spec §4.11, single backend, capacity 100,000, w = 1, no decay; watermarks 1.0/1.0 (upstream's lines).
 

@@ -44,7 +44,8 @@ class Driver:
                 assert a.backend in BACKENDS
                 v = self.pol.program(a.program_id)
                 assert v is not None and v.state is State.ACTIVE and v.backend == a.backend
-                self.inflight[a.program_id] = self.inflight.get(a.program_id, 0) + self.held.pop(a.program_id, 0)
+                pid = a.program_id
+                self.inflight[pid] = self.inflight.get(pid, 0) + self.held.pop(pid, 0)
                 self.wait_start.pop(a.program_id, None)
             elif isinstance(a, Reject):
                 assert self.pol.program(a.program_id) is None and a.status in (409, 410)
@@ -130,7 +131,8 @@ class Driver:
             if b.used > cfg.high_watermark * b.capacity + 1:
                 # over only if pausing every ACTING program could not bring it under (marks pending)
                 inner = pol._backends[b.url]  # noqa: SLF001
-                acting = pol._acting_charge(inner) + cfg.buffer_per_program * inner.acting_count  # noqa: SLF001
+                acting = pol._acting_charge(inner)  # noqa: SLF001
+                acting += cfg.buffer_per_program * inner.acting_count
                 assert pol.used(b.url) - acting > cfg.high_watermark * b.capacity, f"{b.url} stays over: {b}"
         # the oldest aged waiting program could not have been placed
         aged = [
@@ -242,8 +244,10 @@ def test_the_random_workload_reaches_every_mechanism():
     unmark across a fixed set of seeds."""
     totals = dict(pauses=0, marks=0, forced=0, rejects=0, swaps=0, unmarks=0, waits=0)
     for seed in range(40):
-        cfg = dict(acting_decay="off", acting_token_weight=1.0, marks=(1.0, 0.9), tr_placement="best_fit",
-                   prefix=0, unknown_capacity_programs=2, aging_bound=30.0, resume_timeout=1800.0)  # fmt: skip
+        cfg = dict(
+            acting_decay="off", acting_token_weight=1.0, marks=(1.0, 0.9), tr_placement="best_fit", prefix=0,
+            unknown_capacity_programs=2, aging_bound=30.0, resume_timeout=1800.0,
+        )  # fmt: skip
         d = Driver(make(cfg))
         for ev in random_events(random.Random(seed), 150):
             d.check(after_tick=d.step(ev))
