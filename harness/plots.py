@@ -19,11 +19,11 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 ARM_STYLE: dict[str, dict[str, Any]] = {
-    "vllm": {"label": "vLLM", "color": "#d62728", "marker": "o"},
-    "continuum": {"label": "Continuum-style", "color": "#ff7f0e", "marker": "s"},
-    "thunderagent": {"label": "ThunderAgent", "color": "#1f77b4", "marker": "^"},
+    "vllm": {"label": "vLLM", "color": "#d62728", "marker": "o", "ls": "-", "lw": 2.6},
+    "continuum": {"label": "Continuum-style", "color": "#ff7f0e", "marker": "s", "ls": "--", "lw": 1.8},
+    "thunderagent": {"label": "ThunderAgent", "color": "#1f77b4", "marker": "^", "ls": "-", "lw": 2.2},
 }
-ARM_ORDER = ("vllm", "continuum", "thunderagent")
+ARM_ORDER = ("vllm", "continuum", "thunderagent")  # drawing order: dashed Continuum stays visible over vLLM
 
 
 def _ok(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,12 +98,12 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
                 continue
             st = ARM_STYLE.get(arm, {"color": None, "marker": "x"})
             label = _label(arm, simulated, pts[0].get("profile"))
-            ls = "-" if simulated is False or not real else "--"
+            ls = st.get("ls", "-") if simulated is False or not real else ":"
             x = [int(r["programs"]) for r in pts]
             y = [_num(r["steps_per_min"]) for r in pts]
             lo = [_num(r.get("ci_low")) for r in pts]
             hi = [_num(r.get("ci_high")) for r in pts]
-            kw = dict(color=st.get("color"), marker=st.get("marker"), ls=ls, lw=2, ms=6, label=label)
+            kw = dict(color=st.get("color"), marker=st.get("marker"), ls=ls, lw=st.get("lw", 2), ms=6, label=label)
             ax_tp.plot(x, y, **kw)
             if all(v is not None for v in lo + hi):
                 ax_tp.fill_between(x, lo, hi, color=st.get("color"), alpha=0.15, lw=0)  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
             ax_lat.plot(x, [v if v is not None else math.nan for v in p50], **kw)
             if any(v is not None for v in p95):
                 ax_lat.plot(x, [v if v is not None else math.nan for v in p95], color=st.get("color"),
-                            ls=":", lw=1.5, marker=st.get("marker"), ms=4, alpha=0.8)
+                            ls=":", lw=1.5, marker=st.get("marker"), ms=4, alpha=0.85)
     # ratio labels at the largest concurrency, spread apart vertically so close values stay readable
     rat = ratios_at_max(ok)
     top = max(int(r["programs"]) for r in ok)
