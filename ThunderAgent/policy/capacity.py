@@ -21,14 +21,17 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
   * Pause pass (every tick, and on the arrival that pushed a backend over): when used > high, pause ACTING
     programs smallest context first (cheapest to re-prefill), then MARK REASONING programs smallest first
     (paused when their last in-flight request ends) — stopping as soon as the projected usage
-    (used − marked) is ≤ low. Marks count, so there is no pause wave.
+    (used − marked) is ≤ low. Marks count, so there is no pause wave; the set is minimal (a program the
+    others already cover is left alone). If pausing idle programs brings `used` itself under high right
+    now, they are paused too (marks only help when responses end).
   * Resume pass (every tick, and whenever capacity frees: request end, release, capacity/health change),
     admitting only while a backend stays ≤ low:
       1. forced: a program whose request has waited ≥ --resume-timeout is placed anyway, and the backend's
          pause pass then restores the watermark (capacity-aware: no lasting overload);
       2. aged: programs whose request has waited ≥ --aging-bound, oldest first; one that does not fit
-         swaps out idle (ACTING) programs on the roomiest backend, else marks REASONING ones, and holds
-         everything below it until it is placed (a reservation: small programs cannot starve it);
+         swaps idle (ACTING) programs out of the roomiest backend when that places it now, else marks
+         REASONING ones there, and holds everything below it until it is placed (a reservation: small
+         programs cannot starve it; one too big for any backend only waits for the forced resume);
       3. pending: the other programs with a waiting request, smallest first;
       4. then marks are cancelled where the room allows (cheaper than pausing and resuming later);
       5. idle: paused programs with no request, smallest first (their next request will not wait).
@@ -39,6 +42,11 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
   * A backend whose capacity is unknown takes at most --unknown-capacity-programs programs and is never
     paused; `stats().unknown_capacity` names such backends (warn loudly) until set_capacity fixes it.
   * Release frees capacity at once; a request held for a released program gets Reject(410).
+  * `on_request_end` may also be called for a HELD request whose client gave up: the program stops
+    counting it (and leaves the pending class when it was the last).
+
+Upstream's rule, for comparison runs: `--low-watermark 1 --tr-placement worst_fit --aging-bound 1e9`
+(its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
 
 Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
 """
