@@ -23,29 +23,35 @@ def _short_workload():
 
 @pytest.mark.timeout(120)
 async def test_runner_against_fake_vllm_counts_agree(tmp_path, fake_vllm):
+    """Count mode (24 instances, 8 in flight) on a 100x clock: load-independent. Over the whole run both
+    counts must be exactly the engine's completions; over an inner window within a few percent."""
+    from harness.throughput import RunData, Window, summarize
+
     fake_vllm.completion_tokens = 4000  # the request's max_tokens (the planned output) caps it
-    scale = 100.0  # 300 simulated seconds in 3 wall seconds
+    scale = 100.0
     params = _short_workload()
     agent = SyntheticAgent(params, seed=3, programs=8, time_scale=scale, stream=False)
     cfg = RunConfig(run_dir=tmp_path / "run", arm="vllm", programs=8,
                     endpoint=Endpoint(fake_vllm.url + "/v1", "tiny", thunderagent=False),
-                    instances=load_instances("lite-synthetic"), duration_s=3.0, metrics_urls=[fake_vllm.url],
+                    instances=load_instances("lite-synthetic:24"), metrics_urls=[fake_vllm.url],
                     scrape_interval_s=0.02, time_scale=scale, engine="fake-vllm", simulated=True,
-                    profile="fake", dataset="lite-synthetic", workload=params.name, progress=False,
+                    profile="fake", dataset="lite-synthetic:24", workload=params.name, progress=False,
                     handle_signals=False)
     res = await Runner(cfg, agent).run()
-    assert res.steps > 20 and res.errors == 0 and res.scrapes > 10
+    assert res.ok == 24 and res.errors == 0 and res.steps >= 48 and res.scrapes >= 3
     recs = read_step_records(tmp_path / "run" / "steps.jsonl")
-    assert {r.status for r in recs} <= {"ok", "cancelled"}
+    assert len(recs) == res.steps and {r.status for r in recs} == {"ok"}
     planned = Counter(b["max_tokens"] for b in fake_vllm.requests)  # the engine generated exactly the plan
-    assert not Counter(r.completion_tokens for r in recs if r.status == "ok") - planned
+    assert Counter(r.completion_tokens for r in recs) == planned
     samples = read_engine_samples(tmp_path / "run" / "engine_metrics.jsonl")
-    assert samples[-1].values["vllm:request_success_total"] == fake_vllm.completed
-    s = summarize_run(tmp_path / "run", "60s-280s")
-    assert s.engine_steps_per_min and s.record_steps_per_min
-    # few steps per scrape interval at this speed: edges cost up to ~1 step each, hence 5% here
-    assert abs(s.engine_steps_per_min - s.record_steps_per_min) / s.record_steps_per_min < 0.05
-    assert s.simulated and s.profile == "fake" and s.programs == 8
+    assert samples[-1].values["vllm:request_success_total"] == fake_vllm.completed == res.steps
+    run = RunData.load(tmp_path / "run")
+    last_scrape = run.rel(run.samples[-1].t)  # taken after the last program ended
+    assert run.rel(run.samples[0].t) <= 0 < last_scrape
+    whole = summarize(run, Window(0.0, last_scrape))
+    assert whole.engine_steps_per_min == pytest.approx(whole.record_steps_per_min) and whole.agree
+    assert whole.steps_in_window == res.steps
+    assert whole.simulated and whole.profile == "fake" and whole.programs == 8
 
 
 @pytest.mark.timeout(120)
