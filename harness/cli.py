@@ -333,19 +333,37 @@ def sim_serve(
 
 @app.command()
 def evaluate(
-    predictions: Path = typer.Argument(..., help="predictions.jsonl (swebench format) from a run."),
-    args: Optional[list[str]] = typer.Argument(None, help="Further options passed to the evaluator."),
+    predictions: Path = typer.Argument(..., help="predictions.jsonl (swebench format) from a run directory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="toy | lite | a .jsonl/.parquet path | an HF name (default: inferred)."),
+    split: str = typer.Option("test", "--split"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="swebench run id (real instances)."),
+    max_workers: int = typer.Option(4, "--max-workers", help="swebench parallel containers."),
+    timeout: int = typer.Option(1800, "--timeout", help="swebench per-instance timeout (s)."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="swebench logs/report directory."),
 ) -> None:
-    """Grade predictions: swebench's harness (Docker) for real instances, local grading for toy fixtures."""
-    with _guard():
-        if not predictions.exists():
-            from harness.reproduce import ReproduceError
+    """Grade predictions: swebench's harness (Docker) for real instances, local grading for toy fixtures.
 
+    Example: [bold]thunderbench evaluate results/tiny/run/predictions.jsonl --dataset toy[/]
+    """
+    with _guard():
+        from harness.reproduce import ReproduceError
+
+        if not predictions.exists():
             raise ReproduceError(f"{predictions} does not exist")
         from harness import evaluate as ev
 
-        rc = ev.main([str(predictions), *(args or [])])
-        raise typer.Exit(int(rc or 0))
+        try:
+            report = ev.evaluate(predictions, dataset, split=split, run_id=run_id, max_workers=max_workers,
+                                 timeout_s=timeout, report_dir=report_dir)
+        except ev.EvaluateError as e:
+            raise ReproduceError(str(e)) from None
+        t = Table(title=f"{predictions} ({report.dataset})")
+        for c in ("instance", "status", "grader", "error"):
+            t.add_column(c)
+        for g in report.grades:
+            t.add_row(g.instance_id, g.status, g.grader, g.error or "")
+        out.print(t)
+        out.print(report.summary(), highlight=False)
 
 
 @app.command()

@@ -108,7 +108,7 @@ def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
     return params
 
 
-def make_agent(opts: "SweepOptions", programs: int):  # -> harness.agents.base.Agent
+def make_agent(opts: "SweepOptions", programs: int, run_dir: Path):  # -> harness.agents.base.Agent
     """The agent for a live point: synthetic (sampled trajectories) or a real agent library (A's)."""
     if opts.agent == "synthetic":
         from harness.agents.synthetic import SyntheticAgent
@@ -118,11 +118,13 @@ def make_agent(opts: "SweepOptions", programs: int):  # -> harness.agents.base.A
     if opts.agent == "openhands":
         from harness.agents import openhands
 
-        return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations)
+        return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations,
+                                    predictions_path=run_dir / "predictions.jsonl")
     if opts.agent == "mini-swe-agent":
         from harness.agents import miniswe
 
-        return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations)
+        return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations,
+                                  predictions_path=run_dir / "predictions.jsonl")
     raise ValueError(f"unknown agent {opts.agent!r}")
 
 
@@ -172,7 +174,7 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             seed=opts.seed, progress=False, handle_signals=False,
             extra={"window": opts.window, "engine_argv": list(eng.argv)},
         )
-        agent = make_agent(opts, programs)
+        agent = make_agent(opts, programs, run_dir)
 
         async def _drive():  # one event loop for the run and the agent's client shutdown
             try:
