@@ -446,8 +446,11 @@ class Proxy:
 
         try:
             admission = self.policy.on_arrival(pid, estimate, now)
-        except Exception as e:  # noqa: BLE001 - e.g. no backend configured
-            log.exception("policy.on_arrival failed for %s", pid)
+        except Exception as e:  # noqa: BLE001 - e.g. no backend configured (LookupError)
+            if isinstance(e, LookupError):
+                log.warning("no backend for program %s: %s", pid, e)
+            else:
+                log.exception("policy.on_arrival failed for %s", pid)
             self.telemetry.requests.labels("rejected").inc()
             return error_response(ProxyError(503, f"no backend available: {e}", "unavailable", code="no_backend"))
 
