@@ -118,3 +118,18 @@ def test_dry_run_vllm_arm_has_no_proxy():
     r = CliRunner().invoke(app, ["up", "-r", "glm4.6", "--arm", "vllm", "--dry-run", "--engine", "vllm"])
     assert r.exit_code == 0
     assert "-m ThunderAgent" not in r.stdout and GLM in r.stdout.splitlines()
+
+
+def test_run_one_point_on_des(tmp_path):
+    d = tmp_path / "runs" / "ta-4"
+    args = ["run", "-r", "glm4.6", "--arm", "thunderagent", "-n", "4", "-e", "des", "--duration", "4m",
+            "-w", "1m-4m", "-o", str(d)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in d.iterdir()} >= {"manifest.json", "steps.jsonl", "engine_metrics.jsonl", "predictions.jsonl"}
+    m = json.loads((d / "manifest.json").read_text())
+    assert (m["arm"], m["programs"], m["simulated"], m["profile"]) == ("thunderagent", 4, True, "glm4.6-8xh100")
+    assert "thunderagent" in r.stdout and "SIMULATED" in r.stdout
+    assert not list(d.parent.glob(".*partial*"))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "exists and is not empty" in again.stderr
