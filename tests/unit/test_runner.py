@@ -19,7 +19,7 @@ import pytest
 from harness.agents.base import Endpoint, InstanceResult
 from harness.agents.synthetic import SyntheticAgent, filler
 from harness.datasets import program_id_for
-from harness.records import RunManifest, RunPaths, read_instance_events, read_jsonl, read_step_records
+from harness.records import RunManifest, read_instance_events, read_step_records
 from harness.runner import RunConfig, Runner, RunnerError
 from harness.workload import Trajectory, Turn
 from ThunderAgent.records import StepRecord
