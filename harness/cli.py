@@ -63,8 +63,19 @@ def _error_line(message: str) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False, soft_wrap=True)
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwind through every `finally`: supervised processes are stopped, temp dirs removed
+
+
 @contextmanager
 def _guard() -> Iterator[None]:
+    """Map user errors to one line + exit 2, Ctrl-C / SIGTERM to a clean unwind + exit 130."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         yield
     except _user_errors() as e:
@@ -76,6 +87,9 @@ def _guard() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:

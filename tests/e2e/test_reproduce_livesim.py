@@ -71,3 +71,46 @@ def test_live_sim_sweep_starts_and_stops_real_processes(tmp_path):
     assert ta["extra"]["thunderagent"] is True
     proxy_cmd = [p for p in ta["extra"]["processes"] if p["name"] == "proxy"]
     assert proxy_cmd and "-m ThunderAgent" in (out / "thunderagent-3" / proxy_cmd[0]["log"]).read_text().splitlines()[0]
+
+
+def test_sigterm_mid_sweep_stops_everything_and_leaves_no_results(tmp_path):
+    """Killing `thunderbench reproduce` (SIGTERM) while a point runs: the simulator and proxy process
+    groups are stopped, and no results directory (complete or partial) is left."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "results" / "live"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "reproduce", "glm4.6", "--engine", "live-sim", "--levels", "2",
+         "--arms", "thunderagent", "--duration", "30m", "--window", "1m-30m", "--time-scale", "20",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    logs: list[Path] = []
+    while time.monotonic() < deadline:
+        logs = list((tmp_path / "results").glob(".live.partial-*/thunderagent-2/logs/proxy.log"))
+        if logs and "Uvicorn running" in logs[0].read_text():
+            break
+        if p.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    assert logs, "the proxy never started"
+    # the supervised processes are the CLI's direct children (each the leader of its own group)
+    me = p.pid
+    kids = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _ppid(int(d.name)) == me]
+    assert kids, "the CLI should have supervised children"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    for k in kids:
+        assert _gone(k), f"child {k} survived"
+        assert _group_empty(k), f"child {k}'s group survived"
+    assert not out.exists() and not list((tmp_path / "results").glob(".*partial*"))
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
