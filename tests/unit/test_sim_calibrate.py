@@ -162,3 +162,22 @@ def test_the_committed_tiny_cpu_profile_is_measured() -> None:
     assert data.exists() and len(read_samples(data)) >= cal["samples"]
     refit = fit_betas(medians(read_samples(data)))
     assert doc["timing"]["beta0"] == pytest.approx(refit.beta0, rel=1e-3)
+
+
+def test_request_overhead_is_client_time_minus_the_step_model() -> None:
+    from harness.sim.calibrate import predicted_request_time, request_overheads
+
+    fit = fit_betas(synth())
+    req = Sample("request", 1000, 100, 0, 0.0, "t", prompt_tokens=1000, output_tokens=100)
+    engine = predicted_request_time(fit, req)
+    # one prefill step of 1000 tokens + 99 decode steps at batch 1 over contexts 1001..1099
+    expected = (TRUE[0] + TRUE[1] * 1000) + 99 * (TRUE[0] + TRUE[2]) + TRUE[3] * sum(range(1001, 1100))
+    assert engine == pytest.approx(expected, rel=1e-6)
+    samples = [Sample("request", 1000, 100, 0, engine + extra, "t", prompt_tokens=1000, output_tokens=100,
+                      engine_e2e=engine + extra - 0.01) for extra in (0.05, 0.06, 0.5)]
+    out = request_overheads(fit, samples + synth())
+    assert out["request_overhead_s"] == pytest.approx(0.06, abs=1e-4)  # median: robust to the slow one
+    assert out["request_outside_engine_s"] == pytest.approx(0.01, abs=1e-4)
+    assert out["request_probes"] == 3
+    assert medians(samples + synth()) == medians(synth())  # request probes never enter the fit
+    assert request_overheads(fit, synth()) == {}
