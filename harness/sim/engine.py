@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from itertools import repeat
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
@@ -279,8 +280,12 @@ class BlockPool:
         self.ref = np.zeros(num_gpu_blocks, dtype=np.int32)
         self.hash = np.zeros(num_gpu_blocks, dtype=np.int64)
         self.qkey = np.full(num_gpu_blocks, -1, dtype=np.int64)  # key of the block's live queue entry
-        self.cached: dict[int, int] = {}  # block hash -> a block holding it
-        self._dups: dict[int, list[int]] = {}  # further blocks holding the same hash (rare)
+        # block hash -> a block that held it. Evicting a block only clears self.hash[block]; a map entry is valid
+        # while its block still holds the hash (checked on lookup), and the map is rebuilt from the live blocks
+        # when stale entries pile up. This keeps eviction (millions of blocks in a thrashing run) out of Python.
+        self.cached: dict[int, int] = {}
+        self._dups: dict[int, list[int]] = {}  # other blocks holding a hash whose map entry points elsewhere
+        self._rebuild_at = 4 * num_gpu_blocks + 4096
         cap = max(1024, 2 * num_gpu_blocks)
         self._qb = np.zeros(cap, dtype=np.int32)
         self._qk = np.zeros(cap, dtype=np.int64)
@@ -340,7 +345,61 @@ class BlockPool:
         return 1.0 - self.num_free / (self.num_gpu_blocks - 1)
 
     def get_cached_block(self, h: int) -> int | None:
-        return self.cached.get(h)
+        b = self.cached.get(h)
+        if b is not None and self.hash.item(b) == h:
+            return b
+        return self._live_dup(h)
+
+    def _live_dup(self, h: int) -> int | None:
+        dl = self._dups.get(h)
+        while dl:
+            d = dl.pop(0)  # insertion order, as vLLM's per-hash dict
+            if self.hash.item(d) == h:
+                self.cached[h] = d
+                if not dl:
+                    del self._dups[h]
+                return d
+        self._dups.pop(h, None)
+        return None
+
+    def lookup(self, hl: list[int], harr: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Cached blocks for the chained hashes hl[start:stop], up to the first one that is not cached."""
+        cached, hashes = self.cached, self.hash
+        parts: list[np.ndarray] = []
+        i = start
+        chunk = 8  # galloping: most lookups stop within the first few blocks, long hits double the chunk
+        while i < stop:
+            j = min(stop, i + chunk)
+            got = np.fromiter(map(cached.get, hl[i:j], repeat(0)), dtype=np.int64, count=j - i)
+            ok = hashes[got] == harr[i:j]
+            k = j - i if ok.all() else int(np.argmin(ok))
+            if k:
+                parts.append(got[:k].astype(np.int32))
+                i += k
+            if i >= stop:
+                break
+            if i == j:
+                chunk *= 4
+                continue
+            d = self._live_dup(hl[i])  # rare: the map entry was evicted but another block holds the same content
+            if d is None:
+                break
+            parts.append(np.array([d], dtype=np.int32))
+            i += 1
+        if not parts:
+            return np.zeros(0, dtype=np.int32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _rebuild_map(self) -> None:
+        live = np.flatnonzero(self.hash)
+        hs = self.hash[live]
+        self.cached = dict(zip(hs.tolist(), live.tolist()))
+        self._dups = {}
+        if len(self.cached) < len(live):  # several blocks hold the same content
+            for b, h in zip(live.tolist(), hs.tolist()):
+                if self.cached[h] != b:
+                    self._dups.setdefault(h, []).append(b)
+        self._rebuild_at = max(4 * self.num_gpu_blocks + 4096, 2 * len(self.cached))
 
     def touch(self, blocks: np.ndarray) -> None:
         """Prefix hit: ref +1, and blocks that were free leave the free queue."""
@@ -388,13 +447,7 @@ class BlockPool:
         self.num_free -= n
         hs = self.hash[blocks]
         held = np.flatnonzero(hs)
-        if len(held):
-            hl = hs[held].tolist()
-            if not self._dups:  # every hash is held by exactly one block: drop them in C
-                deque(map(self.cached.__delitem__, hl), maxlen=0)
-            else:
-                for h, b in zip(hl, blocks[held].tolist()):
-                    self._uncache(h, b)
+        if len(held):  # eviction: the block forgets its hash (its map entry is now stale)
             self.hash[blocks[held]] = _NO_HASH
             self.evictions += len(held)
         return blocks
@@ -413,48 +466,29 @@ class BlockPool:
         for b in got:
             qkey[b] = -1
             ref[b] = 1
-            h = hashes.item(b)
-            if h != _NO_HASH:
-                if self._dups:
-                    self._uncache(h, b)
-                else:
-                    del self.cached[h]
+            if hashes.item(b) != _NO_HASH:
                 hashes[b] = _NO_HASH
                 self.evictions += 1
         return np.array(got, dtype=np.int32)
-
-    def _uncache(self, h: int, b: int) -> None:
-        if self.cached.get(h) == b:
-            dups = self._dups.get(h)
-            if dups:
-                self.cached[h] = dups.pop()
-                if not dups:
-                    del self._dups[h]
-            else:
-                del self.cached[h]
-        else:
-            dups = self._dups.get(h)
-            if dups is not None and b in dups:
-                dups.remove(b)
-                if not dups:
-                    del self._dups[h]
 
     def cache_blocks(self, blocks: np.ndarray, hashes: np.ndarray, hash_list: list[int], lo: int, hi: int) -> None:
         """Register blocks[lo:hi] (newly full) under hashes[lo:hi]."""
         if hi <= lo:
             return
         bl = blocks[lo:hi]
-        self.hash[bl] = hashes[lo:hi]
+        hs = hashes[lo:hi]
         cached = self.cached
         hl = hash_list[lo:hi]
-        if cached.keys().isdisjoint(hl):
-            cached.update(zip(hl, bl.tolist()))
-            return
-        for h, b in zip(hl, bl.tolist()):
-            if h in cached:
-                self._dups.setdefault(h, []).append(b)
-            else:
-                cached[h] = b
+        prev = np.fromiter(map(cached.get, hl, repeat(0)), dtype=np.int64, count=hi - lo)
+        live_prev = self.hash[prev] == hs  # another block already holds this content (vLLM keeps both)
+        self.hash[bl] = hs
+        cached.update(zip(hl, bl.tolist()))
+        if live_prev.any():  # vLLM's lookups return the oldest block holding a hash: keep it primary
+            for j in np.flatnonzero(live_prev).tolist():
+                cached[hl[j]] = int(prev[j])
+                self._dups.setdefault(hl[j], []).append(int(bl[j]))
+        if len(cached) > self._rebuild_at:
+            self._rebuild_map()
 
     def free_blocks(self, ordered: np.ndarray) -> None:
         """ref -1 for each block (ordered by eviction priority: first = evicted first); blocks reaching 0
@@ -510,17 +544,9 @@ class KVCacheManager:
             if i:
                 parts.append(known[:i])
         if i < nmax:
-            hl = seq.hash_list()
-            cached = pool.cached
-            extra: list[int] = []
-            while i < nmax:
-                b = cached.get(hl[i])
-                if b is None:
-                    break
-                extra.append(b)
-                i += 1
-            if extra:
-                parts.append(np.array(extra, dtype=np.int32))
+            extra = pool.lookup(seq.hash_list(), harr, i, nmax)
+            if len(extra):
+                parts.append(extra)
         if not parts:
             return empty, 0
         blocks = parts[0] if len(parts) == 1 else np.concatenate(parts)
