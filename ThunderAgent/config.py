@@ -101,7 +101,7 @@ class Config:
         1800.0, "seconds a held request waits before a forced resume (the pause pass then restores the watermark)"
     )
     aging_bound: float = opt(
-        120.0, "seconds after which a held request goes first and reserves room (bounds the wait of large programs)"
+        300.0, "seconds after which a held request goes first and reserves room (bounds the wait of large programs)"
     )
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(
