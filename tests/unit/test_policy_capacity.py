@@ -554,3 +554,74 @@ def test_views_report_queue_marks_pauses_and_resumes():
     assert b.capacity == 10_000 and b.healthy
     assert sorted(p.program_id for p in pol.programs()) == ["a", "b", "c"]
     assert pol.program("nope") is None
+
+
+# ------------------------------------------------------------------------------------ more edges
+def test_limits_are_a_plug_in_for_other_modes():
+    """Issue 11's cost-aware mode supplies its own limits; the bookkeeping stays the policy's."""
+
+    class Overcommit:
+        def high(self, url: str, capacity: int) -> float:
+            return 2.0 * capacity
+
+        def low(self, url: str, capacity: int) -> float:
+            return 1.5 * capacity
+
+    pol = CapacityPolicy(Config(backends=(B1,)), limits=Overcommit())
+    pol.set_capacity(B1, 10_000, 0.0)
+    assert pol.on_arrival("a", 9_000, 0.0) == Proceed(B1)
+    assert pol.on_arrival("b", 5_000, 0.0) == Proceed(B1)  # 14,200 ≤ 15,000
+    assert pol.on_arrival("c", 1_000, 0.0) == Wait()
+
+
+def test_capacity_lost_again_falls_back_to_the_slot_rule():
+    pol = mk(capacity=10_000, unknown_capacity_programs=3)
+    run(pol, "a", 5_000)
+    pol.set_capacity(B1, None, 1.0)
+    assert pol.unknown_capacity() == [B1]
+    assert pol.on_arrival("b", 50_000, 2.0) == Proceed(B1)  # slots, not tokens
+    pol.on_progress("b", 100_000)
+    assert pol.tick(5.0) == []  # never paused while unknown
+    assert pol.on_arrival("c", 1, 6.0) == Proceed(B1)
+    assert pol.on_arrival("d", 1, 6.0) == Wait()
+    pol.check_invariants()
+
+
+def test_forced_resume_with_no_healthy_backend_goes_to_the_first():
+    pol = mk(capacity=10_000, backends=(B1, B2), resume_timeout=50.0)
+    pol.set_healthy(B1, False, 0.0)
+    pol.set_healthy(B2, False, 0.0)
+    assert pol.on_arrival("a", 1_000, 0.0) == Wait()
+    assert pol.tick(60.0) == [Resume("a", B1)]
+    assert pol.stats().forced_resumes == 1
+
+
+def test_release_of_a_marked_program_clears_its_mark_and_frees_room():
+    pol = mk(capacity=10_000, low_watermark=0.9)
+    pol.on_arrival("a", 3_000, 0.0)
+    pol.on_arrival("b", 5_000, 0.0)
+    pol.on_progress("b", 2_500)  # 10,700: mark a
+    pol.tick(1.0)
+    assert view(pol, "a").marked_for_pause
+    assert pol.on_arrival("w", 2_000, 1.5) == Wait()
+    ok, actions = pol.release("a", 2.0)
+    b = pol.backends()[0]
+    assert ok and (b.marked_count, b.marked_tokens) == (0, 0)
+    assert actions == [] and view(pol, "w").state is State.PAUSED  # 7,600 + 2,100 > 9,000
+    pol.on_request_end("b", 3.0, 6_000)
+    assert view(pol, "w").state is State.ACTIVE
+    pol.check_invariants()
+
+
+def test_decayed_idle_program_is_cheap_to_resume():
+    pol = mk(capacity=10_000, low_watermark=1.0, acting_decay="exp", acting_decay_half_life=1.0)
+    run(pol, "a", 6_000, now=0.0)
+    pol.on_arrival("b", 5_000, 0.0)  # 6,100 + 5,100 > 10,000: waits
+    assert view(pol, "b").state is State.PAUSED
+    # a idles: after 3 half-lives it weighs 750 (+100): b fits
+    assert pol.tick(3.0) == [Resume("b", B1)]
+    # a comes back at full weight: 11,200 > 10,000 with both REASONING: the smaller one (b) is marked
+    pol.on_arrival("a", 6_000, 3.5)
+    pol.tick(5.0)
+    assert view(pol, "b").marked_for_pause and not view(pol, "a").marked_for_pause
+    pol.check_invariants()
