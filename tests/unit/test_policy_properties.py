@@ -101,6 +101,8 @@ class Driver:
         elif kind == "health":
             _, b, ok = ev
             self.apply(pol.set_healthy(BACKENDS[b], ok, self.now))
+        elif kind == "prefix":  # the shared prefix size changes at run time (credit on only)
+            pol.set_shared_prefix(ev[1])
         elif kind == "tick":
             self.now += ev[1]
             self.apply(pol.tick(self.now))
@@ -166,7 +168,7 @@ def random_events(rnd: random.Random, n: int) -> list[tuple]:
     progress and short ticks; now and then abandoned held requests, releases, capacity and health changes
     and long gaps (to cross the aging bound and the resume timeout)."""
     kinds = ["arrive"] * 6 + ["end"] * 5 + ["progress"] * 2 + ["tick"] * 4 + ["abandon", "release"]
-    kinds += ["capacity", "health", "bigtick"]
+    kinds += ["capacity", "health", "bigtick", "prefix"]
     out: list[tuple] = []
     for _ in range(n):
         k = rnd.choice(kinds)
@@ -186,6 +188,8 @@ def random_events(rnd: random.Random, n: int) -> list[tuple]:
             out.append(("health", rnd.randint(0, 1), rnd.random() < 0.7))
         elif k == "tick":
             out.append(("tick", rnd.choice([0.0, 0.5, 1.0, 5.0])))
+        elif k == "prefix":
+            out.append(("prefix", rnd.choice([0, 300, 1_000])))
         else:
             out.append(("tick", rnd.choice([40.0, 130.0, 2_000.0])))
     return out
