@@ -9,6 +9,7 @@ import json
 import pytest
 
 from ThunderAgent.config import Config
+from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase
 from ThunderAgent.policy.passthrough import PassthroughPolicy
 from tests.fakes.fake_vllm import FakeVLLM, free_port_url
@@ -34,9 +35,10 @@ def assert_consistent(proxy, spy: SpyPolicy, pid: str = "p") -> None:
     assert proxy.policy.program(pid).inflight == 0
 
 
-@pytest.fixture
-def spy(fake_vllm: FakeVLLM) -> SpyPolicy:
-    return SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+@pytest.fixture(params=["default", "tr"])
+def spy(fake_vllm: FakeVLLM, request) -> SpyPolicy:
+    """A spy around the real policy of each router (the proxy's contract must hold for both)."""
+    return SpyPolicy(make_policy(Config(backends=(fake_vllm.url,), router=request.param)))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ async def test_oversized_body_413(fake_vllm: FakeVLLM):
 
 async def test_backend_refusing_connections_502(spy: SpyPolicy):
     url = free_port_url()
-    spy.inner = PassthroughPolicy(cfg(url))
+    spy.inner = make_policy(Config(backends=(url,), router=spy.name))
     async with running_proxy(cfg(url), policy=spy) as (c, proxy):
         for stream in (False, True):
             r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))
