@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from harness.recipes import Recipe
     from harness.reproduce import SweepOptions
 
 
@@ -50,7 +51,7 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     }
 
 
-def proxy_config(opts: "SweepOptions"):  # -> ThunderAgent.config.Config
+def proxy_config(recipe: "Recipe"):  # -> ThunderAgent.config.Config
     """The ThunderAgent Config the recipe's proxy would run with (router + [proxy].args), parsed by the
     proxy's own CLI parser so the DES policy and the real proxy read the same flags the same way."""
     import contextlib
@@ -59,14 +60,14 @@ def proxy_config(opts: "SweepOptions"):  # -> ThunderAgent.config.Config
     from harness.reproduce import ReproduceError
     from ThunderAgent.cli import parse_config
 
-    argv = ["--router", opts.recipe.proxy.router, *opts.recipe.proxy.args]
+    argv = ["--router", recipe.proxy.router, *recipe.proxy.args]
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf):
             return parse_config(argv)
     except SystemExit:
         msg = " ".join(buf.getvalue().split()) or "invalid flags"
-        raise ReproduceError(f"recipe {opts.recipe.path.name}: [proxy].args {argv!r}: {msg}") from None
+        raise ReproduceError(f"recipe {recipe.path.name}: [proxy].args {argv!r}: {msg}") from None
 
 
 def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, console: Console) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     try:
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
-            workload=workload_params(opts), policy_config=proxy_config(opts) if arm == "thunderagent" else None,
+            workload=workload_params(opts), policy_config=proxy_config(r) if arm == "thunderagent" else None,
             num_gpu_blocks=r.sim.num_gpu_blocks or None, out_dir=run_dir, run_id=f"{r.name}-{arm}-{programs}",
         )
     except DesError as e:

@@ -152,6 +152,10 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         jobs = min(os.cpu_count() or 1, 4) if eng == "des" else 1
     if eng != "des" and jobs > 1:
         raise ReproduceError(f"--jobs > 1 needs --engine des (engine {eng} runs one point at a time)")
+    if "thunderagent" in run_arms:
+        from harness.points import proxy_config
+
+        proxy_config(recipe)  # the proxy flags of the recipe parse (else one error line, before anything runs)
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),

@@ -96,6 +96,8 @@ def test_malformed_toml(tmp_path):
     ('arms = ["vllm", "thunderagent", "continuum"]', 'arms = ["vllm", "sglang"]', "unknown arm 'sglang'"),
     ('seed = 0', 'seed = 0\nturbo = true', "unknown field 'turbo'"),
     ('profile = "glm4.6-8xh100"', 'profile = ""', "[sim].profile is required"),
+    ('args = []', 'args = ["--acting-decay", "sometimes"]', "[proxy].args"),
+    ('args = []', 'args = ["--no-such-flag"]', "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_recipe_fields(tmp_path, old, new, needle):
     p = glm_with(tmp_path, old, new)
