@@ -13,6 +13,7 @@ import pytest
 
 from ThunderAgent.app import create_app
 from ThunderAgent.config import Config
+from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase, Resume
 from ThunderAgent.policy.passthrough import PassthroughPolicy
 from tests.fakes.fake_vllm import FakeVLLM, free_port_url
@@ -26,11 +27,12 @@ def start_proxy(config: Config, policy) -> tuple[ServerThread, object]:
     return srv, app.state.proxy
 
 
-def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: FakeVLLM):
+@pytest.mark.parametrize("router", ["default", "tr"])
+def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: FakeVLLM, router: str):
     fake_vllm.completion_tokens = 200
     fake_vllm.token_delay = 0.02
-    c0 = Config(backends=(fake_vllm.url,), router="default")
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    c0 = Config(backends=(fake_vllm.url,), router=router)
+    spy = SpyPolicy(make_policy(c0))
     srv, proxy = start_proxy(c0, spy)
     try:
         with httpx.Client(timeout=10) as c:
@@ -51,10 +53,11 @@ def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: Fak
         srv.stop()
 
 
-def test_non_streaming_client_disconnect_cancels_backend_request(fake_vllm: FakeVLLM):
+@pytest.mark.parametrize("router", ["default", "tr"])
+def test_non_streaming_client_disconnect_cancels_backend_request(fake_vllm: FakeVLLM, router: str):
     fake_vllm.delay = 5.0
-    c0 = Config(backends=(fake_vllm.url,), router="default")
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    c0 = Config(backends=(fake_vllm.url,), router=router)
+    spy = SpyPolicy(make_policy(c0))
     srv, proxy = start_proxy(c0, spy)
     try:
         t0 = time.monotonic()
