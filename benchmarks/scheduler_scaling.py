@@ -217,8 +217,9 @@ class NaivePolicy:
             if cap is not None and self.used(p["backend"]) > self.hi * cap:
                 self.pause_pass(p["backend"])
             return Proceed(p["backend"])
-        pending = any(q["state"] == "P" and q["req"] > 0 and q is not p for q in self.progs.values())
-        if not pending and p["req"] == 1:
+        waiting = [(q["tokens"], q["seq"]) for q in self.progs.values() if q["state"] == "P" and q["req"] > 0]
+        waiting = [k for k in waiting if k != (p["tokens"], p["seq"])]
+        if p["req"] == 1 and (not waiting or (p["tokens"], p["seq"]) < min(waiting)):
             b = self.place(p, self.charge(p, True))
             if b is not None:
                 self.resume(p, b)

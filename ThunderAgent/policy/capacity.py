@@ -37,8 +37,9 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
       5. idle: paused programs with no request, smallest first (their next request will not wait).
     Placement: the program's origin backend when it fits (its KV may still be cached), else best fit
     (the backend whose room is smallest but sufficient; --tr-placement worst_fit balances instead).
-  * New programs and returning paused programs are admitted at arrival only if no other program with a
-    waiting request is queued (nobody overtakes a waiting program) and they fit.
+  * New programs and returning paused programs are admitted at arrival when they fit and the resume pass
+    would pick them first: no smaller program is waiting and no waiting program has aged (so a newcomer
+    never overtakes what the queue would serve before it, and does not wait for the next tick either).
   * A backend whose capacity is unknown takes at most --unknown-capacity-programs programs and is never
     paused; `stats().unknown_capacity` names such backends (warn loudly) until set_capacity fixes it.
   * Release frees capacity at once; a request held for a released program gets Reject(410).
@@ -273,11 +274,12 @@ class CapacityPolicy:
             if b.capacity is not None and self._used(b) > self.limits.high(b.url, b.capacity):
                 self._pause_pass(b, self._buffered)  # arrival check (Pause actions are informational)
             return Proceed(p.backend)  # type: ignore[arg-type]
-        # PAUSED (queued, or brand new): admit now only if nobody with a waiting request is queued and this
-        # program has no earlier held request (those are released together by one Resume)
+        # PAUSED (queued, or brand new): admit now only where the resume pass would pick it first — no
+        # waiting program is smaller (the pass goes smallest first) and none has aged (it reserves the
+        # room) — and it has no earlier held request (those are released together by one Resume)
         if p.wait_since is None:
             p.wait_since = now
-        if not self._pending and p.requests == 1:
+        if p.requests == 1 and self._may_bypass((p.tokens, p.seq, p.pid), now):
             target = self._place(p, charge=self._charge(p, reasoning=True))
             if target is not None:
                 if p.origin is not None:
@@ -287,6 +289,17 @@ class CapacityPolicy:
                 return Proceed(target.url)
         self._attach(p)
         return Wait()
+
+    def _may_bypass(self, key: Key, now: float) -> bool:
+        """Would the resume pass pick this arriving program before every waiting one?"""
+        if not self._pending:
+            return True
+        for wait_since, _, pid in self._pending_age:  # oldest first; aged ones reserve the room
+            if now - wait_since < self._aging:
+                break
+            if not self._oversize(self._programs[pid]):
+                return False
+        return key < self._pending[0]
 
     def on_progress(self, program_id: str, tokens: int) -> None:
         p = self._programs.get(program_id)

@@ -93,14 +93,20 @@ def test_new_program_that_fits_nowhere_queues_with_no_origin_and_is_resumed_when
     pol.check_invariants()
 
 
-def test_new_program_does_not_overtake_a_program_whose_request_waits():
-    pol = mk(capacity=10_000, low_watermark=1.0)
+def test_newcomer_is_admitted_at_once_only_where_the_queue_would_serve_it_first():
+    """Upstream queues every newcomer while the queue is non-empty and serves it at the next tick. Ours
+    admits it on arrival exactly when the resume pass would pick it first (it fits, no smaller program
+    waits, no aged program reserves the room), so it neither overtakes anyone nor waits for a tick."""
+    pol = mk(capacity=10_000, low_watermark=1.0, aging_bound=30.0)
     run(pol, "a", 6_000, end=None)
     assert pol.on_arrival("waiting", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000
-    # 'small' would fit (6,100 + 1,100 ≤ 10,000) but someone is already waiting: it queues too
-    assert pol.on_arrival("small", 1_000, 2.0) == Wait()
-    # the resume pass takes the smallest waiting program that fits
-    assert pol.tick(5.0) == [Resume("small", B1)]
+    assert pol.on_arrival("small", 1_000, 2.0) == Proceed(B1)  # smaller than the waiting one, fits
+    # once "waiting" has aged it reserves the room: even a tiny newcomer queues
+    assert pol.on_arrival("tiny", 10, 40.0) == Wait()
+    assert pol.tick(40.0) == []  # waiting marks a (the only REASONING program) to make room
+    assert view(pol, "a").marked_for_pause
+    actions = pol.on_request_end("a", 41.0, 6_000)
+    assert actions[:2] == [Pause("a", B1), Resume("waiting", B1)]
     pol.check_invariants()
 
 
@@ -287,8 +293,10 @@ def test_forced_resume_after_timeout_is_capacity_aware():
 def test_oversize_program_waits_for_forced_resume_without_blocking_others():
     pol = mk(capacity=10_000, low_watermark=0.9, aging_bound=10.0, resume_timeout=100.0)
     assert pol.on_arrival("huge", 50_000, 0.0) == Wait()
-    assert pol.on_arrival("small", 1_000, 1.0) == Wait()  # someone is waiting ahead
-    assert pol.tick(20.0) == [Resume("small", B1)]  # huge is aged but fits nowhere: no reservation
+    assert pol.on_arrival("small", 1_000, 1.0) == Proceed(B1)
+    # huge is aged but fits nowhere: it reserves nothing, newcomers still get in
+    assert pol.on_arrival("later", 1_000, 20.0) == Proceed(B1)
+    assert pol.tick(20.0) == []
     actions = pol.tick(101.0)
     assert Resume("huge", B1) in actions and pol.stats().forced_resumes == 1
 
@@ -353,11 +361,10 @@ def test_resume_prefers_the_origin_backend_then_true_best_fit():
     assert pol.tick(5.0) == [Pause("y", B1)]  # y (3,100) fits neither B1 (2,900) nor B2 (2,900)
     pol.on_request_end("x", 6.0, 2_000)  # B1 2,100 used: 7,900 room
     pol.on_request_end("w", 6.0, 5_000)  # B2 5,100 used: 4,900 room (the best fit for y)
-    assert pol.on_arrival("y", 3_000, 7.0) == Wait()  # huge waits ahead of it
-    assert pol.tick(10.0) == [Resume("y", B1)]  # origin, where its KV may still be cached
+    # y returns: origin B1 (7,900 room), where its KV may still be cached, although B2 (4,900) fits tighter
+    assert pol.on_arrival("y", 3_000, 7.0) == Proceed(B1)
     # a program without an origin goes to the tightest backend that fits: B1 4,800 room vs B2 4,900
-    assert pol.on_arrival("z", 1_000, 11.0) == Wait()
-    assert pol.tick(15.0) == [Resume("z", B1)]
+    assert pol.on_arrival("z", 1_000, 11.0) == Proceed(B1)
     pol.check_invariants()
 
 
@@ -624,4 +631,20 @@ def test_decayed_idle_program_is_cheap_to_resume():
     pol.on_arrival("a", 6_000, 3.5)
     pol.tick(5.0)
     assert view(pol, "b").marked_for_pause and not view(pol, "a").marked_for_pause
+    pol.check_invariants()
+
+
+def test_resume_order_waiting_requests_first_smallest_first_then_idle():
+    """§3.5 "tick: resume pass": programs with a waiting request before idle ones (upstream also puts
+    first-step programs in between; ours treats every waiting request alike), smallest first within a class."""
+    pol = mk(capacity=20_000, low_watermark=1.0)
+    pol.on_arrival("big", 17_000, 0.0)  # 17,100 in flight
+    run(pol, "idle-small", 500)  # 17,700
+    assert pol.on_arrival("wait-large", 3_000, 1.0) == Wait()  # 20,800 > 20,000
+    pol.on_progress("big", 2_500)  # 19,600 + 600 > 20,000: idle-small is paused
+    assert pol.tick(5.0) == [Pause("idle-small", B1)]
+    assert pol.on_arrival("wait-small", 1_000, 6.0) == Wait()  # 19,600 + 1,100 > 20,000
+    assert pol.stats().queue_length == 3
+    actions = pol.on_request_end("big", 7.0, 10_000)  # 10,100 used: room for everyone, in class order
+    assert actions == [Resume("wait-small", B1), Resume("wait-large", B1), Resume("idle-small", B1)]
     pol.check_invariants()
