@@ -508,8 +508,9 @@ def test_worked_example_4_11_upstream_vs_ours():
     Same as upstream: D's growth to 100,400 pauses the smallest ACTING program C, and nothing else.
     Different: (1) upstream makes E (15,000) queue behind C although 19,700 tokens are free, because "the
     queue is non-empty" — but C has no request waiting, so ours admits E at once (an idle paused program
-    does not block newcomers; a newcomer the resume pass would serve first goes in on arrival). (2) C then waits for room as
-    upstream (highest class once its request arrives) and goes back to its origin. (3) In the all-REASONING
+    does not block newcomers; one the resume pass would serve first goes in on arrival). (2) C then waits
+    for room as upstream (highest class once its request arrives) and goes back to its origin, not to the
+    roomiest backend. (3) In the all-REASONING
     variant upstream marks A, B and D (a pause wave of 3); ours marks only the smallest one that brings the
     projected usage under the line (marks are counted, §11.1 #1)."""
     pol = mk(capacity=100_000, high_watermark=1.0, low_watermark=1.0)
