@@ -54,7 +54,13 @@ from ThunderAgent.forward import (
 )
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Action, Pause, Phase, Policy, Reject, Resume, State, Wait
-from ThunderAgent.programs import MAX_RESOURCE_ID_LEN, MAX_RESOURCE_IDS, RESOURCE_KEYS, ProgramRecord, ProgramRegistry
+from ThunderAgent.programs import (
+    MAX_RESOURCE_ID_LEN,
+    MAX_RESOURCE_IDS,
+    RESOURCE_KEYS,
+    ProgramRecord,
+    ProgramRegistry,
+)
 from ThunderAgent.records import StepRecord
 from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
 from ThunderAgent.tokens import TokenEstimator
@@ -85,13 +91,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise ProxyError(400, "invalid Content-Length header", code="invalid_content_length") from None
         if declared > limit:
-            raise ProxyError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)", code="request_too_large")
+            raise ProxyError(
+                413,
+                f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)",
+                code="request_too_large",
+            )
     chunks: list[bytes] = []
     n = 0
     async for chunk in request.stream():
         n += len(chunk)
         if n > limit:
-            raise ProxyError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)", code="request_too_large")
+            raise ProxyError(
+                413,
+                f"request body exceeds the limit of {limit} bytes (--max-body-bytes)",
+                code="request_too_large",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -103,7 +117,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProxyError(400, "Invalid JSON", code="invalid_json") from None
     if not isinstance(payload, dict):
-        raise ProxyError(400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body")
+        raise ProxyError(
+            400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body"
+        )
     return payload
 
 
@@ -121,14 +137,26 @@ def validate_chat(payload: dict[str, Any]) -> None:
     messages = payload.get("messages")
     if not isinstance(messages, list):
         what = "missing" if messages is None else f"a {type(messages).__name__}"
-        raise ProxyError(400, f"'messages' must be a list of message objects ({what})", param="messages", code="invalid_type")
+        raise ProxyError(
+            400,
+            f"'messages' must be a list of message objects ({what})",
+            param="messages",
+            code="invalid_type",
+        )
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise ProxyError(400, f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
+            raise ProxyError(
+                400, f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type"
+            )
     for name, types in _FIELD_TYPES.items():
         v = payload.get(name)
         if v is not None and not isinstance(v, types):
-            raise ProxyError(400, f"'{name}' must be of type {types[0].__name__}, got {type(v).__name__}", param=name, code="invalid_type")
+            raise ProxyError(
+                400,
+                f"'{name}' must be of type {types[0].__name__}, got {type(v).__name__}",
+                param=name,
+                code="invalid_type",
+            )
 
 
 def _coerce_id(value: Any, param: str) -> str | None:
@@ -138,7 +166,12 @@ def _coerce_id(value: Any, param: str) -> str | None:
         raise ProxyError(400, f"'{param}' must be a string", param=param, code="invalid_type")
     s = str(value)
     if len(s) > MAX_PROGRAM_ID_LEN:
-        raise ProxyError(400, f"'{param}' is longer than {MAX_PROGRAM_ID_LEN} characters", param=param, code="invalid_value")
+        raise ProxyError(
+            400,
+            f"'{param}' is longer than {MAX_PROGRAM_ID_LEN} characters",
+            param=param,
+            code="invalid_value",
+        )
     return s or None
 
 
@@ -170,14 +203,23 @@ def extract_resources(payload: dict[str, Any]) -> dict[str, list[str]]:
                 continue
             if isinstance(v, str):
                 v = [v]
-            if not isinstance(v, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v):
+            if not isinstance(v, list) or not all(
+                isinstance(i, (str, int)) and not isinstance(i, bool) for i in v
+            ):
                 raise ProxyError(400, f"'{key}' must be a list of strings", param=key, code="invalid_type")
             ids = out.setdefault(key, [])
             ids.extend(str(i) for i in v)
             if len(ids) > MAX_RESOURCE_IDS:
-                raise ProxyError(400, f"'{key}' lists more than {MAX_RESOURCE_IDS} ids", param=key, code="invalid_value")
+                raise ProxyError(
+                    400, f"'{key}' lists more than {MAX_RESOURCE_IDS} ids", param=key, code="invalid_value"
+                )
             if any(len(i) > MAX_RESOURCE_ID_LEN for i in ids):
-                raise ProxyError(400, f"'{key}' has an id longer than {MAX_RESOURCE_ID_LEN} characters", param=key, code="invalid_value")
+                raise ProxyError(
+                    400,
+                    f"'{key}' has an id longer than {MAX_RESOURCE_ID_LEN} characters",
+                    param=key,
+                    code="invalid_value",
+                )
     return out
 
 
@@ -288,7 +330,9 @@ class ProxyStream(Response):
 
     async def _pump(self, send: Send) -> tuple[str, ProxyError | None]:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
         except OSError:
             return "cancelled", None
         try:
@@ -310,7 +354,12 @@ class ProxyStream(Response):
             return "cancelled", None
         except Exception as e:  # noqa: BLE001 - a proxy bug must end the stream cleanly, not kill it
             log.exception("streaming from %s failed", self.backend)
-            err = ProxyError(502, f"proxy error while streaming: {type(e).__name__}: {e}", "proxy_error", code="proxy_error")
+            err = ProxyError(
+                502,
+                f"proxy error while streaming: {type(e).__name__}: {e}",
+                "proxy_error",
+                code="proxy_error",
+            )
             try:
                 await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": False})
             except OSError:
@@ -359,9 +408,13 @@ class Proxy:
         self.telemetry = Telemetry(self.policy, self.registry, lambda: self.backends)
         if self.reclaimer is not None and hasattr(self.reclaimer, "register_metrics"):
             self.reclaimer.register_metrics(self.telemetry.registry)
-        self.profiler: ProfileWriter | None = ProfileWriter(self.config.profile_dir) if self.config.profile else None
+        self.profiler: ProfileWriter | None = (
+            ProfileWriter(self.config.profile_dir) if self.config.profile else None
+        )
         self.client = make_client(self.config)
-        self.probe_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=min(10.0, self.config.proxy_connect_timeout)))
+        self.probe_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=min(10.0, self.config.proxy_connect_timeout))
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
 
@@ -372,7 +425,9 @@ class Proxy:
             if isinstance(a, Resume):
                 self._wake(a.program_id, a.backend)
             elif isinstance(a, Reject):
-                self._fail_waiters(a.program_id, ProxyError(a.status, a.message, "scheduler_rejected", code=a.status))
+                self._fail_waiters(
+                    a.program_id, ProxyError(a.status, a.message, "scheduler_rejected", code=a.status)
+                )
             elif isinstance(a, Pause):
                 log.debug("program %s paused (from %s)", a.program_id, a.backend)
 
@@ -428,7 +483,9 @@ class Proxy:
             return error_response(e, compat_detail=e.message == "Invalid JSON")
         except ClientDisconnect:
             self.telemetry.requests.labels("cancelled").inc()
-            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected while sending the request", "cancelled"))
+            return error_response(
+                ProxyError(CLIENT_CLOSED, "client disconnected while sending the request", "cancelled")
+            )
         if self.closed:
             return error_response(ProxyError(503, "proxy is shutting down", "unavailable"))
 
@@ -452,7 +509,9 @@ class Proxy:
             else:
                 log.exception("policy.on_arrival failed for %s", pid)
             self.telemetry.requests.labels("rejected").inc()
-            return error_response(ProxyError(503, f"no backend available: {e}", "unavailable", code="no_backend"))
+            return error_response(
+                ProxyError(503, f"no backend available: {e}", "unavailable", code="no_backend")
+            )
 
         if isinstance(admission, Wait):
             try:
@@ -462,7 +521,9 @@ class Proxy:
                 return error_response(e)
             except ClientGone:
                 self._record_unforwarded(call, "cancelled", None)
-                return error_response(ProxyError(CLIENT_CLOSED, "client closed the request while it was held", "cancelled"))
+                return error_response(
+                    ProxyError(CLIENT_CLOSED, "client closed the request while it was held", "cancelled")
+                )
         else:
             backend = admission.backend
 
@@ -576,7 +637,9 @@ class Proxy:
 
         return ProxyStream(upstream, tap, call.backend or "", done)
 
-    def _finish(self, call: Call, outcome: str, usage: Usage | None, http_status: int | None, error: str | None) -> None:
+    def _finish(
+        self, call: Call, outcome: str, usage: Usage | None, http_status: int | None, error: str | None
+    ) -> None:
         """The one end-of-request bookkeeping: registry, estimator, policy, telemetry, profile."""
         if call.finished:
             return
@@ -589,9 +652,13 @@ class Proxy:
             rec.last_activity = now
             total = usage.total_tokens if usage else None
             self.estimator.learn(rec.tokens, usage.prompt_tokens if usage else None, total)
-            self._call_policy("on_request_end", lambda: self.policy.on_request_end(call.program_id, now, total))
+            self._call_policy(
+                "on_request_end", lambda: self.policy.on_request_end(call.program_id, now, total)
+            )
             self.telemetry.requests.labels(outcome).inc()
-            self.telemetry.latency.labels("true" if call.stream else "false").observe(max(0.0, now - call.arrival))
+            self.telemetry.latency.labels("true" if call.stream else "false").observe(
+                max(0.0, now - call.arrival)
+            )
             prev_end = rec.last_end
             if outcome == "ok":
                 rec.last_end = end_wall
@@ -682,7 +749,15 @@ class Proxy:
             self.apply(actions)
         except Exception:  # noqa: BLE001
             log.exception("policy.release failed for %s", program_id)
-        self._fail_waiters(program_id, ProxyError(410, f"program {program_id} was {reason} while its request was held", "program_released", code="program_released"))
+        self._fail_waiters(
+            program_id,
+            ProxyError(
+                410,
+                f"program {program_id} was {reason} while its request was held",
+                "program_released",
+                code="program_released",
+            ),
+        )
         rec = self.registry.remove(program_id)
         if rec is not None and rec.resources and self.reclaimer is not None:
             self.reclaimer.schedule(program_id, {k: list(v) for k, v in rec.resources.items()})
@@ -716,7 +791,9 @@ class Proxy:
         for st, cap in zip(pending, results):
             if cap is not None:
                 log.info("backend %s: KV capacity %d tokens", st.url, cap)
-                self._call_policy("set_capacity", lambda st=st, cap=cap: self.policy.set_capacity(st.url, cap, self.clock()))
+                self._call_policy(
+                    "set_capacity", lambda st=st, cap=cap: self.policy.set_capacity(st.url, cap, self.clock())
+                )
         return all(st.capacity is not None for st in self.backends.values())
 
     async def scrape_once(self) -> None:
@@ -746,12 +823,23 @@ class Proxy:
         self._tasks.append(asyncio.create_task(self._capacity_loop(), name="capacity"))
         if self.config.scheduling_enabled and self.config.scheduler_interval > 0:
             tick = lambda: self._call_policy("tick", lambda: self.policy.tick(self.clock()))  # noqa: E731
-            self._tasks.append(asyncio.create_task(self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"))
+            self._tasks.append(
+                asyncio.create_task(
+                    self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"
+                )
+            )
         if self.config.metrics and self.config.metrics_interval > 0:
-            self._tasks.append(asyncio.create_task(self._every(self.config.metrics_interval, "metrics scrape", self.scrape_once), name="metrics"))
+            self._tasks.append(
+                asyncio.create_task(
+                    self._every(self.config.metrics_interval, "metrics scrape", self.scrape_once),
+                    name="metrics",
+                )
+            )
         if self.config.idle_ttl > 0 or self.config.max_programs > 0:
             every = min(30.0, max(0.05, self.config.idle_ttl / 4 if self.config.idle_ttl > 0 else 30.0))
-            self._tasks.append(asyncio.create_task(self._every(every, "idle expiry", self.expire_idle), name="expiry"))
+            self._tasks.append(
+                asyncio.create_task(self._every(every, "idle expiry", self.expire_idle), name="expiry")
+            )
 
     async def stop(self) -> None:
         self.closed = True
@@ -815,7 +903,9 @@ class Proxy:
             "scheduling_enabled": self.config.scheduling_enabled,
             "backends": list(self.config.backends),
             "programs_count": len(views),
-            "reasoning_count": sum(1 for v in views if v.phase == Phase.REASONING and v.state == State.ACTIVE),
+            "reasoning_count": sum(
+                1 for v in views if v.phase == Phase.REASONING and v.state == State.ACTIVE
+            ),
             "acting_count": sum(1 for v in views if v.phase == Phase.ACTING and v.state == State.ACTIVE),
             "paused_count": stats.queue_length,
             "per_backend": per_backend,
@@ -913,30 +1003,57 @@ def create_app(
         from ThunderAgent.reclaim import reclaimer_from_config
 
         reclaimer = reclaimer_from_config(config)
-    proxy = Proxy(config=config, policy=policy if policy is not None else make_policy(config), clock=clock or time.monotonic, reclaimer=reclaimer)
+    proxy = Proxy(
+        config=config,
+        policy=policy if policy is not None else make_policy(config),
+        clock=clock or time.monotonic,
+        reclaimer=reclaimer,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         proxy.start()
         log.info(
             "ThunderAgent %s: router=%s backends=%s scheduler_interval=%s metrics=%s profile=%s",
-            __version__, config.router, ",".join(config.backends), config.scheduler_interval,
-            config.metrics_interval if config.metrics else "off", proxy.profiler.csv_path if proxy.profiler else "off",
+            __version__,
+            config.router,
+            ",".join(config.backends),
+            config.scheduler_interval,
+            config.metrics_interval if config.metrics else "off",
+            proxy.profiler.csv_path if proxy.profiler else "off",
         )
         try:
             yield
         finally:
             await proxy.stop()
 
-    app = FastAPI(title="ThunderAgent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="ThunderAgent",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.proxy = proxy
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return error_response(ProxyError(404, f"no route {request.method} {request.url.path}", "not_found_error", code="not_found"))
+            return error_response(
+                ProxyError(
+                    404, f"no route {request.method} {request.url.path}", "not_found_error", code="not_found"
+                )
+            )
         if exc.status_code == 405:
-            return error_response(ProxyError(405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error", code="method_not_allowed"))
+            return error_response(
+                ProxyError(
+                    405,
+                    f"method {request.method} not allowed on {request.url.path}",
+                    "invalid_request_error",
+                    code="method_not_allowed",
+                )
+            )
         return error_response(ProxyError(exc.status_code, str(exc.detail), "invalid_request_error"))
 
     @app.exception_handler(RequestValidationError)
@@ -946,7 +1063,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(ProxyError(502, f"proxy error: {type(exc).__name__}: {exc}", "proxy_error", code="proxy_error"))
+        return error_response(
+            ProxyError(502, f"proxy error: {type(exc).__name__}: {exc}", "proxy_error", code="proxy_error")
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -962,7 +1081,9 @@ def create_app(
         views = {b.url: b for b in proxy.policy.backends()}
         url = next((u for u in config.backends if u in views and views[u].healthy), config.backends[0])
         try:
-            r = await proxy.client.get(url.rstrip("/") + "/v1/models", headers=request_headers(request.headers.raw))
+            r = await proxy.client.get(
+                url.rstrip("/") + "/v1/models", headers=request_headers(request.headers.raw)
+            )
         except httpx.HTTPError as e:
             return error_response(translate_transport_error(e, url))
         if r.status_code >= 400:
@@ -984,14 +1105,24 @@ def create_app(
     @app.post("/programs/release")
     async def release(request: Request) -> JSONResponse:
         if not proxy.admin_ok(request):
-            return error_response(ProxyError(401, "admin token required: send 'Authorization: Bearer <token>' or 'X-Admin-Token'", "authentication_error", code="unauthorized"))
+            return error_response(
+                ProxyError(
+                    401,
+                    "admin token required: send 'Authorization: Bearer <token>' or 'X-Admin-Token'",
+                    "authentication_error",
+                    code="unauthorized",
+                )
+            )
         try:
             payload = parse_json_object(await read_body(request, RELEASE_BODY_LIMIT))
             pid = _coerce_id(payload.get("program_id"), "program_id")
         except ProxyError as e:
             return error_response(e, compat_detail=True)
         if pid is None:
-            return error_response(ProxyError(400, "Missing program_id", param="program_id", code="missing_program_id"), compat_detail=True)
+            return error_response(
+                ProxyError(400, "Missing program_id", param="program_id", code="missing_program_id"),
+                compat_detail=True,
+            )
         released = proxy.drop_program(pid, "released")
         if released:
             proxy.telemetry.released.inc()
@@ -1003,7 +1134,9 @@ def create_app(
         return JSONResponse(proxy.health_json())
 
     def _profiling_off() -> JSONResponse:
-        return error_response(ProxyError(400, "Profiling not enabled. Start with --profile flag.", code="profiling_disabled"))
+        return error_response(
+            ProxyError(400, "Profiling not enabled. Start with --profile flag.", code="profiling_disabled")
+        )
 
     @app.get("/profiles")
     async def profiles() -> JSONResponse:
@@ -1017,7 +1150,12 @@ def create_app(
             return _profiling_off()
         rec = proxy.registry.get(program_id)
         if rec is None:
-            return error_response(ProxyError(404, f"Profile not found for program: {program_id}", "not_found_error", code="not_found"), compat_detail=True)
+            return error_response(
+                ProxyError(
+                    404, f"Profile not found for program: {program_id}", "not_found_error", code="not_found"
+                ),
+                compat_detail=True,
+            )
         return JSONResponse(rec.profile.averages())
 
     @app.get("/metrics")
@@ -1026,7 +1164,14 @@ def create_app(
         if fmt == "json" or (fmt is None and "application/json" in request.headers.get("accept", "")):
             return JSONResponse(proxy.metrics_json())
         if fmt not in (None, "prometheus", "text"):
-            return error_response(ProxyError(400, f"unknown format {fmt!r}: use json or prometheus", param="format", code="invalid_value"))
+            return error_response(
+                ProxyError(
+                    400,
+                    f"unknown format {fmt!r}: use json or prometheus",
+                    param="format",
+                    code="invalid_value",
+                )
+            )
         return Response(generate_latest(proxy.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -30,7 +30,9 @@ SKYRL_TOKENS_PER_ENGINE = 200_000  # upstream's fixed guess: SkyRL exposes no KV
 HISTORY_SIZE = 12
 
 # Gauges that are fractions/ratios: averaged over engines instead of summed.
-AVERAGED = frozenset({"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage", "sglang:cache_hit_rate"})
+AVERAGED = frozenset(
+    {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage", "sglang:cache_hit_rate"}
+)
 # vLLM V0 names -> V1 names (filled only when the V1 name is absent).
 V0_NAMES = {
     "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
@@ -68,7 +70,12 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 name = s.name
-                if name.endswith("_created") or name.endswith("_bucket") or name.endswith("_gsum") or name.endswith("_gcount"):
+                if (
+                    name.endswith("_created")
+                    or name.endswith("_bucket")
+                    or name.endswith("_gsum")
+                    or name.endswith("_gcount")
+                ):
                     continue
                 value = float(s.value)
                 if math.isnan(value):
@@ -148,7 +155,9 @@ def parse_skyrl_metrics(obj: Any) -> dict[str, float] | None:
         "vllm:num_requests_running": float(sum(e.get("num_running_reqs", 0) or 0 for e in ok)),
         "vllm:num_requests_waiting": float(sum(e.get("num_waiting_reqs", 0) or 0 for e in ok)),
         "vllm:num_preemptions_total": float(sum(e.get("num_cumulative_preemption", 0) or 0 for e in ok)),
-        "vllm:kv_cache_usage_perc": sum(float(e.get("kv_cache_usage_pct", 0) or 0) for e in ok) / len(ok) / 100.0,
+        "vllm:kv_cache_usage_perc": sum(float(e.get("kv_cache_usage_pct", 0) or 0) for e in ok)
+        / len(ok)
+        / 100.0,
         "num_engines": float(len(engines)),
     }
 
@@ -210,8 +219,16 @@ class BackendState:
         if self.backend_type == "sglang":
             return {"total_tokens_capacity": self.capacity}
         if self.backend_type == "skyrl":
-            return {"total_tokens_capacity": self.capacity, "num_engines": self.num_engines, "backend_type": "skyrl"}
-        return {"block_size": self.block_size, "num_gpu_blocks": self.num_gpu_blocks, "total_tokens_capacity": self.capacity}
+            return {
+                "total_tokens_capacity": self.capacity,
+                "num_engines": self.num_engines,
+                "backend_type": "skyrl",
+            }
+        return {
+            "block_size": self.block_size,
+            "num_gpu_blocks": self.num_gpu_blocks,
+            "total_tokens_capacity": self.capacity,
+        }
 
     def metrics_json(self) -> dict[str, Any] | None:
         """Upstream's `metrics` block (spec §6.2) from the latest scrape."""

@@ -61,7 +61,9 @@ def _number(kind: type) -> Any:
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
 
     parse.__name__ = kind.__name__
     return parse
@@ -87,13 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
             kw["choices"] = list(f.metadata["choices"])
         if tp is bool:
             if default:
-                p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=f"{help_} (default: on)", **kw)
+                p.add_argument(
+                    _flag(f.name), action=argparse.BooleanOptionalAction, help=f"{help_} (default: on)", **kw
+                )
             else:
                 p.add_argument(_flag(f.name), action="store_true", help=help_, **kw)
             continue
         if get_origin(tp) is tuple:
             shown = ",".join(default) if isinstance(default, tuple) else default
-            p.add_argument(_flag(f.name), type=_csv_list, metavar="A,B,...", help=f"{help_} (default: {shown})", **kw)
+            p.add_argument(
+                _flag(f.name), type=_csv_list, metavar="A,B,...", help=f"{help_} (default: {shown})", **kw
+            )
             continue
         if tp in (int, float):
             kw["type"] = _number(tp)
@@ -157,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ImportError, OSError) as e:
         sys.exit(f"thunderagent: error: {e}")
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.log_level in ("debug", "trace"))
+        uvicorn.run(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level=cfg.log_level,
+            access_log=cfg.log_level in ("debug", "trace"),
+        )
     except OSError as e:  # e.g. address in use
         sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import httpx
 
 from ThunderAgent.config import Config
+from ThunderAgent.logsafe import redact
 
 # Headers never forwarded in either direction (hop-by-hop, or recomputed by the server that sends them).
 HOP_BY_HOP = frozenset(
@@ -190,7 +191,14 @@ def _event_data(event: bytes) -> bytes | None:
 class ProxyError(Exception):
     """An error to return to the client as OpenAI-style JSON with `status`."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -203,14 +211,28 @@ class ProxyError(Exception):
 
 
 def translate_transport_error(e: httpx.HTTPError, backend: str) -> ProxyError:
-    """httpx failure talking to `backend` -> the status a client should see."""
+    """httpx failure talking to `backend` -> the status a client should see (credentials in the backend
+    URL are redacted: the message goes to clients and logs)."""
     name = type(e).__name__
+    backend = redact(backend)
     if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-        return ProxyError(504, f"backend {backend} did not accept the connection in time ({name})", "backend_timeout", code="backend_connect_timeout")
+        return ProxyError(
+            504,
+            f"backend {backend} did not accept the connection in time ({name})",
+            "backend_timeout",
+            code="backend_connect_timeout",
+        )
     if isinstance(e, httpx.TimeoutException):
-        return ProxyError(504, f"backend {backend} timed out ({name})", "backend_timeout", code="backend_timeout")
+        return ProxyError(
+            504, f"backend {backend} timed out ({name})", "backend_timeout", code="backend_timeout"
+        )
     if isinstance(e, httpx.ConnectError):
-        return ProxyError(502, f"cannot connect to backend {backend}: {e}", "backend_unreachable", code="backend_unreachable")
+        return ProxyError(
+            502,
+            f"cannot connect to backend {backend}: {e}",
+            "backend_unreachable",
+            code="backend_unreachable",
+        )
     return ProxyError(502, f"backend {backend} failed: {name}: {e}", "backend_error", code="backend_error")
 
 

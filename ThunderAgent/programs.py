@@ -86,7 +86,12 @@ class ProgramRecord:
                 if i in known:
                     continue
                 if len(known) >= MAX_RESOURCE_IDS:
-                    log.warning("program %s: more than %d %s, further ids are not reclaimed", self.program_id, MAX_RESOURCE_IDS, key)
+                    log.warning(
+                        "program %s: more than %d %s, further ids are not reclaimed",
+                        self.program_id,
+                        MAX_RESOURCE_IDS,
+                        key,
+                    )
                     break
                 known[i] = None
 

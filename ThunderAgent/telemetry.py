@@ -37,7 +37,16 @@ log = logging.getLogger("thunderagent.telemetry")
 
 CSV_NAME = "step_profiles.csv"
 JSONL_NAME = "step_records.jsonl"
-CSV_COLUMNS = ("program_id", "step_id", "prefill_s", "decode_s", "pause_s", "tool_call_s", "kv_hit_rate", "completed_at")
+CSV_COLUMNS = (
+    "program_id",
+    "step_id",
+    "prefill_s",
+    "decode_s",
+    "pause_s",
+    "tool_call_s",
+    "kv_hit_rate",
+    "completed_at",
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -56,8 +65,12 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         views = self._policy.programs()
-        by = GaugeMetricFamily("thunderagent_programs", "Tracked programs by phase and state", labels=["phase", "state"])
-        counts: dict[tuple[str, str], int] = {(p.value, s.value): 0 for p in Phase for s in (State.ACTIVE, State.PAUSED)}
+        by = GaugeMetricFamily(
+            "thunderagent_programs", "Tracked programs by phase and state", labels=["phase", "state"]
+        )
+        counts: dict[tuple[str, str], int] = {
+            (p.value, s.value): 0 for p in Phase for s in (State.ACTIVE, State.PAUSED)
+        }
         for v in views:
             key = (str(v.phase), str(v.state))
             counts[key] = counts.get(key, 0) + 1
@@ -66,24 +79,46 @@ class _StateCollector(Collector):
         yield by
 
         stats = self._policy.stats()
-        yield GaugeMetricFamily("thunderagent_queue_length", "Programs in the global waiting queue", value=stats.queue_length)
+        yield GaugeMetricFamily(
+            "thunderagent_queue_length", "Programs in the global waiting queue", value=stats.queue_length
+        )
         for name, help_, value in (
             ("thunderagent_pauses", "Programs paused by the scheduler", stats.pauses),
             ("thunderagent_resumes", "Programs resumed by the scheduler", stats.resumes),
             ("thunderagent_forced_resumes", "Resumes forced by the queue timeout", stats.forced_resumes),
-            ("thunderagent_marks", "REASONING programs marked to pause at the end of their request", stats.marks),
+            (
+                "thunderagent_marks",
+                "REASONING programs marked to pause at the end of their request",
+                stats.marks,
+            ),
             ("thunderagent_rejects", "Held requests failed by the scheduler", stats.rejects),
         ):
             yield CounterMetricFamily(name, help_, value=value)
 
         recs = self._programs.records()
-        yield GaugeMetricFamily("thunderagent_requests_inflight", "Requests forwarded and not finished", value=sum(r.inflight for r in recs))
-        yield GaugeMetricFamily("thunderagent_requests_held", "Requests held by the scheduler", value=sum(r.held for r in recs))
+        yield GaugeMetricFamily(
+            "thunderagent_requests_inflight",
+            "Requests forwarded and not finished",
+            value=sum(r.inflight for r in recs),
+        )
+        yield GaugeMetricFamily(
+            "thunderagent_requests_held", "Requests held by the scheduler", value=sum(r.held for r in recs)
+        )
 
-        used = GaugeMetricFamily("thunderagent_backend_used_tokens", "Tokens the policy charges to the backend", labels=["backend"])
-        cap = GaugeMetricFamily("thunderagent_backend_capacity_tokens", "KV-cache capacity of the backend (tokens)", labels=["backend"])
-        progs = GaugeMetricFamily("thunderagent_backend_programs", "Programs placed on the backend", labels=["backend", "phase"])
-        healthy = GaugeMetricFamily("thunderagent_backend_healthy", "1 if the backend is considered healthy", labels=["backend"])
+        used = GaugeMetricFamily(
+            "thunderagent_backend_used_tokens", "Tokens the policy charges to the backend", labels=["backend"]
+        )
+        cap = GaugeMetricFamily(
+            "thunderagent_backend_capacity_tokens",
+            "KV-cache capacity of the backend (tokens)",
+            labels=["backend"],
+        )
+        progs = GaugeMetricFamily(
+            "thunderagent_backend_programs", "Programs placed on the backend", labels=["backend", "phase"]
+        )
+        healthy = GaugeMetricFamily(
+            "thunderagent_backend_healthy", "1 if the backend is considered healthy", labels=["backend"]
+        )
         for b in self._policy.backends():
             used.add_metric([b.url], b.used)
             if b.capacity is not None:
@@ -96,9 +131,17 @@ class _StateCollector(Collector):
         yield progs
         yield healthy
 
-        engine = GaugeMetricFamily("thunderagent_engine_metric", "Latest scraped engine value (--metrics)", labels=["backend", "name"])
+        engine = GaugeMetricFamily(
+            "thunderagent_engine_metric",
+            "Latest scraped engine value (--metrics)",
+            labels=["backend", "name"],
+        )
         for url, st in self._backends().items():
-            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+            for name in (
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+            ):
                 if name in st.latest:
                     engine.add_metric([url, name], st.latest[name])
         yield engine
@@ -107,11 +150,16 @@ class _StateCollector(Collector):
 class Telemetry:
     """The app's Prometheus registry and the per-request instruments."""
 
-    def __init__(self, policy: "Policy", programs: "ProgramRegistry", backends: Callable[[], dict[str, "BackendState"]]) -> None:
+    def __init__(
+        self, policy: "Policy", programs: "ProgramRegistry", backends: Callable[[], dict[str, "BackendState"]]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_StateCollector(policy, programs, backends))
         self.requests = Counter(
-            "thunderagent_requests", "Chat completion requests by outcome", ["outcome"], registry=self.registry
+            "thunderagent_requests",
+            "Chat completion requests by outcome",
+            ["outcome"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "thunderagent_request_duration_seconds",
@@ -126,8 +174,14 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.expired = Counter("thunderagent_programs_expired", "Programs expired by --idle-ttl or --max-programs", registry=self.registry)
-        self.released = Counter("thunderagent_programs_released", "Programs released by clients", registry=self.registry)
+        self.expired = Counter(
+            "thunderagent_programs_expired",
+            "Programs expired by --idle-ttl or --max-programs",
+            registry=self.registry,
+        )
+        self.released = Counter(
+            "thunderagent_programs_released", "Programs released by clients", registry=self.registry
+        )
 
 
 def csv_row(rec: StepRecord, step_id: int, tool_call_s: float) -> list[Any]:
@@ -174,7 +228,10 @@ class ProfileWriter:
 
     def _run(self) -> None:
         new_csv = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as fcsv, JsonlWriter(self.jsonl_path) as jw:
+        with (
+            open(self.csv_path, "a", newline="", encoding="utf-8") as fcsv,
+            JsonlWriter(self.jsonl_path) as jw,
+        ):
             w = csv.writer(fcsv)
             if new_csv:
                 w.writerow(CSV_COLUMNS)

@@ -39,7 +39,9 @@ def start(cmd: list[str], url: str, timeout: float = 60.0) -> subprocess.Popen[b
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"failed to start {' '.join(cmd)}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise SystemExit(
+                f"failed to start {' '.join(cmd)}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+            )
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc
@@ -72,7 +74,12 @@ async def drive(url: str, clients: int, total: int, stream: bool, target: str) -
 
         async def one(i: int) -> None:
             nonlocal remaining, errors
-            body = {"model": "tiny", "messages": [{"role": "user", "content": "benchmark " * 20}], "max_tokens": 16, "program_id": f"bench-{i}"}
+            body = {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "benchmark " * 20}],
+                "max_tokens": 16,
+                "program_id": f"bench-{i}",
+            }
             if stream:
                 body["stream"] = True
             # warm the connection (not measured)
@@ -98,7 +105,9 @@ async def drive(url: str, clients: int, total: int, stream: bool, target: str) -
         wall = time.perf_counter() - t0
     lat.sort()
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-    return Result(target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, len(lat) / wall)
+    return Result(
+        target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, len(lat) / wall
+    )
 
 
 def main() -> None:
@@ -106,17 +115,32 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small counts for CI")
     ap.add_argument("--clients", type=str, default=None, help="comma-separated concurrency levels")
     args = ap.parse_args()
-    levels = [int(x) for x in args.clients.split(",")] if args.clients else ([1, 16] if args.quick else [1, 64, 512])
+    levels = (
+        [int(x) for x in args.clients.split(",")]
+        if args.clients
+        else ([1, 16] if args.quick else [1, 64, 512])
+    )
 
     py = sys.executable
     fport, dport, tport = free_port(), free_port(), free_port()
     fake_url, default_url, tr_url = (f"http://127.0.0.1:{p}" for p in (fport, dport, tport))
     procs = []
     try:
-        procs.append(start([py, "-m", "tests.fakes.fake_vllm", "--port", str(fport), "--completion-tokens", "16"], fake_url))
+        procs.append(
+            start(
+                [py, "-m", "tests.fakes.fake_vllm", "--port", str(fport), "--completion-tokens", "16"],
+                fake_url,
+            )
+        )
         common = ["--backends", fake_url, "--log-level", "warning", "--idle-ttl", "0"]
-        procs.append(start([py, "-m", "ThunderAgent", "--router", "default", "--port", str(dport), *common], default_url))
-        procs.append(start([py, "-m", "ThunderAgent", "--router", "tr", "--port", str(tport), *common], tr_url))
+        procs.append(
+            start(
+                [py, "-m", "ThunderAgent", "--router", "default", "--port", str(dport), *common], default_url
+            )
+        )
+        procs.append(
+            start([py, "-m", "ThunderAgent", "--router", "tr", "--port", str(tport), *common], tr_url)
+        )
         targets = [("direct", fake_url), ("proxy default", default_url), ("proxy tr", tr_url)]
         results: list[Result] = []
         for stream in (False, True):
@@ -133,15 +157,21 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    print(f"proxy overhead vs direct fake-vLLM calls ({os.cpu_count()} CPUs; shared machine: absolute numbers are noisy)")
-    print(f"{'mode':<10} {'clients':>7} {'target':<14} {'n':>5} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'+p50 ms':>8} {'+p99 ms':>8}")
+    print(
+        f"proxy overhead vs direct fake-vLLM calls ({os.cpu_count()} CPUs; shared machine: absolute numbers are noisy)"
+    )
+    print(
+        f"{'mode':<10} {'clients':>7} {'target':<14} {'n':>5} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'+p50 ms':>8} {'+p99 ms':>8}"
+    )
     base: dict[tuple[bool, int], Result] = {(r.stream, r.clients): r for r in results if r.target == "direct"}
     for r in results:
         b = base[(r.stream, r.clients)]
         d50 = "" if r.target == "direct" else f"{r.p50_ms - b.p50_ms:+.2f}"
         d99 = "" if r.target == "direct" else f"{r.p99_ms - b.p99_ms:+.2f}"
         mode = "stream" if r.stream else "non-stream"
-        print(f"{mode:<10} {r.clients:>7} {r.target:<14} {r.n:>5} {r.errors:>4} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>8.1f} {d50:>8} {d99:>8}")
+        print(
+            f"{mode:<10} {r.clients:>7} {r.target:<14} {r.n:>5} {r.errors:>4} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>8.1f} {d50:>8} {d99:>8}"
+        )
 
 
 if __name__ == "__main__":

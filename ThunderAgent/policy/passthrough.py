@@ -21,8 +21,8 @@ from ThunderAgent.policy.base import (
     BackendView,
     Phase,
     PolicyStats,
-    ProgramView,
     Proceed,
+    ProgramView,
     State,
 )
 

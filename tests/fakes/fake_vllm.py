@@ -174,7 +174,9 @@ class FakeVLLM:
             if self.metrics_status != 200:
                 await _send(send, self.metrics_status, b"metrics unavailable", b"text/plain")
             else:
-                await _send(send, 200, self.metrics_text().encode(), b"text/plain; version=0.0.4; charset=utf-8")
+                await _send(
+                    send, 200, self.metrics_text().encode(), b"text/plain; version=0.0.4; charset=utf-8"
+                )
         else:
             await _send_json(send, 404, {"detail": "Not Found"})
 
@@ -197,24 +199,50 @@ class FakeVLLM:
         if self.fail_status is not None and (self.fail_count is None or self.fail_count > 0):
             if self.fail_count is not None:
                 self.fail_count -= 1
-            content = self.fail_body if self.fail_body is not None else json.dumps(_error("fake failure", "InternalServerError", self.fail_status)).encode()
+            content = (
+                self.fail_body
+                if self.fail_body is not None
+                else json.dumps(_error("fake failure", "InternalServerError", self.fail_status)).encode()
+            )
             ctype = b"application/json" if self.fail_body is None else b"text/plain"
             await _send(send, self.fail_status, content, ctype)
             return
         if isinstance(body, dict) and body.get("model", MODEL) != MODEL:
-            await _send_json(send, 404, _error(f"The model `{body.get('model')}` does not exist. Valid aliases: tiny.", "NotFoundError", 404, "model"))
+            await _send_json(
+                send,
+                404,
+                _error(
+                    f"The model `{body.get('model')}` does not exist. Valid aliases: tiny.",
+                    "NotFoundError",
+                    404,
+                    "model",
+                ),
+            )
             return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            await _send_json(send, 400, _error("'messages' must be a list", "BadRequestError", 400, "messages"))
+            await _send_json(
+                send, 400, _error("'messages' must be a list", "BadRequestError", 400, "messages")
+            )
             return
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            await _send_json(send, 400, _error("max_tokens must be a positive integer", "BadRequestError", 400, "max_tokens"))
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            await _send_json(
+                send,
+                400,
+                _error("max_tokens must be a positive integer", "BadRequestError", 400, "max_tokens"),
+            )
             return
         prompt = prompt_tokens_of(body)
         n = self.completion_tokens if not max_tokens else min(self.completion_tokens, int(max_tokens))
         cached = self._cached(body, prompt)
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + n, "completion_tokens": n, "prompt_tokens_details": None}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + n,
+            "completion_tokens": n,
+            "prompt_tokens_details": None,
+        }
         if cached is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         self.running += 1
@@ -247,7 +275,20 @@ class FakeVLLM:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": " entry" * n, "refusal": None, "tool_calls": []}, "logprobs": None, "finish_reason": "length", "stop_reason": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": " entry" * n,
+                        "refusal": None,
+                        "tool_calls": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                }
+            ],
             "service_tier": None,
             "system_fingerprint": "vllm-0.32.0-fake",
             "usage": usage,
@@ -258,49 +299,123 @@ class FakeVLLM:
         if self.token_delay:
             await asyncio.sleep(self.token_delay * n)
         if self.die_after_chunks is not None:
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
-            await send({"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(content)).encode()),
+                    ],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True}
+            )
             raise _Die("fake backend died mid-response")
         await _send(send, 200, content, b"application/json")
 
-    async def _stream(self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, gone: asyncio.Event) -> None:
+    async def _stream(
+        self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, gone: asyncio.Event
+    ) -> None:
         so = body.get("stream_options") or {}
         include_usage = bool(so.get("include_usage"))
         continuous = include_usage and bool(so.get("continuous_usage_stats"))
         cid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-fake-vllm", b"1")]})
-        chunks: list[dict[str, Any]] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-fake-vllm", b"1")],
+            }
+        )
+        chunks: list[dict[str, Any]] = [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ]
         for i in range(n):
             last = i == n - 1
-            chunks.append({"index": 0, "delta": {"content": " entry"}, "logprobs": None, "finish_reason": "length" if last else None, "token_ids": None})
+            chunks.append(
+                {
+                    "index": 0,
+                    "delta": {"content": " entry"},
+                    "logprobs": None,
+                    "finish_reason": "length" if last else None,
+                    "token_ids": None,
+                }
+            )
         for i, choice in enumerate(chunks):
             if self.die_after_chunks is not None and i >= self.die_after_chunks:
                 raise _Die("fake backend died mid-stream")
-            ev: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL, "choices": [choice]}
+            ev: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL,
+                "choices": [choice],
+            }
             if continuous:
                 done = max(0, i)
-                ev["usage"] = {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["prompt_tokens"] + done, "completion_tokens": done}
-            await send({"type": "http.response.body", "body": b"data: " + json.dumps(ev).encode() + b"\n\n", "more_body": True})
+                ev["usage"] = {
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "total_tokens": usage["prompt_tokens"] + done,
+                    "completion_tokens": done,
+                }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(ev).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
             if gone.is_set():
                 raise _ClientGone
         if include_usage:
-            ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL, "choices": [], "usage": usage}
-            await send({"type": "http.response.body", "body": b"data: " + json.dumps(ev).encode() + b"\n\n", "more_body": True})
+            ev = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL,
+                "choices": [],
+                "usage": usage,
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(ev).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     # --- metrics -----------------------------------------------------------------------------------
     def metrics_text(self) -> str:
         """The captured vLLM /metrics text with this fake's cache config and live counters."""
         t = self._metrics_template
-        t = re.sub(r'(vllm:cache_config_info\{[^}]*?)block_size="\d+"', rf'\1block_size="{self.block_size}"', t)
-        t = re.sub(r'(vllm:cache_config_info\{[^}]*?)num_gpu_blocks="\d+"', rf'\1num_gpu_blocks="{self.num_gpu_blocks}"', t)
+        t = re.sub(
+            r'(vllm:cache_config_info\{[^}]*?)block_size="\d+"', rf'\1block_size="{self.block_size}"', t
+        )
+        t = re.sub(
+            r'(vllm:cache_config_info\{[^}]*?)num_gpu_blocks="\d+"',
+            rf'\1num_gpu_blocks="{self.num_gpu_blocks}"',
+            t,
+        )
 
         def setv(name: str, value: float, extra: str = "") -> None:
             nonlocal t
-            t = re.sub(rf"^({re.escape(name)}\{{[^}}]*{extra}[^}}]*\}}) \S+$", rf"\g<1> {float(value)}", t, flags=re.M)
+            t = re.sub(
+                rf"^({re.escape(name)}\{{[^}}]*{extra}[^}}]*\}}) \S+$",
+                rf"\g<1> {float(value)}",
+                t,
+                flags=re.M,
+            )
 
         setv("vllm:num_requests_running", self.running)
         setv("vllm:request_success_total", self.completed, 'finished_reason="length"')
@@ -314,11 +429,30 @@ def _error(message: str, type_: str, code: int, param: str | None = None) -> dic
 
 
 def _models() -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1795545610, "owned_by": "vllm", "root": "<model-dir>", "parent": None, "max_model_len": 2048}]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": MODEL,
+                "object": "model",
+                "created": 1795545610,
+                "owned_by": "vllm",
+                "root": "<model-dir>",
+                "parent": None,
+                "max_model_len": 2048,
+            }
+        ],
+    }
 
 
 async def _send(send: Any, status: int, content: bytes, ctype: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype), (b"content-length", str(len(content)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(content)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": content, "more_body": False})
 
 
@@ -344,4 +478,9 @@ if __name__ == "__main__":
     ap.add_argument("--num-gpu-blocks", type=int, default=8192)
     ap.add_argument("--block-size", type=int, default=128)
     a = ap.parse_args()
-    serve(a.port, completion_tokens=a.completion_tokens, num_gpu_blocks=a.num_gpu_blocks, block_size=a.block_size)
+    serve(
+        a.port,
+        completion_tokens=a.completion_tokens,
+        num_gpu_blocks=a.num_gpu_blocks,
+        block_size=a.block_size,
+    )

@@ -38,7 +38,13 @@ class ServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        cfg = uvicorn.Config(self.app, log_level="warning", lifespan=self._lifespan, access_log=False, timeout_graceful_shutdown=2)
+        cfg = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan=self._lifespan,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(cfg)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
@@ -86,7 +92,9 @@ class ServerThread:
         self.stop()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01, what: str = "condition") -> None:
+def wait_until(
+    pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01, what: str = "condition"
+) -> None:
     """Poll `pred` until true or fail after `timeout` seconds (no fixed sleeps in tests)."""
     deadline = time.monotonic() + timeout
     while not pred():

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
+from tests.fakes.fake_vllm import FakeVLLM, free_port_url
+from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase
 from ThunderAgent.policy.passthrough import PassthroughPolicy
-from tests.fakes.fake_vllm import FakeVLLM, free_port_url
-from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
 
 
 def cfg(*backends: str, **kw) -> Config:
@@ -119,21 +119,31 @@ async def test_backend_timeout_mid_stream_sends_error_event(fake_vllm: FakeVLLM,
         r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
         assert r.status_code == 200  # the status line was already sent
         last = r.text.strip().split("\n\n")[-1]
-        err = json.loads(last[len("data: "):])["error"]
+        err = json.loads(last[len("data: ") :])["error"]
         assert err["type"] == "backend_timeout" and err["code"] == "backend_timeout"
         assert_consistent(proxy, spy)
         assert spy.end_totals == [("p", None)]
 
 
-@pytest.mark.parametrize(("backend_status", "client_status"), [(400, 400), (404, 404), (422, 422), (429, 429), (500, 502), (501, 502), (503, 503)])
-async def test_backend_error_status(fake_vllm: FakeVLLM, spy: SpyPolicy, backend_status: int, client_status: int):
+@pytest.mark.parametrize(
+    ("backend_status", "client_status"),
+    [(400, 400), (404, 404), (422, 422), (429, 429), (500, 502), (501, 502), (503, 503)],
+)
+async def test_backend_error_status(
+    fake_vllm: FakeVLLM, spy: SpyPolicy, backend_status: int, client_status: int
+):
     fake_vllm.fail_status = backend_status
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         for stream in (False, True):
             r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))
             err = assert_openai_error(r, client_status)
             if client_status == backend_status:  # OpenAI-style bodies pass through unchanged
-                assert err == {"message": "fake failure", "type": "InternalServerError", "param": None, "code": backend_status}
+                assert err == {
+                    "message": "fake failure",
+                    "type": "InternalServerError",
+                    "param": None,
+                    "code": backend_status,
+                }
             else:
                 assert err["code"] == backend_status and "fake failure" in err["message"]
         assert_consistent(proxy, spy)
@@ -170,7 +180,7 @@ async def test_backend_dies_mid_stream(fake_vllm: FakeVLLM, spy: SpyPolicy):
         assert r.status_code == 200
         events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
         assert len(events) == 4  # 3 chunks, then the proxy's error event
-        err = json.loads(events[-1][len("data: "):])["error"]
+        err = json.loads(events[-1][len("data: ") :])["error"]
         assert err["code"] == "backend_error" and err["type"] == "backend_error"
         assert "[DONE]" not in r.text
         assert_consistent(proxy, spy)
@@ -192,7 +202,10 @@ async def test_backend_dies_mid_body_non_streaming(fake_vllm: FakeVLLM, spy: Spy
 async def test_missing_usage_still_ends_request(fake_vllm: FakeVLLM, spy: SpyPolicy):
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         # continuous_usage_stats without include_usage: the proxy does not inject, the fake sends no usage
-        r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True, stream_options={"continuous_usage_stats": True}))
+        r = await c.post(
+            "/v1/chat/completions",
+            json=chat(program_id="p", stream=True, stream_options={"continuous_usage_stats": True}),
+        )
         assert r.status_code == 200
         assert spy.end_totals == [("p", None)]
         assert_consistent(proxy, spy)
@@ -224,6 +237,6 @@ async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPo
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
         assert r.status_code == 200
-        err = json.loads(r.text.strip().split("\n\n")[-1][len("data: "):])["error"]
+        err = json.loads(r.text.strip().split("\n\n")[-1][len("data: ") :])["error"]
         assert err["code"] == "proxy_error"
         assert_consistent(proxy, spy)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.fakes.fake_vllm import FakeVLLM, free_port_url
+from tests.fakes.proxy_kit import HoldingPolicy, SpyPolicy, chat, running_proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy.base import Phase, Reject, Resume
 from ThunderAgent.policy.passthrough import PassthroughPolicy
-from tests.fakes.fake_vllm import FakeVLLM, free_port_url
-from tests.fakes.proxy_kit import HoldingPolicy, SpyPolicy, chat, running_proxy
 
 
 def cfg(*backends: str, **kw) -> Config:
@@ -31,7 +31,9 @@ async def test_held_request_sends_nothing_until_resumed(fake_vllm: FakeVLLM):
     spy = SpyPolicy(HoldingPolicy(c0, hold={"h"}))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         task = asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h")))
-        await until(lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 1, what="held")
+        await until(
+            lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 1, what="held"
+        )
         assert fake_vllm.requests == [] and not task.done()
         assert (await c.get("/programs")).json()["h"]["waiting"] == 1
         proxy.apply([Resume("h", fake_vllm.url)])
@@ -44,8 +46,12 @@ async def test_concurrent_held_requests_all_resumed(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url)
     spy = SpyPolicy(HoldingPolicy(c0, hold={"h"}))
     async with running_proxy(c0, policy=spy) as (c, proxy):
-        tasks = [asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h"))) for _ in range(3)]
-        await until(lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 3, what="3 held")
+        tasks = [
+            asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h"))) for _ in range(3)
+        ]
+        await until(
+            lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 3, what="3 held"
+        )
         proxy.apply([Resume("h", fake_vllm.url)])
         assert [r.status_code for r in await asyncio.gather(*tasks)] == [200, 200, 200]
         assert spy.ends["h"] == 3 and proxy.policy.program("h").phase == Phase.ACTING
@@ -143,7 +149,10 @@ async def test_idle_expiry_with_fake_clock(fake_vllm: FakeVLLM):
 
 async def test_max_programs_expires_longest_idle(fake_vllm: FakeVLLM):
     t = [0.0]
-    async with running_proxy(cfg(fake_vllm.url, idle_ttl=0, max_programs=2), clock=lambda: t[0]) as (c, proxy):
+    async with running_proxy(cfg(fake_vllm.url, idle_ttl=0, max_programs=2), clock=lambda: t[0]) as (
+        c,
+        proxy,
+    ):
         for pid in ("a", "b", "c"):
             t[0] += 1
             await c.post("/v1/chat/completions", json=chat(program_id=pid))
@@ -160,7 +169,11 @@ async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
         assert await proxy.discover_capacity_once() is False
         assert fake_vllm.url not in spy.capacities
         fake_vllm.metrics_status = 200
-        await until(lambda: spy.capacities.get(fake_vllm.url) == 128 * 24, timeout=10, what="capacity via the lifespan loop")
+        await until(
+            lambda: spy.capacities.get(fake_vllm.url) == 128 * 24,
+            timeout=10,
+            what="capacity via the lifespan loop",
+        )
         assert (await c.get("/health")).json()["per_backend"][fake_vllm.url]["capacity"] == 3072
 
 
@@ -249,7 +262,9 @@ async def test_held_time_is_profiled_as_pause(fake_vllm: FakeVLLM, tmp_path):
         task = asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h")))
         await until(lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 1)
         t_held = time.monotonic()
-        await until(lambda: time.monotonic() - t_held >= 0.1, what="0.1 s held")  # hold it for a measurable time
+        await until(
+            lambda: time.monotonic() - t_held >= 0.1, what="0.1 s held"
+        )  # hold it for a measurable time
         pol.hold.clear()
         proxy.apply([Resume("h", fake_vllm.url)])
         assert (await task).status_code == 200

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ThunderAgent.config import Config
-from ThunderAgent.policy.passthrough import PassthroughPolicy
 from tests.fakes.fake_vllm import FakeVLLM, prompt_tokens_of
 from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
+from ThunderAgent.config import Config
+from ThunderAgent.policy.passthrough import PassthroughPolicy
 
 
 def cfg(*backends: str, **kw) -> Config:
@@ -17,7 +17,7 @@ def cfg(*backends: str, **kw) -> Config:
 
 
 def sse_events(text: str) -> list[str]:
-    return [e[len("data: "):] for e in text.split("\n\n") if e.startswith("data: ")]
+    return [e[len("data: ") :] for e in text.split("\n\n") if e.startswith("data: ")]
 
 
 async def test_non_streaming_passthrough_and_usage(fake_vllm: FakeVLLM):
@@ -40,7 +40,11 @@ async def test_non_streaming_passthrough_and_usage(fake_vllm: FakeVLLM):
 async def test_original_bytes_forwarded_when_nothing_to_strip(fake_vllm: FakeVLLM):
     raw = b'{"model":"tiny",  "messages":[{"role":"user","content":"x"}]}'
     async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
-        r = await c.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json", "x-program-id": "h"})
+        r = await c.post(
+            "/v1/chat/completions",
+            content=raw,
+            headers={"content-type": "application/json", "x-program-id": "h"},
+        )
         assert r.status_code == 200
         assert "h" in (await c.get("/programs")).json()
         assert "x-program-id" not in fake_vllm.request_headers[-1]
@@ -66,8 +70,14 @@ async def test_streaming_strips_injected_usage_chunk(fake_vllm: FakeVLLM):
 
 
 async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
-    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))) as (c, proxy):
-        r = await c.post("/v1/chat/completions", json=chat(program_id="u", stream=True, stream_options={"include_usage": True}))
+    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))) as (
+        c,
+        proxy,
+    ):
+        r = await c.post(
+            "/v1/chat/completions",
+            json=chat(program_id="u", stream=True, stream_options={"include_usage": True}),
+        )
         events = sse_events(r.text)
         last = json.loads(events[-2])
         assert last["choices"] == [] and last["usage"]["total_tokens"] > 0
@@ -77,7 +87,10 @@ async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
 async def test_streaming_include_usage_false_still_measured_but_not_shown(fake_vllm: FakeVLLM):
     spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
-        r = await c.post("/v1/chat/completions", json=chat(program_id="f", stream=True, stream_options={"include_usage": False}))
+        r = await c.post(
+            "/v1/chat/completions",
+            json=chat(program_id="f", stream=True, stream_options={"include_usage": False}),
+        )
         assert all(json.loads(e)["choices"] for e in sse_events(r.text)[:-1])
         assert fake_vllm.requests[-1]["stream_options"] == {"include_usage": True}
         assert spy.end_totals[0][1] is not None  # exact usage despite the client's choice
@@ -116,8 +129,16 @@ async def test_program_id_sources(fake_vllm: FakeVLLM, how: str):
 
 async def test_program_id_precedence_and_default(fake_vllm: FakeVLLM):
     async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
-        await c.post("/p/url/v1/chat/completions", json=chat(program_id=7, extra_body={"program_id": "eb"}), headers={"X-Program-Id": "hdr"})
-        await c.post("/p/url/v1/chat/completions", json=chat(extra_body={"program_id": "eb", "top_k": 3}), headers={"X-Program-Id": "hdr"})
+        await c.post(
+            "/p/url/v1/chat/completions",
+            json=chat(program_id=7, extra_body={"program_id": "eb"}),
+            headers={"X-Program-Id": "hdr"},
+        )
+        await c.post(
+            "/p/url/v1/chat/completions",
+            json=chat(extra_body={"program_id": "eb", "top_k": 3}),
+            headers={"X-Program-Id": "hdr"},
+        )
         assert fake_vllm.requests[-1]["extra_body"] == {"top_k": 3}  # other extra_body keys kept
         await c.post("/p/url/v1/chat/completions", json=chat(), headers={"X-Program-Id": "hdr"})
         await c.post("/p/url/v1/chat/completions", json=chat())
@@ -136,8 +157,14 @@ async def test_docker_ids_stripped_and_kept_for_reclaim(fake_vllm: FakeVLLM):
     rc = Reclaimer()
     async with running_proxy(cfg(fake_vllm.url), reclaimer=rc) as (c, proxy):
         await c.post("/v1/chat/completions", json=chat(program_id="d", docker_ids=["c1"]))
-        await c.post("/v1/chat/completions", json=chat(extra_body={"program_id": "d", "docker_ids": ["c2", "c1"], "tool_ids": "t9"}))
-        assert all("docker_ids" not in r and "tool_ids" not in r and "extra_body" not in r for r in fake_vllm.requests)
+        await c.post(
+            "/v1/chat/completions",
+            json=chat(extra_body={"program_id": "d", "docker_ids": ["c2", "c1"], "tool_ids": "t9"}),
+        )
+        assert all(
+            "docker_ids" not in r and "tool_ids" not in r and "extra_body" not in r
+            for r in fake_vllm.requests
+        )
         r = await c.post("/programs/release", json={"program_id": "d"})
         assert r.json() == {"program_id": "d", "released": True}
         assert rc.calls == [("d", {"docker_ids": ["c1", "c2"], "tool_ids": ["t9"]})]
@@ -151,15 +178,30 @@ async def test_models_health_programs_release(fake_vllm: FakeVLLM):
         await c.post("/v1/chat/completions", json=chat(program_id="a"))
         h = (await c.get("/health")).json()
         assert h["status"] == "ok" and h["router_mode"] == "default" and h["scheduling_enabled"] is False
-        assert h["programs_count"] == 1 and h["acting_count"] == 1 and h["reasoning_count"] == 0 and h["paused_count"] == 0
+        assert (
+            h["programs_count"] == 1
+            and h["acting_count"] == 1
+            and h["reasoning_count"] == 0
+            and h["paused_count"] == 0
+        )
         assert h["per_backend"][fake_vllm.url]["total"] == 1
         assert h["backends"] == [fake_vllm.url] and h["profile_enabled"] is False
         # release: known, unknown, bad input (§12.5)
-        assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {"program_id": "a", "released": True}
+        assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {
+            "program_id": "a",
+            "released": True,
+        }
         assert "a" not in (await c.get("/programs")).json()
-        assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {"program_id": "a", "released": False}
+        assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {
+            "program_id": "a",
+            "released": False,
+        }
         r = await c.post("/programs/release", content=b"{nope")
-        assert r.status_code == 400 and r.json()["detail"] == "Invalid JSON" and r.json()["error"]["message"] == "Invalid JSON"
+        assert (
+            r.status_code == 400
+            and r.json()["detail"] == "Invalid JSON"
+            and r.json()["error"]["message"] == "Invalid JSON"
+        )
         r = await c.post("/programs/release", json={})
         assert r.status_code == 400 and r.json()["detail"] == "Missing program_id"
         r = await c.post("/programs/release", json=[1])
@@ -181,13 +223,17 @@ async def test_admin_token_protects_release(fake_vllm: FakeVLLM):
         await c.post("/v1/chat/completions", json=chat(program_id="a"))
         r = await c.post("/programs/release", json={"program_id": "a"})
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-        r = await c.post("/programs/release", json={"program_id": "a"}, headers={"Authorization": "Bearer wrong"})
+        r = await c.post(
+            "/programs/release", json={"program_id": "a"}, headers={"Authorization": "Bearer wrong"}
+        )
         assert r.status_code == 401
         assert "a" in (await c.get("/programs")).json()
         r = await c.post("/programs/release", json={"program_id": "a"}, headers={"X-Admin-Token": "s3cret"})
         assert r.json()["released"] is True
         await c.post("/v1/chat/completions", json=chat(program_id="b"))
-        r = await c.post("/programs/release", json={"program_id": "b"}, headers={"Authorization": "Bearer s3cret"})
+        r = await c.post(
+            "/programs/release", json={"program_id": "b"}, headers={"Authorization": "Bearer s3cret"}
+        )
         assert r.json()["released"] is True
 
 
@@ -204,11 +250,18 @@ async def test_metrics_prometheus_and_json(fake_vllm: FakeVLLM):
         assert 'thunderagent_requests_total{outcome="ok"} 1.0' in text
         assert 'thunderagent_request_duration_seconds_count{stream="false"} 1.0' in text
         assert "thunderagent_queue_length 0.0" in text and "thunderagent_pauses_total 0.0" in text
-        for r in (await c.get("/metrics?format=json"), await c.get("/metrics", headers={"Accept": "application/json"})):
+        for r in (
+            await c.get("/metrics?format=json"),
+            await c.get("/metrics", headers={"Accept": "application/json"}),
+        ):
             j = r.json()
             assert j["metrics_enabled"] is False and j["metrics_interval"] is None
             b = j["backends"][fake_vllm.url]
-            assert b["cache_config"] == {"block_size": 128, "num_gpu_blocks": 24, "total_tokens_capacity": 3072}
+            assert b["cache_config"] == {
+                "block_size": 128,
+                "num_gpu_blocks": 24,
+                "total_tokens_capacity": 3072,
+            }
             assert b["active_program_count"] == 1 and b["acting_program_count"] == 1
             assert b["buffer_per_program"] == 100 and b["healthy"] is True and "metrics" not in b
         assert (await c.get("/metrics?format=xml")).status_code == 400

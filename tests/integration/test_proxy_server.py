@@ -11,14 +11,14 @@ import time
 import httpx
 import pytest
 
+from tests.fakes.fake_vllm import FakeVLLM, free_port_url
+from tests.fakes.proxy_kit import HoldingPolicy, SpyPolicy, chat
+from tests.fakes.server import ServerThread, wait_until
 from ThunderAgent.app import create_app
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase, Resume
 from ThunderAgent.policy.passthrough import PassthroughPolicy
-from tests.fakes.fake_vllm import FakeVLLM, free_port_url
-from tests.fakes.proxy_kit import HoldingPolicy, SpyPolicy, chat
-from tests.fakes.server import ServerThread, wait_until
 
 
 def start_proxy(config: Config, policy) -> tuple[ServerThread, object]:
@@ -36,7 +36,9 @@ def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: Fak
     srv, proxy = start_proxy(c0, spy)
     try:
         with httpx.Client(timeout=10) as c:
-            with c.stream("POST", srv.url + "/v1/chat/completions", json=chat(program_id="p", stream=True)) as r:
+            with c.stream(
+                "POST", srv.url + "/v1/chat/completions", json=chat(program_id="p", stream=True)
+            ) as r:
                 assert r.status_code == 200
                 it = r.iter_bytes()
                 first = next(it)
@@ -62,7 +64,11 @@ def test_non_streaming_client_disconnect_cancels_backend_request(fake_vllm: Fake
     try:
         t0 = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + "/v1/chat/completions", json=chat(program_id="p"), timeout=httpx.Timeout(10, read=0.3))
+            httpx.post(
+                srv.url + "/v1/chat/completions",
+                json=chat(program_id="p"),
+                timeout=httpx.Timeout(10, read=0.3),
+            )
         wait_until(lambda: srv.call(lambda: spy.ends["p"]) == 1, timeout=3, what="end after client left")
         assert time.monotonic() - t0 < 4.0  # did not wait for the backend's 5 s
         wait_until(lambda: fake_vllm.disconnects == 1, timeout=3, what="backend saw the connection close")
@@ -77,7 +83,11 @@ def test_held_request_client_disconnect(fake_vllm: FakeVLLM):
     srv, proxy = start_proxy(c0, spy)
     try:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(srv.url + "/v1/chat/completions", json=chat(program_id="h"), timeout=httpx.Timeout(10, read=0.3))
+            httpx.post(
+                srv.url + "/v1/chat/completions",
+                json=chat(program_id="h"),
+                timeout=httpx.Timeout(10, read=0.3),
+            )
         wait_until(lambda: srv.call(lambda: proxy.registry.get("h").held) == 0, what="held count back to 0")
         assert spy.ends["h"] == 0
         srv.call(lambda: proxy.apply([Resume("h", fake_vllm.url)]))
@@ -95,13 +105,25 @@ def _run_cli(args: list[str], fake: FakeVLLM) -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ThunderAgent", "--backends", fake.url, "--port", str(port), "--log-level", "warning", *args],
+        [
+            sys.executable,
+            "-m",
+            "ThunderAgent",
+            "--backends",
+            fake.url,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"proxy exited: {proc.stdout.read().decode()}")
@@ -140,7 +162,9 @@ def test_client_disconnect_while_sending_body(fake_vllm: FakeVLLM, caplog):
     try:
         with caplog.at_level("ERROR"):
             with socket.create_connection(("127.0.0.1", srv.port)) as s:
-                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\": [")
+                s.sendall(
+                    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"messages": ['
+                )
             wait_until(lambda: cancelled._value.get() == 1, what="request counted as cancelled")
         assert not [r for r in caplog.records if r.name.startswith("thunderagent")]
         assert srv.call(lambda: len(proxy.registry)) == 0 and fake_vllm.requests == []

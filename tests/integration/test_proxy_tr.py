@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.fakes.fake_vllm import FakeVLLM
+from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase, State
-from tests.fakes.fake_vllm import FakeVLLM
-from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
 
 
 async def until(pred, timeout: float = 5.0, what: str = "condition") -> None:
@@ -36,7 +36,12 @@ async def test_tr_basic_flow_and_views(fake_vllm: FakeVLLM):
         r = await c.post("/v1/chat/completions", json=chat(program_id="a", stream=True))
         assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
         p = (await c.get("/programs")).json()["a"]
-        assert (p["status"], p["state"], p["step_count"], p["backend"]) == ("acting", "active", 2, fake_vllm.url)
+        assert (p["status"], p["state"], p["step_count"], p["backend"]) == (
+            "acting",
+            "active",
+            2,
+            fake_vllm.url,
+        )
         h = (await c.get("/health")).json()
         assert h["router_mode"] == "tr" and h["scheduling_enabled"] is True and h["acting_count"] == 1
         assert "thunderagent_queue_length 0.0" in (await c.get("/metrics")).text
@@ -53,7 +58,9 @@ async def test_tr_holds_a_program_until_room_frees(fake_vllm: FakeVLLM):
         r = await c.post("/v1/chat/completions", json=chat("x" * 400, program_id="a"))
         assert r.status_code == 200
         task = asyncio.create_task(c.post("/v1/chat/completions", json=chat("y" * 400, program_id="b")))
-        await until(lambda: proxy.registry.get("b") is not None and proxy.registry.get("b").held == 1, what="b held")
+        await until(
+            lambda: proxy.registry.get("b") is not None and proxy.registry.get("b").held == 1, what="b held"
+        )
         assert len(fake_vllm.requests) == 1  # nothing of b's reached the engine
         view = proxy.policy.program("b")
         assert view.state == State.PAUSED and view.phase == Phase.REASONING
@@ -72,7 +79,9 @@ async def test_tr_release_while_held_rejects(fake_vllm: FakeVLLM):
         await until(lambda: proxy.backends[fake_vllm.url].capacity == 384, what="capacity discovered")
         await c.post("/v1/chat/completions", json=chat("x" * 400, program_id="a"))
         task = asyncio.create_task(c.post("/v1/chat/completions", json=chat("y" * 400, program_id="b")))
-        await until(lambda: proxy.registry.get("b") is not None and proxy.registry.get("b").held == 1, what="b held")
+        await until(
+            lambda: proxy.registry.get("b") is not None and proxy.registry.get("b").held == 1, what="b held"
+        )
         assert (await c.post("/programs/release", json={"program_id": "b"})).json()["released"] is True
         r = await task
         assert r.status_code == 410 and r.json()["error"]["message"]

@@ -67,7 +67,9 @@ def test_exponents_and_multiple_engines():
 
 
 def test_v0_names_mapped():
-    m = parse_vllm_metrics('# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name="m"} 0.25\n')
+    m = parse_vllm_metrics(
+        '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name="m"} 0.25\n'
+    )
     assert m["vllm:kv_cache_usage_perc"] == 0.25
 
 
@@ -79,10 +81,32 @@ def test_malformed_metrics_raise():
 def test_sglang_and_skyrl_capacity():
     assert parse_sglang_capacity({"max_total_num_tokens": "4096"}) == 4096
     assert parse_sglang_capacity({"server_info": {"max_total_num_tokens": 100}}) == 100
-    assert parse_sglang_capacity({"internal_states": [{"memory_usage": {"token_capacity": 7}}, {"memory_usage": {"token_capacity": 9}}]}) == 9
+    assert (
+        parse_sglang_capacity(
+            {
+                "internal_states": [
+                    {"memory_usage": {"token_capacity": 7}},
+                    {"memory_usage": {"token_capacity": 9}},
+                ]
+            }
+        )
+        == 9
+    )
     assert parse_sglang_capacity({"max_total_num_tokens": 0}) is None
-    m = parse_skyrl_metrics({"engines": [{"kv_cache_usage_pct": 50, "num_running_reqs": 2}, {"kv_cache_usage_pct": 10, "num_waiting_reqs": 1}, {"error": "down"}]})
-    assert m["vllm:kv_cache_usage_perc"] == pytest.approx(0.3) and m["vllm:num_requests_running"] == 2 and m["num_engines"] == 3
+    m = parse_skyrl_metrics(
+        {
+            "engines": [
+                {"kv_cache_usage_pct": 50, "num_running_reqs": 2},
+                {"kv_cache_usage_pct": 10, "num_waiting_reqs": 1},
+                {"error": "down"},
+            ]
+        }
+    )
+    assert (
+        m["vllm:kv_cache_usage_perc"] == pytest.approx(0.3)
+        and m["vllm:num_requests_running"] == 2
+        and m["num_engines"] == 3
+    )
     assert parse_skyrl_metrics({"engines": []}) is None
 
 
@@ -113,15 +137,28 @@ async def test_fetch_capacity_per_backend_type():
     async with mock_client({"/metrics": httpx.Response(200, text=PRESSURE)}) as c:
         st = BackendState(url="http://v")
         assert await fetch_capacity(c, st) == 128 * 24
-        assert st.cache_config_json() == {"block_size": 128, "num_gpu_blocks": 24, "total_tokens_capacity": 3072}
-    async with mock_client({"/get_server_info": httpx.Response(200, json={"max_total_num_tokens": 5000})}) as c:
+        assert st.cache_config_json() == {
+            "block_size": 128,
+            "num_gpu_blocks": 24,
+            "total_tokens_capacity": 3072,
+        }
+    async with mock_client(
+        {"/get_server_info": httpx.Response(200, json={"max_total_num_tokens": 5000})}
+    ) as c:
         st = BackendState(url="http://s", backend_type="sglang")
-        assert await fetch_capacity(c, st) == 5000 and st.cache_config_json() == {"total_tokens_capacity": 5000}
-    skyrl = {"timestamp": 1, "engines": [{"engine_id": 0, "kv_cache_usage_pct": 20}, {"engine_id": 1, "kv_cache_usage_pct": 40}]}
+        assert await fetch_capacity(c, st) == 5000 and st.cache_config_json() == {
+            "total_tokens_capacity": 5000
+        }
+    skyrl = {
+        "timestamp": 1,
+        "engines": [{"engine_id": 0, "kv_cache_usage_pct": 20}, {"engine_id": 1, "kv_cache_usage_pct": 40}],
+    }
     async with mock_client({"/metrics": httpx.Response(200, json=skyrl)}) as c:
         st = BackendState(url="http://k", backend_type="skyrl")
         assert await fetch_capacity(c, st) == 400_000
-        assert st.cache_config_json()["backend_type"] == "skyrl" and st.cache_config_json()["num_engines"] == 2
+        assert (
+            st.cache_config_json()["backend_type"] == "skyrl" and st.cache_config_json()["num_engines"] == 2
+        )
         assert await scrape(c, st) and st.latest["vllm:kv_cache_usage_perc"] == pytest.approx(0.3)
 
 

@@ -49,7 +49,11 @@ def test_incremental_estimate_and_learning():
 
 
 def test_message_chars_counts_parts_and_tool_calls():
-    m = {"role": "assistant", "content": [{"type": "text", "text": "abc"}, {"type": "image_url"}], "tool_calls": [{"function": {"name": "ls", "arguments": '{"p":1}'}}]}
+    m = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "abc"}, {"type": "image_url"}],
+        "tool_calls": [{"function": {"name": "ls", "arguments": '{"p":1}'}}],
+    }
     assert message_chars(m) == 3 + 2 + 7
 
 
@@ -76,7 +80,12 @@ def test_passthrough_phases_and_accounting():
     v = p.program("x")
     assert v.phase == Phase.ACTING and v.tokens == 150
     b = {bv.url: bv for bv in p.backends()}
-    assert (b["a"].acting_tokens, b["a"].reasoning_tokens, b["a"].program_count, b["a"].acting_count) == (150, 0, 1, 1)
+    assert (b["a"].acting_tokens, b["a"].reasoning_tokens, b["a"].program_count, b["a"].acting_count) == (
+        150,
+        0,
+        1,
+        1,
+    )
     p.on_progress("x", 20)
     assert p.program("x").tokens == 170
     assert p.release("x", 2.0) == (True, [])
@@ -135,12 +144,35 @@ def test_every_config_field_is_a_flag_with_help():
 def test_defaults_match_upstream_except_host():
     c = parse_config([])
     assert c == Config()
-    assert (c.port, c.router, c.backend_type, c.scheduler_interval, c.metrics_interval, c.acting_token_weight) == (8300, "tr", "vllm", 5.0, 5.0, 1.0)
+    assert (
+        c.port,
+        c.router,
+        c.backend_type,
+        c.scheduler_interval,
+        c.metrics_interval,
+        c.acting_token_weight,
+    ) == (8300, "tr", "vllm", 5.0, 5.0, 1.0)
     assert (c.profile, c.metrics, c.use_acting_token_decay, c.host) == (False, False, False, "127.0.0.1")
 
 
 def test_flag_parsing():
-    c = parse_config(["--backends", " http://a:1 , http://b:2", "--profile", "--metrics", "--use-acting-token-decay", "--router", "default", "--port", "9000", "--admin-token", "t", "--idle-ttl", "0"])
+    c = parse_config(
+        [
+            "--backends",
+            " http://a:1 , http://b:2",
+            "--profile",
+            "--metrics",
+            "--use-acting-token-decay",
+            "--router",
+            "default",
+            "--port",
+            "9000",
+            "--admin-token",
+            "t",
+            "--idle-ttl",
+            "0",
+        ]
+    )
     assert c.backends == ("http://a:1", "http://b:2") and c.profile and c.metrics and c.use_acting_token_decay
     assert (c.router, c.port, c.admin_token, c.idle_ttl) == ("default", 9000, "t", 0.0)
 
@@ -167,7 +199,9 @@ def test_bad_flags_one_line_exit_2(argv, needle, capsys):
 
 
 def test_help_explains_binding():
-    r = subprocess.run([sys.executable, "-m", "ThunderAgent", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ThunderAgent", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0
     assert "127.0.0.1" in r.stdout and "--host 0.0.0.0" in r.stdout and "--admin-token" in r.stdout
 
@@ -177,9 +211,22 @@ def test_help_explains_binding():
 
 def test_profile_writer_csv_and_jsonl(tmp_path):
     w = ProfileWriter(tmp_path / "prof")
-    rec = StepRecord(program_id="p", step=1, arrival=10.0, start=10.5, end=12.0, first_token=11.0, prompt_tokens=100, completion_tokens=5, cached_tokens=50, pause_s=0.5)
+    rec = StepRecord(
+        program_id="p",
+        step=1,
+        arrival=10.0,
+        start=10.5,
+        end=12.0,
+        first_token=11.0,
+        prompt_tokens=100,
+        completion_tokens=5,
+        cached_tokens=50,
+        pause_s=0.5,
+    )
     w.submit(rec, csv_row(rec, 1, 0.0))
-    rec2 = StepRecord(program_id="p", step=2, arrival=13.0, start=13.0, end=13.2, status="error", http_status=502)
+    rec2 = StepRecord(
+        program_id="p", step=2, arrival=13.0, start=13.0, end=13.2, status="error", http_status=502
+    )
     w.submit(rec2, None)
     w.close()
     rows = list(csv.reader(open(tmp_path / "prof" / "step_profiles.csv")))

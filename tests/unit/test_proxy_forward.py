@@ -32,8 +32,12 @@ def sample_stream(section: str) -> bytes:
     return raw.encode()
 
 
-USAGE_STREAM = sample_stream("### POST /v1/chat/completions (streaming, stream_options.include_usage=true) -- raw SSE")
-CONT_STREAM = sample_stream("### POST /v1/chat/completions (streaming, include_usage + continuous_usage_stats) -- raw SSE")
+USAGE_STREAM = sample_stream(
+    "### POST /v1/chat/completions (streaming, stream_options.include_usage=true) -- raw SSE"
+)
+CONT_STREAM = sample_stream(
+    "### POST /v1/chat/completions (streaming, include_usage + continuous_usage_stats) -- raw SSE"
+)
 
 
 def test_sample_streams_parsed():
@@ -47,7 +51,11 @@ def test_tap_strips_only_the_usage_chunk():
         b'data: {"id":"chatcmpl-a50e4dfb066c042d","object":"chat.completion.chunk","created":1795545610,"model":"tiny","choices":[],"usage":{"prompt_tokens":15,"total_tokens":21,"completion_tokens":6},"system_fingerprint":"vllm-0.32.0-9ea56831"}\n\n',
         b"",
     )
-    assert tap.usage is not None and (tap.usage.prompt_tokens, tap.usage.completion_tokens, tap.usage.total_tokens) == (15, 6, 21)
+    assert tap.usage is not None and (
+        tap.usage.prompt_tokens,
+        tap.usage.completion_tokens,
+        tap.usage.total_tokens,
+    ) == (15, 6, 21)
     assert tap.usage.cached_tokens is None and tap.saw_done and tap.events == 8
 
 
@@ -91,8 +99,28 @@ def test_tap_unterminated_last_event_flushed():
 @pytest.mark.parametrize(
     ("obj", "expect"),
     [
-        ({"usage": {"prompt_tokens": 30, "total_tokens": 54, "completion_tokens": 24, "prompt_tokens_details": None}}, (30, 24, 54, None)),
-        ({"usage": {"prompt_tokens": 317, "total_tokens": 321, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 256}}}, (317, 4, 321, 256)),
+        (
+            {
+                "usage": {
+                    "prompt_tokens": 30,
+                    "total_tokens": 54,
+                    "completion_tokens": 24,
+                    "prompt_tokens_details": None,
+                }
+            },
+            (30, 24, 54, None),
+        ),
+        (
+            {
+                "usage": {
+                    "prompt_tokens": 317,
+                    "total_tokens": 321,
+                    "completion_tokens": 4,
+                    "prompt_tokens_details": {"cached_tokens": 256},
+                }
+            },
+            (317, 4, 321, 256),
+        ),
         ({"usage": {"prompt_tokens": 10, "total_tokens": 15.0}}, (10, 5, 15, None)),
         ({"usage": {"prompt_tokens": 10}}, None),
         ({"usage": {"total_tokens": float("inf")}}, None),
@@ -103,23 +131,37 @@ def test_tap_unterminated_last_event_flushed():
 )
 def test_usage_from(obj, expect):
     u = usage_from(obj)
-    assert (None if u is None else (u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens)) == expect
+    assert (
+        None if u is None else (u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens)
+    ) == expect
 
 
 def test_prepare_forward_strips_and_injects():
-    p = {"model": "m", "messages": [], "program_id": "x", "docker_ids": ["a"], "extra_body": {"program_id": "y", "tool_ids": ["t"]}}
+    p = {
+        "model": "m",
+        "messages": [],
+        "program_id": "x",
+        "docker_ids": ["a"],
+        "extra_body": {"program_id": "y", "tool_ids": ["t"]},
+    }
     out = prepare_forward(p, b"ignored")
     assert json.loads(out.body) == {"model": "m", "messages": []} and not out.stream
     p = {"messages": [], "stream": True, "stream_options": {"foo": 1}}
     out = prepare_forward(p, b"ignored")
-    assert json.loads(out.body)["stream_options"] == {"foo": 1, "include_usage": True} and out.strip_usage_chunk
+    assert (
+        json.loads(out.body)["stream_options"] == {"foo": 1, "include_usage": True} and out.strip_usage_chunk
+    )
     assert p["stream_options"] == {"foo": 1}  # the client's object is not mutated
     raw = b'{"messages": [], "stream": true, "stream_options": {"include_usage": true}}'
     out = prepare_forward(json.loads(raw), raw)
     assert out.body is raw and not out.strip_usage_chunk
     raw = b'{"messages": [], "extra_body": {"top_k": 2}}'
     assert prepare_forward(json.loads(raw), raw).body is raw
-    assert json.loads(prepare_forward({"messages": [], "stream": True, "stream_options": {"include_usage": False}}, b"").body)["stream_options"] == {"include_usage": True}
+    assert json.loads(
+        prepare_forward(
+            {"messages": [], "stream": True, "stream_options": {"include_usage": False}}, b""
+        ).body
+    )["stream_options"] == {"include_usage": True}
 
 
 def test_program_id_extraction():
@@ -136,7 +178,10 @@ def test_program_id_extraction():
 
 
 def test_resources_and_validation():
-    assert extract_resources({"docker_ids": "a", "extra_body": {"docker_ids": ["b"], "tool_ids": [3]}}) == {"docker_ids": ["a", "b"], "tool_ids": ["3"]}
+    assert extract_resources({"docker_ids": "a", "extra_body": {"docker_ids": ["b"], "tool_ids": [3]}}) == {
+        "docker_ids": ["a", "b"],
+        "tool_ids": ["3"],
+    }
     with pytest.raises(ProxyError):
         extract_resources({"tool_ids": {"a": 1}})
     validate_chat({"messages": [{"role": "user", "content": "x"}], "stream": None, "tools": []})
@@ -145,7 +190,9 @@ def test_resources_and_validation():
 
 
 def test_backend_error_bodies():
-    oai = json.dumps({"error": {"message": "m", "type": "BadRequestError", "param": None, "code": 400}}).encode()
+    oai = json.dumps(
+        {"error": {"message": "m", "type": "BadRequestError", "param": None, "code": 400}}
+    ).encode()
     assert backend_error_body(400, oai) == (400, None)
     status, body = backend_error_body(500, oai)
     assert status == 502 and json.loads(body)["error"]["code"] == 500
@@ -163,7 +210,22 @@ def test_transport_error_mapping():
 
 
 def test_header_filters():
-    out = request_headers([(b"Host", b"x"), (b"Authorization", b"Bearer k"), (b"X-Program-Id", b"p"), (b"Accept-Encoding", b"gzip"), (b"Connection", b"keep-alive")])
+    out = request_headers(
+        [
+            (b"Host", b"x"),
+            (b"Authorization", b"Bearer k"),
+            (b"X-Program-Id", b"p"),
+            (b"Accept-Encoding", b"gzip"),
+            (b"Connection", b"keep-alive"),
+        ]
+    )
     assert out == [(b"Authorization", b"Bearer k"), (b"accept-encoding", b"identity")]
-    h = httpx.Headers([("content-type", "text/event-stream"), ("transfer-encoding", "chunked"), ("x-request-id", "r"), ("server", "uvicorn")])
+    h = httpx.Headers(
+        [
+            ("content-type", "text/event-stream"),
+            ("transfer-encoding", "chunked"),
+            ("x-request-id", "r"),
+            ("server", "uvicorn"),
+        ]
+    )
     assert response_headers(h) == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r")]
