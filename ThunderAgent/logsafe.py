@@ -8,6 +8,9 @@ forged log line; in a CSV opened by a spreadsheet, a cell such as ``=HYPERLINK(.
   handlers that write the log (``install()`` does that for the root logger's handlers after
   ``logging.basicConfig``), and every logger in the process is covered, including ones that format ids with
   ``%s``. Tracebacks (``exc_info``) are formatted separately and keep their lines.
+* ``redact`` hides credentials that may ride along in logged text: the password of a URL's userinfo
+  (``http://user:pw@host`` — a backend URL may carry one), ``Bearer <token>`` and OpenAI-style ``sk-...``
+  keys. ``EscapingFilter`` applies it to every record too, so no logger can write a backend password.
 * ``csv_cell`` neutralises spreadsheet formulas in a CSV cell (OWASP "CSV injection"): a cell that starts
   with ``= + - @`` (or a tab/CR) gets a leading ``'``. The csv module already quotes separators, quotes and
   newlines, so rows and columns cannot be forged; this handles the formula part only.
@@ -20,6 +23,11 @@ import re
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SECRETS = (
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@"), r"\1:***@"),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "sk-***"),
+)
 
 
 def _escape_char(m: re.Match[str]) -> str:
@@ -34,16 +42,24 @@ def escape_control(text: str) -> str:
     return _CONTROL.sub(_escape_char, text)
 
 
+def redact(text: str) -> str:
+    """``text`` with URL passwords, bearer tokens and ``sk-`` keys replaced by ``***``."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
 class EscapingFilter(logging.Filter):
-    """A handler filter that makes each log record a single line of printable text."""
+    """A handler filter that makes each log record a single line of printable text, credentials redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string is logging's problem to report, not ours
             return True
-        if _CONTROL.search(message):
-            record.msg = escape_control(message)
+        clean = redact(escape_control(message))
+        if clean != message:
+            record.msg = clean
             record.args = None
         return True
 

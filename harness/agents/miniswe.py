@@ -30,6 +30,7 @@ from harness.agents.base import Endpoint, Instance, InstanceResult
 from harness.agents.checkout import prepare_checkout
 from harness.agents.steps import StepRecorder
 from harness.agents.threaded import StopSignal, ThreadedAgent
+from harness.records import safe_join, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,8 @@ class MiniSweAgent(ThreadedAgent):
             result.extra["exit_status"] = exit_status
             if agent is not None and self.trajectories_dir is not None:
                 try:
-                    agent.save(Path(self.trajectories_dir) / iid / f"{iid}.traj.json",
+                    name = safe_name(str(iid))  # ids come from datasets: never a path out of the directory
+                    agent.save(safe_join(self.trajectories_dir, name, f"{name}.traj.json"),
                                {"info": {"exit_status": exit_status, "submission": result.patch},
                                 "instance_id": iid, "program_id": program_id})
                 except Exception:  # noqa: BLE001

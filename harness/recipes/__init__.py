@@ -223,6 +223,8 @@ def recipe_from_dict(data: dict[str, Any], path: Path) -> Recipe:
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise RecipeError(f"recipe {where}: 'name' must be a non-empty string")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name):  # it names the results/<name>/ directory
+        raise RecipeError(f"recipe {where}: 'name' {name!r} must be letters, digits, '.', '_' or '-' (it names a results directory)")
     desc = data.get("description", "")
     if not isinstance(desc, str):
         raise RecipeError(f"recipe {where}: 'description' must be a string")
