@@ -64,6 +64,26 @@ Do not commit; your changes are collected from the working tree.
 """
 
 
+FAKE_USER_REPLY = (
+    "Please continue working on the task with the tools you have. If you have solved it, call the finish "
+    "tool; if you cannot solve it, call the finish tool and say why."
+)
+
+
+def _status(conversation: Any) -> str:
+    s = conversation.state.execution_status
+    return str(getattr(s, "value", s))
+
+
+def _called_finish(conversation: Any) -> bool:
+    """True when the agent's latest action was the `finish` tool (not a text answer)."""
+    for ev in reversed(list(conversation.state.events)):
+        if getattr(ev, "source", None) != "agent":
+            continue
+        return getattr(ev, "tool_name", None) == "finish"
+    return False
+
+
 def swebench_image(instance: Instance) -> str:
     """The official swebench instance image name (same rule as swebench / mini-swe-agent / OpenHands)."""
     if instance.get("image_name") or instance.get("docker_image"):
@@ -132,6 +152,7 @@ class OpenHandsAgent(ThreadedAgent):
     llm_timeout_s: int = 600
     docker_network: str | None = "host"
     llm_overrides: dict[str, Any] = field(default_factory=dict)  # extra openhands.sdk.LLM fields
+    fake_user_replies: int = 10  # nudges when the model answers with text instead of calling finish
 
     name = "openhands"
 
@@ -210,9 +231,18 @@ class OpenHandsAgent(ThreadedAgent):
                 repo=instance["repo"], workdir=workdir, problem_statement=instance["problem_statement"]))
             try:
                 conversation.run()
+                # A model that answers with text instead of calling `finish` ends the run "finished" while
+                # the task is not: nudge it like OpenHands' benchmarks' fake user does, a bounded number
+                # of times.
+                replies = 0
+                while (_status(conversation) == "finished" and not _called_finish(conversation)
+                       and replies < self.fake_user_replies and not stop.is_set()):
+                    replies += 1
+                    conversation.send_message(FAKE_USER_REPLY)
+                    conversation.run()
+                result.extra["fake_user_replies"] = replies
             finally:
-                status = str(getattr(conversation.state.execution_status, "value",
-                                     conversation.state.execution_status))
+                status = _status(conversation)
                 result.extra["execution_status"] = status
             result.patch = self._patch(instance, workdir, workspace)
             result.status = "ok" if status == "finished" else "error"

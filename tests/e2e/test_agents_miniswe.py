@@ -21,18 +21,21 @@ from harness.agents.base import Endpoint
 from harness.fixtures.make_toy import toy_by_instance_id
 from tests.e2e.agents_e2e import (Proxy, check_predictions, check_program_ids, check_releases, require,
                                   run_agent, start_proxy, toy_instances)
-from tests.fakes.scripted_llm import Action, ScriptedLLM, solve_script, toy_scripts
+from tests.fakes.scripted_llm import Action, ScriptedLLM, chatty_script, toy_scripts
 
 pytestmark = [pytest.mark.real, pytest.mark.agents, pytest.mark.slow, pytest.mark.timeout(600)]
 
 INSTANCES = toy_instances()
 FAILING = INSTANCES[1]["instance_id"]  # errors at its 3rd model call, after the fix was applied
+CHATTY = INSTANCES[0]["instance_id"]  # answers once with text only (mini's format-error path)
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ScriptedLLM]:
     require("minisweagent", "miniswe")
-    with ScriptedLLM(toy_scripts({FAILING: 2}), INSTANCES) as m:
+    scripts = toy_scripts({FAILING: 2})
+    scripts[CHATTY] = chatty_script(toy_by_instance_id(CHATTY))
+    with ScriptedLLM(scripts, INSTANCES) as m:
         yield m
 
 
@@ -74,7 +77,7 @@ def test_miniswe_through_thunderagent(model: ScriptedLLM, proxy: Proxy, tmp_path
             assert r.patch == "", "mini-swe-agent submits nothing when it fails"
         else:
             assert r.status == "ok" and r.extra["exit_status"] == "Submitted", r
-            assert r.steps == len(solve_script(toy_by_instance_id(iid)))
+            assert r.steps == len(model.scripts[iid])
             assert r.patch == inst["patch"], "the submission is the gold fix, byte for byte"
         assert (tmp_path / "traj" / iid / f"{iid}.traj.json").exists()
     # the base config is never mutated: program ids live only in the per-instance deep copies
@@ -159,7 +162,7 @@ def test_miniswe_under_the_runner(model: ScriptedLLM, proxy: Proxy, tmp_path: Pa
     per_pid = Counter(s.program_id for s in steps)
     proxy_recs = Counter(r.program_id for r in proxy.wait_records(len(steps)) if r.program_id in per_pid)
     assert per_pid == proxy_recs and len(per_pid) == 3
-    assert sorted(per_pid.values()) == [3, 4, 4]
+    assert sorted(per_pid.values()) == [3, 4, 5]
     assert not set(per_pid) & set(proxy.programs()), "every program released"
 
     report = evaluate(run_dir / "predictions.jsonl")

@@ -31,7 +31,7 @@ from harness.fixtures.make_toy import TOY_REPOS, ToyRepo
 class Action:
     """One scripted model turn: run a shell command, finish (submit), or fail with an HTTP error."""
 
-    kind: str  # "bash" | "finish" | "error"
+    kind: str  # "bash" | "finish" | "say" (text, no tool call) | "error"
     command: str = ""
     status: int = 400
     thought: str = ""
@@ -68,6 +68,13 @@ def solve_script(toy: ToyRepo) -> list[Action]:
         Action("bash", "git diff --no-color", thought="Check the change."),
         Action("finish", thought="The bug is fixed."),
     ]
+
+
+def chatty_script(toy: ToyRepo) -> list[Action]:
+    """solve_script with a text-only answer after the fix: the agent must carry on (OpenHands: its
+    fake-user nudge; mini-swe-agent: its format-error notice) and still finish."""
+    steps = solve_script(toy)
+    return steps[:2] + [Action("say", thought="I have fixed the bug.")] + steps[2:]
 
 
 def failing_script(toy: ToyRepo, after: int = 1, status: int = 400) -> list[Action]:
@@ -150,11 +157,17 @@ class ScriptedLLM:
         iid = self._identify(body)
         if iid is None or iid not in self.scripts:
             return 400, _error("scripted model: unknown instance (no matching problem statement)"), iid, None
-        step = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
+        step = _turn(body.get("messages", []))
         script = self.scripts[iid]
         action = script[min(step, len(script) - 1)]
         if action.kind == "error":
             return action.status, _error(f"scripted failure at step {step + 1}"), iid, step
+        with self._lock:
+            self._n += 1
+            n = self._n
+        if action.kind == "say":  # a text-only answer (no tool call), as real models sometimes give
+            return 200, _completion(n, body, self.model, {"role": "assistant", "content": action.thought
+                                                          or "I think I am done."}, "stop"), iid, step
         tools = {t.get("function", {}).get("name") for t in body.get("tools") or []}
         if "terminal" in tools:  # OpenHands
             name, args = ("finish", {"message": action.thought or "done"}) if action.kind == "finish" \
@@ -165,26 +178,34 @@ class ScriptedLLM:
             name, args = "bash", {"command": cmd}
         else:
             return 400, _error(f"scripted model: no known tool in {sorted(t for t in tools if t)}"), iid, step
-        with self._lock:
-            self._n += 1
-            n = self._n
-        prompt_tokens = max(1, len(json.dumps(body.get("messages", []))) // 4)
         message = {
             "role": "assistant",
             "content": action.thought or None,
             "tool_calls": [{"id": f"call_{n}", "type": "function",
                             "function": {"name": name, "arguments": json.dumps(args)}}],
         }
-        resp = {
-            "id": f"chatcmpl-scripted-{n}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", self.model),
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 20,
-                      "total_tokens": prompt_tokens + 20},
-        }
-        return 200, resp, iid, step
+        return 200, _completion(n, body, self.model, message, "tool_calls"), iid, step
+
+
+def _turn(messages: list[dict[str, Any]]) -> int:
+    """0-based turn of a request = the environment's replies so far: tool results and user messages after
+    the task (a fake-user nudge, mini-swe-agent's format-error notice). Counting replies rather than
+    assistant messages also works when a library drops a malformed assistant message from the history."""
+    first_user = next((k for k, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+    return sum(1 for m in messages[first_user + 1:] if m.get("role") in ("tool", "user"))
+
+
+def _completion(n: int, body: dict[str, Any], model: str, message: dict[str, Any],
+                finish_reason: str) -> dict[str, Any]:
+    prompt_tokens = max(1, len(json.dumps(body.get("messages", []))) // 4)
+    return {
+        "id": f"chatcmpl-scripted-{n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", model),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 20, "total_tokens": prompt_tokens + 20},
+    }
 
 
 def _text(content: Any) -> str:
@@ -274,9 +295,11 @@ def _make_handler(llm: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             base = {k: resp[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
             msg = resp["choices"][0]["message"]
             delta = {"role": "assistant", "content": msg["content"],
-                     "tool_calls": [dict(tc, index=i) for i, tc in enumerate(msg["tool_calls"])]}
+                     **({"tool_calls": [dict(tc, index=i) for i, tc in enumerate(msg["tool_calls"])]}
+                        if msg.get("tool_calls") else {})}
+            finish = resp["choices"][0]["finish_reason"]
             chunks = [base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-                      base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+                      base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]
             if include_usage:
                 chunks.append(base | {"choices": [], "usage": resp["usage"]})
             data = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
