@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import random
 import re
 import sys
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"healthy after {waited:.0f} s", file=sys.stderr)
                 base_url = launch.base_url
             t0 = time.monotonic()
+            load0 = os.getloadavg()  # the machine may be shared: keep the load with the data
             samples, labels = asyncio.run(_probe(base_url, args.model, plan, args.seed))
             print(f"probed {len(samples)} samples in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         except VllmSetupError as e:
@@ -445,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         data_file = str(out.relative_to(HERE.parent.parent))
         if not args.no_write:
             write_samples(out, samples, {"base_url": base_url, "model": args.model, "plan": asdict(plan),
-                                         "cache_config_info": labels, "utc": dt.datetime.now(dt.UTC).isoformat()})
+                                         "cache_config_info": labels, "utc": dt.datetime.now(dt.UTC).isoformat(),
+                                         "loadavg_before_after": [load0, os.getloadavg()], "cores": os.cpu_count()})
     fit = fit_betas(medians(samples))
     overheads = request_overheads(fit, samples)
     print(json.dumps({**asdict(fit), **overheads}, indent=1))
