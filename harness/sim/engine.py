@@ -654,7 +654,8 @@ class Scheduler:
         self.off = np.full(cap, _GONE, dtype=np.int64)
         self.nb = np.zeros(cap, dtype=np.int64)
         self.slot_req: list[Request | None] = [None] * cap
-        self._free_slots = list(range(cap - 1, -1, -1))  # stack: lowest slot on top
+        self._free_slots = list(range(cap))  # min-heap: decoders use the lowest slots, arrays are cut at `hi`
+        self.hi = 0  # 1 + the highest slot in use
         self.num_decoders = 0
         self.sum_off = 0
         self.fin_heap: list[tuple[int, int, Request]] = []
@@ -670,7 +671,9 @@ class Scheduler:
     # decoders
     def _enter_decode(self, req: Request, s_next: int) -> None:
         """req (computed == num_tokens - 1) decodes from step s_next on."""
-        slot = self._free_slots.pop()
+        slot = heapq.heappop(self._free_slots)
+        if slot >= self.hi:
+            self.hi = slot + 1
         req.slot = slot
         off = req.num_computed_tokens - s_next
         self.off[slot] = off
@@ -703,7 +706,11 @@ class Scheduler:
         self.slot_req[slot] = None
         self.sum_off -= off
         self.num_decoders -= 1
-        self._free_slots.append(slot)
+        heapq.heappush(self._free_slots, slot)
+        hi = self.hi
+        while hi and self.slot_req[hi - 1] is None:
+            hi -= 1
+        self.hi = hi
         req.slot = -1
 
     def _preempt(self, req: Request, s: int) -> None:
@@ -717,12 +724,14 @@ class Scheduler:
 
     def crossing(self, s: int) -> np.ndarray:
         """Decoder slots that need a new block at step s (computed + 1 > blocks * block_size)."""
-        return np.flatnonzero(self.off + (s + 1) > self.nb * self.block_size)
+        hi = self.hi
+        return np.flatnonzero(self.off[:hi] + (s + 1) > self.nb[:hi] * self.block_size)
 
     def blocks_for_run(self, s: int, k: int) -> int:
         """Blocks the decoders still need to run steps s .. s+k-1."""
         bs = self.block_size
-        return int(np.maximum((self.off + (s + k + bs - 1)) // bs - self.nb, 0).sum())
+        hi = self.hi
+        return int(np.maximum((self.off[:hi] + (s + k + bs - 1)) // bs - self.nb[:hi], 0).sum())
 
     def schedule(self, now: float, s: int) -> SchedulerOutput:
         pool = self.pool
@@ -981,7 +990,8 @@ class Engine:
             extra = sch.blocks_for_run(s, k)  # beyond what step s already allocated
             if extra:
                 bs = self.block_size
-                sch.nb[:] = np.maximum(sch.nb, (sch.off + (s + k + bs - 1)) // bs)
+                hi = sch.hi
+                sch.nb[:hi] = np.maximum(sch.nb[:hi], (sch.off[:hi] + (s + k + bs - 1)) // bs)
                 sch.owed.extend(self.pool.get_new_blocks(extra).tolist())
         end = now + dur
         stats = self.stats
