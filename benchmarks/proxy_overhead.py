@@ -65,49 +65,65 @@ class Result:
     rps: float
 
 
-async def drive(url: str, clients: int, total: int, stream: bool, target: str) -> Result:
+@dataclass
+class Sample:
+    lat: list[float]
+    errors: int
+    wall: float
+
+
+async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
+    """`clients` concurrent clients (one program each) send `total` requests; connections are warmed
+    first and the warm-up is not timed."""
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     lat: list[float] = []
     errors = 0
     remaining = total
+
+    def body(i: int) -> dict:
+        b = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "benchmark " * 20}],
+            "max_tokens": 16,
+            "program_id": f"bench-{i}",
+        }
+        if stream:
+            b["stream"] = True
+        return b
+
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as c:
 
         async def one(i: int) -> None:
             nonlocal remaining, errors
-            body = {
-                "model": "tiny",
-                "messages": [{"role": "user", "content": "benchmark " * 20}],
-                "max_tokens": 16,
-                "program_id": f"bench-{i}",
-            }
-            if stream:
-                body["stream"] = True
-            # warm the connection (not measured)
-            await c.post("/v1/chat/completions", json=body)
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
                 try:
                     if stream:
-                        async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                        async with c.stream("POST", "/v1/chat/completions", json=body(i)) as r:
                             async for _ in r.aiter_raw():
                                 pass
                     else:
-                        r = await c.post("/v1/chat/completions", json=body)
+                        r = await c.post("/v1/chat/completions", json=body(i))
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 lat.append(time.perf_counter() - t0)
                 errors += 0 if ok else 1
 
+        await asyncio.gather(*(c.post("/v1/chat/completions", json=body(i)) for i in range(clients)))
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(clients)))
         wall = time.perf_counter() - t0
-    lat.sort()
+    return Sample(lat, errors, wall)
+
+
+def summarize(target: str, stream: bool, clients: int, samples: list[Sample]) -> Result:
+    lat = sorted(x for s in samples for x in s.lat)
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-    return Result(
-        target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, len(lat) / wall
-    )
+    rps = len(lat) / sum(s.wall for s in samples)
+    errors = sum(s.errors for s in samples)
+    return Result(target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, rps)
 
 
 def main() -> None:
@@ -143,11 +159,16 @@ def main() -> None:
         )
         targets = [("direct", fake_url), ("proxy default", default_url), ("proxy tr", tr_url)]
         results: list[Result] = []
+        rounds = 2 if args.quick else 3
         for stream in (False, True):
             for clients in levels:
                 total = max(30 if args.quick else 200, (2 if args.quick else 4) * clients)
-                for name, url in targets:
-                    results.append(asyncio.run(drive(url, clients, total, stream, name)))
+                samples: dict[str, list[Sample]] = {name: [] for name, _ in targets}
+                # rounds with a rotating order: load drift on a shared machine hits every target alike
+                for k in range(rounds):
+                    for name, url in targets[k % 3 :] + targets[: k % 3]:
+                        samples[name].append(asyncio.run(drive(url, clients, max(1, total // rounds), stream)))
+                results.extend(summarize(name, stream, clients, samples[name]) for name, _ in targets)
     finally:
         for p in procs:
             p.terminate()
