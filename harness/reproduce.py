@@ -40,7 +40,7 @@ ENGINES = ("auto", "vllm", "live-sim", "des")
 SUMMARY_FIELDS = (
     "recipe", "arm", "programs", "status", "steps_per_min", "ci_low", "ci_high", "steps_per_min_records",
     "prefix_hit_rate", "preemptions", "p50_step_latency_s", "p95_step_latency_s", "steps_in_window",
-    "simulated", "profile", "engine", "run_dir", "reason",
+    "simulated", "profile", "engine", "run_dir", "reason", "agree",
 )
 FIGURE_NAME = "throughput.png"
 
@@ -390,6 +390,12 @@ def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -
     for r in failed:
         console.print(f"  [red]failed[/] {r['arm']} × {r['programs']}: {escape(str(r.get('reason')))}",
                       highlight=False, soft_wrap=True)
+    for r in rows:
+        if r.get("agree") is False:
+            console.print(f"  [yellow]note[/] {r['arm']} × {r['programs']}: engine count "
+                          f"{_fmt(r.get('steps_per_min'), '.1f')} vs step records "
+                          f"{_fmt(r.get('steps_per_min_records'), '.1f')} steps/min differ by more than 1%",
+                          highlight=False, soft_wrap=True)
     for arm, ratio in sorted(ratios_at_max(rows).items()):
         console.print(f"  {arm} / vllm at the largest concurrency: [bold]{ratio:.2f}×[/]")
 
