@@ -21,7 +21,9 @@ Knobs (plain attributes; set them from the test thread at any time):
   report_cached    include usage.prompt_tokens_details.cached_tokens (vLLM --enable-prompt-tokens-details),
                    computed from a tiny prefix cache keyed by the first message.
   metrics_status   status of GET /metrics (e.g. 503 to make health probes fail); health_status for /health.
-A refusing backend is just a port nothing listens on: `free_port_url()`.
+A refusing backend is just a port nothing listens on: `free_port_url()`. Like vLLM, the fake stops
+generating when its client disconnects (counted in `disconnects`). Standalone (benchmarks, manual tests):
+`python -m tests.fakes.fake_vllm --port 8100 [--completion-tokens N] [--num-gpu-blocks N]`.
 
 Everything the fake received is recorded: `requests` (JSON bodies), `request_headers` (lower-cased dicts),
 `paths`, and live counters (`running`, `completed`, `disconnects`).
