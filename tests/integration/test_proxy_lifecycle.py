@@ -277,3 +277,18 @@ async def test_held_time_is_profiled_as_pause(fake_vllm: FakeVLLM, tmp_path):
     rows = (tmp_path / "step_profiles.csv").read_text().splitlines()
     assert rows[0] == "program_id,step_id,prefill_s,decode_s,pause_s,tool_call_s,kv_hit_rate,completed_at"
     assert len(rows) == 3 and rows[1].startswith("h,1,") and float(rows[1].split(",")[4]) >= 0.1
+
+
+async def test_concurrent_requests_same_program_reasoning_until_last_ends(fake_vllm: FakeVLLM):
+    fake_vllm.delay = 0.3
+    c0 = cfg(fake_vllm.url)
+    spy = SpyPolicy(PassthroughPolicy(c0))
+    async with running_proxy(c0, policy=spy) as (c, proxy):
+        tasks = [asyncio.create_task(c.post("/v1/chat/completions", json=chat())) for _ in range(10)]
+        await until(lambda: proxy.registry.get("default") is not None and proxy.registry.get("default").inflight == 10)
+        p = (await c.get("/programs")).json()["default"]
+        assert (p["status"], p["inflight"], p["step_count"]) == ("reasoning", 10, 10)
+        assert all(r.status_code == 200 for r in await asyncio.gather(*tasks))
+        p = (await c.get("/programs")).json()["default"]
+        assert (p["status"], p["inflight"]) == ("acting", 0)
+        assert spy.ends["default"] == 10
