@@ -242,6 +242,19 @@ class CapacityPolicy:
             self._resume_pass(now, actions)
         return actions
 
+    def observe_engine(self, url: str, metrics: dict[str, float], now: float) -> list[Action]:
+        """Engine metrics of `url` (e.g. from a /metrics scrape). Passed to the limits (a cost-aware mode
+        learns from them), then the backend is re-checked, as its limits may have moved."""
+        self.add_backend(url)
+        observe = getattr(self.limits, "observe", None)
+        if observe is not None:
+            observe(url, metrics, now)
+        actions = self._flush()
+        self._advance(now)
+        self._pause_pass(self._backends[url], actions)
+        self._resume_pass(now, actions)
+        return actions
+
     def set_shared_prefix(self, tokens: int) -> None:
         """Size in tokens of the prefix every program shares (e.g. the system prompt + tool schemas); only
         used with --shared-prefix-credit. Rebuilds every sum (O(programs)): call it rarely."""

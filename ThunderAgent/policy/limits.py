@@ -26,6 +26,11 @@ class Limits(Protocol):
     def high(self, url: str, capacity: int) -> float: ...
     def low(self, url: str, capacity: int) -> float: ...
 
+    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+        """Engine figures for `url` (vLLM metric names, as ThunderAgent.backends.parse_vllm_metrics returns
+        them). Fixed limits ignore them; a cost-aware mode learns from them."""
+        ...
+
 
 class FixedLimits:
     """high = high_watermark × capacity, low = low_watermark × capacity (capacity in KV tokens)."""
@@ -43,6 +48,9 @@ class FixedLimits:
 
     def low(self, url: str, capacity: int) -> float:
         return self.low_watermark * capacity
+
+    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+        return None
 
 
 def make_limits(config: Config) -> Limits:

@@ -582,6 +582,33 @@ def test_limits_are_a_plug_in_for_other_modes():
     assert pol.on_arrival("c", 1_000, 0.0) == Wait()
 
 
+def test_engine_observations_reach_the_limits_and_recheck_the_backend():
+    class Learning:
+        def __init__(self) -> None:
+            self.factor = 1.0
+            self.seen: list[tuple[str, float]] = []
+
+        def high(self, url: str, capacity: int) -> float:
+            return self.factor * capacity
+
+        def low(self, url: str, capacity: int) -> float:
+            return self.factor * capacity
+
+        def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+            self.seen.append((url, metrics["vllm:num_preemptions_total"]))
+            self.factor = 2.0 if metrics["vllm:num_preemptions_total"] == 0 else 1.0
+
+    lim = Learning()
+    pol = CapacityPolicy(Config(backends=(B1,)), limits=lim)
+    pol.set_capacity(B1, 10_000, 0.0)
+    pol.on_arrival("a", 9_000, 0.0)
+    assert pol.on_arrival("b", 5_000, 0.0) == Wait()
+    assert pol.observe_engine(B1, {"vllm:num_preemptions_total": 0.0}, 1.0) == [Resume("b", B1)]
+    assert lim.seen == [(B1, 0.0)]
+    pol.observe_engine(B1, {"vllm:num_preemptions_total": 3.0}, 2.0)  # limits shrink: b is marked
+    assert view(pol, "a").marked_for_pause is False and view(pol, "b").marked_for_pause is True
+
+
 def test_capacity_lost_again_falls_back_to_the_slot_rule():
     pol = mk(capacity=10_000, unknown_capacity_programs=3)
     run(pol, "a", 5_000)
