@@ -90,21 +90,58 @@ def test_capacity_is_the_overridden_block_pool(engine: VllmServer) -> None:
     assert asyncio.run(engine_capacity(engine.base_url)) == (BLOCK_SIZE, NUM_GPU_BLOCKS)
 
 
-def test_thunderagent_reads_the_real_capacity(engine: VllmServer, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def proxy(engine: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """ThunderAgent (router tr) in front of the engine, for the protocol checks (the A/B starts its own)."""
+    logs = tmp_path_factory.mktemp("proxy-logs")
+    with VllmServer(proxy_launch(engine.base_url, port=free_port()), logs / "proxy.log", startup_timeout=60) as p:
+        yield p
+
+
+def test_thunderagent_reads_the_real_capacity(engine: VllmServer, proxy: VllmServer) -> None:
     """ThunderAgent's capacity comes from vllm:cache_config_info: block_size x num_gpu_blocks."""
-    with VllmServer(proxy_launch(engine.base_url, port=free_port()), tmp_path / "proxy.log",
-                    startup_timeout=60) as proxy:
-        deadline = time.monotonic() + 30
-        cache = None
-        with httpx.Client(timeout=10) as c:
-            while time.monotonic() < deadline:
-                b = c.get(f"{proxy.base_url}/metrics", params={"format": "json"}).json()["backends"]
-                cache = b[engine.base_url]["cache_config"]
-                if cache:
-                    break
-                time.sleep(0.2)  # poll interval; the deadline above bounds the loop
+    deadline = time.monotonic() + 30
+    cache = None
+    with httpx.Client(timeout=10) as c:
+        while time.monotonic() < deadline:
+            b = c.get(f"{proxy.base_url}/metrics", params={"format": "json"}).json()["backends"]
+            cache = b[engine.base_url]["cache_config"]
+            if cache:
+                break
+            time.sleep(0.2)  # poll interval; the deadline above bounds the loop
+        health = c.get(f"{proxy.base_url}/health").json()
     assert cache == {"block_size": BLOCK_SIZE, "num_gpu_blocks": NUM_GPU_BLOCKS,
                      "total_tokens_capacity": BLOCK_SIZE * NUM_GPU_BLOCKS}
+    assert health["per_backend"][engine.base_url]["capacity"] == BLOCK_SIZE * NUM_GPU_BLOCKS
+
+
+def test_streaming_through_thunderagent_tracks_real_usage(proxy: VllmServer) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "for all any " * 60}], "max_tokens": 16,
+            "min_tokens": 16, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+            "program_id": "e2e-stream"}
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        usage = json.loads(lines[-2][6:])["usage"]
+        assert usage["completion_tokens"] == 16 and "prompt_tokens_details" in usage
+        program = c.get(f"{proxy.base_url}/programs").json()["e2e-stream"]
+        assert program["total_tokens"] == usage["total_tokens"] and program["step_count"] == 1
+        released = c.post(f"{proxy.base_url}/programs/release", json={"program_id": "e2e-stream"}).json()
+        assert released == {"program_id": "e2e-stream", "released": True}
+
+
+def test_vllm_errors_reach_the_client_through_thunderagent(proxy: VllmServer) -> None:
+    """A prompt over max-model-len: vLLM's own 400 BadRequestError, OpenAI-shaped, through the proxy. (~2.4 K
+    tokens: more than 2,048, less than the 3,072-token capacity, so tr admits it rather than holding it.)"""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "the and " * 1200}], "max_tokens": 4,
+            "program_id": "e2e-too-long"}
+    with httpx.Client(timeout=60) as c:
+        r = c.post(f"{proxy.base_url}/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert "maximum context length" in err["message"] and err["type"] == "BadRequestError"
 
 
 def test_both_arms_serve_the_whole_workload(ab: dict[str, ArmResult]) -> None:
