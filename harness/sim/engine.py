@@ -471,22 +471,28 @@ class BlockPool:
                 self.evictions += 1
         return np.array(got, dtype=np.int32)
 
-    def cache_blocks(self, blocks: np.ndarray, hashes: np.ndarray, hash_list: list[int], lo: int, hi: int) -> None:
-        """Register blocks[lo:hi] (newly full) under hashes[lo:hi]."""
+    def cache_blocks(self, blocks: np.ndarray, hashes: np.ndarray, hash_list: list[int], lo: int, hi: int,
+                     prev: np.ndarray | None = None) -> None:
+        """Register blocks[lo:hi] (newly full) under hashes[lo:hi]. `prev`: the blocks that held the same
+        positions of this token sequence before (its previous request's blocks), the one place the same content
+        can still be live elsewhere: a chain broken at its first miss is recomputed from there, and later
+        blocks may have survived. vLLM keeps both copies and its lookups return the older one; so do we."""
         if hi <= lo:
             return
         bl = blocks[lo:hi]
         hs = hashes[lo:hi]
         cached = self.cached
         hl = hash_list[lo:hi]
-        prev = np.fromiter(map(cached.get, hl, repeat(0)), dtype=np.int64, count=hi - lo)
-        live_prev = self.hash[prev] == hs  # another block already holds this content (vLLM keeps both)
         self.hash[bl] = hs
         cached.update(zip(hl, bl.tolist()))
-        if live_prev.any():  # vLLM's lookups return the oldest block holding a hash: keep it primary
-            for j in np.flatnonzero(live_prev).tolist():
-                cached[hl[j]] = int(prev[j])
-                self._dups.setdefault(hl[j], []).append(int(bl[j]))
+        if prev is not None and len(prev) > lo:
+            old = prev[lo:hi]
+            n = len(old)
+            live_prev = (self.hash[old] == hs[:n]) & (old != bl[:n])
+            if live_prev.any():
+                for j in np.flatnonzero(live_prev).tolist():
+                    cached[hl[j]] = int(old[j])
+                    self._dups.setdefault(hl[j], []).append(int(bl[j]))
         if len(cached) > self._rebuild_at:
             self._rebuild_map()
 
@@ -587,8 +593,9 @@ class KVCacheManager:
         lo = req.num_cached_blocks
         if n_full <= lo:
             return
-        harr = req.seq.hashes_upto(n_full)
-        self.pool.cache_blocks(req.blocks, harr, req.seq.hash_list(), lo, n_full)
+        seq = req.seq
+        harr = seq.hashes_upto(n_full)
+        self.pool.cache_blocks(req.blocks, harr, seq.hash_list(), lo, n_full, getattr(seq, "last_blocks", None))
         req.num_cached_blocks = n_full
 
     def free(self, req: Request) -> None:
