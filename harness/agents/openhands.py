@@ -251,9 +251,10 @@ class OpenHandsAgent(ThreadedAgent):
         except BaseException as e:  # noqa: BLE001 - the contract: report, never raise
             result.status = "error"
             result.error = f"{type(e).__name__}: {e}"[:2000]
-            if result.patch is None and self.workspace == "local" and (tmp / instance["repo"].split("/")[-1]).exists():
+            checkout = tmp / str(instance.get("repo", "")).split("/")[-1]
+            if result.patch is None and self.workspace == "local" and (checkout / ".git").exists():
                 try:  # keep whatever the agent changed before failing
-                    result.patch = diff_against(tmp / instance["repo"].split("/")[-1], instance["base_commit"])
+                    result.patch = diff_against(checkout, instance["base_commit"])
                 except Exception:  # noqa: BLE001
                     pass
         finally:

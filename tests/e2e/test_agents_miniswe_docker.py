@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -95,11 +96,10 @@ def test_miniswe_docker_environment(model: ScriptedLLM, proxy: Proxy, tmp_path: 
     check_releases(run, proxy, by_pid)
     check_predictions(run, [INST], "mini-swe-agent/scripted")
     # the container is gone (mini-swe-agent's cleanup stops it; --rm removes it), polled with a deadline
-    import time
-
     deadline = time.monotonic() + 90
     while True:
-        ps = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label={name}"], capture_output=True, text=True)
+        ps = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label={name}"],
+                            capture_output=True, text=True)
         if not ps.stdout.strip():
             break
         assert time.monotonic() < deadline, f"container {name} still exists"

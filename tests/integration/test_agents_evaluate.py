@@ -35,7 +35,8 @@ def test_grades_gold_wrong_empty_and_garbage(tmp_path: Path) -> None:
     preds = tmp_path / "predictions.jsonl"
     append_prediction(preds, prediction(calc["instance_id"], "m", calc["patch"]))
     # applies cleanly but does not fix the bug: the FAIL_TO_PASS test still fails
-    wrong = "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n@@ -1,3 +1,3 @@\n-# textkit\n+# textkit!\n \n Text utilities.\n"
+    wrong = ("diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
+             "@@ -1,3 +1,3 @@\n-# textkit\n+# textkit!\n \n Text utilities.\n")
     append_prediction(preds, prediction(textkit["instance_id"], "m", wrong))
     append_prediction(preds, prediction(intervals["instance_id"], "m", ""))
     report = evaluate(preds)  # dataset inferred: every id is a toy id
