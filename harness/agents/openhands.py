@@ -10,7 +10,7 @@ Per instance (see shared spec "agents-and-datasets" §1.3 / §6a):
     and cancellation, and only after the worker thread has stopped making LLM calls.
 
 The SDK is synchronous (blocking HTTP, subprocess tools), so each instance runs in a worker thread
-(`asyncio.to_thread`) and the runner's event loop stays free. Workspaces:
+(one per instance, harness/agents/threaded.py) and the runner's event loop stays free. Workspaces:
   * "local": a temp checkout of the instance repo at base_commit (toy fixtures, CI, or --repos-dir);
   * "docker": the swebench instance image wrapped by OpenHands' agent-server (`DockerDevWorkspace`),
     for users with a Docker engine and the images. There the SDK serialises the whole agent, LLM

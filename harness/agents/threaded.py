@@ -1,7 +1,8 @@
 """The asyncio side shared by the real agents, whose libraries are synchronous.
 
-`ThreadedAgent.run_instance` (the runner's Agent contract) runs the library in a worker thread
-(`asyncio.to_thread`) so the runner's event loop stays free, and guarantees, in this order:
+`ThreadedAgent.run_instance` (the runner's Agent contract) runs the library in a worker thread of its
+own (one per instance, see run_in_own_thread) so the runner's event loop stays free, and guarantees, in
+this order:
   1. on timeout or cancellation the worker is asked to stop (it stops at its next LLM call or step) and
      is awaited (bounded by `stop_grace_s`), so no LLM call of the program follows its release;
   2. `POST /programs/release` exactly once, in `finally` (also on error, timeout and cancellation);
@@ -67,6 +68,32 @@ def _call_quietly(fn: Any) -> None:
         log.debug("stop hook failed", exc_info=True)
 
 
+def run_in_own_thread(name: str, fn: Any, *args: Any) -> asyncio.Future[Any]:
+    """Like `asyncio.to_thread`, but on a dedicated thread: to_thread's default executor has at most
+    min(32, cores + 4) workers, so with more programs in flight than that, the extra instances would sit
+    in its queue while the runner counts them as running. The result is delivered with
+    `call_soon_threadsafe`, after any step records the thread queued before it (FIFO)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def target() -> None:
+        try:
+            value, ok = fn(*args), True
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            value, ok = e, False
+        try:
+            loop.call_soon_threadsafe(deliver, ok, value)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return fut
+
+
 @dataclass
 class ThreadedAgent:
     """Base class: subclasses implement `_run_sync` (runs in a worker thread, never raises)."""
@@ -88,8 +115,8 @@ class ThreadedAgent:
         recorder = StepRecorder(program_id, iid, sink, loop)
         stop = StopSignal()
         result = InstanceResult(instance_id=iid, program_id=program_id, status="error")
-        task = asyncio.ensure_future(asyncio.to_thread(self._run_sync, instance, program_id, endpoint,
-                                                       recorder, stop, result))
+        task = run_in_own_thread(f"{self.name}:{iid}", self._run_sync, instance, program_id, endpoint,
+                                 recorder, stop, result)
         try:
             done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
             if not done:

@@ -156,3 +156,35 @@ def test_step_recorder_without_a_loop_calls_the_sink_directly() -> None:
         c.usage_from(type("R", (), {"usage": type("U", (), {"prompt_tokens": 7, "completion_tokens": 1,
                                                             "prompt_tokens_details": None})()})())
     assert out[0].prompt_tokens == 7 and out[0].cached_tokens is None and json.loads(out[0].to_json())["step"] == 1
+
+
+def test_more_programs_than_the_default_executor_run_at_once(server: ScriptedLLM) -> None:
+    """asyncio.to_thread's executor caps at min(32, cores + 4) threads; every instance must really run."""
+    n = 48
+    active, peak, lock = [0], [0], threading.Lock()
+
+    @dataclass
+    class Blocking(ThreadedAgent):
+        name = "blocking"
+
+        def _run_sync(self, instance: dict, program_id: str, endpoint: Endpoint, recorder: StepRecorder,
+                      stop: StopSignal, result: InstanceResult) -> None:
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            deadline = time.monotonic() + 10
+            while peak[0] < n and time.monotonic() < deadline:  # hold until all are in (bounded)
+                time.sleep(0.01)
+            with lock:
+                active[0] -= 1
+            result.status = "ok"
+
+    ep = Endpoint(base_url=server.base_url, model="m", thunderagent=False)
+
+    async def main() -> list[InstanceResult]:
+        agent = Blocking()
+        return await asyncio.gather(*[agent.run_instance({"instance_id": f"i{k}"}, f"p{k}", ep, lambda r: None)
+                                      for k in range(n)])
+
+    results = asyncio.run(main())
+    assert peak[0] == n and all(r.status == "ok" for r in results)
