@@ -64,14 +64,14 @@ class NaivePolicy:
     def copy_of(cls, pol: CapacityPolicy) -> NaivePolicy:
         """The same scheduling state as `pol` (so a 10,000-program setup is not paid in O(n²))."""
         twin = cls(pol.config)
-        for url, b in pol._backends.items():  # noqa: SLF001 - benchmark-only state transfer
+        for url, b in pol.book.backends.items():
             twin.cap[url], twin.healthy[url] = b.capacity, b.healthy
-        for pid, p in pol._programs.items():  # noqa: SLF001
+        for pid, p in pol.book.programs.items():
             twin.progs[pid] = dict(
                 state="A" if p.state is State.ACTIVE else "P", backend=p.backend, origin=p.origin,
                 tokens=p.tokens, req=p.requests, marked=p.marked, seq=p.seq,
             )  # fmt: skip
-        twin.seq = pol._seq  # noqa: SLF001
+        twin.seq = pol.book.seq
         return twin
 
     # --- scans

@@ -5,7 +5,8 @@ whole programs (never single requests) in one global queue. It is pure: no I/O, 
 every time-dependent method takes `now` — so the proxy and the discrete-event simulator drive the same
 object (see base.py for the driving contract).
 
-Accounting (per backend, kept incrementally — every transition is detach → mutate → attach):
+Accounting (per backend, kept incrementally by the Ledger in ledger.py — every transition is
+detach → mutate → attach):
 
     used = Σ_REASONING c + w · Σ_ACTING c · f(age) + buffer · count  (+ P once, with shared-prefix credit)
 
@@ -73,89 +74,11 @@ from ThunderAgent.policy.base import (
     State,
     Wait,
 )
+from ThunderAgent.policy.ledger import Book, Entry, Key, Ledger
 from ThunderAgent.policy.limits import Limits, make_limits
 
 DECAYS = ("off", "exp", "geometric")
 PLACEMENTS = ("best_fit", "worst_fit")
-_REBASE_EXPONENT = 64.0  # rebase the decay reference before base^exponent can overflow a float
-
-Key = tuple[int, int, str]  # (tokens, seq, program_id): seq breaks ties in arrival order
-
-
-class _Program:
-    __slots__ = (
-        "pid",
-        "seq",
-        "state",
-        "backend",
-        "origin",
-        "tokens",
-        "requests",
-        "marked",
-        "wait_since",
-        "paused_since",
-        "acting_u",
-        "key",
-    )
-
-    def __init__(self, pid: str, seq: int) -> None:
-        self.pid = pid
-        self.seq = seq
-        self.state = State.PAUSED
-        self.backend: str | None = None
-        self.origin: str | None = None
-        self.tokens = 0
-        self.requests = 0  # held + in flight; REASONING iff > 0
-        self.marked = False
-        self.wait_since: float | None = None  # when its oldest held request started waiting
-        self.paused_since: float | None = None
-        self.acting_u = 0.0  # decay clock value when it last became ACTING
-        self.key: Key = (0, seq, pid)  # the key it is filed under while attached
-
-
-class _Backend:
-    __slots__ = (
-        "url",
-        "order",
-        "capacity",
-        "healthy",
-        "count",
-        "reasoning_count",
-        "acting_count",
-        "marked_count",
-        "reasoning_tokens",
-        "acting_tokens",
-        "marked_tokens",
-        "reasoning_c",
-        "acting_c",
-        "marked_c",
-        "acting_s",
-        "paused_count",
-        "acting",
-        "reasoning",
-        "marked",
-    )
-
-    def __init__(self, url: str, order: int) -> None:
-        self.url = url
-        self.order = order
-        self.capacity: int | None = None
-        self.healthy = True
-        self.count = 0
-        self.reasoning_count = 0  # marked included
-        self.acting_count = 0
-        self.marked_count = 0
-        self.reasoning_tokens = 0  # raw contexts (views)
-        self.acting_tokens = 0
-        self.marked_tokens = 0
-        self.reasoning_c = 0  # charged contexts (shared prefix removed when credited)
-        self.acting_c = 0
-        self.marked_c = 0
-        self.acting_s = 0.0  # Σ c · base^((u0 − ref)/unit) over ACTING programs (decay on)
-        self.paused_count = 0  # queued programs whose origin is this backend
-        self.acting: SortedList = SortedList()  # keys of ACTING programs
-        self.reasoning: SortedList = SortedList()  # keys of unmarked REASONING programs
-        self.marked: SortedList = SortedList()  # keys of marked REASONING programs
 
 
 class CapacityPolicy:
@@ -186,29 +109,24 @@ class CapacityPolicy:
             raise ValueError("--aging-bound must be >= 0 and --resume-timeout > 0")
         self.decay = decay
         self.best_fit = placement == "best_fit"
-        self._w = float(config.acting_token_weight)
-        self._buffer = int(config.buffer_per_program)
         self._aging = float(config.aging_bound)
         self._timeout = float(config.resume_timeout)
         self._unknown_slots = int(getattr(config, "unknown_capacity_programs", 16))
         self._credit = bool(config.shared_prefix_credit)
-        self._prefix = int(getattr(config, "shared_prefix_tokens", 0)) if self._credit else 0
         # decay clock: u = now (exp, unit = half-life) or u = ticks (geometric, unit = 1)
-        if decay == "exp":
-            self._base, self._unit = 2.0, float(config.acting_decay_half_life)
-        else:
-            self._base, self._unit = float(config.acting_decay_base), 1.0
-        self._ticks = 0
-        self._ref = 0.0  # decay reference point (same clock as u)
-        self._ref_set = False
-        self._now = 0.0
-
-        self._backends: dict[str, _Backend] = {}
-        self._programs: dict[str, _Program] = {}
-        self._seq = 0
-        self._pending: SortedList = SortedList()  # keys of queued programs with a held request
-        self._pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of the same programs
-        self._idle: SortedList = SortedList()  # keys of queued programs without a request
+        base, unit = (
+            (2.0, float(config.acting_decay_half_life))
+            if decay == "exp"
+            else (float(config.acting_decay_base), 1.0)
+        )
+        self.book = Ledger(
+            weight=config.acting_token_weight,
+            buffer=config.buffer_per_program,
+            decay=decay,
+            base=base,
+            unit=unit,
+            prefix=int(getattr(config, "shared_prefix_tokens", 0)) if self._credit else 0,
+        )  # the accounting (ledger.py); read it, never mutate it from outside
         self._buffered: list[Action] = []  # actions produced where the interface cannot return them
         self._pauses = self._resumes = self._forced = self._marks = self._rejects = 0
         self._swaps = self._unmarks = 0
@@ -217,16 +135,15 @@ class CapacityPolicy:
 
     # ================================================================================ backends
     def add_backend(self, url: str) -> None:
-        if url not in self._backends:
-            self._backends[url] = _Backend(url, len(self._backends))
+        self.book.add_backend(url)
 
     def set_capacity(self, url: str, tokens: int | None, now: float) -> list[Action]:
         """Capacity of `url` in KV tokens (block_size × num_gpu_blocks), or None while unknown."""
         self.add_backend(url)
-        b = self._backends[url]
+        b = self.book.backends[url]
         b.capacity = None if tokens is None or tokens <= 0 else int(tokens)
         actions = self._flush()
-        self._advance(now)
+        self.book.advance(now)
         self._pause_pass(b, actions)
         self._resume_pass(now, actions)
         return actions
@@ -235,9 +152,9 @@ class CapacityPolicy:
         """Unhealthy backends get no new or resumed programs; programs already there stay (and are still
         paused when over capacity)."""
         self.add_backend(url)
-        self._backends[url].healthy = bool(healthy)
+        self.book.backends[url].healthy = bool(healthy)
         actions = self._flush()
-        self._advance(now)
+        self.book.advance(now)
         if healthy:
             self._resume_pass(now, actions)
         return actions
@@ -250,41 +167,33 @@ class CapacityPolicy:
         if observe is not None:
             observe(url, metrics, now)
         actions = self._flush()
-        self._advance(now)
-        self._pause_pass(self._backends[url], actions)
+        self.book.advance(now)
+        self._pause_pass(self.book.backends[url], actions)
         self._resume_pass(now, actions)
         return actions
 
     def set_shared_prefix(self, tokens: int) -> None:
         """Size in tokens of the prefix every program shares (e.g. the system prompt + tool schemas); only
         used with --shared-prefix-credit. Rebuilds every sum (O(programs)): call it rarely."""
-        if not self._credit:
-            return
-        progs = [p for p in self._programs.values()]
-        for p in progs:
-            self._detach(p)
-        self._prefix = max(0, int(tokens))
-        for p in progs:
-            self._attach(p)
+        if self._credit:
+            self.book.set_prefix(tokens)
 
     # ================================================================================ requests
     def on_arrival(self, program_id: str, tokens: int, now: float) -> Admission:
-        self._advance(now)
+        self.book.advance(now)
         tokens = max(0, int(tokens))
-        p = self._programs.get(program_id)
+        p = self.book.programs.get(program_id)
         if p is None:
-            self._seq += 1
-            p = _Program(program_id, self._seq)
-            self._programs[program_id] = p
+            p = self.book.new_program(program_id)
             p.paused_since = now
         else:
-            self._detach(p)
+            self.book.detach(p)
         p.tokens = max(p.tokens, tokens) if p.requests > 0 else tokens
         p.requests += 1
         if p.state is State.ACTIVE:
-            self._attach(p)
-            b = self._backends[p.backend]  # type: ignore[index]
-            if b.capacity is not None and self._used(b) > self.limits.high(b.url, b.capacity):
+            self.book.attach(p)
+            b = self.book.backends[p.backend]  # type: ignore[index]
+            if b.capacity is not None and self.book.used(b) > self.limits.high(b.url, b.capacity):
                 self._pause_pass(b, self._buffered)  # arrival check (Pause actions are informational)
             return Proceed(p.backend)  # type: ignore[arg-type]
         # PAUSED (queued, or brand new): admit now only where the resume pass would pick it first — no
@@ -293,49 +202,49 @@ class CapacityPolicy:
         if p.wait_since is None:
             p.wait_since = now
         if p.requests == 1 and self._may_bypass((p.tokens, p.seq, p.pid), now):
-            target = self._place(p, charge=self._charge(p, reasoning=True))
+            target = self._place(p, charge=self.book.charge(p, reasoning=True))
             if target is not None:
                 if p.origin is not None:
                     self._resumes += 1  # a paused program back on a backend (a newcomer is not a resume)
                 self._activate(p, target)
-                self._attach(p)
+                self.book.attach(p)
                 return Proceed(target.url)
-        self._attach(p)
+        self.book.attach(p)
         return Wait()
 
     def _may_bypass(self, key: Key, now: float) -> bool:
         """Would the resume pass pick this arriving program before every waiting one?"""
-        if not self._pending:
+        if not self.book.pending:
             return True
-        for wait_since, _, pid in self._pending_age:  # oldest first; aged ones reserve the room
+        for wait_since, _, pid in self.book.pending_age:  # oldest first; aged ones reserve the room
             if now - wait_since < self._aging:
                 break
-            if not self._oversize(self._programs[pid]):
+            if not self._oversize(self.book.programs[pid]):
                 return False
-        return key < self._pending[0]
+        return key < self.book.pending[0]
 
     def on_progress(self, program_id: str, tokens: int) -> None:
-        p = self._programs.get(program_id)
+        p = self.book.programs.get(program_id)
         if p is None or tokens <= 0:
             return
-        self._detach(p)
+        self.book.detach(p)
         p.tokens += int(tokens)
-        self._attach(p)
+        self.book.attach(p)
 
     def on_request_end(self, program_id: str, now: float, total_tokens: int | None) -> list[Action]:
         """One request of the program ended (any outcome). May also be called for a HELD request that the
         client abandoned before it was released (the program then stops counting it as waiting)."""
         actions = self._flush()
-        self._advance(now)
-        p = self._programs.get(program_id)
+        self.book.advance(now)
+        p = self.book.programs.get(program_id)
         if p is None or p.requests == 0:
             return actions
-        self._detach(p)
+        self.book.detach(p)
         p.requests -= 1
         if total_tokens is not None and total_tokens >= 0:
             p.tokens = int(total_tokens) if p.requests == 0 else max(p.tokens, int(total_tokens))
         if p.requests == 0:
-            p.acting_u = self._u(now)
+            p.acting_u = self.book.u(now)
             p.wait_since = None
             if p.state is State.ACTIVE and p.marked:
                 p.marked = False
@@ -343,18 +252,18 @@ class CapacityPolicy:
                 self._deactivate(p, now)
                 actions.append(Pause(p.pid, b))  # type: ignore[arg-type]
                 self._pauses += 1
-        self._attach(p)
+        self.book.attach(p)
         self._resume_pass(now, actions)
         return actions
 
     # ================================================================================ lifecycle
     def release(self, program_id: str, now: float) -> tuple[bool, list[Action]]:
         actions = self._flush()
-        self._advance(now)
-        p = self._programs.pop(program_id, None)
+        self.book.advance(now)
+        p = self.book.programs.pop(program_id, None)
         if p is None:
             return False, actions
-        self._detach(p)
+        self.book.detach(p)
         if p.state is State.PAUSED and p.requests > 0:
             actions.append(
                 Reject(
@@ -371,31 +280,31 @@ class CapacityPolicy:
     def tick(self, now: float) -> list[Action]:
         actions = self._flush()
         if self.decay == "geometric":
-            self._ticks += 1
-        self._advance(now)
-        self._rebase(self._u(now))
-        for b in self._backends.values():
+            self.book.ticks += 1
+        self.book.advance(now)
+        self.book.rebase(self.book.u(now))
+        for b in self.book.backends.values():
             self._pause_pass(b, actions)
         self._resume_pass(now, actions)
         return actions
 
     # ================================================================================ views
     def program(self, program_id: str) -> ProgramView | None:
-        p = self._programs.get(program_id)
+        p = self.book.programs.get(program_id)
         return None if p is None else self._view(p)
 
     def programs(self) -> list[ProgramView]:
-        return [self._view(p) for p in self._programs.values()]
+        return [self._view(p) for p in self.book.programs.values()]
 
     def backends(self) -> list[BackendView]:
         out = []
-        for b in self._backends.values():
+        for b in self.book.backends.values():
             out.append(
                 BackendView(
                     url=b.url,
                     capacity=b.capacity,
                     healthy=b.healthy,
-                    used=int(round(self._used(b))),
+                    used=int(round(self.book.used(b))),
                     reasoning_tokens=b.reasoning_tokens,
                     acting_tokens=b.acting_tokens,
                     program_count=b.count,
@@ -415,7 +324,7 @@ class CapacityPolicy:
             forced_resumes=self._forced,
             marks=self._marks,
             rejects=self._rejects,
-            queue_length=len(self._pending) + len(self._idle),
+            queue_length=len(self.book.pending) + len(self.book.idle),
             unmarks=self._unmarks,
             swaps=self._swaps,
             unknown_capacity=tuple(self.unknown_capacity()),
@@ -424,13 +333,13 @@ class CapacityPolicy:
     def unknown_capacity(self) -> list[str]:
         """Backends whose KV capacity is still unknown: the proxy should warn loudly while non-empty (they
         take at most --unknown-capacity-programs programs each and are never paused)."""
-        return [b.url for b in self._backends.values() if b.capacity is None]
+        return [b.url for b in self.book.backends.values() if b.capacity is None]
 
     def used(self, url: str) -> float:
         """Charged usage of a backend at the last `now` seen (exact float; BackendView rounds it)."""
-        return self._used(self._backends[url])
+        return self.book.used(self.book.backends[url])
 
-    def _view(self, p: _Program) -> ProgramView:
+    def _view(self, p: Entry) -> ProgramView:
         return ProgramView(
             program_id=p.pid,
             phase=Phase.REASONING if p.requests > 0 else Phase.ACTING,
@@ -443,136 +352,9 @@ class CapacityPolicy:
             paused_since=p.paused_since if p.state is State.PAUSED else None,
         )
 
-    # ================================================================================ accounting
-    def _c(self, tokens: int) -> int:
-        """Charged context: the shared prefix is removed (it is charged once per backend instead)."""
-        return tokens - min(tokens, self._prefix) if self._prefix else tokens
-
-    def _u(self, now: float) -> float:
-        return float(self._ticks) if self.decay == "geometric" else now
-
-    def _advance(self, now: float) -> None:
-        if now > self._now:
-            self._now = now
-
-    def _factor(self, u0: float) -> float:
-        return self._base ** ((u0 - self._ref) / self._unit)
-
-    def _rebase(self, u: float) -> None:
-        """Move the decay reference to `u`: every backend's decayed sum is scaled by one factor."""
-        if self.decay == "off":
-            return
-        if not self._ref_set:
-            self._ref, self._ref_set = u, True
-            return
-        if u <= self._ref:
-            return
-        scale = self._base ** ((self._ref - u) / self._unit)
-        for b in self._backends.values():
-            b.acting_s = b.acting_s * scale if b.acting_count else 0.0
-        self._ref = u
-
-    def _acting_charge(self, b: _Backend) -> float:
-        if self.decay == "off":
-            return self._w * b.acting_c
-        if not b.acting_count:
-            return 0.0
-        u = self._u(self._now)
-        return self._w * max(0.0, b.acting_s) * self._base ** ((self._ref - u) / self._unit)
-
-    def _used(self, b: _Backend) -> float:
-        shared = self._prefix if (self._prefix and b.count) else 0
-        return b.reasoning_c + self._acting_charge(b) + self._buffer * b.count + shared
-
-    def _projected(self, b: _Backend) -> float:
-        """Usage once every marked program has been paused."""
-        return self._used(b) - b.marked_c - self._buffer * b.marked_count
-
-    def _charge(self, p: _Program, *, reasoning: bool) -> float:
-        """What placing `p` adds to a backend's usage (shared prefix handled in `_fits`)."""
-        c = self._c(p.tokens)
-        if reasoning:
-            return c + self._buffer
-        if self.decay == "off":
-            return self._w * c + self._buffer
-        u = self._u(self._now)
-        return self._w * c * self._base ** ((p.acting_u - u) / self._unit) + self._buffer
-
-    def _attach(self, p: _Program) -> None:
-        """File `p` under its current state in the sums and ordered sets (the inverse of `_detach`)."""
-        key = (p.tokens, p.seq, p.pid)
-        p.key = key
-        if p.state is State.ACTIVE:
-            b = self._backends[p.backend]  # type: ignore[index]
-            c = self._c(p.tokens)
-            b.count += 1
-            if p.requests > 0:
-                b.reasoning_count += 1
-                b.reasoning_tokens += p.tokens
-                b.reasoning_c += c
-                if p.marked:
-                    b.marked_count += 1
-                    b.marked_tokens += p.tokens
-                    b.marked_c += c
-                    b.marked.add(key)
-                else:
-                    b.reasoning.add(key)
-            else:
-                b.acting_count += 1
-                b.acting_tokens += p.tokens
-                b.acting_c += c
-                if self.decay != "off":
-                    if not self._ref_set:
-                        self._ref, self._ref_set = p.acting_u, True
-                    if (p.acting_u - self._ref) / self._unit > _REBASE_EXPONENT:
-                        self._rebase(p.acting_u)
-                    b.acting_s += c * self._factor(p.acting_u)
-                b.acting.add(key)
-        elif p.state is State.PAUSED:
-            if p.origin is not None and p.origin in self._backends:
-                self._backends[p.origin].paused_count += 1
-            if p.requests > 0:
-                self._pending.add(key)
-                self._pending_age.add((p.wait_since, p.seq, p.pid))
-            else:
-                self._idle.add(key)
-
-    def _detach(self, p: _Program) -> None:
-        key = p.key
-        if p.state is State.ACTIVE:
-            b = self._backends[p.backend]  # type: ignore[index]
-            c = self._c(key[0])
-            b.count -= 1
-            if p.requests > 0:
-                b.reasoning_count -= 1
-                b.reasoning_tokens -= key[0]
-                b.reasoning_c -= c
-                if p.marked:
-                    b.marked_count -= 1
-                    b.marked_tokens -= key[0]
-                    b.marked_c -= c
-                    b.marked.remove(key)
-                else:
-                    b.reasoning.remove(key)
-            else:
-                b.acting_count -= 1
-                b.acting_tokens -= key[0]
-                b.acting_c -= c
-                if self.decay != "off":
-                    b.acting_s = b.acting_s - c * self._factor(p.acting_u) if b.acting_count else 0.0
-                b.acting.remove(key)
-        elif p.state is State.PAUSED:
-            if p.origin is not None and p.origin in self._backends:
-                self._backends[p.origin].paused_count -= 1
-            if p.requests > 0:
-                self._pending.remove(key)
-                self._pending_age.remove((p.wait_since, p.seq, p.pid))
-            else:
-                self._idle.remove(key)
-
     # ================================================================================ transitions
     # (callers detach before and attach after)
-    def _activate(self, p: _Program, b: _Backend) -> None:
+    def _activate(self, p: Entry, b: Book) -> None:
         p.state = State.ACTIVE
         p.backend = b.url
         p.origin = None
@@ -580,7 +362,7 @@ class CapacityPolicy:
         p.wait_since = None
         p.marked = False
 
-    def _deactivate(self, p: _Program, now: float) -> None:
+    def _deactivate(self, p: Entry, now: float) -> None:
         p.origin = p.backend
         p.backend = None
         p.state = State.PAUSED
@@ -589,42 +371,42 @@ class CapacityPolicy:
         if p.requests > 0 and p.wait_since is None:
             p.wait_since = now
 
-    def _pause(self, p: _Program, actions: list[Action]) -> None:
+    def _pause(self, p: Entry, actions: list[Action]) -> None:
         """Move an ACTING program from its backend to the queue (its next request will wait)."""
         url = p.backend
-        self._detach(p)
-        self._deactivate(p, self._now)
-        self._attach(p)
+        self.book.detach(p)
+        self._deactivate(p, self.book.now)
+        self.book.attach(p)
         actions.append(Pause(p.pid, url))  # type: ignore[arg-type]
         self._pauses += 1
 
-    def _mark(self, p: _Program) -> None:
+    def _mark(self, p: Entry) -> None:
         """Mark a REASONING program: it is paused when its last in-flight request ends."""
-        self._detach(p)
+        self.book.detach(p)
         p.marked = True
-        self._attach(p)
+        self.book.attach(p)
         self._marks += 1
 
-    def _pause_pass(self, b: _Backend, actions: list[Action]) -> None:
+    def _pause_pass(self, b: Book, actions: list[Action]) -> None:
         """If `b` is over its high limit: pause ACTING programs, then mark REASONING ones, smallest first,
         until the projected usage (marks counted) is at or below the low limit."""
-        if b.capacity is None or self._used(b) <= self.limits.high(b.url, b.capacity):
+        if b.capacity is None or self.book.used(b) <= self.limits.high(b.url, b.capacity):
             return
         target = self.limits.low(b.url, b.capacity)
-        need = self._projected(b) - target
+        need = self.book.projected(b) - target
         if need > 0 and b.acting:
             for key in self._select(b.acting, need, reasoning=False):
-                self._pause(self._programs[key[2]], actions)
-            need = self._projected(b) - target
+                self._pause(self.book.programs[key[2]], actions)
+            need = self.book.projected(b) - target
         if need > 0 and b.reasoning:
             for key in self._select(b.reasoning, need, reasoning=True):
-                self._mark(self._programs[key[2]])
+                self._mark(self.book.programs[key[2]])
         # Marks relieve the backend only when responses end. If pausing idle programs gets the usage under
         # the high line right now, do that too; if even pausing all of them could not, leave them be.
-        over = self._used(b) - self.limits.high(b.url, b.capacity)
-        if over > 0 and b.acting and self._acting_charge(b) + self._buffer * b.acting_count >= over:
+        over = self.book.used(b) - self.limits.high(b.url, b.capacity)
+        if over > 0 and b.acting and self.book.acting_charge(b) + self.book.buffer * b.acting_count >= over:
             for key in self._select(b.acting, over, reasoning=False):
-                self._pause(self._programs[key[2]], actions)
+                self._pause(self.book.programs[key[2]], actions)
 
     def _select(self, keys: SortedList, need: float, *, reasoning: bool) -> list[Key]:
         """Smallest first until `need` charged tokens are freed, then drop (largest first) any chosen
@@ -635,7 +417,7 @@ class CapacityPolicy:
         for key in keys:
             if freed >= need:
                 break
-            c = self._charge(self._programs[key[2]], reasoning=reasoning)
+            c = self.book.charge(self.book.programs[key[2]], reasoning=reasoning)
             chosen.append((key, c))
             freed += c
         keep = [chosen[-1]] if chosen else []
@@ -647,28 +429,28 @@ class CapacityPolicy:
         return sorted(k for k, _ in keep)
 
     # ================================================================================ placement
-    def _room(self, b: _Backend) -> float:
-        return self.limits.low(b.url, b.capacity) - self._used(b)  # type: ignore[arg-type]
+    def _room(self, b: Book) -> float:
+        return self.limits.low(b.url, b.capacity) - self.book.used(b)  # type: ignore[arg-type]
 
-    def _fits(self, b: _Backend, charge: float) -> bool:
+    def _fits(self, b: Book, charge: float) -> bool:
         if not b.healthy:
             return False
         if b.capacity is None:
             return b.count < self._unknown_slots
-        extra = self._prefix if (self._prefix and not b.count) else 0
+        extra = self.book.prefix if (self.book.prefix and not b.count) else 0
         return charge + extra <= self._room(b)
 
-    def _place(self, p: _Program, charge: float) -> _Backend | None:
+    def _place(self, p: Entry, charge: float) -> Book | None:
         """Origin backend when it fits, else best fit (smallest sufficient room) among healthy backends with
         known capacity, else an unknown-capacity backend with a free slot (fewest programs)."""
         if p.origin is not None:
-            o = self._backends.get(p.origin)
+            o = self.book.backends.get(p.origin)
             if o is not None and self._fits(o, charge):
                 return o
-        best: _Backend | None = None
+        best: Book | None = None
         best_room = 0.0
-        fallback: _Backend | None = None
-        for b in self._backends.values():
+        fallback: Book | None = None
+        for b in self.book.backends.values():
             if not self._fits(b, charge):
                 continue
             if b.capacity is None:
@@ -680,30 +462,30 @@ class CapacityPolicy:
                 best, best_room = b, room
         return best if best is not None else fallback
 
-    def _oversize(self, p: _Program) -> bool:
+    def _oversize(self, p: Entry) -> bool:
         """True when `p` fits no healthy backend even empty (only a forced resume can place it)."""
-        charge = self._c(p.tokens) + self._buffer + self._prefix
-        for b in self._backends.values():
+        charge = self.book.c(p.tokens) + self.book.buffer + self.book.prefix
+        for b in self.book.backends.values():
             if not b.healthy:
                 continue
             if b.capacity is None or charge <= self.limits.low(b.url, b.capacity):
                 return False
         return True
 
-    def _resume(self, p: _Program, b: _Backend, actions: list[Action]) -> None:
-        self._detach(p)
+    def _resume(self, p: Entry, b: Book, actions: list[Action]) -> None:
+        self.book.detach(p)
         self._activate(p, b)
-        self._attach(p)
+        self.book.attach(p)
         actions.append(Resume(p.pid, b.url))
         self._resumes += 1
 
     # ================================================================================ resume pass
     def _resume_pass(self, now: float, actions: list[Action]) -> None:
-        if not self._backends:
+        if not self.book.backends:
             return
         # 1. forced resume after --resume-timeout (oldest first), then restore the watermark
-        while self._pending_age and now - self._pending_age[0][0] >= self._timeout:
-            p = self._programs[self._pending_age[0][2]]
+        while self.book.pending_age and now - self.book.pending_age[0][0] >= self._timeout:
+            p = self.book.programs[self.book.pending_age[0][2]]
             b = self._forced_target(p)
             if b is None:
                 break
@@ -712,12 +494,12 @@ class CapacityPolicy:
             self._pause_pass(b, actions)
         # 2. aged programs, oldest first; a non-oversize one that cannot be placed reserves the room
         i = 0
-        while i < len(self._pending_age):
-            wait_since, _, pid = self._pending_age[i]
+        while i < len(self.book.pending_age):
+            wait_since, _, pid = self.book.pending_age[i]
             if now - wait_since < self._aging:
                 break
-            p = self._programs[pid]
-            b = self._place(p, self._charge(p, reasoning=True))
+            p = self.book.programs[pid]
+            b = self._place(p, self.book.charge(p, reasoning=True))
             if b is None:
                 b = self._make_room(p, actions)
             if b is not None:
@@ -728,73 +510,73 @@ class CapacityPolicy:
                 continue
             return  # reservation: nothing below an aged program is resumed before it
         # 3. programs with a waiting request, smallest first
-        while self._pending:
-            p = self._programs[self._pending[0][2]]
-            b = self._place(p, self._charge(p, reasoning=True))
+        while self.book.pending:
+            p = self.book.programs[self.book.pending[0][2]]
+            b = self._place(p, self.book.charge(p, reasoning=True))
             if b is None:
                 break  # a larger one fits nowhere either
             self._resume(p, b, actions)
-        if self._pending:
+        if self.book.pending:
             return
         # 4. cancel marks where the room allows (the marked programs are running and their KV is hot)
-        for b in self._backends.values():
+        for b in self.book.backends.values():
             if b.marked and b.capacity is not None:
                 self._unmark_fitting(b)
         # 5. idle paused programs, smallest first
-        while self._idle:
-            p = self._programs[self._idle[0][2]]
-            b = self._place(p, self._charge(p, reasoning=False))
+        while self.book.idle:
+            p = self.book.programs[self.book.idle[0][2]]
+            b = self._place(p, self.book.charge(p, reasoning=False))
             if b is None:
                 break
             self._resume(p, b, actions)
 
-    def _unmark_fitting(self, b: _Backend) -> None:
+    def _unmark_fitting(self, b: Book) -> None:
         target = self.limits.low(b.url, b.capacity)  # type: ignore[arg-type]
         while b.marked:
             key = b.marked[-1]  # largest first: the most expensive to re-prefill later
-            if self._projected(b) + self._c(key[0]) + self._buffer > target:
+            if self.book.projected(b) + self.book.c(key[0]) + self.book.buffer > target:
                 key = b.marked[0]
-                if self._projected(b) + self._c(key[0]) + self._buffer > target:
+                if self.book.projected(b) + self.book.c(key[0]) + self.book.buffer > target:
                     return
-            p = self._programs[key[2]]
-            self._detach(p)
+            p = self.book.programs[key[2]]
+            self.book.detach(p)
             p.marked = False
-            self._attach(p)
+            self.book.attach(p)
             self._unmarks += 1
 
-    def _forced_target(self, p: _Program) -> _Backend | None:
+    def _forced_target(self, p: Entry) -> Book | None:
         """Origin if healthy, else the healthy backend with most room (unknown capacity = fewest programs),
         else any backend."""
         if p.origin is not None:
-            o = self._backends.get(p.origin)
+            o = self.book.backends.get(p.origin)
             if o is not None and o.healthy:
                 return o
-        best: _Backend | None = None
+        best: Book | None = None
         best_room = -math.inf
-        for b in self._backends.values():
+        for b in self.book.backends.values():
             if not b.healthy:
                 continue
             room = self._room(b) if b.capacity is not None else math.inf
             if best is None or room > best_room:
                 best, best_room = b, room
         if best is None:
-            best = next(iter(self._backends.values()), None)
+            best = next(iter(self.book.backends.values()), None)
         return best
 
-    def _make_room(self, p: _Program, actions: list[Action]) -> _Backend | None:
+    def _make_room(self, p: Entry, actions: list[Action]) -> Book | None:
         """For an aged program that fits nowhere: on the healthy backend with the most projected room (where
         it would fit at all), pause idle (ACTING) programs smallest first until it fits; if that is not
         enough, mark REASONING programs so it fits once they end. Returns the backend if it fits now."""
-        charge = self._charge(p, reasoning=True)
-        best: _Backend | None = None
+        charge = self.book.charge(p, reasoning=True)
+        best: Book | None = None
         best_room = -math.inf
-        for b in self._backends.values():
+        for b in self.book.backends.values():
             if not b.healthy or b.capacity is None:
                 continue
-            extra = self._prefix if self._prefix else 0
+            extra = self.book.prefix if self.book.prefix else 0
             if charge + extra > self.limits.low(b.url, b.capacity):
                 continue
-            room = self.limits.low(b.url, b.capacity) - self._projected(b)
+            room = self.limits.low(b.url, b.capacity) - self.book.projected(b)
             if p.origin == b.url:
                 room += 0.5  # prefer the origin on ties
             if room > best_room:
@@ -802,20 +584,20 @@ class CapacityPolicy:
         if best is None:
             return None
         b = best
-        extra = self._prefix if (self._prefix and not b.count) else 0
+        extra = self.book.prefix if (self.book.prefix and not b.count) else 0
         need = charge + extra - self._room(b)
-        if b.acting and self._acting_charge(b) + self._buffer * b.acting_count >= need:
+        if b.acting and self.book.acting_charge(b) + self.book.buffer * b.acting_count >= need:
             for key in self._select(b.acting, need, reasoning=False):  # room right now: swap idle ones out
-                self._pause(self._programs[key[2]], actions)
+                self._pause(self.book.programs[key[2]], actions)
                 self._swaps += 1
             if self._fits(b, charge):
                 return b
         # otherwise mark running programs so that it fits once they end (marks already made count)
         low = self.limits.low(b.url, b.capacity)  # type: ignore[arg-type]
-        need = self._projected(b) - (low - charge - extra)
+        need = self.book.projected(b) - (low - charge - extra)
         if need > 0 and b.reasoning:
             for key in self._select(b.reasoning, need, reasoning=True):
-                self._mark(self._programs[key[2]])
+                self._mark(self.book.programs[key[2]])
         return None
 
     def _flush(self) -> list[Action]:
@@ -827,75 +609,10 @@ class CapacityPolicy:
         return [a for a in out if not isinstance(a, Pause) or self._still_paused(a)]
 
     def _still_paused(self, a: Pause) -> bool:
-        p = self._programs.get(a.program_id)
+        p = self.book.programs.get(a.program_id)
         return p is not None and p.state is State.PAUSED and p.origin == a.backend
 
     # ================================================================================ debug
     def check_invariants(self) -> None:
         """Recount everything from scratch and compare with the incremental state (tests; O(n))."""
-        seen: set[str] = set()
-        pend, idle = [], []
-        per: dict[str, dict[str, float]] = {
-            u: dict(count=0, rc=0, ac=0, mc=0, rt=0, at=0, mt=0, rcn=0, acn=0, mcn=0, paused=0, s=0.0)
-            for u in self._backends
-        }
-        sets: dict[str, dict[str, list[Key]]] = {u: dict(a=[], r=[], m=[]) for u in self._backends}
-        for pid, p in self._programs.items():
-            assert pid == p.pid and pid not in seen
-            seen.add(pid)
-            assert p.key == (p.tokens, p.seq, p.pid), f"{pid}: stale key {p.key} vs tokens {p.tokens}"
-            assert p.requests >= 0
-            if p.state is State.ACTIVE:
-                assert p.backend in self._backends and p.origin is None, pid
-                d, s, c = per[p.backend], sets[p.backend], self._c(p.tokens)  # type: ignore[index]
-                d["count"] += 1
-                if p.requests > 0:
-                    d["rcn"] += 1
-                    d["rt"] += p.tokens
-                    d["rc"] += c
-                    if p.marked:
-                        d["mcn"] += 1
-                        d["mt"] += p.tokens
-                        d["mc"] += c
-                        s["m"].append(p.key)
-                    else:
-                        s["r"].append(p.key)
-                else:
-                    assert not p.marked, f"{pid}: ACTING but marked"
-                    d["acn"] += 1
-                    d["at"] += p.tokens
-                    d["ac"] += c
-                    if self.decay != "off":
-                        d["s"] += c * self._factor(p.acting_u)
-                    s["a"].append(p.key)
-            elif p.state is State.PAUSED:
-                assert p.backend is None and not p.marked, pid
-                if p.origin is not None:
-                    per[p.origin]["paused"] += 1
-                if p.requests > 0:
-                    assert p.wait_since is not None, pid
-                    pend.append(p.key)
-                else:
-                    idle.append(p.key)
-            else:
-                raise AssertionError(f"{pid}: terminated program still tracked")
-        assert sorted(pend) == list(self._pending), "pending queue differs from recount"
-        assert sorted(idle) == list(self._idle), "idle queue differs from recount"
-        assert len(self._pending_age) == len(self._pending)
-        assert {k[2] for k in self._pending_age} == {k[2] for k in self._pending}
-        for u, b in self._backends.items():
-            d = per[u]
-            got = dict(
-                count=b.count, rc=b.reasoning_c, ac=b.acting_c, mc=b.marked_c, rt=b.reasoning_tokens,
-                at=b.acting_tokens, mt=b.marked_tokens, rcn=b.reasoning_count, acn=b.acting_count,
-                mcn=b.marked_count, paused=b.paused_count,
-            )  # fmt: skip
-            want = {k: v for k, v in d.items() if k != "s"}
-            assert got == want, f"{u}: incremental {got} != recount {want}"
-            assert sorted(sets[u]["a"]) == list(b.acting), f"{u}: acting set differs"
-            assert sorted(sets[u]["r"]) == list(b.reasoning), f"{u}: reasoning set differs"
-            assert sorted(sets[u]["m"]) == list(b.marked), f"{u}: marked set differs"
-            if self.decay != "off":
-                assert math.isclose(b.acting_s, d["s"], rel_tol=1e-6, abs_tol=1e-6), (
-                    f"{u}: decayed sum {b.acting_s} != recount {d['s']}"
-                )
+        self.book.check()

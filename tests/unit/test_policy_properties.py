@@ -132,8 +132,8 @@ class Driver:
                 continue
             if b.used > cfg.high_watermark * b.capacity + 1:
                 # over only if pausing every ACTING program could not bring it under (marks pending)
-                inner = pol._backends[b.url]  # noqa: SLF001
-                acting = pol._acting_charge(inner)  # noqa: SLF001
+                inner = pol.book.backends[b.url]
+                acting = pol.book.acting_charge(inner)
                 acting += cfg.buffer_per_program * inner.acting_count
                 assert pol.used(b.url) - acting > cfg.high_watermark * b.capacity, f"{b.url} stays over: {b}"
         # the oldest aged waiting program could not have been placed
@@ -148,7 +148,7 @@ class Driver:
 
     def _placeable(self, v) -> bool:
         pol, cfg = self.pol, self.pol.config
-        prefix = pol._prefix  # noqa: SLF001 - the test mirrors the policy's charge
+        prefix = pol.book.prefix  # the test mirrors the policy's charge
         c = v.tokens - min(v.tokens, prefix) + cfg.buffer_per_program
         for b in pol.backends():
             if not b.healthy:
