@@ -118,8 +118,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(argv: list[str], url: str, log_path, what: str):
-    """Start a server process and poll its /health until it answers (deadline 60 s)."""
+def _start(make_argv, log_path, what: str):
+    """Start a server process on a free port (`make_argv(port)`) and poll its /health until it answers
+    (deadline 60 s). A start that exits at once is retried on another port (a port taken between
+    choosing and binding it); the third failure fails the test with the log. Returns (proc, log, url)."""
+    for attempt in range(3):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        started = _try_start(make_argv(port), url, log_path, what, last=attempt == 2)
+        if started is not None:
+            return (*started, url)
+    raise AssertionError("unreachable")
+
+
+def _try_start(argv: list[str], url: str, log_path, what: str, last: bool):
     import subprocess
     import sys
     import time
@@ -132,6 +144,8 @@ def _start(argv: list[str], url: str, log_path, what: str):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.close()
+            if not last:
+                return None
             pytest.fail(f"{what} exited with {proc.returncode}: {open(log_path).read()[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=1.0).status_code == 200:
@@ -168,18 +182,18 @@ async def test_runner_against_the_simulator_server(tmp_path, arm):
     import httpx
 
     scale = 60.0
-    sim_port = _free_port()
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    procs = [_start(["-m", "harness.sim.server", "--profile", "glm4.6-8xh100", "--port", str(sim_port),
-                     "--time-scale", str(scale), "--served-model-name", "glm"], sim_url, tmp_path / "sim.log", "sim")]
+    sim, sim_log, sim_url = _start(lambda port: ["-m", "harness.sim.server", "--profile", "glm4.6-8xh100",
+                                                 "--port", str(port), "--time-scale", str(scale),
+                                                 "--served-model-name", "glm"], tmp_path / "sim.log", "sim")
+    procs = [(sim, sim_log)]
     try:
         base = sim_url
         if arm == "thunderagent":
-            px_port = _free_port()
-            base = f"http://127.0.0.1:{px_port}"
-            procs.append(_start(["-m", "ThunderAgent", "--backends", sim_url, "--port", str(px_port), "--router", "tr",
-                                 "--scheduler-interval", str(5.0 / scale), "--metrics",
-                                 "--metrics-interval", str(5.0 / scale)], base, tmp_path / "proxy.log", "proxy"))
+            px, px_log, base = _start(lambda port: ["-m", "ThunderAgent", "--backends", sim_url, "--port", str(port),
+                                                    "--router", "tr", "--scheduler-interval", str(5.0 / scale),
+                                                    "--metrics", "--metrics-interval", str(5.0 / scale)],
+                                      tmp_path / "proxy.log", "proxy")
+            procs.append((px, px_log))
         from dataclasses import replace
 
         from harness.throughput import RunData, Window, summarize
