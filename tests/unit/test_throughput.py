@@ -128,3 +128,15 @@ def test_summarize_run_reads_a_directory_and_timeline(tmp_path):
     assert len(tl) >= 20 and tl[3] == (3.0, 60.0)
     with pytest.raises(FileNotFoundError, match="manifest"):
         summarize_run(tmp_path)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(a=st.integers(0, 10_000), d=st.integers(1, 10_000), unit=st.sampled_from(["s", "m", "h"]))
+def test_window_roundtrip_property(a, d, unit):
+    scale = {"s": 1, "m": 60, "h": 3600}[unit]
+    w = parse_window(f"{a}{unit}-{a + d}{unit}")
+    assert w.start_s == a * scale and w.end_s == (a + d) * scale and w.minutes == pytest.approx(d * scale / 60)
+    with pytest.raises(WindowError):
+        parse_window(f"{a + d}{unit}-{a}{unit}")
