@@ -49,7 +49,9 @@ SYSTEM_SEED = "thunderbench-shared-system-prompt"
 
 
 def filler(n_tokens: int, seed: str) -> str:
-    """About `n_tokens` tokens of deterministic text for `seed` (same seed, same text)."""
+    """About `n_tokens` tokens of deterministic text for `seed` (same seed, same text). Prefix-stable:
+    filler(n, s) is a prefix of filler(m, s) for n < m, so the shared system prompt stays a shared prefix
+    while the tokens-per-word estimate is still settling."""
     if n_tokens <= 0:
         return ""
     rng = np.random.default_rng(int.from_bytes(hashlib.sha1(seed.encode()).digest()[:8], "big"))

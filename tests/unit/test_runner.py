@@ -355,6 +355,7 @@ async def test_synthetic_agent_learns_the_tokenizer_ratio():
     plan = [TRAJ.prompt_tokens(k) for k in range(4)]
     assert first[0].prompt_tokens > 1.8 * plan[0]  # before anything was learnt
     assert agent.tokens_per_word == pytest.approx(2.0, rel=0.02)
+    assert filler(300, "s").startswith(filler(200, "s") + " ")  # prefix-stable: the system prompt stays shared
     assert all(abs(r.prompt_tokens - p) <= 0.02 * p + 6 for r, p in zip(second, plan)), ([r.prompt_tokens for r in second], plan)
 
 
