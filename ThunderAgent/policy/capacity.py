@@ -47,8 +47,8 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
   * `on_request_end` may also be called for a HELD request whose client gave up: the program stops
     counting it (and leaves the pending class when it was the last).
 
-Upstream's rule, for comparison runs: `--low-watermark 1 --tr-placement worst_fit --aging-bound 1e9`
-(its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
+Upstream's rule, approximately, for comparison runs: `--low-watermark 1 --tr-placement worst_fit
+--aging-bound 1e9` (its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
 
 Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
 """
