@@ -176,7 +176,10 @@ def down(grace: float = typer.Option(15.0, "--grace", help="Seconds between SIGT
 
 @app.command()
 def status() -> None:
-    """Show what `thunderbench up` started: pid, alive, healthy, URL, log file."""
+    """Show what `thunderbench up` started: pid, alive, healthy, URL, log file (exit 1 if one has died).
+
+    The state lives in ./.thunderbench/ (or $THUNDERBENCH_STATE_DIR): run up/status/down from one directory.
+    """
     from harness.launch import stack
 
     with _guard():
