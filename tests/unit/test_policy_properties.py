@@ -142,9 +142,22 @@ class Driver:
             for pid, t in self.wait_start.items()
             if self.held.get(pid) and self.now - t >= cfg.aging_bound and pid in views
         ]
-        if aged:
-            _, _, pid = min(aged)
+        # aged programs go first, oldest first; one too big for every backend reserves nothing (it waits
+        # for the forced resume), so the first aged program that could fit an empty backend must not fit
+        # anywhere now — had it fit, the tick would have resumed it
+        for _, _, pid in sorted(aged):
+            if self._oversize(views[pid]):
+                continue
             assert not self._placeable(views[pid]), f"{pid} waited ≥ aging bound and fits somewhere"
+            break
+
+    def _oversize(self, v) -> bool:
+        pol, cfg = self.pol, self.pol.config
+        c = v.tokens - min(v.tokens, pol.book.prefix) + cfg.buffer_per_program + pol.book.prefix
+        for b in pol.backends():
+            if b.healthy and (b.capacity is None or c <= cfg.low_watermark * b.capacity):
+                return False
+        return True
 
     def _placeable(self, v) -> bool:
         pol, cfg = self.pol, self.pol.config
