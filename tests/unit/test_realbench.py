@@ -64,3 +64,22 @@ def test_cli_errors_are_one_line(argv: list[str], message: str, capsys: pytest.C
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_regimes_fit_the_model_and_have_the_working_sets_they_claim() -> None:
+    from harness.realbench import REGIMES
+
+    ratios = {}
+    for name, (wl, blocks, description) in REGIMES.items():
+        assert wl.max_context() <= 2048 - 400, name
+        ratios[name] = wl.working_set_tokens() / (128 * blocks)
+    assert ratios["fits"] < 1 and 1.8 < ratios["2x-long-tools"] < 2.4 and 2.6 < ratios["3x-short-heavy"] < 3.3
+    peak = REGIMES["fits"][0]
+    assert peak.programs * peak.max_context() < 128 * REGIMES["fits"][1]  # even the last turns all fit
+
+
+def test_regime_flags_override_the_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--sim-only", "--regime", "fits", "--programs", "2", "--duration", "30", "--warmup", "5",
+                 "--arms", "vllm"]) == 0
+    out = capsys.readouterr()
+    assert "programs=2" in out.err and "48 KV blocks" in out.err and "simulated tiny-cpu" in out.out
