@@ -201,8 +201,8 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
                 results.append(_run_one(opts, runner, arm, programs, tmp, console))
                 manifest["points"] = [asdict(r) for r in results]
                 _write_json(tmp / "manifest.json", manifest)
-        manifest["points"] = [asdict(r) for r in results]
         rows = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
+        manifest["points"] = [asdict(r) for r in results]
         write_summary(tmp, rows)
         if any(r["status"] == "ok" for r in rows):
             from harness.plots import plot_summary
@@ -272,8 +272,17 @@ def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
 
 
 def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> PointResult:
-    """One DES point in a worker process (no console: the parent reports)."""
-    return _run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False)
+    """One DES point in a worker process (no console: the parent reports). Its summary row is computed
+    here too, so reading the step records is parallel as well."""
+    res = _run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False)
+    if res.status == "ok":
+        from harness.points import summarize_run
+
+        try:
+            res.extra["summary"] = summarize_run(pdir, opts.window)
+        except (ValueError, OSError):
+            pass  # the parent recomputes and reports the problem
+    return res
 
 
 def _run_parallel(opts: SweepOptions, points: list[tuple[str, int]], root: Path,
@@ -321,7 +330,7 @@ def summarize(root: Path, window: str, points: list[PointResult], recipe: str) -
                     reason=p.reason)
         if p.status == "ok":
             try:
-                base.update(summarize_run(root / p.run_dir, window))
+                base.update(p.extra.pop("summary", None) or summarize_run(root / p.run_dir, window))
             except (ValueError, OSError) as e:
                 base.update(status="failed", reason=f"no throughput: {e}")
         else:
