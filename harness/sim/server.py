@@ -107,13 +107,15 @@ class _Pending:
 class SimEngineRunner:
     """Owns the engine and its accelerated clock; one asyncio task steps it."""
 
-    def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005) -> None:
+    def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005,
+                 max_lag_s: float = 0.05) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.profile = profile
         self.engine = Engine.from_profile(profile)
         self.time_scale = time_scale
         self.slice_s = slice_s
+        self.max_lag_s = max_lag_s
         self.t0 = time.monotonic()
         self.pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
@@ -151,7 +153,13 @@ class SimEngineRunner:
         self.pending.pop(p.req.request_id, None)
 
     async def _loop(self) -> None:
+        """Step the engine on its own clock `et`, sleeping only when it is ahead of virtual time. A late wake-up
+        (OS scheduling jitter is milliseconds, a tiny-model step is sub-millisecond at high time scales) does not
+        cost engine time: the next steps start where the previous one ended and catch up, up to `max_lag_s`
+        of wall time behind, beyond which the engine is considered idle for the gap."""
         eng = self.engine
+        et = self.vnow()
+        max_lag = self.max_lag_s * self.time_scale
         while True:
             if not eng.has_work():
                 self._wake.clear()
@@ -161,18 +169,21 @@ class SimEngineRunner:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     eng.expire_pins(self.vnow())
+                et = self.vnow()
                 continue
-            now = self.vnow()
-            res = eng.step(now, self.slice_s * self.time_scale)
+            et = max(et, self.vnow() - max_lag)
+            res = eng.step(et, self.slice_s * self.time_scale)
             if res.steps == 0:  # nothing fits (e.g. pinned blocks): wait for a change
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.slice_s)
                 except TimeoutError:
                     pass
+                et = self.vnow()
                 continue
-            delay = (now + res.duration - self.vnow()) / self.time_scale
-            await asyncio.sleep(max(0.0, delay))
+            et += res.duration
+            delay = (et - self.vnow()) / self.time_scale
+            await asyncio.sleep(max(0.0, delay))  # also yields to the request handlers when behind
             for r in res.first_tokens:
                 p = self.pending.get(r.request_id)
                 if p is not None:

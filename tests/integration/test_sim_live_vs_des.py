@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from harness.sim.des import run_des
 from harness.sim.loadgen import run_live
 from harness.sim.timing import load_profile
 from harness.workload import Trajectory, Turn
-from tests.integration.test_sim_server import sim_server
 
 PROGRAMS = 8
-DURATION_S = 150.0  # virtual seconds
-TIME_SCALE = 10.0
-BLOCKS = 40
+DURATION_S = 120.0  # virtual seconds
+TIME_SCALE = 4.0  # low enough that HTTP round trips (ms of wall time on a loaded machine) stay small in virtual time
+PROFILE = "glm4.6-8xh100"  # ~20-30 ms steps: the server process needs little CPU per simulated second
+BLOCKS = 600  # 9,600 tokens of KV for ~8 x 1,500-token contexts: some pressure
 
 
 def small_trajectories(n: int = 40, seed: int = 7) -> list[Trajectory]:
@@ -30,15 +37,42 @@ def small_trajectories(n: int = 40, seed: int = 7) -> list[Trajectory]:
     return out
 
 
+@contextmanager
+def server_process(profile: str, time_scale: float, blocks: int) -> Iterator[str]:
+    """The simulator in its own process, as in live runs (no GIL shared with the client)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness.sim.server", "--profile", profile, "--port", str(port),
+                             "--time-scale", str(time_scale), "--num-gpu-blocks", str(blocks)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
+            assert time.monotonic() < deadline, "simulator server not healthy within 30 s"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.mark.slow
 def test_live_and_des_agree_on_steps_per_min() -> None:
     trajs = small_trajectories()
-    prof = load_profile("tiny-cpu", num_gpu_blocks=BLOCKS)
+    prof = load_profile(PROFILE, num_gpu_blocks=BLOCKS)
     des = run_des(prof, arm="vllm", programs=PROGRAMS, duration_s=DURATION_S, trajectories=trajs, seed=0)
-    with sim_server("tiny-cpu", time_scale=TIME_SCALE, num_gpu_blocks=BLOCKS) as url:
+    with server_process(PROFILE, TIME_SCALE, BLOCKS) as url:
         live = asyncio.run(run_live(url, trajs, programs=PROGRAMS, duration_s=DURATION_S, time_scale=TIME_SCALE))
     assert all(s.status == "ok" for s in live.steps), [s.error for s in live.steps if s.status != "ok"][:3]
     d, lv = des.steps_per_min(), live.steps_per_min()
-    print(f"steps/min simulated (tiny-cpu, {BLOCKS} blocks): DES {d:.1f}, live {lv:.1f}")
+    print(f"steps/min simulated ({PROFILE}, {BLOCKS} blocks): DES {d:.1f}, live {lv:.1f}")
     assert d > 50
     assert abs(lv - d) / d < 0.10, (d, lv)
