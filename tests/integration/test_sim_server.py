@@ -184,3 +184,39 @@ def test_script_mode_returns_tool_calls(tmp_path: Path) -> None:
     bad.write_text("[{}]")
     with pytest.raises(ValueError):
         load_script(bad)
+
+
+def test_client_disconnect_aborts_the_request() -> None:
+    with sim_server(time_scale=1.0) as u:
+        body = {"model": "tiny-cpu", "messages": [{"role": "user", "content": "long"}], "max_tokens": 1500,
+                "stream": True}
+        with httpx.stream("POST", f"{u}/v1/chat/completions", json=body, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"content": ""' not in line:
+                    break  # first token seen: hang up mid-generation
+        deadline = 50
+        m: dict[str, float] = {}
+        for _ in range(deadline):
+            m = parse_vllm_metrics(httpx.get(f"{u}/metrics").text)
+            if m["vllm:num_requests_running"] == 0:
+                break
+            httpx.get(f"{u}/health")  # a little time passes between polls
+        assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0.0
+        text = httpx.get(f"{u}/metrics").text
+        assert 'vllm:request_success_total{engine="0",finished_reason="abort",model_name="tiny-cpu"} 1.0' in text
+
+
+def test_histograms_are_cumulative_and_count_requests(url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = parse_vllm_metrics(httpx.get(f"{url}/metrics").text)["vllm:request_success_total"]
+    for i in range(3):
+        chat(url, [{"role": "user", "content": f"q{i}" + words(10)}], max_tokens=4)
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    e2e = fams["vllm:e2e_request_latency_seconds"]
+    buckets = [s.value for s in e2e.samples if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets)  # cumulative
+    count = next(s.value for s in e2e.samples if s.name.endswith("_count"))
+    assert count == buckets[-1] >= before + 3
+    gen = fams["vllm:request_generation_tokens"]
+    assert next(s.value for s in gen.samples if s.name.endswith("_count")) == count
