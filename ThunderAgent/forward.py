@@ -215,6 +215,9 @@ def translate_transport_error(e: httpx.HTTPError, backend: str) -> ProxyError:
     URL are redacted: the message goes to clients and logs)."""
     name = type(e).__name__
     backend = redact(backend)
+    if isinstance(e, httpx.LocalProtocolError):  # the client's request cannot be put on the wire (e.g. a
+        # header value with surrounding whitespace, which h11 refuses): the client's fault, not the backend's
+        return ProxyError(400, f"request cannot be forwarded: {e}", code="invalid_request")
     if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
         return ProxyError(
             504,

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,14 @@ def sse_error(text: str) -> dict[str, Any] | None:
             if isinstance(obj.get("error"), dict):
                 return obj["error"]
     return None
+
+
+# The fake backend runs in the test process (a thread) and records every request: its allocations are not
+# the proxy's, so memory figures filter them out.
+_NOT_PROXY = (tracemalloc.Filter(False, "*/tests/fakes/*", all_frames=True), tracemalloc.Filter(False, tracemalloc.__file__))
+
+
+def proxy_bytes() -> int:
+    """Bytes traced by tracemalloc (which must be running), excluding the fake backend's allocations."""
+    snap = tracemalloc.take_snapshot().filter_traces(_NOT_PROXY)
+    return sum(s.size for s in snap.statistics("filename"))

@@ -12,16 +12,7 @@ import pytest
 from ThunderAgent.config import Config
 from tests.fakes.fake_vllm import FakeVLLM
 from tests.fakes.proxy_kit import chat, running_proxy
-
-
-# the fake backend runs in this process (a thread): its allocations (it records every request) are not the
-# proxy's, so they are filtered out of the measurement
-_NOT_PROXY = (tracemalloc.Filter(False, "*/tests/fakes/*", all_frames=True), tracemalloc.Filter(False, tracemalloc.__file__))
-
-
-def _proxy_bytes() -> int:
-    snap = tracemalloc.take_snapshot().filter_traces(_NOT_PROXY)
-    return sum(s.size for s in snap.statistics("filename"))
+from tests.faults.kit import proxy_bytes
 
 
 class FakeClock:
@@ -53,18 +44,18 @@ async def test_never_released_programs_expire_and_memory_is_bounded(fake_vllm: F
         gc.collect()
         tracemalloc.start(8)
         try:
-            base = _proxy_bytes()
+            base = proxy_bytes()
             n = 600
             await _touch(client, [f"never-released-{i}" for i in range(n)])
             assert len(proxy.registry) == n and len(proxy.policy.programs()) == n
             gc.collect()
-            live = _proxy_bytes()
+            live = proxy_bytes()
             clock.t += 30
             assert proxy.expire_idle() == []  # not idle long enough yet
             clock.t += 31
             assert len(proxy.expire_idle()) == n
             gc.collect()
-            after = _proxy_bytes()
+            after = proxy_bytes()
         finally:
             tracemalloc.stop()
         assert len(proxy.registry) == 0 and proxy.policy.programs() == []
