@@ -130,7 +130,7 @@ def test_openhands_cancel_mid_tool_releases_once(model: ScriptedLLM, proxy: Prox
     inst = INSTANCES[1]
     iid = inst["instance_id"]
     original = model.scripts[iid]
-    model.scripts[iid] = [Action("bash", "sleep 4", thought="wait")] + original
+    model.scripts[iid] = [Action("bash", "sleep 10", thought="wait")] + original
     releases: list[tuple[str, float, object]] = []
     real_release = threaded.release_program
 
@@ -151,7 +151,7 @@ def test_openhands_cancel_mid_tool_releases_once(model: ScriptedLLM, proxy: Prox
             assert time.monotonic() < deadline, "the agent never called the model"
             assert not task.done(), task
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # now inside `sleep 4`
+        await asyncio.sleep(0.5)  # now inside `sleep 10` (wide margin for a loaded machine)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
