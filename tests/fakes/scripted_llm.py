@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ class Received:
 
 
 def fix_command(toy: ToyRepo) -> str:
-    """A one-line shell command that applies the toy's gold fix with python3 (base64 avoids quoting)."""
+    """A one-line shell command that applies the toy's gold fix with Python (base64 avoids quoting)."""
     src = (
         "import pathlib\n"
         f"p = pathlib.Path({toy.fix.path!r})\n"
@@ -57,7 +59,8 @@ def fix_command(toy: ToyRepo) -> str:
         f"p.write_text(t.replace({toy.fix.old!r}, {toy.fix.new!r}))\n"
         "print('patched', p)\n"
     )
-    return f"echo {base64.b64encode(src.encode()).decode()} | base64 -d | python3"
+    # this interpreter, not whatever `python3` the PATH of the machine has (the command runs on the host)
+    return f"echo {base64.b64encode(src.encode()).decode()} | base64 -d | {shlex.quote(sys.executable)}"
 
 
 def solve_script(toy: ToyRepo) -> list[Action]:
