@@ -236,7 +236,8 @@ class OpenHandsAgent(ThreadedAgent):
                 # of times.
                 replies = 0
                 while (_status(conversation) == "finished" and not _called_finish(conversation)
-                       and replies < self.fake_user_replies and not stop.is_set()):
+                       and replies < self.fake_user_replies and recorder.calls < self.max_iterations
+                       and not stop.is_set()):  # max_iterations bounds the instance, nudges included
                     replies += 1
                     conversation.send_message(FAKE_USER_REPLY)
                     conversation.run()
