@@ -285,7 +285,7 @@ class BlockPool:
         # when stale entries pile up. This keeps eviction (millions of blocks in a thrashing run) out of Python.
         self.cached: dict[int, int] = {}
         self._dups: dict[int, list[int]] = {}  # other blocks holding a hash whose map entry points elsewhere
-        self._rebuild_at = 4 * num_gpu_blocks + 4096
+        self._rebuild_at = 2 * num_gpu_blocks + 4096
         cap = max(1024, 2 * num_gpu_blocks)
         self._qb = np.zeros(cap, dtype=np.int32)
         self._qk = np.zeros(cap, dtype=np.int64)
@@ -399,7 +399,7 @@ class BlockPool:
             for b, h in zip(live.tolist(), hs.tolist()):
                 if self.cached[h] != b:
                     self._dups.setdefault(h, []).append(b)
-        self._rebuild_at = max(4 * self.num_gpu_blocks + 4096, 2 * len(self.cached))
+        self._rebuild_at = max(2 * self.num_gpu_blocks + 4096, int(1.5 * len(self.cached)))
 
     def touch(self, blocks: np.ndarray) -> None:
         """Prefix hit: ref +1, and blocks that were free leave the free queue."""
