@@ -265,12 +265,23 @@ def parse_arms(names: str, variants: list[str] = ()) -> dict[str, tuple[str, ...
     return arms
 
 
+def warm_up(engine_url: str, model: str = "tiny") -> None:
+    """One short call first: a fresh engine's first requests pay lazy initialisation, which would otherwise be
+    charged to whichever arm runs first."""
+    body = {"model": model, "messages": [{"role": "user", "content": "warm up " * 50}], "max_tokens": 16,
+            "min_tokens": 16, "ignore_eos": True}
+    with httpx.Client(timeout=120.0) as c:
+        for _ in range(2):
+            c.post(f"{engine_url}/v1/chat/completions", json=body).raise_for_status()
+
+
 def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
               out_dir: Path, log_dir: Path, stream: bool = False,
               window: tuple[float, float] | None = None) -> list[ArmResult]:
     """Run the arms one after the other on one engine (ThunderAgent started fresh for each proxied arm, with
     that arm's flags); each arm's run directory is out_dir/<arm>."""
     table = arms if isinstance(arms, dict) else parse_arms(",".join(arms))
+    warm_up(engine_url)
     out: list[ArmResult] = []
     for arm, flags in table.items():
         if flags is None:
