@@ -54,6 +54,7 @@ class JsonlWriter:
     def __init__(self, path: str | os.PathLike[str], fsync: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_last_line(self.path)
         self._f: IO[str] = open(self.path, "a", encoding="utf-8")
         self._fsync = fsync
 
@@ -74,6 +75,32 @@ class JsonlWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """Cut a torn last line (a writer killed mid-line) before appending: otherwise the next record would be
+    glued onto it, making a line no reader can parse and losing that record."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            pos = size
+            while pos > 0:  # find the last newline, reading backwards in blocks
+                step = min(65536, pos)
+                f.seek(pos - step)
+                block = f.read(step)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    f.truncate(pos - step + i + 1)
+                    return
+                pos -= step
+            f.truncate(0)
+    except FileNotFoundError:
+        return
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
