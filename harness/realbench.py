@@ -43,7 +43,7 @@ from harness.agents.base import Endpoint
 from harness.agents.synthetic import SyntheticAgent
 from harness.launch.vllm import VllmLaunch, VllmServer, cache_dir, free_port, vllm_launch
 from harness.runner import RunConfig, run
-from harness.workload import Trajectory, Turn
+from harness.workload import Trajectory, Turn, load_traces
 from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
 from ThunderAgent.records import read_step_records
 
@@ -331,15 +331,28 @@ async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: st
     return ordered[len(ordered) // 2], ratios
 
 
+def realized_trajectories(run_dir: Path, turns: int | None = None) -> list[Trajectory]:
+    """The trajectories a real arm actually played, token counts as the engine reported them (trace replay of its
+    steps.jsonl; programs cut off by a deadline dropped when complete ones exist).
+
+    Why: the synthetic agent sizes text in words, and the tiny model's tokenizer (trained on Python source) makes
+    ~1.7 tokens of a filler word, so the first prompt is ~1.7x the plan until the agent corrects it from usage;
+    a simulation of the planned trajectories would not see the same tokens as the engine did."""
+    trajs = load_traces(run_dir / "steps.jsonl")
+    full = [t for t in trajs if turns is None or len(t.turns) == turns]
+    return full or trajs
+
+
 def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
              profile: str = "tiny-cpu", num_gpu_blocks: int = 24, window: tuple[float, float] | None = None,
-             step_scale: float = 1.0) -> list[ArmResult]:
+             step_scale: float = 1.0, trajectories: list[Trajectory] | None = None) -> list[ArmResult]:
     """The same workload in the discrete-event simulator (E's harness/sim/des.py) with a calibrated profile.
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
     interval and flags (parsed by ThunderAgent's own CLI parser). Results are labelled simulated with their profile. ``step_scale`` multiplies every beta (the
-    load adjustment measured by ``step_slowdown``); the label then says so.
+    load adjustment measured by ``step_slowdown``); the label then says so. ``trajectories`` (e.g.
+    ``realized_trajectories`` of the real run) replace the workload's planned ones.
     """
     from dataclasses import replace
 
@@ -362,7 +375,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
         cfg = parse_config(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
         cfg = replace(cfg, backends=(BACKEND,))  # the DES's one engine
         res = run_des(prof, arm="vllm" if flags is None else "thunderagent", programs=workload.programs,
-                      duration_s=hi, trajectories=workload.trajectories(arm), policy_config=cfg,
+                      duration_s=hi, trajectories=trajectories or workload.trajectories(arm), policy_config=cfg,
                       num_gpu_blocks=num_gpu_blocks, metrics_interval=1.0)
         summ = res.summary()
         steps = [r for r in res.steps if r.status == "ok" and lo <= r.end < hi]
@@ -406,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                    "profile (needs --duration)")
     p.add_argument("--sim-only", action="store_true", help="only the simulated arms (no engine needed)")
     p.add_argument("--step-scale", type=float, help="with --sim-only: multiply the profile's betas by this")
+    p.add_argument("--sim-from", type=Path, metavar="RUN_DIR", help="with --sim-only: replay the trajectories a "
+                   "real arm played (its run directory, e.g. OUT/vllm) instead of the planned ones")
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
     args = p.parse_args(argv)
@@ -435,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         cap = 128 * args.num_gpu_blocks
         print(f"workload {wl}, {args.num_gpu_blocks} KV blocks: mean working set "
               f"{wl.working_set_tokens() / cap:.1f}x the cache", file=sys.stderr)
+        replay = realized_trajectories(args.sim_from, wl.turns) if args.sim_from else None
         for r in simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window,
-                          step_scale=args.step_scale or 1.0):
+                          step_scale=args.step_scale or 1.0, trajectories=replay):
             print(r.row())
         return 0
     if not args.engine_url and not args.launch:
@@ -472,8 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     simulated: list[ArmResult] = []
     adjusted: list[ArmResult] = []
     if args.sim:
-        simulated = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window)
-        adjusted = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window, step_scale=slowdown)
+        first = Path(results[0].run_dir) if results and results[0].run_dir else None
+        replay = realized_trajectories(first, wl.turns) if first else None  # the tokens the engine really saw
+        simulated = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window, trajectories=replay)
+        adjusted = simulate(wl, arms, num_gpu_blocks=args.num_gpu_blocks, window=window, step_scale=slowdown,
+                            trajectories=replay)
     print(f"load average (1 min) before/after the arms: {load[0][0]:.1f} / {load[-1][0]:.1f} on "
           f"{os.cpu_count()} cores")
     for group in (results, simulated, adjusted):

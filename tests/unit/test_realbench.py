@@ -83,3 +83,22 @@ def test_regime_flags_override_the_preset(capsys: pytest.CaptureFixture[str]) ->
                  "--arms", "vllm"]) == 0
     out = capsys.readouterr()
     assert "programs=2" in out.err and "48 KV blocks" in out.err and "simulated tiny-cpu" in out.out
+
+
+def test_realized_trajectories_replay_what_the_engine_saw(tmp_path) -> None:
+    from harness.realbench import realized_trajectories
+    from ThunderAgent.records import StepRecord
+
+    def rec(pid: str, step: int, prompt: int, t: float) -> str:
+        return StepRecord(pid, step, arrival=t, start=t, end=t + 0.5, prompt_tokens=prompt, completion_tokens=160,
+                          cached_tokens=128 if step > 1 else 0).to_json()
+
+    lines = [rec("a", 1, 667, 0.0), rec("a", 2, 840, 1.5), rec("b", 1, 670, 0.0)]  # b was cut by the deadline
+    (tmp_path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    full = realized_trajectories(tmp_path, turns=2)
+    assert len(full) == 1
+    t = full[0]
+    assert t.system_tokens + t.first_user_tokens == 667  # the real first prompt, not the plan's 384
+    assert [u.output_tokens for u in t.turns] == [160, 160] and t.turns[0].observation_tokens == 840 - 667 - 160
+    assert t.turns[0].tool_time_s == pytest.approx(1.0)
+    assert len(realized_trajectories(tmp_path, turns=7)) == 2  # none complete: replay what there is
