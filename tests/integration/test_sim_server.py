@@ -126,7 +126,7 @@ async def test_metrics_parse_with_thunderagent_parsers_and_capacity_discovery(ur
 def test_kv_pressure_preempts_like_vllm() -> None:
     """The capture's setting (shared/samples/vllm-metrics-sample-kv-pressure.txt): 24 blocks, 24 concurrent
     requests x 1024 output tokens -> the cache fills, requests wait and get preempted."""
-    with sim_server(time_scale=200.0, num_gpu_blocks=24) as u:
+    with sim_server(time_scale=20.0, num_gpu_blocks=24) as u:
         body = {"model": "tiny-cpu", "max_tokens": 1024, "ignore_eos": True}
 
         async def one(i: int, client: httpx.AsyncClient) -> dict[str, Any]:
