@@ -45,7 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from harness.reproduce import ReproduceError
 
     types: list[type[BaseException]] = [RecipeError, LaunchError, ReproduceError]
-    for mod, name in (("harness.throughput", "WindowError"), ("harness.datasets", "DatasetError"),
+    for mod, name in (("harness.throughput", "WindowError"), ("harness.throughput", "RunDataError"), ("harness.datasets", "DatasetError"),
                       ("harness.workload", "WorkloadError"), ("harness.launch.vllm", "VllmSetupError"),
                       ("harness.sim.timing", "ProfileError"), ("harness.sim.des", "DesError"),
                       ("harness.runner", "RunnerError"),
@@ -83,6 +83,9 @@ def _guard() -> Iterator[None]:
         raise typer.Exit(2) from None
     except FileNotFoundError as e:
         _error_line(f"{e.filename or e}: not found")
+        raise typer.Exit(2) from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as e:  # a path of the wrong kind
+        _error_line(f"{e.filename or e}: {e.strerror or e}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -487,11 +487,16 @@ def load_results(paths: list[Path], window: str | None) -> list[dict[str, Any]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except ValueError as e:
         raise ReproduceError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:  # e.g. a directory where the file belongs
+        raise ReproduceError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ReproduceError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
 __all__ = ["ENGINES", "SweepOptions", "make_options", "reproduce", "load_results", "print_table",

@@ -36,6 +36,10 @@ QUERIES = "vllm:prefix_cache_queries_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
 
 
+class RunDataError(ValueError):
+    """A run directory whose files cannot be read (corrupt JSON, wrong schema, a directory for a file)."""
+
+
 class WindowError(ValueError):
     """A window string that cannot be parsed, or one that does not fit the run (one readable line)."""
 
@@ -110,9 +114,12 @@ class RunData:
         paths = RunPaths(Path(run_dir))
         if not paths.manifest.exists():
             raise FileNotFoundError(f"{paths.root} has no manifest.json (not a run directory)")
-        steps = read_step_records(paths.steps) if paths.steps.exists() else []
-        return cls(RunManifest.read(paths.manifest), steps, read_engine_samples(paths.engine_metrics),
-                   paths.root)
+        try:
+            steps = read_step_records(paths.steps) if paths.steps.exists() else []
+            return cls(RunManifest.read(paths.manifest), steps, read_engine_samples(paths.engine_metrics),
+                       paths.root)
+        except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:  # a damaged file, not a bug here
+            raise RunDataError(f"{paths.root}: unreadable run files ({type(e).__name__}: {e})") from None
 
     def rel(self, t: float) -> float:
         return (t - self.manifest.start_time) * self.manifest.time_scale
