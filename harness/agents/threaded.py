@@ -143,7 +143,7 @@ class ThreadedAgent:
             released = await release_program(endpoint, program_id)
             result.extra["released"] = released
             if endpoint.thunderagent and released is None:
-                log.warning("release of program %s failed", program_id)
+                log.warning("release of program %r failed", program_id)  # %r: ids come from datasets; one line
             if self.predictions_path is not None and result.status != "cancelled":
                 append_prediction(self.predictions_path, prediction(
                     iid, self.model_name(endpoint), result.patch, program_id=program_id, status=result.status))
