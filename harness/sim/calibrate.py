@@ -266,7 +266,7 @@ async def request_probe(prober: Prober, words: int, output: int) -> Sample:
                   output_tokens=out, steps=out, engine_e2e=after[0] - before[0])
 
 
-def predicted_request_time(fit: "Fit", s: Sample) -> float:
+def predicted_request_time(fit: Fit, s: Sample) -> float:
     """Engine time the step model predicts for a batch-1 call: one prefill step, then output-1 decode steps."""
     decode_steps = max(0, s.output_tokens - 1)
     contexts = decode_steps * s.prompt_tokens + decode_steps * (decode_steps + 1) / 2
@@ -274,7 +274,7 @@ def predicted_request_time(fit: "Fit", s: Sample) -> float:
             + fit.beta3 * contexts)
 
 
-def request_overheads(fit: "Fit", samples: Sequence[Sample]) -> dict[str, float]:
+def request_overheads(fit: Fit, samples: Sequence[Sample]) -> dict[str, float]:
     """Medians over request probes: client latency - model prediction (what the simulator misses per call) and
     client latency - vLLM's e2e (HTTP + response handling outside the engine's own clock)."""
     req = [s for s in samples if s.kind == "request"]
@@ -360,7 +360,7 @@ def replace_tables(text: str, tables: dict[str, str]) -> str:
     for name, body in tables.items():
         pattern = re.compile(rf"^\[{re.escape(name)}\][^\n]*\n(?:(?!\[)[^\n]*\n?)*", re.M)
         if pattern.search(text):
-            text = pattern.sub(lambda _m: body + "\n", text, count=1)
+            text = pattern.sub(lambda _m, body=body: body + "\n", text, count=1)
         else:
             text = text.rstrip("\n") + "\n\n" + body
     tomllib.loads(text)  # still valid TOML
