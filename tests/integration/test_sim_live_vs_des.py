@@ -21,8 +21,8 @@ from harness.sim.timing import load_profile
 from harness.workload import Trajectory, Turn
 
 PROGRAMS = 8
-DURATION_S = 120.0  # virtual seconds
-TIME_SCALE = 4.0  # low enough that HTTP round trips (ms of wall time on a loaded machine) stay small in virtual time
+DURATION_S = 90.0  # virtual seconds
+TIME_SCALE = 2.0  # low enough that HTTP round trips (ms of wall time on a loaded machine) stay small in virtual time
 PROFILE = "glm4.6-8xh100"  # ~20-30 ms steps: the server process needs little CPU per simulated second
 BLOCKS = 600  # 9,600 tokens of KV for ~8 x 1,500-token contexts: some pressure
 
