@@ -121,7 +121,8 @@ def test_engine_dies_during_a_live_reproduce_point(tmp_path: Path, monkeypatch: 
         while not stop.is_set() and not killed:
             for p in me.children(recursive=True):
                 try:
-                    if "harness.sim.server" in " ".join(p.cmdline()) and time.time() - p.create_time() > 3:
+                    cmd = " ".join(p.cmdline())
+                    if ("sim serve" in cmd or "harness.sim.server" in cmd) and time.time() - p.create_time() > 3:
                         p.kill()
                         killed.append(p.pid)
                         break
