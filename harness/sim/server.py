@@ -458,6 +458,45 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
         rid = f"cmpl-{uuid.uuid4().hex[:16]}"
         req = Request(rid, IdSeq(bs, ids + out_ids), len(ids), len(out_ids), 0.0, program_id=_program_id(body))
         pending = runner.submit(req)
+        created = int(time.time())
+
+        def usage() -> dict[str, Any]:
+            return {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(out_ids),
+                    "completion_tokens": len(out_ids),
+                    "prompt_tokens_details": {"cached_tokens": max(req.num_cached_tokens, 0)}}
+
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            pieces = _TOKEN.findall(text)
+
+            def chunk(piece: str, finish: str | None, token_ids: list[int] | None) -> str:
+                c: dict[str, Any] = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish,
+                                     "stop_reason": None}
+                if body.get("return_token_ids") and token_ids is not None:
+                    c["token_ids"] = token_ids
+                return "data: " + json.dumps({"id": rid, "object": "text_completion", "created": created,
+                                              "model": name, "choices": [c]}) + "\n\n"
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    await pending.first.wait()
+                    yield chunk(pieces[0], "length" if len(pieces) == 1 else None, out_ids[:1])
+                    await pending.done.wait()
+                    rest = list(zip(pieces[1:], out_ids[1:]))
+                    step = max(1, len(rest) // 8)
+                    for i in range(0, len(rest), step):
+                        part = rest[i:i + step]
+                        last = i + step >= len(rest)
+                        yield chunk("".join(p for p, _ in part), "length" if last else None, [t for _, t in part])
+                    if include_usage:
+                        yield "data: " + json.dumps({"id": rid, "object": "text_completion", "created": created,
+                                                     "model": name, "choices": [], "usage": usage()}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                finally:
+                    if not pending.done.is_set():
+                        runner.abort(pending)
+
+            return StreamingResponse(events(), media_type="text/event-stream")
         try:
             while not pending.done.is_set():
                 try:
@@ -475,11 +514,8 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
             choice["token_ids"] = out_ids
             choice["prompt_token_ids"] = ids
         return JSONResponse({
-            "id": rid, "object": "text_completion", "created": int(time.time()), "model": name,
-            "choices": [choice], "service_tier": None, "system_fingerprint": FINGERPRINT,
-            "usage": {"prompt_tokens": len(ids), "total_tokens": len(ids) + len(out_ids),
-                      "completion_tokens": len(out_ids),
-                      "prompt_tokens_details": {"cached_tokens": max(req.num_cached_tokens, 0)}},
+            "id": rid, "object": "text_completion", "created": created, "model": name,
+            "choices": [choice], "service_tier": None, "system_fingerprint": FINGERPRINT, "usage": usage(),
         })
 
 

@@ -220,3 +220,17 @@ def test_histograms_are_cumulative_and_count_requests(url: str) -> None:
     assert count == buckets[-1] >= before + 3
     gen = fams["vllm:request_generation_tokens"]
     assert next(s.value for s in gen.samples if s.name.endswith("_count")) == count
+
+
+def test_streaming_completions(url: str) -> None:
+    body = {"model": "tiny-cpu", "prompt": list(range(50, 90)), "max_tokens": 20, "stream": True,
+            "stream_options": {"include_usage": True}, "return_token_ids": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 20
+    ids = [t for c in chunks if c["choices"] for t in c["choices"][0]["token_ids"]]
+    assert len(ids) == 20
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
