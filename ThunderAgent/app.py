@@ -48,6 +48,7 @@ from ThunderAgent.forward import (
     make_client,
     request_headers,
     response_headers,
+    send_with_retry,
     sse_error_event,
     translate_transport_error,
     usage_from,
@@ -573,7 +574,7 @@ class Proxy:
         headers = request_headers(request.headers.raw)
         req = self.client.build_request("POST", url, content=prepared.body, headers=headers)
         try:
-            upstream = await _race_disconnect(request.receive, self.client.send(req, stream=True))
+            upstream = await _race_disconnect(request.receive, send_with_retry(self.client, req))
         except ClientGone:
             self._finish(call, "cancelled", None, CLIENT_CLOSED, "client disconnected")
             return error_response(ProxyError(CLIENT_CLOSED, "client disconnected", "cancelled"))
@@ -801,6 +802,9 @@ class Proxy:
         oks = await asyncio.gather(*(scrape(self.probe_client, st) for st in sts))
         for st, ok in zip(sts, oks):
             self._observe_health(st.url, ok)
+            observe = getattr(self.policy, "observe_engine", None)
+            if ok and observe is not None:  # a cost-aware tr learns prefill cost and load from the engine
+                self._call_policy("observe_engine", lambda st=st: observe(st.url, st.latest, self.clock()))
 
     # --- loops -------------------------------------------------------------------------------------
     async def _capacity_loop(self) -> None:
@@ -828,7 +832,8 @@ class Proxy:
                     self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"
                 )
             )
-        if self.config.metrics and self.config.metrics_interval > 0:
+        learns = self.config.scheduling_enabled and getattr(self.config, "tr_mode", "fixed") == "cost-aware"
+        if (self.config.metrics or learns) and self.config.metrics_interval > 0:
             self._tasks.append(
                 asyncio.create_task(
                     self._every(self.config.metrics_interval, "metrics scrape", self.scrape_once),

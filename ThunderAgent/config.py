@@ -109,8 +109,27 @@ class Config:
     )
     tr_mode: str = opt(
         "fixed",
-        "how tr sets its limits: fixed = the watermarks times the KV capacity (upstream's rule, made explicit)",
-        choices=("fixed",),
+        "how tr sets its limits: fixed = the watermarks times the KV capacity (upstream's rule, made explicit); "
+        "cost-aware = the same limits times an overcommit factor that grows while losing the prefix cache would "
+        "be cheap (see --cost-recompute-budget) and falls back to 1 when re-prefill is expensive",
+        choices=("fixed", "cost-aware"),
+    )
+    cost_recompute_budget: float = opt(
+        0.5,
+        "cost-aware: the largest share of the engine's time that re-prefilling EVERY prompt from scratch may "
+        "take (prompt tokens/s x prefill s/token) for tr to still admit past the KV capacity; above it tr "
+        "pauses programs as the fixed rule does",
+    )
+    cost_max_overcommit: float = opt(
+        4.0, "cost-aware: the most tr admits, as a multiple of the fixed limits, when re-prefill is cheap"
+    )
+    cost_prefill_seconds_per_token: float = opt(
+        0.0,
+        "cost-aware: engine seconds to prefill one prompt token (e.g. 1e-5 for a 355B model on 8xH100: 30K "
+        "tokens ~0.3 s); 0 = learn it from the engine's prefill-time histogram (needs --metrics)",
+    )
+    cost_half_life: float = opt(
+        10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine"
     )
     tr_placement: str = opt(
         "best_fit",

@@ -15,11 +15,12 @@ through `observe`, without touching the policy's bookkeeping.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from ThunderAgent.config import Config
 
-TR_MODES = ("fixed",)
+TR_MODES = ("fixed", "cost-aware")
 
 
 class Limits(Protocol):
@@ -53,8 +54,135 @@ class FixedLimits:
         return None
 
 
+# ===================================================================================== cost-aware (issue 11)
+PROMPT = "vllm:prompt_tokens_total"
+HITS = "vllm:prefix_cache_hits_total"
+PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
+PREFILL_COUNT = "vllm:request_prefill_time_seconds_count"
+PREEMPT = "vllm:num_preemptions_total"
+MIN_WINDOWS = 5  # scrape windows with prefills before a learned prefill cost is trusted
+
+
+@dataclass
+class Learned:
+    """What the cost-aware mode knows about one engine, updated incrementally per metrics observation."""
+
+    last: dict[str, float] | None = None
+    last_t: float | None = None
+    prompt_rate: float | None = None  # prompt tokens the engine is asked to process per second (EWMA)
+    hit_rate: float | None = None  # prefix-cache hit rate over the latest window
+    preemptions: float = 0.0  # preemptions over the latest window
+    prefill_s: float = 0.0  # exponentially weighted sums of prefill seconds and of uncached prompt tokens
+    uncached: float = 0.0
+    windows: int = 0  # windows with prefills seen
+    share: float | None = None  # full-thrash recompute share (prompt_rate × prefill s/token)
+    overcommit: float = 1.0  # limits = fixed limits × overcommit
+
+    def prefill_per_token(self) -> float | None:
+        """Seconds of request prefill time per uncached prompt token, from vLLM's request_prefill_time
+        histogram. An UPPER bound of the engine's cost per token: a request's prefill time also counts the
+        steps it shares with other requests and the per-step overhead. So the learned figure errs towards
+        pausing (the fixed rule) — safe where thrashing is expensive, and the reason a known figure
+        (--cost-prefill-seconds-per-token) is better where it is not. None until MIN_WINDOWS windows."""
+        if self.windows < MIN_WINDOWS or self.uncached <= 0:
+            return None
+        return self.prefill_s / self.uncached
+
+
+class CostAwareLimits:
+    """Fixed limits scaled by an overcommit factor m ≥ 1 that follows what pausing saves and costs.
+
+    Pausing a program only pays when its evicted prefix would be expensive to re-prefill. The figure that
+    decides it is the *full-thrash recompute share*
+
+        share = (prompt tokens the engine processes per second) × (prefill seconds per token)
+
+    — the fraction of the engine's time it would spend if every prompt were prefilled from scratch, i.e.
+    the worst that admitting beyond the KV cache can cost (every cached prefix lost). While share stays
+    below --cost-recompute-budget, losing the cache is cheap and pausing would only take parallelism away
+    (the batch the engine loses while programs wait), so tr admits past the KV capacity, up to
+    --cost-max-overcommit × the fixed limits. When share exceeds the budget, m shrinks back towards 1 —
+    the fixed (upstream) rule. Admitting more programs raises the prompt-token rate roughly in proportion,
+    so the target is m × budget / share, moved by at most ×2 / ÷2 per observation (no oscillation).
+
+    Prefill seconds per token: --cost-prefill-seconds-per-token when > 0 (the simulator passes its
+    profile's figure; a deployment passes its calibrated one, e.g. harness/sim/calibrate.py's beta1), else
+    learned online from vLLM's histograms as request_prefill_time per uncached prompt token (exponentially
+    weighted over scrapes, half-life --cost-half-life), an upper bound (see Learned.prefill_per_token).
+    Until a figure is known m stays at 1: the mode starts as the fixed rule and only relaxes on evidence.
+    """
+
+    def __init__(self, high_watermark: float, low_watermark: float, *, budget: float, max_overcommit: float,
+                 prefill_seconds_per_token: float = 0.0, half_life: float = 10.0) -> None:
+        self.fixed = FixedLimits(high_watermark, low_watermark)
+        if not budget > 0:
+            raise ValueError("--cost-recompute-budget must be > 0")
+        if not max_overcommit >= 1:
+            raise ValueError("--cost-max-overcommit must be >= 1")
+        if prefill_seconds_per_token < 0:
+            raise ValueError("--cost-prefill-seconds-per-token must be >= 0 (0 = learn from the engine)")
+        if not half_life > 0:
+            raise ValueError("--cost-half-life must be > 0")
+        self.budget = budget
+        self.max_overcommit = max_overcommit
+        self.prior = prefill_seconds_per_token
+        self.decay = 0.5 ** (1.0 / half_life)
+        self.engines: dict[str, Learned] = {}
+
+    def high(self, url: str, capacity: int) -> float:
+        return self.fixed.high(url, capacity) * self.overcommit(url)
+
+    def low(self, url: str, capacity: int) -> float:
+        return self.fixed.low(url, capacity) * self.overcommit(url)
+
+    def overcommit(self, url: str) -> float:
+        e = self.engines.get(url)
+        return 1.0 if e is None else e.overcommit
+
+    def prefill_seconds_per_token(self, url: str) -> float | None:
+        if self.prior > 0:
+            return self.prior
+        e = self.engines.get(url)
+        return None if e is None else e.prefill_per_token()
+
+    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+        e = self.engines.setdefault(url, Learned())
+        prev, prev_t = e.last, e.last_t
+        e.last, e.last_t = dict(metrics), now
+        if prev is None or prev_t is None or now <= prev_t:
+            return
+        dt = now - prev_t
+        d = {k: metrics.get(k, 0.0) - prev.get(k, 0.0) for k in (PROMPT, HITS, PREFILL_SUM, PREFILL_COUNT, PREEMPT)}
+        if any(v < 0 for v in d.values()):  # engine restarted: counters reset; start the deltas afresh
+            return
+        e.preemptions = d[PREEMPT]
+        e.hit_rate = d[HITS] / d[PROMPT] if d[PROMPT] > 0 else None
+        rate = d[PROMPT] / dt
+        e.prompt_rate = rate if e.prompt_rate is None else self.decay * e.prompt_rate + (1 - self.decay) * rate
+        if d[PREFILL_COUNT] > 0 and d[PROMPT] > d[HITS]:
+            e.prefill_s = self.decay * e.prefill_s + d[PREFILL_SUM]
+            e.uncached = self.decay * e.uncached + (d[PROMPT] - d[HITS])
+            e.windows += 1
+        p = self.prefill_seconds_per_token(url)
+        if p is None or d[PROMPT] <= 0:
+            return  # nothing to decide on: keep the current factor
+        e.share = e.prompt_rate * p
+        target = e.overcommit * self.budget / e.share if e.share > 0 else self.max_overcommit
+        step = min(2.0, max(0.5, target / e.overcommit))
+        e.overcommit = min(self.max_overcommit, max(1.0, e.overcommit * step))
+
+
 def make_limits(config: Config) -> Limits:
     mode = getattr(config, "tr_mode", "fixed")
     if mode == "fixed":
         return FixedLimits(config.high_watermark, config.low_watermark)
+    if mode == "cost-aware":
+        return CostAwareLimits(
+            config.high_watermark,
+            config.low_watermark,
+            budget=config.cost_recompute_budget,
+            max_overcommit=config.cost_max_overcommit,
+            prefill_seconds_per_token=config.cost_prefill_seconds_per_token,
+            half_life=config.cost_half_life,
+        )
     raise ValueError(f"unknown --tr-mode {mode!r}: choose one of {', '.join(TR_MODES)}")

@@ -140,6 +140,15 @@ def _trajectory_source(
         i += 1
 
 
+def prefill_seconds_per_token(prof: Profile) -> float:
+    """The profile's prefill cost per token: one full chunk of max_num_batched_tokens prefilled from scratch
+    (GEMMs + attention over the chunk), less the step overhead, per token — what a cost-aware tr would
+    otherwise learn from the engine's histograms. Longer contexts cost more per token (attention), so this
+    is the cheap end: the cost-aware mode errs towards admitting."""
+    n = max(1, prof.engine.max_num_batched_tokens)
+    return (prof.timing.step_time(n, 0, 0, n * (n + 1) // 2) - prof.timing.step_time(0, 0, 0)) / n
+
+
 def run_des(
     profile: Profile | str,
     *,
@@ -189,6 +198,10 @@ def run_des(
                 import dataclasses
 
                 cfg = dataclasses.replace(cfg, backends=(BACKEND,))
+            if getattr(cfg, "tr_mode", "fixed") == "cost-aware" and not cfg.cost_prefill_seconds_per_token:
+                import dataclasses  # the simulator knows the prefill cost per token: its profile's
+
+                cfg = dataclasses.replace(cfg, cost_prefill_seconds_per_token=prefill_seconds_per_token(prof))
             pol = make_policy(cfg)
         pol.add_backend(BACKEND)
         actions0 = pol.set_capacity(BACKEND, prof.engine.kv_tokens, 0.0)
@@ -339,6 +352,12 @@ def run_des(
                                      kv_cache_usage=engine.kv_usage()))
             metrics.append(row)
             next_scrape += metrics_interval
+            observe = getattr(pol, "observe_engine", None)
+            if observe is not None:  # a cost-aware tr learns from the engine as it would from /metrics
+                seen = dict(row)
+                seen["vllm:request_prefill_time_seconds_sum"] = engine.stats.prefill_time.total
+                seen["vllm:request_prefill_time_seconds_count"] = engine.stats.prefill_time.n
+                apply(observe(BACKEND, seen, t), t)
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)
             next_tick += tick_interval

