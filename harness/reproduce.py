@@ -152,6 +152,13 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         jobs = min(os.cpu_count() or 1, 4) if eng == "des" else 1
     if eng != "des" and jobs > 1:
         raise ReproduceError(f"--jobs > 1 needs --engine des (engine {eng} runs one point at a time)")
+    if eng in ("des", "live-sim"):
+        from harness.sim.timing import ProfileError, load_profile
+
+        try:
+            load_profile(recipe.sim.profile, num_gpu_blocks=recipe.sim.num_gpu_blocks or None)
+        except ProfileError as e:
+            raise ReproduceError(f"recipe {recipe.path.name}: [sim].profile: {e}") from None
     if "thunderagent" in run_arms:
         from harness.points import proxy_config
 

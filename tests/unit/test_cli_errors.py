@@ -98,6 +98,7 @@ def test_malformed_toml(tmp_path):
     ('profile = "glm4.6-8xh100"', 'profile = ""', "[sim].profile is required"),
     ('args = []', 'args = ["--acting-decay", "sometimes"]', "[proxy].args"),
     ('args = []', 'args = ["--no-such-flag"]', "unrecognized arguments: --no-such-flag"),
+    ('profile = "glm4.6-8xh100"', 'profile = "a100-dreams"', "[sim].profile: unknown simulator profile 'a100-dreams'"),
 ])
 def test_bad_recipe_fields(tmp_path, old, new, needle):
     p = glm_with(tmp_path, old, new)
