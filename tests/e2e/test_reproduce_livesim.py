@@ -114,3 +114,38 @@ def _ppid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_engine_dying_mid_point_marks_it_failed_and_the_sweep_goes_on(tmp_path):
+    """SIGKILL the simulator server of the first point while it serves: that point is recorded as failed
+    with the reason, the next point starts a fresh engine and succeeds, and the sweep completes."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "live"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "reproduce", "glm4.6", "--engine", "live-sim", "--levels", "2",
+         "--arms", "vllm,thunderagent", "--duration", "4m", "--window", "1m-4m", "--time-scale", "30",
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and p.poll() is None:
+        steps = list(tmp_path.glob(".live.partial-*/vllm-2/steps.jsonl"))
+        if steps and steps[0].stat().st_size > 0:  # the engine is serving the first point
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit() and _ppid(int(d.name)) == p.pid:
+                    cmd = (d / "cmdline").read_bytes().split(b"\0")
+                    if b"serve" in cmd and b"sim" in cmd:
+                        os.killpg(int(d.name), signal.SIGKILL)
+                        killed = int(d.name)
+        time.sleep(0.1)
+    stdout, stderr = p.communicate(timeout=300)
+    assert killed is not None, "never saw the first point's simulator serving"
+    assert p.returncode == 0, stderr
+    rows = {x["arm"]: x for x in json.loads((out / "summary.json").read_text())["rows"]}
+    assert rows["vllm"]["status"] == "failed" and "sim died during the run" in rows["vllm"]["reason"]
+    assert rows["thunderagent"]["status"] == "ok" and rows["thunderagent"]["steps_per_min"] > 0
+    assert (out / "vllm-2" / "failed.json").exists()
+    assert "failed vllm × 2: sim died during the run" in stderr
+    assert _group_empty(killed)
