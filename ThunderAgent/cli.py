@@ -28,6 +28,12 @@ http://<host>:<port>/p/<program_id>/v1).
 """
 
 
+# Idle client connections are kept this long (uvicorn's default is 5 s). Longer than HTTP clients' own
+# pool expiry (httpx/OpenAI SDK: 5 s), so the client closes an idle connection first and never sends a
+# request into one the proxy is closing at that moment.
+SERVER_KEEPALIVE = 65
+
+
 class CliError(Exception):
     pass
 
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             port=cfg.port,
             log_level=cfg.log_level,
             access_log=cfg.log_level in ("debug", "trace"),
+            timeout_keep_alive=SERVER_KEEPALIVE,
         )
     except OSError as e:  # e.g. address in use
         sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")

@@ -40,12 +40,33 @@ RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
 PROGRESS_EVENTS = 20  # report streaming progress to the policy every N content events (upstream: 20)
 
 
+# Idle pooled connections are closed after this long: below the 5 s keep-alive timeout of uvicorn-based
+# engines (vLLM, SGLang), so the proxy closes an idle connection before the engine does and never sends
+# a request into a connection the engine is closing at that moment.
+KEEPALIVE_EXPIRY = 4.0
+# Errors that mean "the request never reached a live connection" (a stale pooled connection, a refused
+# or reset connect): such a send is retried once before the client sees a 502.
+RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+
 def make_client(config: Config) -> httpx.AsyncClient:
     """The one shared client for proxied traffic: separate connect/read timeouts, unbounded pool."""
     read = config.proxy_read_timeout if config.proxy_read_timeout > 0 else None
     timeout = httpx.Timeout(connect=config.proxy_connect_timeout, read=read, write=read, pool=None)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=60.0)
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=1024, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+
+async def send_with_retry(client: httpx.AsyncClient, req: httpx.Request) -> httpx.Response:
+    """Send and return once the response headers arrived (body still streaming). A connection-level
+    failure before any response byte is retried once: it almost always means a pooled connection went
+    stale. At worst the engine sees the request twice (it aborts the first when its connection drops)."""
+    try:
+        return await client.send(req, stream=True)
+    except RETRYABLE:
+        return await client.send(req, stream=True)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -19,7 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     rps: float
+    error_kinds: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Sample:
     lat: list[float]
     errors: int
     wall: float
+    kinds: Counter[str]
 
 
 async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
@@ -78,6 +81,7 @@ async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     lat: list[float] = []
     errors = 0
+    kinds: Counter[str] = Counter()
     remaining = total
 
     def body(i: int) -> dict:
@@ -106,8 +110,11 @@ async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
                     else:
                         r = await c.post("/v1/chat/completions", json=body(i))
                     ok = r.status_code == 200
-                except httpx.HTTPError:
+                    if not ok:
+                        kinds[f"HTTP {r.status_code}"] += 1
+                except httpx.HTTPError as e:
                     ok = False
+                    kinds[type(e).__name__] += 1
                 lat.append(time.perf_counter() - t0)
                 errors += 0 if ok else 1
 
@@ -115,7 +122,7 @@ async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(clients)))
         wall = time.perf_counter() - t0
-    return Sample(lat, errors, wall)
+    return Sample(lat, errors, wall, kinds)
 
 
 def summarize(target: str, stream: bool, clients: int, samples: list[Sample]) -> Result:
@@ -123,7 +130,10 @@ def summarize(target: str, stream: bool, clients: int, samples: list[Sample]) ->
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     rps = len(lat) / sum(s.wall for s in samples)
     errors = sum(s.errors for s in samples)
-    return Result(target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, rps)
+    kinds = sum((s.kinds for s in samples), Counter())
+    return Result(
+        target, stream, clients, len(lat), errors, statistics.median(lat) * 1e3, p99 * 1e3, rps, kinds
+    )
 
 
 def main() -> None:
@@ -167,7 +177,9 @@ def main() -> None:
                 # rounds with a rotating order: load drift on a shared machine hits every target alike
                 for k in range(rounds):
                     for name, url in targets[k % 3 :] + targets[: k % 3]:
-                        samples[name].append(asyncio.run(drive(url, clients, max(1, total // rounds), stream)))
+                        samples[name].append(
+                            asyncio.run(drive(url, clients, max(1, total // rounds), stream))
+                        )
                 results.extend(summarize(name, stream, clients, samples[name]) for name, _ in targets)
     finally:
         for p in procs:
@@ -191,8 +203,13 @@ def main() -> None:
         d99 = "" if r.target == "direct" else f"{r.p99_ms - b.p99_ms:+.2f}"
         mode = "stream" if r.stream else "non-stream"
         print(
-            f"{mode:<10} {r.clients:>7} {r.target:<14} {r.n:>5} {r.errors:>4} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>8.1f} {d50:>8} {d99:>8}"
+            f"{mode:<10} {r.clients:>7} {r.target:<14} {r.n:>5} {r.errors:>4} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{r.rps:>8.1f} {d50:>8} {d99:>8}"
         )
+    for r in results:
+        if r.error_kinds:
+            mode = "stream" if r.stream else "non-stream"
+            print(f"errors ({mode}, {r.clients} clients, {r.target}): {dict(r.error_kinds)}")
 
 
 if __name__ == "__main__":

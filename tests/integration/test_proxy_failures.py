@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.fakes.fake_vllm import FakeVLLM, free_port_url
@@ -239,4 +240,34 @@ async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPo
         assert r.status_code == 200
         err = json.loads(r.text.strip().split("\n\n")[-1][len("data: ") :])["error"]
         assert err["code"] == "proxy_error"
+        assert_consistent(proxy, spy)
+
+
+class _FlakyTransport(httpx.AsyncBaseTransport):
+    """Fails the first `fails` sends like a stale pooled connection, then behaves."""
+
+    def __init__(self, fails: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.fails = fails
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.fails:
+            self.fails -= 1
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(("fails", "status"), [(1, 200), (2, 502)])
+async def test_stale_connection_retried_once(fake_vllm: FakeVLLM, spy: SpyPolicy, fails: int, status: int):
+    async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
+        await proxy.client.aclose()
+        proxy.client = httpx.AsyncClient(transport=_FlakyTransport(fails))
+        r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
+        assert r.status_code == status
+        assert len(fake_vllm.requests) == (1 if status == 200 else 0)
         assert_consistent(proxy, spy)
