@@ -622,6 +622,7 @@ class SchedulerOutput:
     decode_context: int  # sum of their computed tokens (the KV they read)
     preempted: list[Request]
     admitted: int
+    prefill_context: int = 0  # sum over prefill tokens of the context each attends to (attention FLOPs)
 
 
 class Scheduler:
@@ -821,7 +822,11 @@ class Scheduler:
                 admitted += 1
                 self.on_admitted(req)
         d = self.num_decoders
-        return SchedulerOutput(prefills, prefill_tokens, d, self.sum_off + d * s, preempted, admitted)
+        pctx = 0
+        for req, n in prefills:  # chunk of n tokens from position p attends to n*p + n(n+1)/2 tokens in all
+            p = req.num_computed_tokens
+            pctx += n * p + n * (n + 1) // 2
+        return SchedulerOutput(prefills, prefill_tokens, d, self.sum_off + d * s, preempted, admitted, pctx)
 
 
 # --- engine -------------------------------------------------------------------------------------------
@@ -991,7 +996,7 @@ class Engine:
                 horizon = min(horizon, exp - now)
             k = self._run_length(s, out, horizon)
         if k == 1:
-            dur = t.step_time(out.prefill_tokens, d, out.decode_context)
+            dur = t.step_time(out.prefill_tokens, d, out.decode_context, out.prefill_context)
         else:
             dur = t.decode_run_time(k, d, out.decode_context)
             extra = sch.blocks_for_run(s, k)  # beyond what step s already allocated
@@ -1081,7 +1086,8 @@ class Engine:
 
 
 class StepTimeModelLike(Protocol):
-    def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int) -> float: ...
+    def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int,
+                  prefill_context: int = 0) -> float: ...
     def decode_run_time(self, k: int, decode_tokens: int, decode_context: int) -> float: ...
 
 

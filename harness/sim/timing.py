@@ -4,12 +4,19 @@ One engine step of vLLM processes a batch of prefill chunks and one token for ev
 duration is modelled as (BLIS-style, with DistServe/LLMServingSim's attention term):
 
     step_time = beta0 + beta1 * uncached_prefill_tokens + beta2 * decode_tokens + beta3 * sum(context of decodes)
+                + beta4 * sum(attended context of each prefill token)
 
 * beta0: the fixed cost of a step: reading every weight once (a large-batch MoE decode step touches almost all
   experts) plus the CPU-side scheduling/sampling/launch overhead;
 * beta1: prefill GEMM cost per token, compute-bound: 2 x active params FLOPs at a stated fraction of peak;
 * beta2: the GEMM cost of one decode token (same FLOPs as a prefill token);
 * beta3: reading one token of KV cache per decoding request per step, memory-bound.
+* beta4: prefill attention, compute-bound: a prefill token at position p attends to p earlier tokens, costing
+  4 x layers x query_heads x head_dim x p FLOPs (QK^T and AV), run at bf16 peak with the same efficiency as the
+  GEMMs. For a chunk of n tokens starting at position p the engine charges n*p + n*(n+1)/2 attended tokens.
+  At agent contexts this term is not small: for GLM-4.6 (96 query heads of 128) a token at 20K context spends
+  more FLOPs in attention than in its 32B active parameters, so a 30K re-prefill costs about 3x the GEMM-only
+  estimate. Measured profiles without the term (tiny-cpu) leave beta4 = 0.
 
 Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface item 5). A measured profile
 (tiny-cpu, written by harness/sim/calibrate.py) carries [timing] betas directly. A GPU profile carries the raw
@@ -37,15 +44,18 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StepTimeModel:
-    """step_time = beta0 + beta1*prefill + beta2*decode + beta3*decode_context (seconds)."""
+    """step_time = beta0 + beta1*prefill + beta2*decode + beta3*decode_context + beta4*prefill_context (s)."""
 
     beta0: float
     beta1: float
     beta2: float
     beta3: float
+    beta4: float = 0.0
 
-    def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int) -> float:
-        return self.beta0 + self.beta1 * prefill_tokens + self.beta2 * decode_tokens + self.beta3 * decode_context
+    def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int,
+                  prefill_context: int = 0) -> float:
+        return (self.beta0 + self.beta1 * prefill_tokens + self.beta2 * decode_tokens
+                + self.beta3 * decode_context + self.beta4 * prefill_context)
 
     def decode_run_time(self, k: int, decode_tokens: int, decode_context: int) -> float:
         """Total time of k consecutive decode-only steps of the same batch; the context of every request
@@ -82,6 +92,7 @@ class Derivation:
     weight_read_s: float
     prefill_s_per_token: float
     kv_read_s_per_token: float
+    prefill_attention_s_per_token_context: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,8 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
 
     layers = int(_get(model, "num_layers", where + " [model]"))
     kv_heads = int(_get(model, "num_kv_heads", where + " [model]"))
+    q_heads = int(_get(model, "num_attention_heads", where + " [model]"))
+    peak_bf16 = float(_get(hw, "peak_flops_bf16", where + " [hardware]"))
     head_dim = int(_get(model, "head_dim", where + " [model]"))
     active = float(_get(model, "active_params", where + " [model]"))
     weight_bytes = float(_get(model, "weight_bytes", where + " [model]"))
@@ -154,11 +167,15 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
     # all GPUs share one token's GEMMs under TP: 2 FLOPs per active parameter
     prefill_per_token = 2 * active / (n_gpu * peak * eff_compute)
     kv_read_per_token = kv_per_token_gpu / (bw * eff_bw)
+    # causal attention of one prefill token over p earlier tokens: QK^T + AV = 4 x layers x heads x head_dim x p
+    # FLOPs, query heads split over the TP ranks, run in bf16 (FlashAttention) at the same stated efficiency
+    attn_per_token_context = 4 * layers * q_heads * head_dim / (n_gpu * peak_bf16 * eff_compute)
     model_ = StepTimeModel(
         beta0=overhead + weight_read,
         beta1=prefill_per_token,
         beta2=prefill_per_token,
         beta3=kv_read_per_token,
+        beta4=attn_per_token_context,
     )
     d = Derivation(
         weight_bytes_per_gpu=weights_gpu,
@@ -169,6 +186,7 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
         weight_read_s=weight_read,
         prefill_s_per_token=prefill_per_token,
         kv_read_s_per_token=kv_read_per_token,
+        prefill_attention_s_per_token_context=attn_per_token_context,
     )
     return model_, num_blocks, d
 
@@ -204,7 +222,8 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         timing_model, derived_blocks, derivation = derive(doc, where)
     if "timing" in doc:  # measured betas win over the derivation
         t = doc["timing"]
-        timing_model = StepTimeModel(*(float(_get(t, f"beta{i}", where + " [timing]")) for i in range(4)))
+        timing_model = StepTimeModel(*(float(_get(t, f"beta{i}", where + " [timing]")) for i in range(4)),
+                                     beta4=float(t.get("beta4", 0.0)))
     if timing_model is None:
         raise ProfileError(f"{where}: needs a [timing] table or [hardware]/[model]/[efficiency] to derive it")
     blocks = eng.get("num_gpu_blocks", derived_blocks)
@@ -251,8 +270,12 @@ def report(profile: Profile) -> str:
         f"  max_model_len {e.max_model_len}",
         f"  beta0 {t.beta0 * 1e3:.3f} ms/step   beta1 {t.beta1 * 1e6:.3f} us/prefill token",
         f"  beta2 {t.beta2 * 1e6:.3f} us/decode token   beta3 {t.beta3 * 1e9:.3f} ns/context token",
-        f"  prefill throughput ceiling {1 / t.beta1 if t.beta1 else float('inf'):,.0f} tok/s",
+        f"  beta4 {t.beta4 * 1e12:.3f} ps/(prefill token x attended context token)",
+        f"  prefill throughput ceiling {1 / t.beta1 if t.beta1 else float('inf'):,.0f} tok/s (GEMMs only)",
     ]
+    for ctx in (8000, 30000):
+        pf = t.step_time(ctx, 0, 0, ctx * (ctx + 1) // 2) - t.beta0
+        lines.append(f"  full prefill of {ctx:6d} tokens: {pf:6.3f} s of engine time")
     for b, ctx in ((1, 2000), (48, 20000), (96, 20000)):
         st = t.step_time(0, b, b * ctx)
         lines.append(f"  decode step, batch {b:3d} x {ctx:6d} ctx: {st * 1e3:7.2f} ms  ({b / st:,.0f} tok/s)")
