@@ -3,17 +3,16 @@ results/, and draws its figures."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
-
-pytestmark = pytest.mark.slow
 from nbclient import NotebookClient
 from typer.testing import CliRunner
 
 from harness.cli import app
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"

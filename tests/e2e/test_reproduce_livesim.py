@@ -76,7 +76,6 @@ def test_live_sim_sweep_starts_and_stops_real_processes(tmp_path):
 def test_sigterm_mid_sweep_stops_everything_and_leaves_no_results(tmp_path):
     """Killing `thunderbench reproduce` (SIGTERM) while a point runs: the simulator and proxy process
     groups are stopped, and no results directory (complete or partial) is left."""
-    import os
     import signal
     import time
 

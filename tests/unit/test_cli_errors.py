@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import stat
-import sys
 import textwrap
 from pathlib import Path
 
