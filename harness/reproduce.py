@@ -244,11 +244,11 @@ def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, r
         with console.status(f"running {label} ..."):
             extra = runner(opts, arm, programs, pdir, console) or {}
     except PointFailed as e:
-        console.print(f"[red]✗[/] {escape(label)}: failed: {escape(str(e))}")
+        console.print(f"[red]✗[/] {escape(label)}: failed: {escape(str(e))}", soft_wrap=True, highlight=False)
         _write_json(pdir / "failed.json", {"arm": arm, "programs": programs, "reason": str(e)})
         return PointResult(arm, programs, name, "failed", str(e), round(time.time() - t, 3))
     wall = round(time.time() - t, 3)
-    console.print(f"[green]✓[/] {label} in {wall:.1f} s")
+    console.print(f"[green]✓[/] {escape(label)} in {wall:.1f} s", soft_wrap=True, highlight=False)
     return PointResult(arm, programs, name, "ok", None, wall, extra)
 
 
@@ -313,9 +313,16 @@ def _run_parallel(opts: SweepOptions, points: list[tuple[str, int]], root: Path,
                     res = f.result()
                     done[(arm, n)] = res
                     if res.status == "ok":
-                        console.print(f"[green]✓[/] {arm}-{n} {escape(label)} in {res.wall_s:.1f} s")
+                        sm = res.extra.get("summary") or {}
+                        spm = (f": {sm['steps_per_min']:.1f} steps/min" if sm.get("steps_per_min") is not None
+                               else "")
+                        hit = (f", hit rate {100 * sm['prefix_hit_rate']:.1f}%"
+                               if sm.get("prefix_hit_rate") is not None else "")
+                        console.print(f"[green]✓[/] {arm}-{n} {escape(label)}{spm}{hit} ({res.wall_s:.1f} s)",
+                                      soft_wrap=True, highlight=False)
                     else:
-                        console.print(f"[red]✗[/] {arm}-{n} {escape(label)}: failed: {escape(str(res.reason))}")
+                        console.print(f"[red]✗[/] {arm}-{n} {escape(label)}: failed: {escape(str(res.reason))}",
+                                      soft_wrap=True, highlight=False)
                     st.update(f"simulating {label}: {len(done)}/{len(points)} points done ...")
             except BaseException:
                 for f in futs:
