@@ -207,6 +207,8 @@ def run_des(
         actions0 = pol.set_capacity(BACKEND, prof.engine.kv_tokens, 0.0)
         assert not actions0 or all(isinstance(a, (Resume, Reject)) or True for a in actions0)
     tick_interval = float(getattr(policy_config, "scheduler_interval", 5.0) or 5.0) if pol else math.inf
+    # only a cost-aware tr learns from metrics; other policies see no extra calls (their runs stay as they were)
+    learns = getattr(getattr(pol, "config", None), "tr_mode", "fixed") == "cost-aware"
     pin_ttl = pin_ttl_s if arm == "continuum" else None
 
     source = _trajectory_source(wl if isinstance(wl, WorkloadParams) else None, trajectories, seed, programs)
@@ -352,7 +354,7 @@ def run_des(
                                      kv_cache_usage=engine.kv_usage()))
             metrics.append(row)
             next_scrape += metrics_interval
-            observe = getattr(pol, "observe_engine", None)
+            observe = getattr(pol, "observe_engine", None) if learns else None
             if observe is not None:  # a cost-aware tr learns from the engine as it would from /metrics
                 seen = dict(row)
                 seen["vllm:request_prefill_time_seconds_sum"] = engine.stats.prefill_time.total
