@@ -1,0 +1,35 @@
+"""The proxy feeds every successful /metrics scrape to the policy's observe_engine (issue 11), and a cost-aware tr
+learns from it: the engine's prompt-token counter moves the limits."""
+
+from __future__ import annotations
+
+from tests.fakes.fake_vllm import FakeVLLM
+from tests.fakes.proxy_kit import running_proxy
+from ThunderAgent.config import Config
+from ThunderAgent.policy.capacity import CapacityPolicy
+
+
+async def test_scrapes_reach_the_cost_aware_limits(fake_vllm: FakeVLLM):
+    config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="cost-aware", metrics_interval=3600,
+                    cost_prefill_seconds_per_token=1e-9)
+    policy = CapacityPolicy(config)
+    async with running_proxy(config, policy=policy) as (_c, proxy):
+        await proxy.scrape_once()
+        await proxy.scrape_once()
+        learned = policy.limits.engines[fake_vllm.url]  # type: ignore[attr-defined]
+        assert learned.last is not None and "vllm:prompt_tokens_total" in learned.last
+        assert learned.last_t is not None
+        fake_vllm.metrics_status = 500  # a failed scrape teaches nothing
+        before = learned.last_t
+        await proxy.scrape_once()
+        assert learned.last_t == before
+
+
+async def test_fixed_mode_does_not_scrape_unless_asked(fake_vllm: FakeVLLM):
+    config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="fixed", metrics=False, metrics_interval=0.01)
+    async with running_proxy(config) as (_c, proxy):
+        assert not any(t.get_name() == "metrics" for t in proxy._tasks)
+    config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="cost-aware", metrics=False,
+                    metrics_interval=0.01)
+    async with running_proxy(config) as (_c, proxy):
+        assert any(t.get_name() == "metrics" for t in proxy._tasks)
