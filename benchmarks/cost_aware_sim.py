@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--programs", type=int, action="append", help="repeatable (default 64, 128, 192, 256)")
     ap.add_argument("--duration", type=float, default=1800.0, help="simulated seconds per run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="128 and 256 programs, 600 simulated seconds")
+    ap.add_argument("--quick", action="store_true", help="160 programs, 600 simulated seconds")
     args = ap.parse_args(argv)
     profiles = args.profile or ["glm4.6-8xh100", "qwen3-235b-8xh100"]
-    levels = args.programs or ([128, 256] if args.quick else [64, 128, 192, 256])
+    levels = args.programs or ([160] if args.quick else [64, 128, 192, 256])
     duration = 600.0 if args.quick else args.duration
     worst = float("inf")
     for prof in profiles:
