@@ -402,8 +402,30 @@ def recipes() -> None:
         out.print(t)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Usage errors that click/typer catch themselves (missing argument, unknown command,
+    a value of the wrong type) are printed as one `error:` line with the hint to --help, exit code 2 —
+    not typer's multi-line box."""
+    try:  # typer >= 0.2x vendors its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as cx
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="thunderbench")
+    except cx.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx is not None else "thunderbench"
+        typer.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
+        raise SystemExit(2) from None
+    except cx.Abort:
+        typer.echo("error: interrupted", err=True)
+        raise SystemExit(130) from None
+    except cx.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        raise SystemExit(e.exit_code) from None
+    except cx.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    raise SystemExit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
