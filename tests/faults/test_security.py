@@ -111,7 +111,7 @@ def test_no_secrets_in_logs_or_errors_and_ids_cannot_inject(fake_vllm: FakeVLLM,
     prof = tmp_path / "prof"
     proc, base, log = _run_proxy_cli(
         ["--backends", f"{good},{dead}", "--router", "default", "--log-level", "debug", "--profile",
-         "--profile-dir", str(prof), "--metrics", "--metrics-interval", "0.1"], tmp_path)
+         "--profile-dir", str(prof)], tmp_path)  # no --metrics: the dead backend must get requests (and fail)
     evil_ids = ["evil\nCRITICAL thunderagent: FORGED", "=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0", "\x1b[31mred\u2028x"]
     bodies: list[str] = []
     try:
