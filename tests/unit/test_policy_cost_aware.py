@@ -175,3 +175,19 @@ def test_policy_falls_back_to_pausing_when_recompute_turns_expensive():
     assert pol.stats().pauses == 2  # back under the fixed limit: one 9K program stays
     assert pol.limits.overcommit(URL) == 1.0  # type: ignore[attr-defined]
     assert pol.backends()[0].used <= 10_000
+
+
+def test_simulator_feeds_a_cost_aware_tr_with_its_profiles_prefill_cost():
+    from harness.sim.des import BACKEND, prefill_seconds_per_token, run_des
+    from harness.sim.timing import load_profile
+
+    prof = load_profile("glm4.6-8xh100")
+    p = prefill_seconds_per_token(prof)
+    assert prof.timing.beta1 < p < 3 * prof.timing.beta1  # GEMMs plus attention over one 8K chunk
+    cfg = Config(router="tr", backends=(BACKEND,), tr_mode="cost-aware", cost_prefill_seconds_per_token=p)
+    pol = make_policy(cfg)
+    run_des(prof, arm="thunderagent", programs=8, duration_s=120.0, policy=pol, policy_config=cfg,
+            metrics_interval=5.0)
+    learned = pol.limits.engines[BACKEND]  # type: ignore[attr-defined]
+    assert learned.prompt_rate and learned.prompt_rate > 0
+    assert learned.share == pytest.approx(learned.prompt_rate * p)
