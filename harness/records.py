@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from ThunderAgent.backends import VLLM_SERIES
 from ThunderAgent.records import (SCHEMA_VERSION, JsonlWriter, StepRecord, read_jsonl,
                                   read_step_records)
 
@@ -32,18 +33,9 @@ __all__ = [
     "RunManifest", "RunPaths", "safe_join", "safe_name", "git_revision", "package_versions",
 ]
 
-# The engine-metrics series (shared_iface item 4). Counters are cumulative, as vLLM exports them.
-ENGINE_METRIC_KEYS: tuple[str, ...] = (
-    "vllm:num_requests_running",
-    "vllm:num_requests_waiting",
-    "vllm:kv_cache_usage_perc",
-    "vllm:prefix_cache_queries_total",
-    "vllm:prefix_cache_hits_total",
-    "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total",
-    "vllm:num_preemptions_total",
-    "vllm:request_success_total",
-)
+# The engine-metrics series (shared_iface item 4): the same series the proxy scrapes and parses
+# (ThunderAgent.backends.VLLM_SERIES). Counters are cumulative, as vLLM exports them.
+ENGINE_METRIC_KEYS: tuple[str, ...] = VLLM_SERIES
 
 
 @dataclass(slots=True)
