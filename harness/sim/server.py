@@ -195,6 +195,23 @@ class SimEngineRunner:
                     p.done.set()
 
 
+async def _await_done(pending: _Pending, request: HttpRequest, runner: SimEngineRunner) -> Response | None:
+    """Wait for a non-streaming request to finish in the engine. If the client goes away first the request is
+    aborted in the engine (as vLLM does) and a 499 response is returned; cancellation aborts it too."""
+    try:
+        while not pending.done.is_set():
+            try:
+                await asyncio.wait_for(pending.done.wait(), 0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    runner.abort(pending)
+                    return Response(status_code=499)
+    except asyncio.CancelledError:
+        runner.abort(pending)
+        raise
+    return None
+
+
 def create_app(
     profile: Profile,
     *,
@@ -356,17 +373,8 @@ def create_app(
         message: dict[str, Any] = {"role": "assistant", "content": text if not tool_calls else None,
                                    "refusal": None, "tool_calls": tool_calls or [], "reasoning_content": None}
         if not body.get("stream"):
-            try:
-                while not pending.done.is_set():
-                    try:
-                        await asyncio.wait_for(pending.done.wait(), 0.5)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            runner.abort(pending)
-                            return Response(status_code=499)
-            except asyncio.CancelledError:
-                runner.abort(pending)
-                raise
+            if (gone := await _await_done(pending, request, runner)) is not None:
+                return gone
             return JSONResponse({
                 "id": rid, "object": "chat.completion", "created": now_s, "model": name,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason,
@@ -497,17 +505,8 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
                         runner.abort(pending)
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        try:
-            while not pending.done.is_set():
-                try:
-                    await asyncio.wait_for(pending.done.wait(), 0.5)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        runner.abort(pending)
-                        return Response(status_code=499)
-        except asyncio.CancelledError:
-            runner.abort(pending)
-            raise
+        if (gone := await _await_done(pending, request, runner)) is not None:
+            return gone
         choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
                                   "stop_reason": None, "prompt_logprobs": None}
         if body.get("return_token_ids"):
