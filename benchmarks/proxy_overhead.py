@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,33 +24,14 @@ from pathlib import Path
 
 import httpx
 
+import _procs  # noqa: E402  (benchmarks/_procs.py, beside this script)
+from _procs import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], url: str, timeout: float = 60.0) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(
-                f"failed to start {' '.join(cmd)}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-            )
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"{' '.join(cmd)} did not become healthy in {timeout}s")
-        time.sleep(0.1)
+def start(cmd: list[str], url: str, timeout: float = 60.0):  # noqa: ANN201
+    return _procs.start(cmd, url, timeout, label="")
 
 
 @dataclass

@@ -22,16 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+import _procs  # noqa: E402  (benchmarks/_procs.py, beside this script)
+from _procs import free_port  # noqa: E402
 import numpy as np
 import psutil
 
@@ -41,29 +41,8 @@ sys.path.insert(0, str(ROOT))
 from harness.workload import Trajectory, load_workload_params, sample_trajectories  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], url: str, timeout: float = 90.0) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            raise SystemExit(f"soak: failed to start {' '.join(cmd[:4])}: {err}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"soak: {' '.join(cmd[:4])} did not become healthy in {timeout}s")
-        time.sleep(0.1)
+def start(cmd: list[str], url: str, timeout: float = 90.0):  # noqa: ANN201
+    return _procs.start(cmd, url, timeout, label="soak: ")
 
 
 def words(key: int, n: int) -> str:

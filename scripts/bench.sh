@@ -3,7 +3,7 @@
 # Pass --quick for the CI-sized variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for b in benchmarks/*.py; do
+for b in benchmarks/[!_]*.py; do
   [ -e "$b" ] || continue
   echo "=== $b $*"
   .venv/bin/python "$b" "$@"
