@@ -899,6 +899,11 @@ class Engine:
 
     # --- requests
     def add_request(self, req: Request) -> None:
+        self.validate(req)
+        self.scheduler.add_request(req)
+
+    def validate(self, req: Request) -> None:
+        """Raise ValueError if the request can never run (bad max_tokens, too long, larger than the cache)."""
         need = req.num_prompt_tokens + req.max_tokens
         if req.max_tokens < 1:
             raise ValueError(f"request {req.request_id}: max_tokens must be >= 1")
@@ -908,7 +913,6 @@ class Engine:
             raise ValueError(f"request {req.request_id}: {need} tokens exceed max_model_len {self.max_model_len}")
         if -(-need // self.block_size) > self.num_gpu_blocks - 1:
             raise ValueError(f"request {req.request_id}: {need} tokens can never fit in the KV cache")
-        self.scheduler.add_request(req)
 
     def abort(self, req: Request, now: float) -> None:
         """Client gone: drop the request wherever it is (vLLM's abort)."""

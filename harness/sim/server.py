@@ -3,9 +3,11 @@
     python -m harness.sim.server --profile tiny-cpu --port 8100 [--time-scale 20] [--num-gpu-blocks 24]
 
 One asyncio task runs the engine model (harness/sim/engine.py) on an accelerated clock: virtual time =
-wall time since start x time_scale. Each engine step (or run of identical decode steps, bounded by a short
-wall-clock slice so new requests join promptly) is slept for duration / time_scale, then its first tokens and
-finished requests are delivered. Responses are timed by the engine model, never by per-token sleeps.
+wall time since start x time_scale. The engine keeps its own clock (harness/sim/liveclock.py): a request joins
+when engine time reaches its arrival, each step starts where the previous one ended, the loop sleeps until the
+step is due and then delivers its first tokens and finished requests; late wake-ups delay deliveries but never
+stretch the engine, so live mode computes the discrete-event mode's timeline. Responses are timed by the engine
+model, never by per-token sleeps.
 
 Tokens: messages are rendered with a ChatML-like template and tokenized by `SimTokenizer`, a deterministic
 regex tokenizer (a word with its leading space, a run of punctuation, or whitespace = one token, id from
@@ -38,6 +40,7 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from harness.sim.engine import Engine, IdSeq, Request
+from harness.sim.liveclock import CatchUpStepper
 from harness.sim.metrics import render_metrics
 from harness.sim.timing import Profile, ProfileError, load_profile
 
@@ -108,7 +111,7 @@ class SimEngineRunner:
     """Owns the engine and its accelerated clock; one asyncio task steps it."""
 
     def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005,
-                 max_lag_s: float = 0.05) -> None:
+                 max_lag_s: float = 1.0) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.profile = profile
@@ -116,6 +119,7 @@ class SimEngineRunner:
         self.time_scale = time_scale
         self.slice_s = slice_s
         self.max_lag_s = max_lag_s
+        self.clock = CatchUpStepper(self.engine, max_lag_v=max_lag_s * time_scale)
         self.t0 = time.monotonic()
         self.pending: dict[str, _Pending] = {}
         self._wake = asyncio.Event()
@@ -139,29 +143,30 @@ class SimEngineRunner:
             self._task = None
 
     def submit(self, req: Request) -> _Pending:
-        req.arrival_time = self.vnow()
         p = _Pending(req)
-        self.engine.add_request(req)
+        self.engine.validate(req)  # a request that can never run is refused now, not when engine time reaches it
+        self.clock.submit(req, self.vnow())
         self.pending[req.request_id] = p
         self._wake.set()
         return p
 
     def abort(self, p: _Pending) -> None:
         if not p.done.is_set():
+            self.clock.withdraw(p.req)  # not yet reached by engine time: the engine never sees it
             self.engine.abort(p.req, self.vnow())
             p.done.set()
         self.pending.pop(p.req.request_id, None)
 
     async def _loop(self) -> None:
-        """Step the engine on its own clock `et`, sleeping only when it is ahead of virtual time. A late wake-up
-        (OS scheduling jitter is milliseconds, a tiny-model step is sub-millisecond at high time scales) does not
-        cost engine time: the next steps start where the previous one ended and catch up, up to `max_lag_s`
-        of wall time behind, beyond which the engine is considered idle for the gap."""
+        """Step the engine on its own clock (CatchUpStepper: requests join when engine time reaches their
+        arrival), sleeping only while it is ahead of virtual time. A late wake-up (OS scheduling jitter is
+        milliseconds, tens of them on a loaded machine; a tiny-model step is ~2 ms) only delays delivery, it does
+        not cost engine time; beyond `max_lag_s` of wall time behind, the gap counts as idle (clock.lost_v)."""
         eng = self.engine
-        et = self.vnow()
-        max_lag = self.max_lag_s * self.time_scale
+        clock = self.clock
+        clock.idle(self.vnow())
         while True:
-            if not eng.has_work():
+            if not clock.has_work():
                 self._wake.clear()
                 pe = eng.next_pin_expiry()
                 timeout = None if pe is None else max(0.0, (pe - self.vnow()) / self.time_scale)
@@ -169,20 +174,17 @@ class SimEngineRunner:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 except TimeoutError:
                     eng.expire_pins(self.vnow())
-                et = self.vnow()
                 continue
-            et = max(et, self.vnow() - max_lag)
-            res = eng.step(et, self.slice_s * self.time_scale)
+            res = clock.step(self.vnow())
             if res.steps == 0:  # nothing fits (e.g. pinned blocks): wait for a change
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.slice_s)
                 except TimeoutError:
                     pass
-                et = self.vnow()
+                clock.idle(self.vnow())
                 continue
-            et += res.duration
-            delay = (et - self.vnow()) / self.time_scale
+            delay = (clock.et - self.vnow()) / self.time_scale
             await asyncio.sleep(max(0.0, delay))  # also yields to the request handlers when behind
             for r in res.first_tokens:
                 p = self.pending.get(r.request_id)
@@ -282,7 +284,8 @@ def create_app(
     async def metrics() -> PlainTextResponse:
         eng = runner.engine
         text = render_metrics(
-            eng.stats, model_name=name, num_running=eng.num_running, num_waiting=eng.num_waiting,
+            eng.stats, model_name=name, num_running=eng.num_running,
+            num_waiting=eng.num_waiting + len(runner.clock.arrivals),  # arrived, engine clock not there yet
             kv_cache_usage=eng.kv_usage(), block_size=eng.block_size, num_gpu_blocks=eng.num_gpu_blocks,
             num_gpu_blocks_override=num_gpu_blocks_override, max_num_seqs=eng.scheduler.max_num_seqs,
             created=float(created), profile=f"{profile.name} (time scale {time_scale:g})",
