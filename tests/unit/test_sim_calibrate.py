@@ -181,3 +181,35 @@ def test_request_overhead_is_client_time_minus_the_step_model() -> None:
     assert out["request_probes"] == 3
     assert medians(samples + synth()) == medians(synth())  # request probes never enter the fit
     assert request_overheads(fit, synth()) == {}
+
+
+def test_frontend_fit_recovers_per_request_and_per_token_work(tmp_path: Path) -> None:
+    """Saturation probes measured as the step model's seconds per request plus a known front-end cost: the fit
+    gives back that cost, the profile writer stores it as [frontend], and the loaded profile charges it."""
+    from harness.sim.calibrate import fit_frontend, simulated_seconds_per_request
+    from harness.sim.timing import load_profile
+
+    fit = fit_betas(synth())
+    f_req, f_tok = 0.004, 3e-4
+    probes = []
+    for out in (1, 32, 96):
+        shape = Sample("saturation", 256, out, 0, 0.0, "t", batch=8, prompt_tokens=256, output_tokens=out, steps=40)
+        sim = simulated_seconds_per_request(fit, shape)
+        assert sim > 0
+        probes.append(Sample("saturation", 256, out, 0, sim + f_req + f_tok * out, "t", batch=8, prompt_tokens=256,
+                             output_tokens=out, steps=40))
+    fe = fit_frontend(fit, probes + synth())
+    assert fe is not None and fe.probes == 3
+    assert fe.request_s == pytest.approx(f_req, rel=1e-3) and fe.output_token_s == pytest.approx(f_tok, rel=1e-3)
+    assert fit_frontend(fit, synth()) is None and medians(probes + synth()) == medians(synth())
+    path = tmp_path / "p.toml"
+    write_profile(path, fit, name="p", engine={"block_size": 128, "num_gpu_blocks": 24, "max_num_batched_tokens": 2048,
+                                               "max_num_seqs": 128}, data_file="d.jsonl", description="d", frontend=fe)
+    prof = load_profile(str(path))
+    assert prof.timing.frontend_request_s == pytest.approx(f_req, rel=1e-3)
+    assert prof.timing.frontend_token_s == pytest.approx(f_tok, rel=1e-3)
+    # a negative slope (noise) never yields a negative cost
+    flat = [Sample("saturation", 256, o, 0, simulated_seconds_per_request(fit, p) + 0.002 - 1e-5 * o, "t", batch=8,
+                   prompt_tokens=256, output_tokens=o, steps=40) for o, p in zip((1, 32, 96), probes)]
+    fe2 = fit_frontend(fit, flat)
+    assert fe2 is not None and fe2.output_token_s == 0.0 and fe2.request_s > 0

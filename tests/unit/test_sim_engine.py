@@ -346,3 +346,26 @@ def test_pinned_blocks_survive_pressure_until_ttl(pinned: bool) -> None:
     e.expire_pins(t + 2.0)
     assert "q" not in e.pins and e.stats.pin_expiries == 1
     assert e.pool.num_free == 8
+
+
+def test_frontend_work_is_charged_to_the_engine_clock_once_per_request_and_per_token() -> None:
+    """A profile measured on shared cores charges the API server's work: per new request (not again after a
+    preemption) and per output token; runs of identical steps charge exactly what single steps do."""
+    from dataclasses import replace as dc_replace
+
+    fe = dc_replace(TM, frontend_request_s=0.5, frontend_token_s=0.01)
+    totals = []
+    for timing in (TM, fe):
+        for skip in (True, False):
+            eng = Engine(block_size=16, num_gpu_blocks=64, max_num_batched_tokens=512, max_num_seqs=8,
+                         timing=timing, skip_ahead=skip)
+            for i in range(3):
+                eng.add_request(Request(f"r{i}", IdSeq(16, [1000 * i + j for j in range(100 + 20)]), 100, 20, 0.0))
+            t = 0.0
+            while eng.has_work():
+                res = eng.step(t, 10.0)
+                t += res.duration
+            totals.append(t)
+    base, base_single, with_fe, with_fe_single = totals
+    assert base == pytest.approx(base_single) and with_fe == pytest.approx(with_fe_single)
+    assert with_fe - base == pytest.approx(3 * 0.5 + 3 * 20 * 0.01)  # 3 requests, 60 output tokens
