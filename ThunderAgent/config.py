@@ -108,17 +108,18 @@ class Config:
         0, "size in tokens of the prefix all programs share (system prompt + tools), for --shared-prefix-credit"
     )
     tr_mode: str = opt(
-        "fixed",
+        "cost-aware",
         "how tr sets its limits: fixed = the watermarks times the KV capacity (upstream's rule, made explicit); "
         "cost-aware = the same limits times an overcommit factor that grows while losing the prefix cache would "
         "be cheap (see --cost-recompute-budget) and falls back to 1 when re-prefill is expensive",
         choices=("fixed", "cost-aware"),
     )
     cost_recompute_budget: float = opt(
-        0.5,
-        "cost-aware: the largest share of the engine's time that re-prefilling EVERY prompt from scratch may "
-        "take (prompt tokens/s x prefill s/token) for tr to still admit past the KV capacity; above it tr "
-        "pauses programs as the fixed rule does",
+        0.8,
+        "cost-aware: the largest share of the engine's time that re-prefilling EVERY prompt from scratch at the "
+        "current call rate may take (prompt tokens/s x prefill s/token) for tr to still admit past the KV "
+        "capacity; at 1 a full loss of the prefix cache could not even sustain today's calls; above the budget "
+        "tr pauses programs as the fixed rule does",
     )
     cost_max_overcommit: float = opt(
         8.0,
@@ -128,7 +129,7 @@ class Config:
     cost_prefill_seconds_per_token: float = opt(
         0.0,
         "cost-aware: engine seconds to prefill one prompt token (e.g. 1e-5 for a 355B model on 8xH100: 30K "
-        "tokens ~0.3 s); 0 = learn it from the engine's prefill-time histogram (needs --metrics)",
+        "tokens ~0.3 s); 0 = learn it from the engine's prefill-time histograms (needs --metrics)",
     )
     cost_half_life: float = opt(
         10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine"

@@ -3,7 +3,8 @@
 Three regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
 "2x-long-tools", "3x-short-heavy". Arms interleaved per repetition (see harness/costbench.py); prints
 steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefix hit rate, preemptions,
-pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit).
+pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit). The cost-aware arm
+is ThunderAgent's default (prefill cost learned online); --with-calibrated adds one told the calibrated figure.
 
     .venv/bin/python benchmarks/cost_aware_real.py                       # all regimes, 2 reps, 60 s arms
     .venv/bin/python benchmarks/cost_aware_real.py --regime 3x-short-heavy --reps 3 --duration 90
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.costbench import launch_engine, run_regime  # noqa: E402
+from harness.costbench import ARMS, CALIBRATED_ARM, launch_engine, run_regime  # noqa: E402
 from harness.launch.vllm import cache_dir  # noqa: E402
 from harness.realbench import REGIMES  # noqa: E402
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--with-calibrated", action="store_true",
+                    help="add an arm told the calibrated prefill cost (tiny-cpu beta1) instead of learning it")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -55,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             server = launch_engine(log_dir)
         url = args.engine_url.rstrip("/") if args.engine_url else server.base_url  # type: ignore[union-attr]
         results = []
+        arms = dict(ARMS)
+        if args.with_calibrated:
+            arms[CALIBRATED_ARM[0]] = CALIBRATED_ARM[1]
         for reg in regimes:
             load0 = os.getloadavg()[0]
             r = run_regime(url, reg, out_dir=out, log_dir=log_dir, reps=args.reps,
-                           window=(args.warmup, args.duration))
+                           window=(args.warmup, args.duration), arms=arms)
             results.append(r)
             print("\n".join(r.lines()) + f"\n  load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on "
                   f"{os.cpu_count()} cores", flush=True)

@@ -7,9 +7,10 @@ in order, r+1 in reverse — so slow drift of the shared machine's load hits eve
 over repetitions is reported. Each arm runs in duration mode (programs restarted as they finish, steps/min
 over [warmup, duration)), through a fresh ThunderAgent process for the proxied arms.
 
-While a cost-aware arm runs, a *shadow* learner (a CostAwareLimits fed the same engine /metrics every
-second) records what the mode learned — prefill seconds per token, full-thrash recompute share, overcommit
-— so the report says why it behaved as it did, without reaching into the proxy.
+The cost-aware arm runs ThunderAgent's defaults (it learns the engine's prefill cost online from /metrics);
+CALIBRATED_ARM is the same mode told the calibrated figure instead. While a cost-aware arm runs, a *shadow*
+learner (a CostAwareLimits fed the same engine /metrics every second) records what the mode learned —
+prefill seconds per token, full-thrash recompute share, overcommit — so the report says why it behaved as it did, without reaching into the proxy.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def calibrated_prefill_cost(profile: str = "tiny-cpu") -> float:
 ARMS: dict[str, tuple[str, ...] | None] = {
     "vllm": None,
     "tr-fixed": ("--tr-mode", "fixed"),
-    "tr-cost-aware": ("--tr-mode", "cost-aware", "--cost-prefill-seconds-per-token", f"{calibrated_prefill_cost():.4g}"),
+    "tr-cost-aware": ("--tr-mode", "cost-aware"),  # the default: prefill cost learned online from /metrics
 }
-AUTO_ARM = ("--tr-mode", "cost-aware")  # prefill cost learned from the live histograms (an upper bound)
+CALIBRATED_ARM = ("tr-cost-calibrated",
+                  ("--tr-mode", "cost-aware", "--cost-prefill-seconds-per-token", f"{calibrated_prefill_cost():.4g}"))
 
 
 @dataclass

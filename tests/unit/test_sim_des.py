@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.sim.des import DesError, run_des
+from harness.sim.des import BACKEND, DesError, run_des
 from harness.sim.timing import ProfileError, StepTimeModel, list_profiles, load_profile, report
 from harness.throughput import summarize_run
 from harness.workload import Trajectory, Turn
+from ThunderAgent.config import Config
 
 
 def trajs(n: int = 6) -> list[Trajectory]:
@@ -85,7 +86,9 @@ def test_des_sampled_workload_is_seeded() -> None:
 def test_small_cache_thrashes_and_thunderagent_arm_avoids_preemption(tmp_path: Path) -> None:
     common = dict(programs=6, duration_s=900, trajectories=trajs(), seed=0, num_gpu_blocks=700)  # 11,200 tokens
     v = run_des("glm4.6-8xh100", arm="vllm", **common)  # type: ignore[arg-type]
-    ta = run_des("glm4.6-8xh100", arm="thunderagent", out_dir=tmp_path / "ta", **common)  # type: ignore[arg-type]
+    fixed = Config(router="tr", backends=(BACKEND,), tr_mode="fixed")  # upstream's rule: pause, never thrash
+    ta = run_des("glm4.6-8xh100", arm="thunderagent", out_dir=tmp_path / "ta", policy_config=fixed,
+                 **common)  # type: ignore[arg-type]
     c = run_des("glm4.6-8xh100", arm="continuum", pin_ttl_s=5.0, **common)  # type: ignore[arg-type]
     sv, sta, sc = v.summary(), ta.summary(), c.summary()
     assert sv["preemptions"] > 0
