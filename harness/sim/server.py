@@ -290,6 +290,11 @@ def create_app(
             num_gpu_blocks_override=num_gpu_blocks_override, max_num_seqs=eng.scheduler.max_num_seqs,
             created=float(created), profile=f"{profile.name} (time scale {time_scale:g})",
         )
+        # not a vLLM series: engine time the server gave up because it fell more than max_lag behind its clock
+        # (0 unless the machine cannot keep up with --time-scale; live figures are then distorted)
+        text += ("# HELP thunderbench_sim_engine_time_lost_seconds_total Simulated engine time given up because "
+                 "the server fell behind its clock.\n# TYPE thunderbench_sim_engine_time_lost_seconds_total counter\n"
+                 f"thunderbench_sim_engine_time_lost_seconds_total {runner.clock.lost_v}\n")
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/tokenize")

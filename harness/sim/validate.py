@@ -35,7 +35,8 @@ from harness.workload import Trajectory, Turn
 from ThunderAgent.backends import parse_vllm_metrics
 
 KEYS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
-        "vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+        "vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+        "thunderbench_sim_engine_time_lost_seconds_total")  # the last one: the simulator's server only
 
 
 def validation_trajectories(n: int = 60, seed: int = 11) -> list[Trajectory]:
@@ -60,6 +61,7 @@ class EngineFigures:
     preemptions: float
     success: float
     generation_tokens: float
+    engine_time_lost_s: float = 0.0  # simulator HTTP mode: engine time given up because it fell behind its clock
 
     def row(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -79,7 +81,8 @@ def _figures(name: str, live: LiveResult, before: dict[str, float], after: dict[
         errors=sum(1 for s in live.steps if s.status != "ok"),
         hit_rate=d["vllm:prefix_cache_hits_total"] / q if q else None,
         preemptions=d["vllm:num_preemptions_total"], success=d["vllm:request_success_total"],
-        generation_tokens=d["vllm:generation_tokens_total"])
+        generation_tokens=d["vllm:generation_tokens_total"],
+        engine_time_lost_s=d["thunderbench_sim_engine_time_lost_seconds_total"])
 
 
 def measure(url: str, name: str, trajs: list[Trajectory], *, programs: int, duration: float,
@@ -157,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         hr = f"{r.hit_rate:.3f}" if r.hit_rate is not None else "n/a"
         cmp = "" if r is ref else (f"spm {diff(r.steps_per_min, ref.steps_per_min)}, hit {diff(r.hit_rate, ref.hit_rate)}, "
                                    f"preempt {diff(r.preemptions, ref.preemptions)}")
+        lost = f" (engine time lost {r.engine_time_lost_s:.1f} s)" if r.engine_time_lost_s else ""
         print(f"{r.name:28s} {r.steps_per_min:10.1f} {r.calls:6d} {r.errors:4d} {hr:>9s} {r.preemptions:8.0f} "
-              f"{r.generation_tokens:8.0f}   {cmp}")
+              f"{r.generation_tokens:8.0f}   {cmp}{lost}")
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,7 @@ async def test_metrics_parse_with_thunderagent_parsers_and_capacity_discovery(ur
                 "vllm:generation_tokens_total", "vllm:num_preemptions_total", "vllm:request_success_total"):
         assert key in m, key
     assert m["vllm:request_success_total"] >= 1 and m["vllm:generation_tokens_total"] >= 3
+    assert m["thunderbench_sim_engine_time_lost_seconds_total"] == 0.0  # a short call: the server kept up
     async with httpx.AsyncClient() as client:
         st = BackendState(url=url)
         assert await fetch_capacity(client, st) == 24 * 128
