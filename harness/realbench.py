@@ -350,8 +350,8 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
-    interval and flags (parsed by ThunderAgent's own CLI parser). Results are labelled simulated with their profile. ``step_scale`` multiplies every beta (the
-    load adjustment measured by ``step_slowdown``); the label then says so. ``trajectories`` (e.g.
+    interval and flags (parsed by ThunderAgent's own CLI parser). Results are labelled simulated with their profile. ``step_scale`` multiplies every beta and the
+    profile's front-end costs (the load adjustment measured by ``step_slowdown``); the label then says so. ``trajectories`` (e.g.
     ``realized_trajectories`` of the real run) replace the workload's planned ones.
     """
     from dataclasses import replace
@@ -365,7 +365,10 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
     if step_scale != 1.0:
         t = prof.timing
         prof = replace(prof, timing=replace(t, beta0=t.beta0 * step_scale, beta1=t.beta1 * step_scale,
-                                            beta2=t.beta2 * step_scale, beta3=t.beta3 * step_scale))
+                                            beta2=t.beta2 * step_scale, beta3=t.beta3 * step_scale,
+                                            # the API server's work runs on the same loaded cores
+                                            frontend_request_s=t.frontend_request_s * step_scale,
+                                            frontend_token_s=t.frontend_token_s * step_scale))
         label += f" x{step_scale:.2f}"
 
     lo, hi = window or (20.0, 120.0)
