@@ -1,5 +1,5 @@
-"""Forwarding to a backend: request preparation, the shared httpx client, streaming pass-through with
-usage extraction, and the translation of backend failures into OpenAI-style errors.
+"""Forwarding to a backend: request preparation, the shared aiohttp client (BackendClient), streaming
+pass-through with usage extraction, and the translation of backend failures into OpenAI-style errors.
 
 Bytes flow through unchanged, except that (a) program_id and harness-only fields are stripped from the
 request and (b) when the proxy itself asked the backend for a usage chunk (`stream_options.include_usage`)
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
+import aiohttp
 import httpx
+import yarl
+from multidict import CIMultiDict
 
 from ThunderAgent.config import Config
 from ThunderAgent.logsafe import redact
@@ -44,29 +47,178 @@ PROGRESS_EVENTS = 20  # report streaming progress to the policy every N content 
 # engines (vLLM, SGLang), so the proxy closes an idle connection before the engine does and never sends
 # a request into a connection the engine is closing at that moment.
 KEEPALIVE_EXPIRY = 4.0
-# Errors that mean "the request never reached a live connection" (a stale pooled connection, a refused
-# or reset connect): such a send is retried once before the client sees a 502.
-RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+# Failures that mean "the request never reached a live connection" (a stale pooled connection closed by
+# the engine, a reset or refused connect): such a send is retried once before the client sees a 502.
+RETRYABLE_KINDS = frozenset({"connect", "protocol"})
 
 
-def make_client(config: Config) -> httpx.AsyncClient:
+class TransportError(Exception):
+    """Talking to a backend failed below HTTP: `kind` is connect (refused/unreachable), connect_timeout,
+    timeout (no byte within the read timeout), protocol (connection closed or broken mid-exchange) or
+    invalid_request (the client's request cannot be put on the wire). `name` is the library's error class."""
+
+    def __init__(self, kind: str, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}" if detail else name)
+        self.kind = kind
+        self.name = name
+        self.detail = detail
+
+    @property
+    def reached(self) -> bool:
+        """False when no connection to the backend could be made (a health signal)."""
+        return self.kind not in ("connect", "connect_timeout")
+
+
+def transport_error(e: BaseException) -> TransportError:
+    """An aiohttp (or socket-level) failure -> TransportError with its kind."""
+    name = type(e).__name__
+    if isinstance(e, aiohttp.ConnectionTimeoutError):
+        kind = "connect_timeout"
+    elif isinstance(e, (aiohttp.ServerTimeoutError, TimeoutError)):
+        kind = "timeout"
+    elif isinstance(e, aiohttp.ClientConnectorError):
+        kind = "connect"
+    elif isinstance(e, (aiohttp.InvalidURL, ValueError)):  # e.g. a header value the client library refuses
+        kind = "invalid_request"
+    else:
+        kind = "protocol"
+    return TransportError(kind, name, str(e))
+
+
+class Upstream:
+    """A backend response whose headers arrived; the body is read (or streamed) through this object.
+    Every failure while reading surfaces as TransportError."""
+
+    __slots__ = ("_done", "_resp", "content_type", "raw_headers", "status_code")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status_code: int = resp.status
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = resp.raw_headers
+        self.content_type: str = resp.headers.get("content-type", "")
+        self._done = False
+
+    async def aread(self) -> bytes:
+        try:
+            body = await self._resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise transport_error(e) from e
+        self._done = True
+        return body
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive. When the connection breaks, the bytes that arrived before the break
+        are still yielded, then TransportError is raised."""
+        content = self._resp.content
+        try:
+            async for chunk in content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            rest = _leftover(content)
+            if rest:
+                yield rest
+            raise transport_error(e) from e
+        self._done = True
+
+    async def aclose(self) -> None:
+        """Return the connection to the pool when the body was read in full; otherwise close it (the engine
+        sees the disconnect and aborts the request)."""
+        if self._done:
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+def _leftover(content: aiohttp.StreamReader) -> bytes:
+    """Bytes already received but not yet handed out when the stream failed: aiohttp's readers raise the
+    stored error before returning buffered data, so they are taken from the buffer directly (a private
+    method of the pinned aiohttp; anything unexpected -> nothing)."""
+    read = getattr(content, "_read_nowait", None)
+    try:
+        out = read(-1) if read is not None else b""
+    except Exception:  # noqa: BLE001 - best effort on an already broken stream
+        return b""
+    return out if isinstance(out, bytes) else b""
+
+
+class BackendClient:
+    """The one shared HTTP client for proxied traffic (aiohttp: its C parser costs a fraction of a pure-
+    Python client per request, which is most of the proxy's own latency). Separate connect/read timeouts,
+    unbounded pool, bytes passed through untouched (no decompression, no added Content-Type/User-Agent).
+    The session is created on first use, inside the event loop that serves the app."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float | None) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, tuple[yarl.URL, str | None]] = {}
+
+    def _split_credentials(self, url: str) -> tuple[yarl.URL, str | None]:
+        """`http://user:pw@host/...` -> (the URL without them, a Basic Authorization value); cached."""
+        hit = self._urls.get(url)
+        if hit is None:
+            u = yarl.URL(url)
+            basic = None
+            if u.user is not None or u.password is not None:
+                basic = aiohttp.BasicAuth(u.user or "", u.password or "").encode()
+                u = u.with_user(None)
+            hit = self._urls[url] = (u, basic)
+            if len(self._urls) > 4096:  # backends are few; bound it anyway
+                self._urls.clear()
+        return hit
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_EXPIRY)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Content-Type", "User-Agent"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def send(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes | None = None
+    ) -> Upstream:
+        """Send and return once the response headers arrived (body still unread)."""
+        hdrs = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+        target, basic = self._split_credentials(url)
+        if basic is not None:  # credentials in the backend URL win over a client's Authorization (as httpx)
+            hdrs["Authorization"] = basic
+        try:
+            resp = await self._get().request(
+                method, target, data=body, headers=hdrs, allow_redirects=False, compress=None
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            raise transport_error(e) from e
+        return Upstream(resp)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def make_client(config: Config) -> BackendClient:
     """The one shared client for proxied traffic: separate connect/read timeouts, unbounded pool."""
     read = config.proxy_read_timeout if config.proxy_read_timeout > 0 else None
-    timeout = httpx.Timeout(connect=config.proxy_connect_timeout, read=read, write=read, pool=None)
-    limits = httpx.Limits(
-        max_connections=None, max_keepalive_connections=1024, keepalive_expiry=KEEPALIVE_EXPIRY
-    )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    return BackendClient(config.proxy_connect_timeout, read)
 
 
-async def send_with_retry(client: httpx.AsyncClient, req: httpx.Request) -> httpx.Response:
-    """Send and return once the response headers arrived (body still streaming). A connection-level
+async def send_with_retry(
+    client: BackendClient, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> Upstream:
+    """POST and return once the response headers arrived (body still streaming). A connection-level
     failure before any response byte is retried once: it almost always means a pooled connection went
     stale. At worst the engine sees the request twice (it aborts the first when its connection drops)."""
     try:
-        return await client.send(req, stream=True)
-    except RETRYABLE:
-        return await client.send(req, stream=True)
+        return await client.send("POST", url, headers, body)
+    except TransportError as e:
+        if e.kind not in RETRYABLE_KINDS:
+            raise
+        return await client.send("POST", url, headers, body)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -75,8 +227,9 @@ def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     return out
 
 
-def response_headers(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in headers.raw if k.decode("latin-1").lower() not in RESPONSE_DROP]
+def response_headers(headers: httpx.Headers | tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+    raw = headers.raw if isinstance(headers, httpx.Headers) else headers
+    return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in RESPONSE_DROP]
 
 
 # --- usage ----------------------------------------------------------------------------------------------
@@ -231,33 +384,48 @@ class ProxyError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def translate_transport_error(e: httpx.HTTPError, backend: str) -> ProxyError:
-    """httpx failure talking to `backend` -> the status a client should see (credentials in the backend
-    URL are redacted: the message goes to clients and logs)."""
-    name = type(e).__name__
+def translate_transport_error(e: httpx.HTTPError | TransportError, backend: str) -> ProxyError:
+    """A failure talking to `backend` (the proxied traffic's TransportError, or an httpx error of the
+    probes) -> the status a client should see (credentials in the backend URL are redacted: the message
+    goes to clients and logs)."""
+    if isinstance(e, TransportError):
+        kind, name, text = e.kind, e.name, e.detail
+    else:
+        name, text = type(e).__name__, str(e)
+        if isinstance(e, httpx.LocalProtocolError):
+            kind = "invalid_request"
+        elif isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+            kind = "connect_timeout"
+        elif isinstance(e, httpx.TimeoutException):
+            kind = "timeout"
+        elif isinstance(e, httpx.ConnectError):
+            kind = "connect"
+        else:
+            kind = "protocol"
     backend = redact(backend)
-    if isinstance(e, httpx.LocalProtocolError):  # the client's request cannot be put on the wire (e.g. a
-        # header value with surrounding whitespace, which h11 refuses): the client's fault, not the backend's
-        return ProxyError(400, f"request cannot be forwarded: {e}", code="invalid_request")
-    if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+    text = redact(text)
+    if kind == "invalid_request":  # the client's request cannot be put on the wire (e.g. a header value
+        # the HTTP library refuses): the client's fault, not the backend's
+        return ProxyError(400, f"request cannot be forwarded: {text}", code="invalid_request")
+    if kind == "connect_timeout":
         return ProxyError(
             504,
             f"backend {backend} did not accept the connection in time ({name})",
             "backend_timeout",
             code="backend_connect_timeout",
         )
-    if isinstance(e, httpx.TimeoutException):
+    if kind == "timeout":
         return ProxyError(
             504, f"backend {backend} timed out ({name})", "backend_timeout", code="backend_timeout"
         )
-    if isinstance(e, httpx.ConnectError):
+    if kind == "connect":
         return ProxyError(
             502,
-            f"cannot connect to backend {backend}: {e}",
+            f"cannot connect to backend {backend}: {text}",
             "backend_unreachable",
             code="backend_unreachable",
         )
-    return ProxyError(502, f"backend {backend} failed: {name}: {e}", "backend_error", code="backend_error")
+    return ProxyError(502, f"backend {backend} failed: {name}: {text}", "backend_error", code="backend_error")
 
 
 def backend_error_body(status: int, content: bytes) -> tuple[int, bytes | None]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import httpx
 import pytest
 
 from tests.fakes.fake_vllm import FakeVLLM, free_port_url
 from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
 from ThunderAgent.config import Config
+from ThunderAgent.forward import BackendClient, transport_error
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase
 from ThunderAgent.policy.passthrough import PassthroughPolicy
@@ -235,6 +237,7 @@ async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPo
 
     monkeypatch.setattr(app_module, "SSETap", BrokenTap)
     fake_vllm.completion_tokens = 10
+    fake_vllm.token_delay = 0.01  # events arrive in separate reads (coalesced ones would all pass one feed)
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=True))
         assert r.status_code == 200
@@ -243,30 +246,27 @@ async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPo
         assert_consistent(proxy, spy)
 
 
-class _FlakyTransport(httpx.AsyncBaseTransport):
-    """Fails the first `fails` sends like a stale pooled connection, then behaves."""
+class _FlakyClient(BackendClient):
+    """Fails the first `fails` sends like a stale pooled connection (the engine closed it), then behaves."""
 
     def __init__(self, fails: int) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        super().__init__(connect_timeout=5.0, read_timeout=None)
         self.fails = fails
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def send(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes | None = None
+    ):
         if self.fails:
             self.fails -= 1
-            raise httpx.RemoteProtocolError(
-                "Server disconnected without sending a response.", request=request
-            )
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+            raise transport_error(aiohttp.ServerDisconnectedError())
+        return await super().send(method, url, headers, body)
 
 
 @pytest.mark.parametrize(("fails", "status"), [(1, 200), (2, 502)])
 async def test_stale_connection_retried_once(fake_vllm: FakeVLLM, spy: SpyPolicy, fails: int, status: int):
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         await proxy.client.aclose()
-        proxy.client = httpx.AsyncClient(transport=_FlakyTransport(fails))
+        proxy.client = _FlakyClient(fails)
         r = await c.post("/v1/chat/completions", json=chat(program_id="p"))
         assert r.status_code == status
         assert len(fake_vllm.requests) == (1 if status == 200 else 0)
