@@ -12,6 +12,7 @@ import pytest
 
 from tests.fakes.fake_vllm import FakeVLLM, free_port_url
 from tests.fakes.proxy_kit import SpyPolicy, chat, running_proxy
+from ThunderAgent.app import create_app
 from ThunderAgent.config import Config
 from ThunderAgent.forward import BackendClient, transport_error
 from ThunderAgent.policy import make_policy
@@ -271,3 +272,22 @@ async def test_stale_connection_retried_once(fake_vllm: FakeVLLM, spy: SpyPolicy
         assert r.status_code == status
         assert len(fake_vllm.requests) == (1 if status == 200 else 0)
         assert_consistent(proxy, spy)
+
+
+async def test_front_door_unexpected_error_is_502(fake_vllm: FakeVLLM):
+    """POST /v1/chat/completions skips the FastAPI stack (ProxyApp): a proxy bug there still answers 502
+    OpenAI-style JSON, as the stack's handler does for the URL-prefixed route; other methods stay FastAPI's."""
+    app = create_app(cfg(fake_vllm.url))
+    async with app.router.lifespan_context(app):
+
+        async def broken_chat(request, url_program_id=None):
+            raise RuntimeError("proxy bug")
+
+        app.state.proxy.chat = broken_chat
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+            for path in ("/v1/chat/completions", "/p/x/v1/chat/completions"):
+                r = await c.post(path, json=chat(program_id="p"))
+                err = assert_openai_error(r, 502)
+                assert err["code"] == "proxy_error" and "RuntimeError: proxy bug" in err["message"]
+            assert_openai_error(await c.get("/v1/chat/completions"), 405)
