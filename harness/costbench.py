@@ -79,7 +79,7 @@ class RegimeResult:
     regime: str
     description: str
     runs: dict[str, list[ArmResult]] = field(default_factory=dict)
-    shadows: list[Shadow] = field(default_factory=list)
+    shadows: list[tuple[str, Shadow]] = field(default_factory=list)  # (run tag, what its learner saw)
 
     def mean(self, arm: str) -> float:
         return statistics.fmean(r.steps_per_min for r in self.runs[arm])
@@ -103,8 +103,8 @@ class RegimeResult:
                                               + ", ".join(f"{x:.2f}" for x in self.ratios_per_rep(arm)) + "]")
             out.append(f"  {arm:14s} {statistics.fmean(spm):7.1f} steps/min{spread}  prefix hit {100 * hit:5.1f}%  "
                        f"preemptions {pre:5.0f}  pauses {pauses:5.0f}{ratio}")
-        for i, s in enumerate(self.shadows):
-            out.append(f"  tr-cost-aware rep {i + 1} {s.row()}")
+        for tag, s in self.shadows:
+            out.append(f"  {tag} {s.row()}")
         return out
 
 
@@ -171,7 +171,7 @@ def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, re
                         r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
                                                              workload=wl, run_dir=out_dir / tag, window=window,
                                                              flags=flags))
-                        res.shadows.append(sh)
+                        res.shadows.append((tag, sh))
                     else:
                         r = asyncio.run(run_arm(tag, agent_url=proxy.base_url, engine_url=engine_url, workload=wl,
                                                 thunderagent=True, run_dir=out_dir / tag, window=window))

@@ -64,7 +64,7 @@ COMPUTED = "vllm:request_prefill_kv_computed_tokens_sum"  # prompt tokens each r
 ITL_SUM = "vllm:inter_token_latency_seconds_sum"
 ITL_COUNT = "vllm:inter_token_latency_seconds_count"
 COUNTERS = (PROMPT, HITS, PREFILL_SUM, PREFILL_COUNT, PREEMPT, COMPUTED, ITL_SUM, ITL_COUNT)
-MIN_WINDOWS = 5  # scrape windows with prefills before a learned prefill cost is trusted
+MIN_PREFILLS = 16  # requests whose prefill was observed before a learned prefill cost is trusted
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Learned:
     preemptions: float = 0.0  # preemptions over the latest window
     prefill_s: float = 0.0  # exponentially weighted sums of prefill seconds and of uncached prompt tokens
     uncached: float = 0.0
-    windows: int = 0  # windows with prefills seen
+    prefills: float = 0.0  # requests whose prefill time has been observed
     share: float | None = None  # full-thrash recompute share (prompt_rate × prefill s/token)
     overcommit: float = 1.0  # limits = fixed limits × overcommit
 
@@ -90,8 +90,9 @@ class Learned:
         (request_prefill_kv_computed_tokens; prompt - prefix hits on engines without it). Without the step
         subtraction a mostly cached request (40 new tokens in a 3 ms step) reads as 75 us/token, several
         times the true cost, and the mode would never leave the fixed rule. Exponentially weighted over
-        scrapes; None until MIN_WINDOWS windows with prefills."""
-        if self.windows < MIN_WINDOWS or self.uncached <= 0:
+        scrapes; None until MIN_PREFILLS requests have been seen (a sum over requests, not over scrapes: an
+        engine serving few requests per scrape is learned as fast as its requests allow)."""
+        if self.prefills < MIN_PREFILLS or self.uncached <= 0:
             return None
         return self.prefill_s / self.uncached
 
@@ -177,7 +178,7 @@ class CostAwareLimits:
             step = d[ITL_SUM] / d[ITL_COUNT] if d[ITL_COUNT] > 0 else 0.0
             e.prefill_s = self.decay * e.prefill_s + max(0.0, d[PREFILL_SUM] - d[PREFILL_COUNT] * step)
             e.uncached = self.decay * e.uncached + computed
-            e.windows += 1
+            e.prefills += d[PREFILL_COUNT]
         p = self.prefill_seconds_per_token(url)
         if p is None or d[PROMPT] <= 0:
             return  # nothing to decide on: keep the current factor

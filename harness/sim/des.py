@@ -166,8 +166,12 @@ def run_des(
     skip_ahead: bool = True,
     out_dir: str | Path | None = None,
     run_id: str | None = None,
+    learn_prefill_cost: bool = False,
 ) -> DesResult:
-    """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine."""
+    """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
+
+    A cost-aware tr is told the profile's prefill cost per token unless `learn_prefill_cost` (or its config
+    names a figure): then it learns it from the simulated engine's histograms, as it does from real vLLM."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     if programs < 1:
@@ -198,7 +202,8 @@ def run_des(
                 import dataclasses
 
                 cfg = dataclasses.replace(cfg, backends=(BACKEND,))
-            if getattr(cfg, "tr_mode", "fixed") == "cost-aware" and not cfg.cost_prefill_seconds_per_token:
+            if (getattr(cfg, "tr_mode", "fixed") == "cost-aware" and not cfg.cost_prefill_seconds_per_token
+                    and not learn_prefill_cost):
                 import dataclasses  # the simulator knows the prefill cost per token: its profile's
 
                 cfg = dataclasses.replace(cfg, cost_prefill_seconds_per_token=prefill_seconds_per_token(prof))
@@ -359,6 +364,8 @@ def run_des(
                 seen = dict(row)
                 seen["vllm:request_prefill_time_seconds_sum"] = engine.stats.prefill_time.total
                 seen["vllm:request_prefill_time_seconds_count"] = engine.stats.prefill_time.n
+                seen["vllm:inter_token_latency_seconds_sum"] = engine.stats.inter_token_latency.total
+                seen["vllm:inter_token_latency_seconds_count"] = engine.stats.inter_token_latency.n
                 apply(observe(BACKEND, seen, t), t)
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)
