@@ -19,11 +19,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], url: str, timeout: float = 60.0, label: str = "") -> subprocess.Popen[bytes]:
-    """Start `cmd` from the repo root and poll `url`/health until 200 (deadline `timeout`); exit with one line
-    (prefixed by `label`) if it dies or never becomes healthy."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start(
+    cmd: list[str], url: str, timeout: float = 60.0, label: str = "", root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` from `root` (the repo root; another checkout to compare against) and poll `url`/health until
+    200 (deadline `timeout`); exit with one line (prefixed by `label`) if it dies or never becomes healthy."""
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     name = " ".join(cmd[:4])
     deadline = time.monotonic() + timeout
     while True:

@@ -1,9 +1,12 @@
 """Proxy overhead: latency (p50/p99) and throughput through ThunderAgent vs calling the backend directly.
 
-One run starts a fake vLLM server (tests/fakes/fake_vllm.py, no artificial delays) and the proxy
-(`python -m ThunderAgent`, routers "default" and "tr") as separate processes, then drives each target
-with N concurrent clients (one program_id per client), non-streaming and streaming, side by side.
-Numbers are machine-dependent (this prints them; it asserts nothing about absolute times).
+One run starts a fast fake OpenAI backend (benchmarks/_fast_backend.py: canned vLLM-shaped responses from a
+bare asyncio protocol, so that under concurrency the proxy, not the fake, sets the pace; `--fake-vllm` uses the
+faithful but slower test fake instead) and the proxy (`python -m ThunderAgent`, routers "default" and "tr") as
+separate processes, then drives each target with N concurrent clients (one program_id per client; aiohttp on
+uvloop, so the load generator is cheap too), non-streaming and streaming, side by side in rotating order.
+req/s at 64 and 512 clients is the maximum throughput of each target on this machine. Numbers are
+machine-dependent (this prints them; it asserts nothing about absolute times).
 
     .venv/bin/python benchmarks/proxy_overhead.py            # 1, 64, 512 concurrent clients
     .venv/bin/python benchmarks/proxy_overhead.py --quick    # CI-sized
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -22,16 +26,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 import _procs  # noqa: E402  (benchmarks/_procs.py, beside this script)
 from _procs import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
+try:
+    import uvloop
 
-def start(cmd: list[str], url: str, timeout: float = 60.0):  # noqa: ANN201
-    return _procs.start(cmd, url, timeout, label="")
+    run = uvloop.run
+except ImportError:
+    run = asyncio.run
+
+
+def start(cmd: list[str], url: str, timeout: float = 60.0, root: Path = ROOT):  # noqa: ANN201
+    return _procs.start(cmd, url, timeout, label="", root=root)
 
 
 @dataclass
@@ -58,7 +69,6 @@ class Sample:
 async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
     """`clients` concurrent clients (one program each) send `total` requests; connections are warmed
     first and the warm-up is not timed."""
-    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     lat: list[float] = []
     errors = 0
     kinds: Counter[str] = Counter()
@@ -75,7 +85,18 @@ async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
             b["stream"] = True
         return b
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as c:
+    endpoint = url + "/v1/chat/completions"
+    bodies = [json.dumps(body(i)).encode() for i in range(clients)]
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=clients + 8)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as c:
+
+        async def call(i: int) -> int:
+            async with c.post(endpoint, data=bodies[i], headers=headers) as r:
+                async for _ in r.content.iter_any():
+                    pass
+                return r.status
 
         async def one(i: int) -> None:
             nonlocal remaining, errors
@@ -83,22 +104,17 @@ async def drive(url: str, clients: int, total: int, stream: bool) -> Sample:
                 remaining -= 1
                 t0 = time.perf_counter()
                 try:
-                    if stream:
-                        async with c.stream("POST", "/v1/chat/completions", json=body(i)) as r:
-                            async for _ in r.aiter_raw():
-                                pass
-                    else:
-                        r = await c.post("/v1/chat/completions", json=body(i))
-                    ok = r.status_code == 200
+                    status = await call(i)
+                    ok = status == 200
                     if not ok:
-                        kinds[f"HTTP {r.status_code}"] += 1
-                except httpx.HTTPError as e:
+                        kinds[f"HTTP {status}"] += 1
+                except (aiohttp.ClientError, TimeoutError) as e:
                     ok = False
                     kinds[type(e).__name__] += 1
                 lat.append(time.perf_counter() - t0)
                 errors += 0 if ok else 1
 
-        await asyncio.gather(*(c.post("/v1/chat/completions", json=body(i)) for i in range(clients)))
+        await asyncio.gather(*(call(i) for i in range(clients)))
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(clients)))
         wall = time.perf_counter() - t0
@@ -120,6 +136,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small counts for CI")
     ap.add_argument("--clients", type=str, default=None, help="comma-separated concurrency levels")
+    ap.add_argument("--fake-vllm", action="store_true", help="use the test fake (tests/fakes/fake_vllm.py) as backend")
+    ap.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="also run the proxy from this other checkout (e.g. `git archive <commit>` unpacked) as targets "
+        "'base default'/'base tr': before/after figures side by side in one run",
+    )
     args = ap.parse_args()
     levels = (
         [int(x) for x in args.clients.split(",")]
@@ -128,38 +152,37 @@ def main() -> None:
     )
 
     py = sys.executable
-    fport, dport, tport = free_port(), free_port(), free_port()
-    fake_url, default_url, tr_url = (f"http://127.0.0.1:{p}" for p in (fport, dport, tport))
+    fport = free_port()
+    fake_url = f"http://127.0.0.1:{fport}"
     procs = []
     try:
-        procs.append(
-            start(
-                [py, "-m", "tests.fakes.fake_vllm", "--port", str(fport), "--completion-tokens", "16"],
-                fake_url,
-            )
+        backend = (
+            [py, "-m", "tests.fakes.fake_vllm"] if args.fake_vllm else [py, str(ROOT / "benchmarks" / "_fast_backend.py")]
         )
+        procs.append(start([*backend, "--port", str(fport), "--completion-tokens", "16"], fake_url))
         common = ["--backends", fake_url, "--log-level", "warning", "--idle-ttl", "0"]
-        procs.append(
-            start(
-                [py, "-m", "ThunderAgent", "--router", "default", "--port", str(dport), *common], default_url
-            )
-        )
-        procs.append(
-            start([py, "-m", "ThunderAgent", "--router", "tr", "--port", str(tport), *common], tr_url)
-        )
-        targets = [("direct", fake_url), ("proxy default", default_url), ("proxy tr", tr_url)]
+        targets = [("direct", fake_url)]
+        roots = [("proxy", ROOT)]
+        if args.baseline_root is not None:
+            roots.insert(0, ("base", args.baseline_root.resolve()))
+        for label, root in roots:
+            for router in ("default", "tr"):
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                procs.append(
+                    start([py, "-m", "ThunderAgent", "--router", router, "--port", str(port), *common], url, root=root)
+                )
+                targets.append((f"{label} {router}", url))
         results: list[Result] = []
         rounds = 2 if args.quick else 3
         for stream in (False, True):
             for clients in levels:
-                total = max(30 if args.quick else 200, (2 if args.quick else 4) * clients)
+                total = max(30, 2 * clients) if args.quick else max(600, 8 * clients)
                 samples: dict[str, list[Sample]] = {name: [] for name, _ in targets}
                 # rounds with a rotating order: load drift on a shared machine hits every target alike
                 for k in range(rounds):
-                    for name, url in targets[k % 3 :] + targets[: k % 3]:
-                        samples[name].append(
-                            asyncio.run(drive(url, clients, max(1, total // rounds), stream))
-                        )
+                    for name, url in targets[k % len(targets) :] + targets[: k % len(targets)]:
+                        samples[name].append(run(drive(url, clients, max(1, total // rounds), stream)))
                 results.extend(summarize(name, stream, clients, samples[name]) for name, _ in targets)
     finally:
         for p in procs:
@@ -170,9 +193,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    print(
-        f"proxy overhead vs direct fake-vLLM calls ({os.cpu_count()} CPUs; shared machine: absolute numbers are noisy)"
-    )
+    which = "test fake vLLM" if args.fake_vllm else "fast fake backend"
+    print(f"proxy overhead vs direct calls to the {which} ({os.cpu_count()} CPUs; absolute numbers are this machine's)")
     print(
         f"{'mode':<10} {'clients':>7} {'target':<14} {'n':>5} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'+p50 ms':>8} {'+p99 ms':>8}"
     )
