@@ -101,7 +101,9 @@ class Config:
         1800.0, "seconds a held request waits before a forced resume (the pause pass then restores the watermark)"
     )
     aging_bound: float = opt(
-        300.0, "seconds after which a held request goes first and reserves room (bounds the wait of large programs)"
+        300.0,
+        "seconds after which a held request goes first and reserves room, so large programs cannot starve; it then "
+        "starts once the running calls it waits for end (--resume-timeout is the hard bound on a wait)",
     )
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(
