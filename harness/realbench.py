@@ -363,12 +363,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
     prof = load_profile(profile)
     label = f"simulated {profile}"
     if step_scale != 1.0:
-        t = prof.timing
-        prof = replace(prof, timing=replace(t, beta0=t.beta0 * step_scale, beta1=t.beta1 * step_scale,
-                                            beta2=t.beta2 * step_scale, beta3=t.beta3 * step_scale,
-                                            # the API server's work runs on the same loaded cores
-                                            frontend_request_s=t.frontend_request_s * step_scale,
-                                            frontend_token_s=t.frontend_token_s * step_scale))
+        prof = replace(prof, timing=prof.timing.scaled(step_scale))  # betas and front-end costs alike
         label += f" x{step_scale:.2f}"
 
     lo, hi = window or (20.0, 120.0)

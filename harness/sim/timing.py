@@ -61,6 +61,11 @@ class StepTimeModel:
     frontend_request_s: float = 0.0
     frontend_token_s: float = 0.0
 
+    def scaled(self, factor: float) -> "StepTimeModel":
+        """Every cost x factor: the same engine on a machine that runs `factor` times slower (shared cores)."""
+        return StepTimeModel(self.beta0 * factor, self.beta1 * factor, self.beta2 * factor, self.beta3 * factor,
+                             self.beta4 * factor, self.frontend_request_s * factor, self.frontend_token_s * factor)
+
     def frontend_time(self, new_requests: int, output_tokens: int) -> float:
         """Engine time the API server's work takes on shared cores (0 unless the profile measured it)."""
         return self.frontend_request_s * new_requests + self.frontend_token_s * output_tokens

