@@ -152,6 +152,7 @@ class BackendClient:
             total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # no pooling: every request on a new connection
         self._urls: dict[str, tuple[yarl.URL, str | None]] = {}
 
     def _split_credentials(self, url: str) -> tuple[yarl.URL, str | None]:
@@ -168,28 +169,43 @@ class BackendClient:
                 self._urls.clear()
         return hit
 
-    def _get(self) -> aiohttp.ClientSession:
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type", "User-Agent"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    def _get(self, fresh: bool = False) -> aiohttp.ClientSession:
+        if fresh:
+            if self._fresh is None or self._fresh.closed:
+                self._fresh = self._new_session(aiohttp.TCPConnector(limit=0, force_close=True))
+            return self._fresh
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_EXPIRY)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                skip_auto_headers=("Content-Type", "User-Agent"),
-                cookie_jar=aiohttp.DummyCookieJar(),
+            self._session = self._new_session(
+                aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_EXPIRY)
             )
         return self._session
 
     async def send(
-        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None = None,
+        *,
+        fresh: bool = False,
     ) -> Upstream:
-        """Send and return once the response headers arrived (body still unread)."""
+        """Send and return once the response headers arrived (body still unread). `fresh`: on a new
+        connection, never a pooled one (closed after this response)."""
         hdrs = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
         target, basic = self._split_credentials(url)
         if basic is not None:  # credentials in the backend URL win over a client's Authorization (as httpx)
             hdrs["Authorization"] = basic
         try:
-            resp = await self._get().request(
+            resp = await self._get(fresh).request(
                 method, target, data=body, headers=hdrs, allow_redirects=False, compress=None
             )
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
@@ -197,8 +213,9 @@ class BackendClient:
         return Upstream(resp)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
 
 def make_client(config: Config) -> BackendClient:
@@ -212,13 +229,16 @@ async def send_with_retry(
 ) -> Upstream:
     """POST and return once the response headers arrived (body still streaming). A connection-level
     failure before any response byte is retried once: it almost always means a pooled connection went
-    stale. At worst the engine sees the request twice (it aborts the first when its connection drops)."""
+    stale. The retry goes over a new connection: when the engine's keep-alive timer closed several pooled
+    connections at once (the proxy's loop lagging behind), another pooled one would be stale too and the
+    client would get a 502. At worst the engine sees the request twice (it aborts the first when its
+    connection drops)."""
     try:
         return await client.send("POST", url, headers, body)
     except TransportError as e:
         if e.kind not in RETRYABLE_KINDS:
             raise
-        return await client.send("POST", url, headers, body)
+        return await client.send("POST", url, headers, body, fresh=True)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

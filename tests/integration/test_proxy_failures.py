@@ -4,6 +4,7 @@ forwarded request, nothing left in flight, the program ACTING afterwards)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -255,12 +256,18 @@ class _FlakyClient(BackendClient):
         self.fails = fails
 
     async def send(
-        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes | None = None
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None = None,
+        *,
+        fresh: bool = False,
     ):
         if self.fails:
             self.fails -= 1
             raise transport_error(aiohttp.ServerDisconnectedError())
-        return await super().send(method, url, headers, body)
+        return await super().send(method, url, headers, body, fresh=fresh)
 
 
 @pytest.mark.parametrize(("fails", "status"), [(1, 200), (2, 502)])
@@ -291,3 +298,73 @@ async def test_front_door_unexpected_error_is_502(fake_vllm: FakeVLLM):
                 err = assert_openai_error(r, 502)
                 assert err["code"] == "proxy_error" and "RuntimeError: proxy bug" in err["message"]
             assert_openai_error(await c.get("/v1/chat/completions"), 405)
+
+
+class _DropsReusedConnections(asyncio.Protocol):
+    """A backend whose keep-alive connections all went stale: it answers the first request on a connection
+    and closes the connection, without answering, on any later one (as an engine whose keep-alive timer
+    fired just as the proxy reused the connection)."""
+
+    BODY = json.dumps(
+        {
+            "object": "chat.completion",
+            "choices": [],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    ).encode()
+
+    def __init__(self, served: list[int]) -> None:
+        self.served = served
+        self.buf = b""
+        self.requests = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        head, sep, rest = self.buf.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        if len(rest) < length:
+            return
+        self.buf = rest[length:]
+        self.requests += 1
+        if self.requests > 1:
+            self.transport.close()
+            return
+        self.served.append(1)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(self.BODY), self.BODY)
+        )
+
+
+async def test_retry_after_a_stale_connection_uses_a_fresh_one():
+    """Several pooled connections can go stale at once (an engine's keep-alive timer fires while the proxy's
+    event loop lags): the one retry must not pick another stale pooled connection, or the client gets a 502."""
+    served: list[int] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _DropsReusedConnections(served), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with running_proxy(cfg(url)) as (c, proxy):
+            first = await asyncio.gather(
+                *(c.post("/v1/chat/completions", json=chat(program_id=f"p{i}")) for i in range(4))
+            )
+            assert [r.status_code for r in first] == [200] * 4  # connections now pooled, all stale
+            before = len(served)
+            r = await c.post("/v1/chat/completions", json=chat(program_id="p0"))
+            assert r.status_code == 200, r.text
+            assert len(served) == before + 1
+    finally:
+        server.close()
+        await server.wait_closed()
