@@ -258,3 +258,31 @@ def test_simulator_learned_prefill_cost_recovers_the_profiles_physics():
     learned = pol.limits.prefill_seconds_per_token(BACKEND)  # type: ignore[attr-defined]
     assert cfg.cost_prefill_seconds_per_token == 0.0 and learned is not None
     assert prof.timing.beta1 < p <= learned < 4 * p
+
+
+def test_after_a_spell_over_the_budget_only_a_sustained_dip_relaxes_again():
+    """Pausing is the safe side: m relaxes at once while the share has never exceeded the budget, but after it
+    has, m stays at 1 until the share has been under the budget for --cost-half-life scrapes (here 4) in a row."""
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=8.0, prefill_seconds_per_token=1e-5,
+                          half_life=4.0)
+    total, t = 0.0, 0.0
+    lim.observe(URL, counters(total), t)
+
+    def scrape(rate: float) -> float:
+        nonlocal total, t
+        total, t = total + rate, t + 1.0
+        lim.observe(URL, counters(total), t)
+        return lim.overcommit(URL)
+
+    assert scrape(10_000) == 2.0  # share 0.1 and never over the budget: relax at once
+    for _ in range(12):
+        scrape(400_000)  # re-prefilling everything would take 4x the engine
+    assert lim.overcommit(URL) == 1.0
+    seen = []
+    for _ in range(20):  # the load drops for good; the smoothed share takes a few scrapes to follow
+        m = scrape(1_000)
+        seen.append((lim.engines[URL].share, m))
+    under = [i for i, (share, _m) in enumerate(seen) if share < 0.8]
+    first = under[0]
+    assert all(m == 1.0 for _s, m in seen[:first + 3])  # the first 3 scrapes under the budget: not yet
+    assert seen[first + 3][1] > 1.0 and seen[-1][1] == 8.0  # the 4th in a row: relax (at most x2 per scrape)
