@@ -117,11 +117,11 @@ class Config:
         choices=("fixed", "cost-aware"),
     )
     cost_recompute_budget: float = opt(
-        0.8,
+        1.0,
         "cost-aware: the largest share of the engine's time that re-prefilling EVERY prompt from scratch at the "
         "current call rate may take (prompt tokens/s x prefill s/token) for tr to still admit past the KV "
-        "capacity; at 1 a full loss of the prefix cache could not even sustain today's calls; above the budget "
-        "tr pauses programs as the fixed rule does",
+        "capacity (1 = the break-even: above it a full loss of the prefix cache could not even sustain today's "
+        "calls); above the budget tr pauses programs as the fixed rule does",
     )
     cost_max_overcommit: float = opt(
         8.0,

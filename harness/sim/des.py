@@ -166,12 +166,13 @@ def run_des(
     skip_ahead: bool = True,
     out_dir: str | Path | None = None,
     run_id: str | None = None,
-    learn_prefill_cost: bool = False,
+    learn_prefill_cost: bool = True,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
-    A cost-aware tr is told the profile's prefill cost per token unless `learn_prefill_cost` (or its config
-    names a figure): then it learns it from the simulated engine's histograms, as it does from real vLLM."""
+    A cost-aware tr (the default tr mode) learns the prefill cost per token from the simulated engine's
+    histograms, as the proxy does from real vLLM's /metrics; with `learn_prefill_cost=False` it is told the
+    profile's figure instead (prefill_seconds_per_token), unless its config names one."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     if programs < 1:
