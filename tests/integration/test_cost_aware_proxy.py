@@ -33,3 +33,20 @@ async def test_fixed_mode_does_not_scrape_unless_asked(fake_vllm: FakeVLLM):
                     metrics_interval=0.01)
     async with running_proxy(config) as (_c, proxy):
         assert any(t.get_name() == "metrics" for t in proxy._tasks)
+
+
+async def test_the_proxy_metrics_say_what_the_cost_aware_mode_believes(fake_vllm: FakeVLLM):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="cost-aware", metrics_interval=3600,
+                    cost_prefill_seconds_per_token=2e-5)
+    async with running_proxy(config) as (client, proxy):
+        await proxy.scrape_once()
+        text = (await client.get("/metrics")).text
+        seen = {s.labels["name"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "thunderagent_cost_aware" for s in f.samples if s.labels["backend"] == fake_vllm.url}
+        assert seen["overcommit"] == 1.0  # one scrape: nothing learned yet, the fixed rule
+        assert seen["prefill_seconds_per_token"] == 2e-5
+    config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="fixed")
+    async with running_proxy(config) as (client, _proxy):
+        assert "thunderagent_cost_aware" not in (await client.get("/metrics")).text
