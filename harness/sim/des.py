@@ -392,6 +392,12 @@ def run_des(
         st = pol.stats()
         pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length")
                   if hasattr(st, k)}
+        mode = getattr(getattr(pol, "config", None), "tr_mode", None)
+        if mode is not None:  # which tr rule ran, and (cost-aware) what it believed at the end
+            pstats["tr_mode"] = mode
+        report = getattr(getattr(pol, "limits", None), "report", None)
+        if report is not None:
+            pstats["cost_aware"] = {k: round(v, 9) for k, v in report(BACKEND).items()}
     if arm == "continuum":
         pstats = {"pins": engine.stats.pins, "pin_expiries": engine.stats.pin_expiries, "pin_ttl_s": pin_ttl_s}
     result = DesResult(arm, prof.name, programs, duration_s, seed, steps, metrics, engine.num_steps, engine_calls,
