@@ -34,7 +34,7 @@ import zlib
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -547,6 +547,25 @@ def load_script(path: str | Path) -> list[dict[str, Any]]:
     return data
 
 
+def wait_healthy(url: str, timeout_s: float, *, alive: Callable[[], bool]) -> bool | None:
+    """Poll `url`/health until it answers 200 (True), the deadline passes (False) or the server is gone
+    (`alive()` false: None)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if not alive():
+            return None
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 @contextmanager
 def serve_in_thread(profile: str | Profile, *, time_scale: float = 1.0, num_gpu_blocks: int | None = None,
                     startup_timeout_s: float = 20.0, **kw: Any) -> Iterator[str]:
@@ -554,7 +573,6 @@ def serve_in_thread(profile: str | Profile, *, time_scale: float = 1.0, num_gpu_
     import socket
     import threading
 
-    import httpx
     import uvicorn
 
     prof = load_profile(profile, num_gpu_blocks=num_gpu_blocks) if isinstance(profile, str) else (
@@ -567,17 +585,9 @@ def serve_in_thread(profile: str | Profile, *, time_scale: float = 1.0, num_gpu_
     th = threading.Thread(target=server.run, name="sim-server", daemon=True)
     th.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + startup_timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not th.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
-        time.sleep(0.05)
+    if wait_healthy(url, startup_timeout_s, alive=th.is_alive) is not True:
+        server.should_exit = True
+        raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
     try:
         yield url
     finally:
@@ -593,8 +603,6 @@ def serve_in_process(profile: str, *, time_scale: float = 1.0, num_gpu_blocks: i
     import socket
     import subprocess
 
-    import httpx
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -607,19 +615,12 @@ def serve_in_process(profile: str, *, time_scale: float = 1.0, num_gpu_blocks: i
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                raise RuntimeError(f"simulator server exited: {err.splitlines()[-1] if err else proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
-            time.sleep(0.05)
+        healthy = wait_healthy(url, startup_timeout_s, alive=lambda: proc.poll() is None)
+        if healthy is None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise RuntimeError(f"simulator server exited: {err.splitlines()[-1] if err else proc.returncode}")
+        if not healthy:
+            raise RuntimeError(f"simulator server did not become healthy within {startup_timeout_s:g} s")
         yield url
     finally:
         proc.terminate()

@@ -8,15 +8,14 @@ import random
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
 
 from harness.sim.des import run_des
 from harness.sim.loadgen import run_live
+from harness.sim.server import wait_healthy
 from harness.sim.timing import load_profile
 from harness.workload import Trajectory, Turn
 
@@ -48,16 +47,9 @@ def server_process(profile: str, time_scale: float, blocks: int) -> Iterator[str
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
-            assert time.monotonic() < deadline, "simulator server not healthy within 30 s"
-            time.sleep(0.1)
+        healthy = wait_healthy(url, 30.0, alive=lambda: proc.poll() is None)
+        assert healthy is not None, proc.stderr.read().decode() if proc.stderr else "server exited"
+        assert healthy, "simulator server not healthy within 30 s"
         yield url
     finally:
         proc.terminate()
