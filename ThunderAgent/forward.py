@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import aiohttp
-import httpx
 import yarl
 from multidict import CIMultiDict
 
@@ -247,9 +246,8 @@ def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     return out
 
 
-def response_headers(headers: httpx.Headers | tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
-    raw = headers.raw if isinstance(headers, httpx.Headers) else headers
-    return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in RESPONSE_DROP]
+def response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k.decode("latin-1").lower() not in RESPONSE_DROP]
 
 
 # --- usage ----------------------------------------------------------------------------------------------
@@ -404,24 +402,10 @@ class ProxyError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def translate_transport_error(e: httpx.HTTPError | TransportError, backend: str) -> ProxyError:
-    """A failure talking to `backend` (the proxied traffic's TransportError, or an httpx error of the
-    probes) -> the status a client should see (credentials in the backend URL are redacted: the message
-    goes to clients and logs)."""
-    if isinstance(e, TransportError):
-        kind, name, text = e.kind, e.name, e.detail
-    else:
-        name, text = type(e).__name__, str(e)
-        if isinstance(e, httpx.LocalProtocolError):
-            kind = "invalid_request"
-        elif isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-            kind = "connect_timeout"
-        elif isinstance(e, httpx.TimeoutException):
-            kind = "timeout"
-        elif isinstance(e, httpx.ConnectError):
-            kind = "connect"
-        else:
-            kind = "protocol"
+def translate_transport_error(e: TransportError, backend: str) -> ProxyError:
+    """A failure talking to `backend` -> the status a client should see (credentials in the backend URL are
+    redacted: the message goes to clients and logs)."""
+    kind, name, text = e.kind, e.name, e.detail
     backend = redact(backend)
     text = redact(text)
     if kind == "invalid_request":  # the client's request cannot be put on the wire (e.g. a header value

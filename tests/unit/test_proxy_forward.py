@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from hypothesis import given, settings
+from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import strategies as st
 
 from ThunderAgent.app import ProxyError, extract_program_id, extract_resources, prepare_forward, validate_chat
@@ -17,6 +19,7 @@ from ThunderAgent.forward import (
     request_headers,
     response_headers,
     translate_transport_error,
+    transport_error,
     usage_from,
 )
 
@@ -202,11 +205,13 @@ def test_backend_error_bodies():
 
 
 def test_transport_error_mapping():
-    req = httpx.Request("POST", "http://b")
-    assert translate_transport_error(httpx.ConnectError("refused", request=req), "b").status == 502
-    assert translate_transport_error(httpx.ConnectTimeout("t", request=req), "b").status == 504
-    assert translate_transport_error(httpx.ReadTimeout("t", request=req), "b").status == 504
-    assert translate_transport_error(httpx.RemoteProtocolError("peer closed", request=req), "b").status == 502
+    """What the proxied traffic raises (aiohttp failures through transport_error) -> the client's status."""
+    refused = aiohttp.ClientConnectorError(
+        ConnectionKey("b", 80, False, True, None, None, None, None), ConnectionRefusedError(111, "refused"))
+    assert translate_transport_error(transport_error(refused), "b").status == 502
+    assert translate_transport_error(transport_error(aiohttp.ConnectionTimeoutError("t")), "b").status == 504
+    assert translate_transport_error(transport_error(aiohttp.SocketTimeoutError("t")), "b").status == 504
+    assert translate_transport_error(transport_error(aiohttp.ServerDisconnectedError()), "b").status == 502
 
 
 def test_header_filters():
@@ -228,4 +233,4 @@ def test_header_filters():
             ("server", "uvicorn"),
         ]
     )
-    assert response_headers(h) == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r")]
+    assert response_headers(tuple(h.raw)) == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r")]
