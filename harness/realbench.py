@@ -97,6 +97,9 @@ REGIMES: dict[str, tuple[TinyAgentWorkload, int, str]] = {
     "3x-short-heavy": (TinyAgentWorkload(programs=18, turns=4, output_tokens=64, observation_tokens=300,
                                          tool_time_s=0.3), 48,
                        "working set ~2.9x the cache, 0.3 s tool calls, 300-token observations"),
+    "2.5x-short-out": (TinyAgentWorkload(programs=15, turns=5, output_tokens=16, observation_tokens=290,
+                                         tool_time_s=0.3), 48,
+                       "working set ~2.5x the cache, 16-token outputs, 0.3 s tool calls: prefill-bound"),
 }
 
 

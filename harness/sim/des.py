@@ -33,7 +33,7 @@ from typing import Any
 
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, git_revision, package_versions
 from harness.sim.engine import Engine, Request, SegmentSeq
-from harness.sim.metrics import engine_sample
+from harness.sim.metrics import engine_sample, histogram_sample
 from harness.sim.timing import Profile, load_profile
 from harness.workload import Trajectory, WorkloadParams, load_workload_params, sample_trajectory, trajectory_rng
 from ThunderAgent.policy.base import Policy, Proceed, Reject, Resume
@@ -367,6 +367,7 @@ def run_des(
                 seen["vllm:request_prefill_time_seconds_count"] = engine.stats.prefill_time.n
                 seen["vllm:inter_token_latency_seconds_sum"] = engine.stats.inter_token_latency.total
                 seen["vllm:inter_token_latency_seconds_count"] = engine.stats.inter_token_latency.n
+                seen.update(histogram_sample("vllm:iteration_tokens_total", engine.stats.iteration_tokens))
                 apply(observe(BACKEND, seen, t), t)
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)

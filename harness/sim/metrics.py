@@ -214,6 +214,20 @@ def render_metrics(
     return "\n".join(out) + "\n"
 
 
+def histogram_sample(name: str, h: Histogram) -> dict[str, float]:
+    """A histogram as the proxy's parser keys a kept one (cumulative buckets, _count, _sum), without text."""
+    from ThunderAgent.backends import bucket_key
+
+    out: dict[str, float] = {}
+    cum = 0.0
+    for le, c in zip((*h.buckets, float("inf")), h.counts):
+        cum += c
+        out[bucket_key(name, le)] = cum
+    out[f"{name}_count"] = h.n
+    out[f"{name}_sum"] = h.total
+    return out
+
+
 def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_cache_usage: float) -> dict[str, float]:
     """The engine-metrics series row values (shared_iface item 4) without scraping text."""
     return {

@@ -286,3 +286,65 @@ def test_after_a_spell_over_the_budget_only_a_sustained_dip_relaxes_again():
     first = under[0]
     assert all(m == 1.0 for _s, m in seen[:first + 3])  # the first 3 scrapes under the budget: not yet
     assert seen[first + 3][1] > 1.0 and seen[-1][1] == 8.0  # the 4th in a row: relax (at most x2 per scrape)
+
+
+def _coprefill(lim: CostAwareLimits, *, k: int, with_buckets: bool, windows: int = 6) -> float | None:
+    """One-second scrapes: each window, 4 engine steps each finish k prefills of 300 computed tokens (plus 20
+    decode-only steps of 8 tokens, 8 requests running). A prefill step takes 5 ms + 1e-5 s per computed token in
+    it (k x 300), and every request finishing there reports that whole step as its prefill time."""
+    from ThunderAgent.backends import bucket_key
+
+    edges = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, float("inf"))
+    m = {k_: 0.0 for k_ in ("vllm:prompt_tokens_total", "vllm:prefix_cache_hits_total",
+                            "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count",
+                            "vllm:num_preemptions_total", "vllm:inter_token_latency_seconds_sum",
+                            "vllm:inter_token_latency_seconds_count", "vllm:request_prefill_kv_computed_tokens_sum")}
+    m["vllm:num_requests_running"] = 8.0
+    steps: dict[float, float] = {}
+    if with_buckets:
+        steps = {e: 0.0 for e in edges}
+        m["vllm:iteration_tokens_total_count"] = 0.0
+    lim.observe(URL, {**m, **{bucket_key("vllm:iteration_tokens_total", e): c for e, c in steps.items()}}, 0.0)
+    for i in range(1, windows + 1):
+        step_s = 0.005 + 1e-5 * k * 300
+        m["vllm:prompt_tokens_total"] += 4 * k * 300
+        m["vllm:request_prefill_kv_computed_tokens_sum"] += 4 * k * 300
+        m["vllm:request_prefill_time_seconds_sum"] += 4 * k * step_s
+        m["vllm:request_prefill_time_seconds_count"] += 4 * k
+        m["vllm:inter_token_latency_seconds_sum"] += 20 * 8 * 0.005
+        m["vllm:inter_token_latency_seconds_count"] += 20 * 8
+        if with_buckets:
+            m["vllm:iteration_tokens_total_count"] += 24
+            for e in edges:  # cumulative: 20 decode steps of 8 tokens, 4 steps of k x 300 (+8) tokens
+                steps[e] += (20 if e >= 8 else 0) + (4 if e >= k * 300 + 8 else 0)
+        lim.observe(URL, {**m, **{bucket_key("vllm:iteration_tokens_total", e): c for e, c in steps.items()}},
+                    float(i))
+    return lim.prefill_seconds_per_token(URL)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_requests_prefilled_in_one_step_are_not_charged_that_step_k_times(k):
+    """k requests finishing their prefill in one step each report the whole step; the iteration-tokens
+    histogram (steps above what the running requests can decode) gives k, and the learned cost is the true
+    1e-5 s/token whatever k is. Without the histogram the figure reads k times too high (the old bias)."""
+    with_hist = _coprefill(CostAwareLimits(1.0, 0.95, budget=1.0, max_overcommit=8.0), k=k, with_buckets=True)
+    without = _coprefill(CostAwareLimits(1.0, 0.95, budget=1.0, max_overcommit=8.0), k=k, with_buckets=False)
+    assert with_hist == pytest.approx(1e-5, rel=1e-6)
+    assert without == pytest.approx(k * 1e-5, rel=1e-6)
+
+
+def test_prefill_steps_reads_the_kept_histogram_and_tolerates_its_absence():
+    from ThunderAgent.backends import bucket_key, parse_vllm_metrics
+    from ThunderAgent.policy.limits import prefill_steps
+
+    text = open("tests/fakes/data/vllm-metrics-sample-kv-pressure.txt").read()
+    m = parse_vllm_metrics(text)
+    assert m[bucket_key("vllm:iteration_tokens_total", 512.0)] == 6583.0  # buckets of this family are kept
+    assert not any(k.startswith("vllm:time_to_first_token_seconds_bucket") for k in m)  # others still dropped
+    zero = {k: 0.0 for k in m if k.startswith("vllm:iteration_tokens_total")}
+    zero["vllm:num_requests_running"] = m.get("vllm:num_requests_running", 0.0)
+    running = max(1.0, m.get("vllm:num_requests_running", 0.0))
+    edge = next(e for e in (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0) if e >= running)
+    expected = m["vllm:iteration_tokens_total_count"] - m[bucket_key("vllm:iteration_tokens_total", edge)]
+    assert prefill_steps(m, zero) == expected
+    assert prefill_steps({"vllm:prompt_tokens_total": 1.0}, {}) is None  # an engine without the histogram

@@ -94,6 +94,7 @@ def test_regimes_fit_the_model_and_have_the_working_sets_they_claim() -> None:
         assert wl.max_context() <= 2048 - 400, name
         ratios[name] = wl.working_set_tokens() / (128 * blocks)
     assert ratios["fits"] < 1 and 1.8 < ratios["2x-long-tools"] < 2.4 and 2.6 < ratios["3x-short-heavy"] < 3.3
+    assert 2.3 < ratios["2.5x-short-out"] < 2.7 and REGIMES["2.5x-short-out"][0].output_tokens == 16
     peak = REGIMES["fits"][0]
     assert peak.programs * peak.max_context() < 128 * REGIMES["fits"][1]  # even the last turns all fit
 
