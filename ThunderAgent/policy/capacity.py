@@ -165,7 +165,11 @@ class CapacityPolicy:
         self.add_backend(url)
         observe = getattr(self.limits, "observe", None)
         if observe is not None:
-            observe(url, metrics, now)
+            b = self.book.backends[url]
+            # the limit binds: programs from this backend are paused, requests wait, or usage is at the limit
+            binding = (b.capacity is None or b.paused_count > 0 or len(self.book.pending) > 0
+                       or self.book.used(b) >= self.limits.low(url, b.capacity))
+            observe(url, metrics, now, binding=binding)
         actions = self._flush()
         self.book.advance(now)
         self._pause_pass(self.book.backends[url], actions)

@@ -27,9 +27,11 @@ class Limits(Protocol):
     def high(self, url: str, capacity: int) -> float: ...
     def low(self, url: str, capacity: int) -> float: ...
 
-    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+    def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
         """Engine figures for `url` (vLLM metric names, as ThunderAgent.backends.parse_vllm_metrics returns
-        them). Fixed limits ignore them; a cost-aware mode learns from them."""
+        them). Fixed limits ignore them; a cost-aware mode learns from them. `binding`: whether the fixed
+        rule's limit binds on that backend now (its charged usage is at the fixed low limit or above), i.e.
+        whether what the engine shows was measured under the pressure the limits decide about."""
         ...
 
 
@@ -50,7 +52,7 @@ class FixedLimits:
     def low(self, url: str, capacity: int) -> float:
         return self.low_watermark * capacity
 
-    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+    def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
         return None
 
 
@@ -103,7 +105,7 @@ class Learned:
     prefills: float = 0.0  # requests whose prefill time has been observed
     share: float | None = None  # full-thrash recompute share (prompt_rate × prefill s/token)
     overcommit: float = 1.0  # limits = fixed limits × overcommit
-    below: int = 1 << 30  # observations in a row with the share under the budget (huge: never over it yet)
+    below: int = 0  # observations under pressure in a row with the share under the budget
     coprefill: float = 1.0  # requests that finished their prefill per such engine step, latest window
 
     def prefill_per_token(self) -> float | None:
@@ -142,10 +144,15 @@ class CostAwareLimits:
     --cost-max-overcommit × the fixed limits. When share exceeds the budget, m shrinks back towards 1 —
     the fixed (upstream) rule. Admitting more programs raises the prompt-token rate roughly in proportion,
     so the target is m × budget / share, moved by at most ×2 / ÷2 per observation (no oscillation). Pausing is
-    the safe side, so the two directions differ: m falls as soon as the share exceeds the budget, but once it has,
-    m rises again only after the share has stayed under the budget for --cost-half-life observations in a row
-    (a brief dip — a wave of fresh, short programs prefilling cheaply — does not reopen the gates; simulated
-    GLM-4.6 at 256 programs: 0.95x -> 0.98x of the fixed rule with the cost learned online).
+    the safe side, so the two directions differ: m falls as soon as the share exceeds the budget, but it rises
+    only after the share has stayed under the budget for --cost-half-life observations in a row *while the
+    fixed rule's limit binds* (programs paused or waiting, or usage at the limit: `binding`, from the policy).
+    Early in a run the programs fit and their contexts are short: the cost per token seen then understates
+    what losing the long contexts of later costs (attention), and a factor grown then was still in force when
+    they overflowed (simulated GLM-4.6 at 192 programs: m reached 8 in the first minute and thrashed for four;
+    0.93x -> 0.98x of the fixed rule). A brief dip — a wave of fresh, short programs prefilling cheaply —
+    does not reopen the gates either. The price is a learning phase: about --cost-half-life scrapes under
+    pressure at the fixed rule before the first relaxation.
 
     Why the default budget is 1: share is the engine time a total loss of the prefix cache would need just to
     sustain the current call rate. At share >= 1 thrashing could not even keep up with today's calls (the
@@ -208,7 +215,7 @@ class CostAwareLimits:
         e = self.engines.get(url)
         return None if e is None else e.prefill_per_token()
 
-    def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+    def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
         e = self.engines.setdefault(url, Learned())
         prev, prev_t = e.last, e.last_t
         e.last, e.last_t = dict(metrics), now
@@ -239,9 +246,18 @@ class CostAwareLimits:
         if p is None or d[PROMPT] <= 0:
             return  # nothing to decide on: keep the current factor
         e.share = e.prompt_rate * p
-        e.below = e.below + 1 if e.share < self.budget else 0
+        if e.share >= self.budget:
+            e.below = 0
+        elif binding:
+            e.below += 1
         target = e.overcommit * self.budget / e.share if e.share > 0 else self.max_overcommit
-        up = 2.0 if e.below >= self.sustain else 1.0  # after a spell over the budget, relax only on sustained evidence
+        # m grows only on sustained evidence taken under pressure: --cost-half-life observations in a row, while
+        # the fixed rule's limit binds, with the share under the budget. While the programs fit the cache
+        # (early in a run, contexts still short) nothing depends on m, and the cost per token seen then (short
+        # prefills, little attention) understates what losing the long contexts of later would cost; a factor
+        # grown then would still be in force when they overflow. The same rule keeps a brief dip (a wave of
+        # fresh, short programs prefilling cheaply) from reopening the gates after a spell over the budget.
+        up = 2.0 if binding and e.below >= self.sustain else 1.0
         step = min(up, max(0.5, target / e.overcommit))
         e.overcommit = min(self.max_overcommit, max(1.0, e.overcommit * step))
 

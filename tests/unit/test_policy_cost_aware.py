@@ -56,8 +56,9 @@ def test_starts_as_the_fixed_rule_before_any_evidence():
 
 
 def test_cheap_recompute_relaxes_the_limits_up_to_the_cap_at_most_doubling_per_scrape():
-    # 1,000 prompt tokens/s × 1e-4 s/token = 10% of the engine: losing the cache is cheap
-    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-4)
+    # 1,000 prompt tokens/s × 1e-4 s/token = 10% of the engine: losing the cache is cheap (half-life 1: one
+    # observation under the budget is sustained evidence here)
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=1e-4, half_life=1.0)
     lim.observe(URL, counters(0), 0.0)
     lim.observe(URL, counters(1_000), 1.0)
     assert lim.overcommit(URL) == 2.0  # target 5x, but one doubling per observation
@@ -144,7 +145,7 @@ def test_prefill_cost_is_learned_as_the_marginal_cost_per_computed_token():
     mean inter-token latency) per request, over the tokens the requests computed, the learned figure is the
     true marginal 1e-5 — not the 2e-4 a request with 100 new tokens shows when the step is counted in — and it
     is only trusted after MIN_PREFILLS (16) requests: 4 windows of 4 here."""
-    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0)
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0, half_life=1.0)
     learned = _histograms(lim, WINDOWS, step=0.02, with_itl=True, with_computed=True)
     assert learned[:3] == [None] * 3
     assert all(p == pytest.approx(1e-5, rel=1e-6) for p in learned[3:])
@@ -162,7 +163,7 @@ def test_without_the_latency_histograms_the_step_stays_in_an_upper_bound():
 
 
 def test_a_noisy_step_never_makes_the_learned_cost_negative():
-    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0)
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=4.0, half_life=1.0)
     m = {"vllm:prompt_tokens_total": 0.0, "vllm:request_prefill_time_seconds_sum": 0.0,
          "vllm:request_prefill_time_seconds_count": 0.0, "vllm:inter_token_latency_seconds_sum": 0.0,
          "vllm:inter_token_latency_seconds_count": 0.0}
@@ -178,7 +179,7 @@ def test_a_noisy_step_never_makes_the_learned_cost_negative():
 
 
 def test_a_known_figure_wins_over_the_learned_upper_bound():
-    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=3e-5)
+    lim = CostAwareLimits(1.0, 0.95, budget=0.5, max_overcommit=4.0, prefill_seconds_per_token=3e-5, half_life=1.0)
     for i in range(8):
         lim.observe(URL, counters(i * 4_000.0, 0.0, i * 40.0, i * 4.0), float(i))  # 10 ms/token measured
     assert lim.prefill_seconds_per_token(URL) == 3e-5
@@ -195,7 +196,8 @@ def test_learned_upper_bound_keeps_the_fixed_rule_when_prefill_looks_expensive()
 
 
 def test_policy_admits_past_capacity_once_the_engine_shows_recompute_is_cheap():
-    pol = make_policy(Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5))
+    pol = make_policy(Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5,
+                             cost_half_life=1.0))
     assert isinstance(pol, CapacityPolicy)
     pol.set_capacity(URL, 10_000, 0.0)
     assert pol.on_arrival("a", 9_000, 0.0) == Proceed(URL)
@@ -207,15 +209,17 @@ def test_policy_admits_past_capacity_once_the_engine_shows_recompute_is_cheap():
 
 
 def test_policy_falls_back_to_pausing_when_recompute_turns_expensive():
-    cfg = Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5, cost_half_life=0.5,
+    cfg = Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5, cost_half_life=1.0,
                  scheduler_interval=1.0)
     pol = make_policy(cfg)
     pol.set_capacity(URL, 10_000, 0.0)
+    assert pol.on_arrival("a", 9_000, 0.0) == Proceed(URL)
+    assert pol.on_arrival("b", 9_000, 0.0) == Wait()  # the limit binds: the cheap evidence counts
     pol.observe_engine(URL, counters(0), 0.0)
-    pol.observe_engine(URL, counters(5_000), 1.0)
-    pol.observe_engine(URL, counters(10_000), 2.0)
+    assert pol.observe_engine(URL, counters(5_000), 1.0) == [Resume("b", URL)]  # x2
+    assert pol.on_arrival("c", 9_000, 1.5) == Wait()  # 27K > 0.95 x 20K
+    assert pol.observe_engine(URL, counters(10_000), 2.0) == [Resume("c", URL)]  # x4
     for pid in "abc":
-        assert pol.on_arrival(pid, 9_000, 2.0) == Proceed(URL)
         pol.on_request_end(pid, 2.1, 9_000)  # all ACTING now
     total = 10_000.0
     for i in range(3, 8):  # 200K tok/s: re-prefilling everything would take 2x the engine
@@ -261,20 +265,20 @@ def test_simulator_learned_prefill_cost_recovers_the_profiles_physics():
 
 
 def test_after_a_spell_over_the_budget_only_a_sustained_dip_relaxes_again():
-    """Pausing is the safe side: m relaxes at once while the share has never exceeded the budget, but after it
-    has, m stays at 1 until the share has been under the budget for --cost-half-life scrapes (here 4) in a row."""
+    """Pausing is the safe side: m relaxes only once the share has been under the budget for --cost-half-life
+    observations (here 4) in a row — from the start, and again after a spell over the budget."""
     lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=8.0, prefill_seconds_per_token=1e-5,
                           half_life=4.0)
     total, t = 0.0, 0.0
     lim.observe(URL, counters(total), t)
 
-    def scrape(rate: float) -> float:
+    def scrape(rate: float, binding: bool = True) -> float:
         nonlocal total, t
         total, t = total + rate, t + 1.0
-        lim.observe(URL, counters(total), t)
+        lim.observe(URL, counters(total), t, binding=binding)
         return lim.overcommit(URL)
 
-    assert scrape(10_000) == 2.0  # share 0.1 and never over the budget: relax at once
+    assert [scrape(10_000) for _ in range(5)] == [1.0, 1.0, 1.0, 2.0, 4.0]  # share 0.1: the 4th in a row relaxes
     for _ in range(12):
         scrape(400_000)  # re-prefilling everything would take 4x the engine
     assert lim.overcommit(URL) == 1.0
@@ -286,6 +290,46 @@ def test_after_a_spell_over_the_budget_only_a_sustained_dip_relaxes_again():
     first = under[0]
     assert all(m == 1.0 for _s, m in seen[:first + 3])  # the first 3 scrapes under the budget: not yet
     assert seen[first + 3][1] > 1.0 and seen[-1][1] == 8.0  # the 4th in a row: relax (at most x2 per scrape)
+
+
+def test_the_factor_grows_only_on_evidence_taken_while_the_fixed_limit_binds():
+    """While the programs fit the cache (early in a run, contexts still short) nothing depends on m and the cost
+    seen then understates what later, longer contexts would cost: no growth, however cheap it looks; the
+    observations under the budget count only while the limit binds, and falling is never held back."""
+    lim = CostAwareLimits(1.0, 0.95, budget=0.8, max_overcommit=8.0, prefill_seconds_per_token=1e-5,
+                          half_life=2.0)
+    total, t = 0.0, 0.0
+    lim.observe(URL, counters(total), t, binding=False)
+
+    def scrape(rate: float, binding: bool) -> float:
+        nonlocal total, t
+        total, t = total + rate, t + 1.0
+        lim.observe(URL, counters(total), t, binding=binding)
+        return lim.overcommit(URL)
+
+    assert [scrape(10_000, False) for _ in range(6)] == [1.0] * 6  # cheap, but nothing binds: m stays
+    assert lim.engines[URL].below == 0
+    assert [scrape(10_000, True) for _ in range(3)] == [1.0, 2.0, 4.0]  # binds: 2 in a row, then x2 per scrape
+    for _ in range(8):
+        scrape(400_000, False)  # expensive: m falls whether or not the limit binds
+    assert lim.overcommit(URL) == 1.0
+
+
+def test_the_policy_tells_its_limits_whether_the_fixed_limit_binds():
+    seen: list[bool] = []
+
+    class Spy(FixedLimits):
+        def observe(self, url, metrics, now, *, binding=True):
+            seen.append(binding)
+
+    pol = CapacityPolicy(Config(backends=(URL,)), limits=Spy(1.0, 0.95))
+    pol.set_capacity(URL, 10_000, 0.0)
+    pol.observe_engine(URL, counters(0), 0.5)  # empty backend
+    assert pol.on_arrival("a", 6_000, 1.0) == Proceed(URL)
+    pol.observe_engine(URL, counters(0), 1.5)  # 6K of 9.5K: fits
+    assert pol.on_arrival("b", 6_000, 2.0) == Wait()  # 12K > 9.5K: b waits
+    pol.observe_engine(URL, counters(0), 2.5)  # a request waits: binds
+    assert seen == [False, False, True]
 
 
 def _coprefill(lim: CostAwareLimits, *, k: int, with_buckets: bool, windows: int = 6) -> float | None:
