@@ -58,6 +58,11 @@ def filler(n_tokens: int, seed: str) -> str:
     return " ".join(_WORDS[rng.integers(0, len(_WORDS), n_tokens)].tolist())
 
 
+KEEPALIVE_EXPIRY_S = 2.0
+# what a request sent on a connection the server has just closed fails with (the keep-alive race)
+STALE_CONNECTION_ERRORS = (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)
+
+
 @dataclass
 class _Usage:
     prompt: int | None = None
@@ -114,8 +119,11 @@ class SyntheticAgent:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            # pooled connections expire before the server's keep-alive timeout (uvicorn, which serves vLLM and
+            # the proxy: 5 s, httpx's default expiry too), so the client rarely picks one the server is closing
             self._client = httpx.AsyncClient(timeout=self._timeout,
-                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None,
+                                                                 keepalive_expiry=KEEPALIVE_EXPIRY_S))
         return self._client
 
     async def aclose(self) -> None:
@@ -207,7 +215,7 @@ class SyntheticAgent:
             if self.stream:
                 text = await self._stream(url, body, headers, rec, usage)
             else:
-                r = await self.client.post(url, json=body, headers=headers)
+                r = await self._post(url, body, headers)
                 rec.http_status = r.status_code
                 if r.status_code != 200:
                     raise CallError(_error_text(r.text), r.status_code)
@@ -228,8 +236,26 @@ class SyntheticAgent:
         _fill(rec, usage)
         return rec, text, usage
 
+    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """POST, sent once more if the first attempt failed at the connection (the keep-alive race: the server
+        closed the pooled connection as the request went out, and the engine never saw it). httpx drops a
+        connection that failed, so the second attempt takes another or a fresh one."""
+        try:
+            return await self.client.post(url, json=body, headers=headers)
+        except STALE_CONNECTION_ERRORS:
+            return await self.client.post(url, json=body, headers=headers)
+
     async def _stream(self, url: str, body: dict[str, Any], headers: dict[str, str], rec: StepRecord,
                       usage: _Usage) -> str:
+        try:
+            return await self._stream_once(url, body, headers, rec, usage)
+        except STALE_CONNECTION_ERRORS:
+            if rec.http_status is not None:  # the response had begun: not a stale connection, report it
+                raise
+            return await self._stream_once(url, body, headers, rec, usage)
+
+    async def _stream_once(self, url: str, body: dict[str, Any], headers: dict[str, str], rec: StepRecord,
+                           usage: _Usage) -> str:
         parts: list[str] = []
         async with self.client.stream("POST", url, json=body, headers=headers) as r:
             rec.http_status = r.status_code

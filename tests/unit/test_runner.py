@@ -282,6 +282,47 @@ async def test_synthetic_agent_reports_http_errors_and_still_releases():
     assert recs[0].status == "error" and recs[0].http_status == 400
 
 
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError])
+async def test_synthetic_agent_resends_once_after_a_stale_connection(stream, error):
+    """The keep-alive race: the server closed the pooled connection as the request went out, and the request
+    fails before any response byte. It is sent once more (the engine never saw it), so the step succeeds; a
+    second failure in a row is reported, not retried forever."""
+    engine = MockEngine()
+    sent: list[int] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/chat/completions"):
+            sent.append(1)
+            if len(sent) % 2 == 1:  # every first attempt hits a connection the server just closed
+                raise error("Server disconnected without sending a response.", request=request)
+        return engine(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(flaky))
+    agent = SyntheticAgent(traces=[TRAJ], client=client, stream=stream)
+    recs: list[StepRecord] = []
+    res = await agent.run_instance({"instance_id": "inst-a"}, "p", Endpoint("http://x/v1", "m", False), recs.append)
+    assert res.status == "ok" and [r.status for r in recs] == ["ok"] * 4 and len(sent) == 8
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        raise error("Server disconnected without sending a response.", request=request)
+
+    agent = SyntheticAgent(traces=[TRAJ], client=httpx.AsyncClient(transport=httpx.MockTransport(dead)),
+                           stream=stream)
+    recs = []
+    res = await agent.run_instance({"instance_id": "inst-a"}, "p", Endpoint("http://x/v1", "m", False), recs.append)
+    assert res.status == "error" and recs[0].status == "error" and error.__name__ in recs[0].error
+    await client.aclose()
+
+
+def test_synthetic_agent_pool_expires_connections_before_the_servers_keep_alive():
+    from harness.agents.synthetic import KEEPALIVE_EXPIRY_S
+
+    assert 0 < KEEPALIVE_EXPIRY_S < 5.0  # uvicorn (vLLM's and the proxy's server) closes idle ones after 5 s
+    agent = SyntheticAgent(traces=[TRAJ])
+    assert agent.client._transport._pool._keepalive_expiry == KEEPALIVE_EXPIRY_S
+
+
 async def test_raw_engine_arm_sends_no_program_id_and_no_release():
     engine = MockEngine()
     client = httpx.AsyncClient(transport=httpx.MockTransport(engine))
