@@ -159,7 +159,9 @@ def test_token_counter_prefers_a_real_tokenizer_file(tmp_path):
 
 @pytest.mark.real
 @pytest.mark.agents
-def test_sdk_fixture_events_are_what_the_sdk_itself_reads_back():
+def test_sdk_fixture_events_are_what_the_sdk_itself_reads_back(monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
+    import openhands.tools.terminal  # noqa: F401  (registers TerminalAction/TerminalObservation)
     from openhands.sdk.event import ActionEvent, Event
 
     files = sorted((FIX / "openhands_sdk" / "events").glob("event-*.json"))
