@@ -376,19 +376,10 @@ def workload_import(
 
     Example: [bold]thunderbench workload import output.jsonl -o traces/openhands.jsonl[/]
     """
-    from dataclasses import replace
-
-    from harness.traces import import_traces, token_counter, write_traces
+    from harness.traces import import_many, write_traces
 
     with _guard():
-        counter = token_counter(tokenizer)
-        trajs, hows = [], []
-        for t in traces:
-            got, how = import_traces(t, fmt, counter, cap=cap)
-            trajs += got
-            hows.append(f"{t.name}: {how}")
-        if cap is not None:
-            trajs = [replace(x, censored=x.censored or len(x.turns) >= cap) for x in trajs]
+        trajs, hows = import_many(traces, fmt, tokenizer=tokenizer, cap=cap)
         write_traces(output, trajs, source="; ".join(hows))
         out.print(f"{len(trajs)} trajectories -> {output} ({'; '.join(hows)})", highlight=False, soft_wrap=True)
 
@@ -412,17 +403,12 @@ def workload_fit(
 
     Example: [bold]thunderbench workload fit output.jsonl --cap 50 --template-tokens 900 -o openhands-fit.toml[/]
     """
-    from harness.traces import import_traces, token_counter
+    from harness.traces import import_many
     from harness.traces.fit import fit_params, write_params
     from harness.workload import load_workload_params
 
     with _guard():
-        counter = token_counter(tokenizer)
-        trajs, hows = [], []
-        for t in traces:
-            got, how = import_traces(t, fmt, counter, cap=cap)
-            trajs += got
-            hows.append(f"{t} ({how})")
+        trajs, hows = import_many(traces, fmt, tokenizer=tokenizer, cap=cap)
         rep = fit_params(trajs, name=name or output.stem, source=", ".join(hows), cap=cap,
                          template_tokens=template_tokens, programs=programs, base=load_workload_params(base))
         write_params(output, rep.params)

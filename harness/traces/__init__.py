@@ -23,7 +23,7 @@ from harness.workload import Trajectory
 
 FORMATS = ("auto", "trace", "steps", "openhands-v0", "openhands-sdk", "miniswe", "messages")
 
-__all__ = ["FORMATS", "TraceError", "detect_format", "import_traces", "load_traces", "write_traces"]
+__all__ = ["FORMATS", "TraceError", "detect_format", "import_many", "import_traces", "load_traces", "write_traces"]
 
 
 def _first_record(path: Path) -> object:
@@ -100,6 +100,24 @@ def import_traces(path: str | os.PathLike[str], fmt: str = "auto", counter: Toke
     from harness.traces.messages import read_messages
 
     return read_messages(p, counter)
+
+
+def import_many(paths: Sequence[str | os.PathLike[str]], fmt: str = "auto", *, tokenizer: str | None = None,
+                cap: int | None = None) -> tuple[list[Trajectory], list[str]]:
+    """(every trajectory of every path, one "path (how)" description per path); with `cap`, runs that
+    reached it are marked censored whatever their source says."""
+    from dataclasses import replace
+
+    counter = token_counter(tokenizer)
+    trajs: list[Trajectory] = []
+    hows: list[str] = []
+    for p in paths:
+        got, how = import_traces(p, fmt, counter, cap=cap)
+        trajs += got
+        hows.append(f"{p} ({how})")
+    if cap is not None:
+        trajs = [replace(t, censored=t.censored or len(t.turns) >= cap) for t in trajs]
+    return trajs, hows
 
 
 def load_traces(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], fmt: str = "auto", *,
