@@ -146,6 +146,8 @@ def test_bad_miniswe_and_sdk_files(tmp_path):
         load_traces(d)
 
 
+@pytest.mark.real
+@pytest.mark.agents  # `tokenizers` comes with the agent extras (litellm)
 def test_token_counter_prefers_a_real_tokenizer_file(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
