@@ -10,7 +10,9 @@ actions {"id", "timestamp", "source", "action": "system"|"message"|"run"|"str_re
   * the "system" action (system prompt; its args.tools are the tool schemas) -> the shared prefix;
   * user "message" actions -> user messages (the first is the instruction);
   * agent actions -> LLM calls, grouped by the model response that produced them (one response may emit
-    several tool calls); usage from that response, else from metrics.token_usages in call order;
+    several tool calls); usage from that response, else from metrics.token_usages in call order, else from
+    `llm_completions` (older run_infer versions save the LLM's completion log there: one {"messages",
+    "response"} per call, the response with its usage);
   * observations -> the tool result appended to the next prompt; bookkeeping events
     (agent_state_changed, null, change_agent_state, recall actions) are skipped.
 A run whose error says the iteration limit was reached, or with max_iterations calls, is censored.
@@ -86,14 +88,20 @@ def _history(rec: dict[str, Any], where: str) -> list[Msg]:
     return msgs
 
 
-def _fill_usage(msgs: list[Msg], metrics: Any) -> None:
-    """Per-call usage from metrics.token_usages (one entry per completion, in order) where events lack it."""
+def _fill_usage(msgs: list[Msg], rec: dict[str, Any]) -> None:
+    """Per-call usage where events lack it: metrics.token_usages, else the responses in llm_completions
+    (one entry per completion, in call order; used only when the counts match the calls)."""
     calls = [m for m in msgs if m.role == "assistant"]
-    usages = (metrics or {}).get("token_usages") if isinstance(metrics, dict) else None
-    if not usages or len(usages) != len(calls) or all(m.prompt_tokens is not None for m in calls):
+    if all(m.prompt_tokens is not None for m in calls):
         return
-    for m, u in zip(calls, usages):
-        m.prompt_tokens, m.completion_tokens = u.get("prompt_tokens"), u.get("completion_tokens")
+    metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
+    completions = rec.get("llm_completions") if isinstance(rec.get("llm_completions"), list) else []
+    for usages in (metrics.get("token_usages") or [],
+                   [(c.get("response") or {}).get("usage") or {} for c in completions if isinstance(c, dict)]):
+        if usages and len(usages) == len(calls) and all(isinstance(u, dict) and u.get("prompt_tokens") for u in usages):
+            for m, u in zip(calls, usages):
+                m.prompt_tokens, m.completion_tokens = u.get("prompt_tokens"), u.get("completion_tokens")
+            return
 
 
 def read_openhands_v0(path: Path, counter: TokenCounter) -> tuple[list[Trajectory], str]:
@@ -105,7 +113,7 @@ def read_openhands_v0(path: Path, counter: TokenCounter) -> tuple[list[Trajector
         if not rec["history"]:
             raise TraceError(f"{where}: empty history (the instance failed before its first LLM call?)")
         msgs = _history(rec, where)
-        _fill_usage(msgs, rec.get("metrics"))
+        _fill_usage(msgs, rec)
         cap = ((rec.get("metadata") or {}).get("max_iterations")) if isinstance(rec.get("metadata"), dict) else None
         calls = sum(1 for m in msgs if m.role == "assistant")
         err = str(rec.get("error") or "").lower()

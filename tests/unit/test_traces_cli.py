@@ -51,7 +51,7 @@ def test_import_converts_every_fixture_into_one_trace_file(tmp_path):
                FIX / "openhands_sdk", FIX / "steps.jsonl", "-o", tmp_path / "all.jsonl")
     assert r.exit_code == 0, r.output
     trajs = load_traces(tmp_path / "all.jsonl")
-    assert len(trajs) == 2 + 1 + 2 + 1 + 2
+    assert len(trajs) == 3 + 1 + 2 + 1 + 2
     first = json.loads((tmp_path / "all.jsonl").read_text().splitlines()[0])
     assert "openhands-v0" in first["source"] and first["turns"][0]["prompt_tokens"] == 7321
 

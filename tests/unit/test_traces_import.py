@@ -27,7 +27,7 @@ def _roundtrip(trajs, tmp_path):
 
 
 @pytest.mark.parametrize("name, fmt, n", [
-    ("openhands_v0_output.jsonl", "openhands-v0", 2), ("openhands_sdk", "openhands-sdk", 1),
+    ("openhands_v0_output.jsonl", "openhands-v0", 3), ("openhands_sdk", "openhands-sdk", 1),
     ("miniswe", "miniswe", 1), ("messages.jsonl", "messages", 2), ("steps.jsonl", "steps", 2),
 ])
 def test_every_importer_roundtrips_its_fixture(name, fmt, n, tmp_path):
@@ -38,7 +38,7 @@ def test_every_importer_roundtrips_its_fixture(name, fmt, n, tmp_path):
 
 
 def test_openhands_v0_uses_engine_usage_groups_tool_calls_and_marks_the_cap(tmp_path):
-    (a, b), how = import_traces(FIX / "openhands_v0_output.jsonl", counter=EST)
+    (a, b, c), how = import_traces(FIX / "openhands_v0_output.jsonl", counter=EST)
     assert "engine usage" in how
     assert a.instance_id == "django__django-11099" and not a.censored
     assert [a.prompt_tokens(k) for k in range(3)] == [7321, 7600, 8050]  # usage.prompt_tokens per response
@@ -51,6 +51,8 @@ def test_openhands_v0_uses_engine_usage_groups_tool_calls_and_marks_the_cap(tmp_
     assert b.censored and len(b.turns) == 2
     assert [b.prompt_tokens(k) for k in range(2)] == [6900, 7400]
     assert b.turns[0].tool == "execute_bash,execute_bash" and b.turns[0].tool_time_s == pytest.approx(6.5)
+    # c: the same run with usage only in llm_completions (older run_infer output)
+    assert [c.prompt_tokens(k) for k in range(2)] == [6910, 7420] and [x.output_tokens for x in c.turns] == [125, 33]
 
 
 def test_openhands_sdk_events_written_by_the_sdk(tmp_path):
