@@ -174,6 +174,13 @@ def _lognormal_of(x: np.ndarray) -> tuple[LogNormal, str]:
     return LogNormal(round(math.exp(mu), 3), round(s, 4), lo, hi), note
 
 
+def median_ci(d: LogNormal, n: int) -> str:
+    """The 95% sampling interval of a fitted median, counting one sample per trajectory (calls of one
+    program are not independent in real traces, so per-call counts would overstate the precision)."""
+    half = 1.96 * d.sigma / math.sqrt(max(n, 1))
+    return f"median 95% CI {d.median * math.exp(-half):.4g}-{d.median * math.exp(half):.4g} (n = {n} trajectories)"
+
+
 @dataclass
 class FitReport:
     params: WorkloadParams
@@ -238,9 +245,12 @@ def fit_params(trajs: Sequence[Trajectory], *, name: str, source: str, cap: int 
         "first_user.source_template": f"given: {template_tokens} tokens of instruction around the issue",
         "first_user.source_issue": f"{where}: lognormal (ML) of first-user tokens minus the template",
         "turns": f"{where}: lognormal (ML), counts as intervals, {nc} of {len(trajs)} runs right-censored"
-                 + (f" at the {cap}-call cap" if cap is not None else " (marked in the traces)"),
-        "output_tokens": f"{where}: lognormal (ML) over {len(outs)} calls" + (f"; {out_note}" if out_note else ""),
-        "observation_tokens": f"{where}: lognormal (ML) over {len(obs)} observations" + (f"; {obs_note}" if obs_note else ""),
+                 + (f" at the {cap}-call cap" if cap is not None else " (marked in the traces)")
+                 + f"; {median_ci(turns, len(trajs))}",
+        "output_tokens": f"{where}: lognormal (ML) over {len(outs)} calls" + (f"; {out_note}" if out_note else "")
+                         + f"; {median_ci(out_ln, len(trajs))}",
+        "observation_tokens": f"{where}: lognormal (ML) over {len(obs)} observations"
+                              + (f"; {obs_note}" if obs_note else "") + f"; {median_ci(obs_ln, len(trajs))}",
     })
     params = WorkloadParams(
         name=name, description=f"fitted to {len(trajs)} recorded trajectories ({source})",

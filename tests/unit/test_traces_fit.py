@@ -77,6 +77,8 @@ def test_fit_recovers_every_parameter_and_writes_loadable_toml(tmp_path):
     assert back == p
     assert str(path) in data["turns"]["source"] and "right-censored at the 50-call cap" in data["turns"]["source"]
     assert all(str(path) in data[k]["source"] for k in ("system", "output_tokens", "observation_tokens", "tool_time"))
+    lo, hi = (float(x) for x in data["turns"]["source"].split("median 95% CI ")[1].split(" ")[0].split("-"))
+    assert lo < 30 < hi and lo < p.turns.median < hi  # the stated sampling interval covers the truth here
 
 
 def test_fit_takes_what_traces_lack_from_a_base_and_refuses_too_little(tmp_path):
