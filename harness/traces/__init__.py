@@ -76,8 +76,15 @@ def import_traces(path: str | os.PathLike[str], fmt: str = "auto", counter: Toke
         raise TraceError(f"trace {p} does not exist")
     if fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    try:
+        return _import(p, fmt, counter or token_counter(), system_tokens, cap)
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _import(p: Path, fmt: str, counter: TokenCounter, system_tokens: int | None,
+            cap: int | None) -> tuple[list[Trajectory], str]:
     kind = detect_format(p) if fmt == "auto" else fmt
-    counter = counter or token_counter()
     if kind == "trace":
         return read_canonical(p, list(read_json_lines(p))), f"traces {p.name}"
     if kind == "steps":

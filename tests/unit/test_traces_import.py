@@ -132,6 +132,14 @@ def test_bad_trace_files_get_one_line_naming_file_and_record(tmp_path, content, 
     assert "\n" not in str(e.value)
 
 
+def test_binary_garbage_is_one_line_too(tmp_path):
+    for name in ("junk.jsonl", "junk.traj.json"):
+        f = tmp_path / name
+        f.write_bytes(b"\xff\xfe\x00garbage\x9c")
+        with pytest.raises(TraceError, match=f"{name}: not UTF-8 text"):
+            load_traces(f)
+
+
 def test_bad_miniswe_and_sdk_files(tmp_path):
     f = tmp_path / "x.traj.json"
     text = (FIX / "miniswe" / "astropy__astropy-12907.traj.json").read_text()
