@@ -14,7 +14,7 @@ actions {"id", "timestamp", "source", "action": "system"|"message"|"run"|"str_re
     `llm_completions` (older run_infer versions save the LLM's completion log there: one {"messages",
     "response"} per call, the response with its usage);
   * observations -> the tool result appended to the next prompt; bookkeeping events
-    (agent_state_changed, null, change_agent_state, recall actions) are skipped.
+    (agent_state_changed, null, change_agent_state, recall and condensation actions) are skipped.
 A run whose error says the iteration limit was reached, or with max_iterations calls, is censored.
 """
 
@@ -30,7 +30,7 @@ from harness.traces.format import TraceError, read_json_lines
 from harness.traces.tokens import TokenCounter
 from harness.workload import Trajectory
 
-SKIP_ACTIONS = {"change_agent_state", "recall", "null"}
+SKIP_ACTIONS = {"change_agent_state", "recall", "null", "condensation", "condensation_request"}
 SKIP_OBSERVATIONS = {"agent_state_changed", "null"}
 
 
