@@ -168,10 +168,9 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         if ag != "synthetic":
             raise ReproduceError(f"--workload replays through the synthetic agent; the {ag} agent runs itself")
         from harness.points import check_workload
+        from harness.sim.timing import load_profile
 
-        from harness.sim.timing import load_profile as _profile
-
-        mml = _profile(recipe.sim.profile).engine.max_model_len if eng in ("des", "live-sim") else None
+        mml = load_profile(recipe.sim.profile).engine.max_model_len if eng in ("des", "live-sim") else None
         check_workload(workload, mml)  # a bad trace or parameter file: one error line before anything runs
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,

@@ -25,7 +25,6 @@ from typing import Any, Iterable
 import numpy as np
 
 
-
 @dataclass(frozen=True, slots=True)
 class Turn:
     output_tokens: int
