@@ -197,6 +197,9 @@ def fit_params(trajs: Sequence[Trajectory], *, name: str, source: str, cap: int 
         raise TraceError(f"{len(trajs)} trajectories: need at least 5 to fit a workload")
     counts = np.array([len(t.turns) for t in trajs])
     cens = np.array([t.censored or (cap is not None and len(t.turns) >= cap) for t in trajs])
+    if int((~cens).sum()) < 3:
+        raise TraceError(f"{int(cens.sum())} of {len(trajs)} runs were cut by the step cap: too few finished runs "
+                         "to fit how long runs are (the median is not identifiable)")
     lo = int(counts.min())
     mu, s = fit_turns(counts, cens, lo)
     top = int(cap if cap is not None else counts.max())

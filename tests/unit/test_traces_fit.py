@@ -94,3 +94,5 @@ def test_fit_takes_what_traces_lack_from_a_base_and_refuses_too_little(tmp_path)
     with pytest.raises(TraceError, match="template_tokens 100000"):
         fit_params(trajs, name="f", source="x", base=KNOWN, template_tokens=100000)
     assert "[turns]" in params_toml(p)
+    with pytest.raises(TraceError, match="too few finished runs"):
+        fit_params([replace(t, censored=True) for t in trajs], name="f", source="x", base=KNOWN)
