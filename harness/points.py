@@ -78,10 +78,12 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     from harness.sim.des import DesError, run_des
 
     r = opts.recipe
+    traces = workload_traces(opts)
     try:
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
-            workload=workload_params(opts), policy_config=proxy_config(r) if arm == "thunderagent" else None,
+            workload=None if traces else workload_params(opts), trajectories=traces, resample=bool(traces),
+            policy_config=proxy_config(r) if arm == "thunderagent" else None,
             num_gpu_blocks=r.sim.num_gpu_blocks or None, out_dir=run_dir, run_id=f"{r.name}-{arm}-{programs}",
         )
     except DesError as e:
@@ -89,20 +91,60 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     m = RunManifest.read(run_dir / "manifest.json")
     m.recipe = r.name
     m.dataset = "lite-synthetic"
+    if opts.workload:
+        m.workload = opts.workload
     m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3))
     m.write(run_dir / "manifest.json")
     (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
     return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
 
 
+TRACE_PREFIX = "trace:"
+
+
+def check_workload(workload: str, max_model_len: int | None = None) -> None:
+    """Raise the workload's one-line error now if `--workload` names a bad parameter or trace file, or traces
+    whose calls cannot fit the engine's context (`max_model_len`: every such call would fail at once)."""
+    if workload.startswith(TRACE_PREFIX):
+        from harness.traces import TraceError, load_traces
+
+        trajs = load_traces(workload[len(TRACE_PREFIX):])
+        if max_model_len:
+            deep = [t for t in trajs if t.prompt_tokens(len(t.turns) - 1) + t.turns[-1].output_tokens > max_model_len]
+            if deep:
+                worst = max(t.prompt_tokens(len(t.turns) - 1) + t.turns[-1].output_tokens for t in deep)
+                raise TraceError(f"{workload}: {len(deep)} of {len(trajs)} trajectories outgrow the engine's "
+                                 f"max_model_len {max_model_len} (deepest {worst} tokens): use a recipe whose "
+                                 "model has a longer context")
+    else:
+        from harness.workload import load_workload_params
+
+        load_workload_params(workload)
+
+
+def workload_traces(opts: "SweepOptions"):  # -> list[harness.workload.Trajectory] | None
+    """`--workload trace:PATH`: the recorded trajectories (any format harness.traces reads), each cut at the
+    recipe's max_iterations; None when the run samples from a parameter file."""
+    from dataclasses import replace
+
+    if not opts.workload.startswith(TRACE_PREFIX):
+        return None
+    from harness.traces import load_traces
+
+    cap = opts.recipe.workload.max_iterations
+    return [replace(t, turns=t.turns[:cap], censored=t.censored or len(t.turns) >= cap)
+            for t in load_traces(opts.workload[len(TRACE_PREFIX):])]
+
+
 def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
-    """The recipe's synthetic trajectory model, its step cap clipped to the recipe's max_iterations."""
+    """The recipe's synthetic trajectory model (or --workload's), its step cap clipped to the recipe's
+    max_iterations."""
     from dataclasses import replace
 
     from harness.workload import load_workload_params
 
     r = opts.recipe
-    params = load_workload_params(r.workload.params_source(r.path.parent))
+    params = load_workload_params(opts.workload or r.workload.params_source(r.path.parent))
     cap = r.workload.max_iterations
     if params.turns.max > cap:
         params = params.scaled(turns=replace(params.turns, max=float(cap), min=min(params.turns.min, float(cap))))
@@ -115,6 +157,9 @@ def make_agent(opts: "SweepOptions", programs: int, run_dir: Path):  # -> harnes
         from harness.agents.synthetic import SyntheticAgent
 
         ts = opts.time_scale if opts.engine == "live-sim" else 1.0
+        traces = workload_traces(opts)
+        if traces:
+            return SyntheticAgent(traces=traces, seed=opts.seed, programs=programs, time_scale=ts, resample=True)
         return SyntheticAgent(workload_params(opts), seed=opts.seed, programs=programs, time_scale=ts)
     if opts.agent == "openhands":
         from harness.agents import openhands
@@ -171,7 +216,7 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             instances=load_instances(dataset), duration_s=opts.duration_s / ts, metrics_urls=[backend],
             scrape_interval_s=max(0.25, 5.0 / ts), agent_name=opts.agent,
             engine="sim" if sim else r.engine.kind, simulated=sim, profile=r.sim.profile if sim else None,
-            time_scale=ts, recipe=r.name, workload=r.workload.params_source(r.path.parent), dataset=dataset,
+            time_scale=ts, recipe=r.name, workload=opts.workload or r.workload.params_source(r.path.parent), dataset=dataset,
             seed=opts.seed, progress=False, handle_signals=False,
             extra={"window": opts.window, "engine_argv": list(eng.argv)},
         )

@@ -69,6 +69,7 @@ class SweepOptions:
     argv: tuple[str, ...] = ()
     skipped_arms: tuple[str, ...] = ()
     jobs: int = 1  # des: points simulated in parallel worker processes
+    workload: str = ""  # "" = the recipe's; a workload name/.toml, or "trace:PATH" to replay recorded traces
 
     @property
     def simulated(self) -> bool:
@@ -125,7 +126,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  window: str | None = None, duration: str | None = None, arms: tuple[str, ...] | None = None,
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
-                 jobs: int | None = None) -> SweepOptions:
+                 jobs: int | None = None, workload: str | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
     eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
@@ -163,11 +164,19 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         from harness.points import proxy_config
 
         proxy_config(recipe)  # the proxy flags of the recipe parse (else one error line, before anything runs)
+    if workload:
+        if ag != "synthetic":
+            raise ReproduceError(f"--workload replays through the synthetic agent; the {ag} agent runs itself")
+        from harness.points import check_workload
+        from harness.sim.timing import load_profile
+
+        mml = load_profile(recipe.sim.profile).engine.max_model_len if eng in ("des", "live-sim") else None
+        check_workload(workload, mml)  # a bad trace or parameter file: one error line before anything runs
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
-        argv=argv, skipped_arms=skipped, jobs=jobs,
+        argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "",
     )
 
 
@@ -443,6 +452,7 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "duration_s": opts.duration_s,
         "seed": opts.seed,
         "agent": opts.agent,
+        "workload": opts.workload or None,
         "time_scale": opts.time_scale if opts.engine == "live-sim" else None,
         "command": list(opts.argv) or None,
         "thunderbench": __version__,

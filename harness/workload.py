@@ -24,14 +24,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ThunderAgent.records import StepRecord, read_jsonl
-
 
 @dataclass(frozen=True, slots=True)
 class Turn:
     output_tokens: int
     observation_tokens: int
     tool_time_s: float
+    tool: str = ""  # the tool the call asked for ("" when unknown or none); traces only
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +40,7 @@ class Trajectory:
     first_user_tokens: int  # the instance's first user message (issue text), unique per instance
     prep_time_s: float  # environment preparation before the first call
     turns: tuple[Turn, ...]
+    censored: bool = False  # the agent's step cap ended it: its turn count is a lower bound (traces)
 
     def prompt_tokens(self, k: int) -> int:
         """Prompt length of call k (0-based)."""
@@ -271,79 +271,12 @@ def sample_trajectories(params: WorkloadParams, instance_ids: Iterable[str], see
 # --------------------------------------------------------------------------------------------------
 
 def load_traces(path: str | os.PathLike[str], *, system_tokens: int | None = None) -> list[Trajectory]:
-    """Load recorded trajectories to replay instead of sampling. Two JSONL formats (detected per file):
+    """Load recorded trajectories to replay instead of sampling: the trace format of
+    harness/traces/format.py (one trajectory per line) or our own steps.jsonl; the other importers
+    (OpenHands, mini-swe-agent, chat messages) are reached through harness.traces.load_traces."""
+    from harness.traces import import_traces
 
-    1. Trajectory lines (one object per trajectory):
-       {"instance_id": "astropy__astropy-12907", "system_tokens": 5000, "first_user_tokens": 1100,
-        "prep_time_s": 31.2, "turns": [{"output_tokens": 312, "observation_tokens": 95,
-        "tool_time_s": 0.42}, ...]}
-       (`system_tokens`/`prep_time_s` default to 0; observation/tool time of the last turn are unused.)
-    2. Our own step records (steps.jsonl of a run: one StepRecord per LLM call). Calls are grouped by
-       program_id and ordered by step; only status "ok" calls with token counts are used. Per call k:
-       output = completion_tokens, observation = prompt(k+1) - prompt(k) - completion(k) (>= 0),
-       tool time = arrival(k+1) - end(k) (>= 0). The first prompt is split into the shared prefix
-       (`system_tokens`, default: the median cached_tokens of first calls that hit the cache, else 0)
-       and the first user message. Preparation time is unknown from records: 0.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise WorkloadError(f"trace file {p} does not exist")
-    rows = list(read_jsonl(p))
-    if not rows:
-        raise WorkloadError(f"trace file {p} is empty")
-    if all("turns" in r for r in rows):
-        return [_trajectory_from_row(r, f"{p}:{i + 1}") for i, r in enumerate(rows)]
-    if all("program_id" in r and "step" in r for r in rows):
-        return _trajectories_from_steps([StepRecord.from_dict(r) for r in rows], system_tokens, str(p))
-    raise WorkloadError(f"{p}: lines are neither trajectories (with 'turns') nor step records "
-                        f"(with 'program_id' and 'step'); see harness.workload.load_traces")
-
-
-def _trajectory_from_row(r: dict[str, Any], where: str) -> Trajectory:
-    try:
-        turns = tuple(Turn(int(t["output_tokens"]), int(t.get("observation_tokens", 0)),
-                           float(t.get("tool_time_s", 0.0))) for t in r["turns"])
-        traj = Trajectory(instance_id=str(r.get("instance_id", where)),
-                          system_tokens=int(r.get("system_tokens", 0)),
-                          first_user_tokens=int(r["first_user_tokens"]),
-                          prep_time_s=float(r.get("prep_time_s", 0.0)), turns=turns)
-    except (KeyError, TypeError, ValueError) as e:
-        raise WorkloadError(f"{where}: bad trajectory line ({type(e).__name__}: {e})") from None
-    if not turns:
-        raise WorkloadError(f"{where}: trajectory has no turns")
-    if min(traj.system_tokens, traj.first_user_tokens) < 0 or any(
-            t.output_tokens < 1 or t.observation_tokens < 0 or t.tool_time_s < 0 for t in turns):
-        raise WorkloadError(f"{where}: negative token counts/times or an output of < 1 token")
-    return traj
-
-
-def _trajectories_from_steps(records: list[StepRecord], system_tokens: int | None,
-                             where: str) -> list[Trajectory]:
-    by_program: dict[str, list[StepRecord]] = {}
-    for r in records:
-        if r.status == "ok" and r.prompt_tokens is not None and r.completion_tokens:
-            by_program.setdefault(r.program_id, []).append(r)
-    if not by_program:
-        raise WorkloadError(f"{where}: no ok step records with token counts")
-    for rs in by_program.values():
-        rs.sort(key=lambda x: x.step)
-    if system_tokens is None:
-        hits = sorted(rs[0].cached_tokens for rs in by_program.values()
-                      if rs[0].step == 1 and rs[0].cached_tokens)
-        system_tokens = int(hits[len(hits) // 2]) if hits else 0
-    out = []
-    for pid, rs in by_program.items():
-        turns = []
-        for k, r in enumerate(rs):
-            nxt = rs[k + 1] if k + 1 < len(rs) else None
-            obs = max(0, nxt.prompt_tokens - r.prompt_tokens - r.completion_tokens) if nxt else 0
-            tool = max(0.0, nxt.arrival - r.end) if nxt else 0.0
-            turns.append(Turn(int(r.completion_tokens), int(obs), float(tool)))
-        first = int(rs[0].prompt_tokens)
-        sys_t = min(system_tokens, first)
-        out.append(Trajectory(instance_id=rs[0].instance_id or pid, system_tokens=sys_t,
-                              first_user_tokens=first - sys_t, prep_time_s=0.0, turns=tuple(turns)))
-    return out
+    return import_traces(path, "auto", system_tokens=system_tokens)[0]
 
 
 def describe(trajectories: Iterable[Trajectory]) -> dict[str, float]:

@@ -84,7 +84,7 @@ class SyntheticAgent:
     def __init__(self, params: WorkloadParams | None = None, *, traces: Sequence[Trajectory] | None = None,
                  seed: int = 0, programs: int | None = None, time_scale: float = 1.0, stream: bool = True,
                  request_timeout_s: float = 3600.0, clock: Callable[[], float] = time.time,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, resample: bool = False) -> None:
         if params is None and not traces:
             raise ValueError("SyntheticAgent needs workload params or traces")
         if time_scale <= 0:
@@ -93,6 +93,7 @@ class SyntheticAgent:
         self.traces = list(traces or [])
         self._by_id = {t.instance_id: t for t in self.traces}
         self.seed = seed
+        self.resample = resample  # traces are a pool: draw per (instance, round) from the seed's stream
         self.programs = programs
         self.time_scale = time_scale
         self.stream = stream
@@ -136,11 +137,14 @@ class SyntheticAgent:
         iid = str(instance["instance_id"])
         rnd = int(instance.get("thunderbench_round", 0))
         if self.traces:
-            if iid in self._by_id and rnd == 0:
+            if iid in self._by_id and rnd == 0 and not self.resample:
                 return self._by_id[iid]
-            h = int.from_bytes(hashlib.sha1(f"{iid}:{rnd}".encode()).digest()[:4], "big")
-            t = self.traces[h % len(self.traces)]
-            return Trajectory(iid, t.system_tokens, t.first_user_tokens, t.prep_time_s, t.turns)
+            if self.resample:
+                t = self.traces[int(trajectory_rng(self.seed, iid, rnd).integers(len(self.traces)))]
+            else:
+                h = int.from_bytes(hashlib.sha1(f"{iid}:{rnd}".encode()).digest()[:4], "big")
+                t = self.traces[h % len(self.traces)]
+            return Trajectory(iid, t.system_tokens, t.first_user_tokens, t.prep_time_s, t.turns, t.censored)
         assert self.params is not None
         return sample_trajectory(self.params, iid, trajectory_rng(self.seed, iid, rnd), programs=self.programs)
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, git_revision, package_versions
 from harness.sim.engine import Engine, Request, SegmentSeq
 from harness.sim.metrics import engine_sample, histogram_sample
@@ -122,11 +124,19 @@ def _default_window(duration: float) -> tuple[float, float]:
 
 
 def _trajectory_source(
-    workload: WorkloadParams | None, trajectories: Sequence[Trajectory] | None, seed: int, programs: int
+    workload: WorkloadParams | None, trajectories: Sequence[Trajectory] | None, seed: int, programs: int,
+    resample: bool = False,
 ) -> Iterator[tuple[str, Trajectory]]:
     if trajectories is not None:
         if not trajectories:
             raise DesError("the trajectory list is empty")
+        if resample:  # recorded traces as a pool: each new program draws one, uniformly, from the seed's stream
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, len(trajectories)]))
+            i = 0
+            while True:
+                t = trajectories[int(rng.integers(len(trajectories)))]
+                yield f"{t.instance_id}#{i}", t
+                i += 1
         r = 0
         while True:
             for t in trajectories:
@@ -167,12 +177,14 @@ def run_des(
     out_dir: str | Path | None = None,
     run_id: str | None = None,
     learn_prefill_cost: bool = True,
+    resample: bool = False,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
     A cost-aware tr (the default tr mode) learns the prefill cost per token from the simulated engine's
     histograms, as the proxy does from real vLLM's /metrics; with `learn_prefill_cost=False` it is told the
-    profile's figure instead (prefill_seconds_per_token), unless its config names one."""
+    profile's figure instead (prefill_seconds_per_token), unless its config names one. `resample`: draw each
+    program from `trajectories` at random (seeded) instead of replaying them in order."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     if programs < 1:
@@ -217,7 +229,7 @@ def run_des(
     learns = getattr(getattr(pol, "config", None), "tr_mode", "fixed") == "cost-aware"
     pin_ttl = pin_ttl_s if arm == "continuum" else None
 
-    source = _trajectory_source(wl if isinstance(wl, WorkloadParams) else None, trajectories, seed, programs)
+    source = _trajectory_source(wl if isinstance(wl, WorkloadParams) else None, trajectories, seed, programs, resample)
     events: list[tuple[float, int, int]] = []  # (time, tie-break, slot); the slot's program makes its next call
     counter = 0
     slots: list[_Program | None] = [None] * programs

@@ -116,8 +116,8 @@ def test_trace_errors(tmp_path):
         load_traces(tmp_path / "none.jsonl")
     f = tmp_path / "x.jsonl"
     f.write_text('{"foo": 1}\n')
-    with pytest.raises(WorkloadError, match="neither"):
+    with pytest.raises(WorkloadError, match="unrecognised trace record"):
         load_traces(f)
     f.write_text('{"first_user_tokens": 5, "turns": [{"output_tokens": -1}]}\n')
-    with pytest.raises(WorkloadError, match="negative"):
+    with pytest.raises(WorkloadError, match="non-negative integer"):
         load_traces(f)
