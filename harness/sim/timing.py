@@ -122,6 +122,8 @@ class Profile:
     calibration: dict[str, Any] = field(default_factory=dict)
     derivation: Derivation | None = None
     source_path: str | None = None
+    # the served model's tokenizer (harness/sim/tokenizer.py): "tiny" or a model directory; None: the estimator
+    tokenizer: str | None = None
 
     def with_num_gpu_blocks(self, num_gpu_blocks: int | None) -> "Profile":
         """The same profile with KV capacity overridden (vLLM's --num-gpu-blocks-override)."""
@@ -266,14 +268,25 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         calibration=dict(doc.get("calibration", {})),
         derivation=derivation,
         source_path=str(path),
+        tokenizer=_tokenizer_field(doc, where),
     )
     return prof.with_num_gpu_blocks(num_gpu_blocks)
+
+
+def _tokenizer_field(doc: dict[str, Any], where: str) -> str | None:
+    t = doc.get("tokenizer")
+    if t is None:
+        return None
+    if not isinstance(t, str) or not t.strip():
+        raise ProfileError(f"{where}: tokenizer must be a non-empty string (\"tiny\" or a model directory)")
+    return t.strip()
 
 
 def report(profile: Profile) -> str:
     """A human-readable summary: the derived betas, the KV capacity and what a typical step costs."""
     e, t = profile.engine, profile.timing
-    lines = [f"profile {profile.name}  [{profile.label}]", f"  {profile.description}"]
+    lines = [f"profile {profile.name}  [{profile.label}]", f"  {profile.description}",
+             f"  tokenizer: {profile.tokenizer or 'none named (prompt tokens estimated)'}"]
     if profile.calibration:
         lines.append(f"  calibration: {profile.calibration}")
     d = profile.derivation
