@@ -639,7 +639,7 @@ def serve(
                      script=load_script(script) if script else None, default_output_tokens=default_output_tokens,
                      num_gpu_blocks_override=num_gpu_blocks, tokenizer=tok)
     counted = (f"tokenizer {tok.info.source}" if tok.info.kind == "model"
-               else f"prompt tokens ESTIMATED ({tok.info.note})")
+               else "prompt tokens estimated (regex estimator; why: the warning above)")
     print(f"thunderbench simulated vLLM: profile {prof.name} ({prof.engine.num_gpu_blocks} blocks x "
           f"{prof.engine.block_size}), time scale {time_scale:g}, {counted}, http://{host}:{port}",
           file=sys.stderr, flush=True)

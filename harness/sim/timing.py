@@ -23,6 +23,8 @@ Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface ite
 facts ([hardware], [model], [efficiency]) and the betas and KV capacity are derived here, in code, the way
 vLLM sizes its cache (gpu_memory_utilization x HBM - weights - activation reserve, divided by the per-GPU KV
 bytes of one token). A [timing] table in a GPU profile (e.g. from a GPU calibration) overrides the derivation.
+A top-level `tokenizer` names the served model's tokenizer for the HTTP server ("tiny" or a model directory;
+harness/sim/tokenizer.py); without it prompt tokens are estimated.
 
 Run `python -m harness.sim.timing [PROFILE ...]` to print the derived figures.
 """

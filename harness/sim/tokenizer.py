@@ -341,12 +341,14 @@ def resolve_dir(spec: str, base: Path | None = None) -> Path:
 def load_tokenizer(spec: str | None, *, base: Path | None = None, profile: str = "") -> SimTokenizer:
     """The tokenizer a profile names, or the estimator (with a note saying why, logged once per reason)."""
     if not spec:
-        return EstimateTokenizer(f"profile {profile or '?'} names no tokenizer: prompt tokens are estimated")
-    try:
-        return ModelTokenizer(resolve_dir(spec, base))
-    except TokenizerError as e:
-        note = f"profile {profile or '?'} names tokenizer {spec!r} but it cannot be used ({e}): prompt tokens are estimated"
-        if note not in _warned:
-            _warned.add(note)
-            log.warning("%s", note)
-        return EstimateTokenizer(note)
+        note = f"profile {profile or '?'} names no tokenizer: prompt tokens are estimated"
+    else:
+        try:
+            return ModelTokenizer(resolve_dir(spec, base))
+        except TokenizerError as e:
+            note = (f"profile {profile or '?'} names tokenizer {spec!r} but it cannot be used ({e}): "
+                    "prompt tokens are estimated")
+    if note not in _warned:
+        _warned.add(note)
+        log.warning("%s", note)
+    return EstimateTokenizer(note)

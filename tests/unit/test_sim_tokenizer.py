@@ -138,3 +138,12 @@ def test_named_tokenizer_is_used_and_fallbacks_say_why(tok_dir: Path, tmp_path: 
     (tmp_path / "notemplate" / "tokenizer.json").write_text((tok_dir / "tokenizer.json").read_text())
     with pytest.raises(TokenizerError, match="no chat template"):
         ModelTokenizer(tmp_path / "notemplate")
+
+
+def test_fallback_is_logged_once_per_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="harness.sim.tokenizer"):
+        for _ in range(3):
+            load_tokenizer(str(tmp_path / "gone"), profile="logged-once")
+            load_tokenizer(None, profile="logged-once")
+    notes = [r.getMessage() for r in caplog.records if "logged-once" in r.getMessage()]
+    assert len(notes) == 2 and len(set(notes)) == 2, notes
