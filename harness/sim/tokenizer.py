@@ -13,7 +13,10 @@ chat parser does for a "string" content-format template:
   ``tool_call_id``, any message its ``name``;
 * ``developer`` messages become ``system`` when the template does not mention ``developer``.
 
-Completions prompts are encoded with special tokens (vLLM's default for /v1/completions).
+Completions prompts are encoded with special tokens (vLLM's default for /v1/completions). Not modelled:
+`continue_final_message`, a per-request `chat_template`, "openai" content-format templates (that loop over
+content parts), and vLLM's normalisation of `tools` through its request model (fields it fills with defaults
+reach a template that prints tools; the request's tools are passed as sent).
 
 ``EstimateTokenizer`` is the fallback when the profile names no tokenizer (the GPU profiles: their tokenizers are
 not available offline) or the named directory is missing: a deterministic regex tokenizer (a word with its
