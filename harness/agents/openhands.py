@@ -3,8 +3,13 @@
 Per instance (see shared spec "agents-and-datasets" §1.3 / §6a):
   * a copy of the base LLM with `litellm_extra_body={"program_id": ...}` (only when the endpoint is
     ThunderAgent), `api_mode="chat"`, model `openai/<served name>`, `base_url` = proxy or engine;
-  * the default tools without the browser (terminal, file_editor, task_tracker; finish/think built in);
-  * our own instance prompt (INSTANCE_PROMPT), at most `max_iterations` agent steps;
+  * configured as the paper ran OpenHands (its vendored V0 CodeActAgent, shared spec workload-and-hardware §D6):
+    the same five tools (terminal = execute_bash, file_editor = str_replace_editor, task_tracker, and the
+    built-in think and finish; no browser), no condenser, text-mode tool calling (`native_tool_calling=False`:
+    the SDK describes the tools in the system prompt and puts an in-context example before the first user
+    message, as V0's fn_call_converter does; the model answers `<function=...>` text), at most
+    `max_iterations` (50) LLM calls per instance, fake-user nudges included;
+  * our own instance prompt (INSTANCE_PROMPT);
   * patch = `git diff` of the work tree against base_commit (new files included);
   * the conversation is closed and `POST /programs/release` sent in `finally` — also on error, timeout
     and cancellation, and only after the worker thread has stopped making LLM calls.
@@ -44,6 +49,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
 # litellm has no price for a self-hosted model; the SDK warns on every call. Cost is not our metric.
 warnings.filterwarnings("ignore", message="Cost calculation failed")
+
+# The agent's tools beyond the default ones (terminal, file_editor, task_tracker): the SDK's built-ins, named
+# explicitly so the five-tool set cannot drift with an SDK default. No condenser: the whole history is re-sent.
+BUILT_IN_TOOLS = ("FinishTool", "ThinkTool")
 
 SDK_VERSION = "1.58.2"  # the pinned, verified openhands-sdk/openhands-tools version (pyproject extra)
 
@@ -146,7 +155,7 @@ class OpenHandsAgent(ThreadedAgent):
     work_root: Path | None = None  # where temp checkouts go (default: system temp)
     keep_workspaces: bool = False
     terminal_type: str | None = None  # None: the SDK's choice (tmux if present); or "subprocess"/"tmux"
-    native_tool_calling: bool = True
+    native_tool_calling: bool = False  # the paper's V0 config.toml: tools described as text, not a `tools` field
     temperature: float | None = 0.0
     num_retries: int = 5  # the SDK's retry count for transient LLM errors
     llm_timeout_s: int = 600
@@ -212,7 +221,8 @@ class OpenHandsAgent(ThreadedAgent):
         try:
             sdk, _ = _import_sdk()
             llm = self.instance_llm(endpoint, program_id, recorder, stop)
-            agent = sdk.Agent(llm=llm, tools=self.tools(), system_prompt_kwargs={"cli_mode": True})
+            agent = sdk.Agent(llm=llm, tools=self.tools(), system_prompt_kwargs={"cli_mode": True},
+                              include_default_tools=list(BUILT_IN_TOOLS), condenser=None)
             if self.workspace == "local":
                 workdir = str(prepare_checkout(instance, tmp / instance["repo"].split("/")[-1],
                                                self.repos_dir))
@@ -239,6 +249,9 @@ class OpenHandsAgent(ThreadedAgent):
                        and replies < self.fake_user_replies and recorder.calls < self.max_iterations
                        and not stop.is_set()):  # max_iterations bounds the instance, nudges included
                     replies += 1
+                    # the SDK's iteration cap counts per run(): the nudged run gets what is left of the
+                    # instance's budget, so the cap bounds all LLM calls (as V0's --max-iterations does)
+                    conversation.max_iteration_per_run = self.max_iterations - recorder.calls
                     conversation.send_message(FAKE_USER_REPLY)
                     conversation.run()
                 result.extra["fake_user_replies"] = replies

@@ -9,12 +9,15 @@ step is due and then delivers its first tokens and finished requests; late wake-
 stretch the engine, so live mode computes the discrete-event mode's timeline. Responses are timed by the engine
 model, never by per-token sleeps.
 
-Tokens: messages are rendered with a ChatML-like template and tokenized by `SimTokenizer`, a deterministic
-regex tokenizer (a word with its leading space, a run of punctuation, or whitespace = one token, id from
-CRC32), so identical prefixes give identical ids and the prefix cache sees a conversation's reuse exactly as
-vLLM would. The output is deterministic text of exactly `max_tokens` tokens (with `ignore_eos`, or whenever
-max_tokens is given; otherwise `--default-output-tokens` and finish_reason "stop"); sent back as the next
-assistant message it tokenizes to the same ids, so turn k+1 reuses turn k's output blocks. `--script FILE`
+Tokens (harness/sim/tokenizer.py): where the profile names a tokenizer (`tokenizer = "tiny"` or a model
+directory) messages are rendered with that model's chat template and encoded by its tokenizer, as vLLM does, so
+prompt_tokens equal the real engine's. Otherwise, or when the directory is missing, a deterministic regex
+estimator counts them (a word with its leading space, a run of punctuation, or whitespace = one token, over a
+ChatML-like rendering); the startup line and /v1/models (`tokenizer`) say which is in use and why. Either way
+identical prefixes give identical ids, so the prefix cache sees a conversation's reuse as vLLM would. The output
+is deterministic text of exactly `max_tokens` tokens (with `ignore_eos`, or whenever max_tokens is given;
+otherwise `--default-output-tokens` and finish_reason "stop"); sent back as the next assistant message it
+encodes to the same ids, so turn k+1 reuses turn k's output blocks. `--script FILE`
 (JSON list; entry i answers a request whose conversation already holds i assistant messages; the last entry
 repeats) returns scripted content or tool calls so a real agent can be driven.
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 import uuid
@@ -43,53 +45,16 @@ from harness.sim.engine import Engine, IdSeq, Request
 from harness.sim.liveclock import CatchUpStepper
 from harness.sim.metrics import render_metrics
 from harness.sim.timing import Profile, ProfileError, load_profile
+from harness.sim.tokenizer import SimTokenizer, load_tokenizer, pieces
 
 VERSION = "0.32.0"
 FINGERPRINT = f"vllm-{VERSION}-thunderbench-sim"
-_TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]+|\s+")
-_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
-          "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor",
-          "whiskey", "xray", "yankee", "zulu")
-IM_START, IM_END, VOCAB = 1, 2, 32000
 
 
-class SimTokenizer:
-    """Deterministic, prefix-stable tokenizer: the same text always gives the same ids."""
-
-    def tokenize(self, text: str) -> list[int]:
-        return [zlib.crc32(p.encode("utf-8")) % (VOCAB - 16) + 16 for p in _TOKEN.findall(text)]
-
-    def count(self, text: str) -> int:
-        return len(_TOKEN.findall(text))
-
-    def render_messages(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
-        ids: list[int] = []
-        for m in messages:
-            ids.append(IM_START)
-            ids += self.tokenize(str(m.get("role", "user")) + "\n")
-            ids += self.tokenize(_content_text(m))
-            ids.append(IM_END)
-            ids += self.tokenize("\n")
-        if add_generation_prompt:
-            ids.append(IM_START)
-            ids += self.tokenize("assistant\n")
-        return ids
-
-
-def _content_text(m: dict[str, Any]) -> str:
-    c = m.get("content")
-    if isinstance(c, list):  # OpenAI content parts
-        text = "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-    else:
-        text = "" if c is None else str(c)
-    if m.get("tool_calls"):
-        text += json.dumps(m["tool_calls"], sort_keys=True, separators=(",", ":"))
-    return text
-
-
-def output_text(seed: int, n: int) -> str:
-    """n tokens of deterministic text (each ' word' is one token)."""
-    return "".join(" " + _WORDS[(seed + 7 * i) % len(_WORDS)] for i in range(n))
+def profile_tokenizer(profile: Profile) -> SimTokenizer:
+    """The tokenizer the profile names (or the estimator, with the reason in its info)."""
+    base = Path(profile.source_path).parent if profile.source_path else None
+    return load_tokenizer(profile.tokenizer, base=base, profile=profile.name)
 
 
 def error_body(message: str, type_: str, code: int, param: str | None = None) -> dict[str, Any]:
@@ -223,10 +188,11 @@ def create_app(
     default_output_tokens: int = 64,
     slice_s: float = 0.005,
     num_gpu_blocks_override: int | None = None,
+    tokenizer: SimTokenizer | None = None,
 ) -> FastAPI:
-    """The FastAPI app (tests mount it; `serve` runs it under uvicorn)."""
+    """The FastAPI app (tests mount it; `serve` runs it under uvicorn). `tokenizer` overrides the profile's."""
     runner = SimEngineRunner(profile, time_scale=time_scale, slice_s=slice_s)
-    tok = SimTokenizer()
+    tok = tokenizer if tokenizer is not None else profile_tokenizer(profile)
     name = model_name or profile.name
     max_len = profile.engine.max_model_len
     created = int(time.time())
@@ -240,6 +206,7 @@ def create_app(
 
     app = FastAPI(title="thunderbench simulated vLLM", lifespan=lifespan)
     app.state.runner = runner
+    app.state.tokenizer = tok
 
     def check_model(body: dict[str, Any]) -> JSONResponse | None:
         m = body.get("model")
@@ -278,6 +245,7 @@ def create_app(
             "id": name, "object": "model", "created": created, "owned_by": "vllm",
             "root": f"thunderbench-sim:{profile.name}", "parent": None, "max_model_len": max_len,
             "simulated": True, "profile": profile.name, "time_scale": time_scale,
+            "tokenizer": tok.info.as_dict(),
         }]}
 
     @app.get("/metrics")
@@ -297,6 +265,19 @@ def create_app(
                  f"thunderbench_sim_engine_time_lost_seconds_total {runner.clock.lost_v}\n")
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def render(body: dict[str, Any]) -> list[int] | JSONResponse:
+        """A chat request's prompt ids, rendered as vLLM renders it: the request's tools (as sent; vLLM passes them
+        even with tool_choice "none" unless started with --exclude-tools-when-tool-choice-none) and
+        chat_template_kwargs go to the template."""
+        tools = body.get("tools")
+        kwargs = body.get("chat_template_kwargs")
+        try:
+            return tok.render_messages(body["messages"], add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+                                       tools=tools if isinstance(tools, list) else None,
+                                       template_kwargs=kwargs if isinstance(kwargs, dict) else None)
+        except Exception as e:  # noqa: BLE001 - a template rejecting the input is the client's error, as in vLLM
+            return error(f"Chat template rejected the request: {type(e).__name__}: {e}", param="messages")
+
     @app.post("/tokenize")
     async def tokenize(request: HttpRequest) -> Response:
         body = await read_json(request)
@@ -305,9 +286,13 @@ def create_app(
         if (bad := check_model(body)) is not None:
             return bad
         if "messages" in body:
-            ids = tok.render_messages(body["messages"], add_generation_prompt=bool(body.get("add_generation_prompt", True)))
+            if not isinstance(body["messages"], list) or not all(isinstance(m, dict) for m in body["messages"]):
+                return error("`messages` must be a list of message objects", param="messages")
+            ids = render(body)
+            if isinstance(ids, JSONResponse):
+                return ids
         elif "prompt" in body:
-            ids = tok.tokenize(str(body["prompt"]))
+            ids = tok.encode_prompt(str(body["prompt"]))
         else:
             return error("Either `prompt` or `messages` is required")
         return JSONResponse({"count": len(ids), "max_model_len": max_len, "tokens": ids, "token_strs": None})
@@ -324,7 +309,9 @@ def create_app(
             return error("`messages` must be a non-empty list of message objects", param="messages")
         if body.get("n", 1) != 1:
             return error("Only n=1 is supported by the simulator", param="n")
-        prompt_ids = tok.render_messages(messages)
+        prompt_ids = render(body)
+        if isinstance(prompt_ids, JSONResponse):
+            return prompt_ids
         n_prompt = len(prompt_ids)
         if n_prompt > max_len:
             return error(
@@ -351,18 +338,18 @@ def create_app(
                 text = ""
             else:
                 text = str(entry.get("content", ""))
-            out_ids = tok.tokenize(text) if text else tok.tokenize(json.dumps(tool_calls, sort_keys=True,
-                                                                                separators=(",", ":")))
+            out_ids = tok.encode(text) if text else tok.encode(json.dumps(tool_calls, sort_keys=True,
+                                                                          separators=(",", ":")))
+            full = len(out_ids)
             limit = max_tokens if max_tokens is not None else max_len - n_prompt
-            out_ids = out_ids[:limit] or [IM_END]
-            reason = "length" if len(out_ids) == limit and limit < len(tok.tokenize(text or "x")) else (
+            out_ids = out_ids[:limit] or tok.encode(" ")  # an empty reply still costs one (end) token
+            reason = "length" if len(out_ids) == limit and limit < full else (
                 "tool_calls" if tool_calls else "stop")
         else:
             n_out = max_tokens if max_tokens is not None else min(default_output_tokens, max_len - n_prompt)
             if n_out < 1:
                 return error("No room left for output tokens within max_model_len", param="max_tokens")
-            text = output_text(seed, n_out)
-            out_ids = tok.tokenize(text)
+            text, out_ids = tok.output(seed, n_out)
             reason = "length" if max_tokens is not None else "stop"
         if -(-(n_prompt + len(out_ids)) // profile.engine.block_size) > runner.engine.num_gpu_blocks - 1:
             return error(f"The request needs {n_prompt + len(out_ids)} tokens of KV cache but the engine has only "
@@ -410,10 +397,10 @@ def create_app(
                     await pending.done.wait()
                     deltas = [{"tool_calls": [{"index": i, **tc} for i, tc in enumerate(tool_calls)]}]
                 else:
-                    pieces = _TOKEN.findall(text)
-                    yield chunk({"content": pieces[0] if pieces else ""}, None, 1)
+                    parts = pieces(text)
+                    yield chunk({"content": parts[0] if parts else ""}, None, 1)
                     await pending.done.wait()
-                    rest = pieces[1:]
+                    rest = parts[1:]
                     step = max(1, len(rest) // 8)  # a few chunks, not one per token
                     deltas = [{"content": "".join(rest[i:i + step])} for i in range(0, len(rest), step)]
                 for i, d in enumerate(deltas):
@@ -453,7 +440,7 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            ids = tok.tokenize(prompt)
+            ids = tok.encode_prompt(prompt)
         elif isinstance(prompt, list) and prompt and all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
             ids = list(prompt)
         else:
@@ -469,8 +456,7 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
         if -(-(len(ids) + max_tokens) // bs) > runner.engine.num_gpu_blocks - 1:
             return error("The request can never fit in the KV cache", param="max_tokens")
         seed = zlib.crc32(bytes(str(ids[-64:]), "ascii"))
-        text = output_text(seed, max_tokens)
-        out_ids = tok.tokenize(text)
+        text, out_ids = tok.output(seed, max_tokens)
         rid = f"cmpl-{uuid.uuid4().hex[:16]}"
         req = Request(rid, IdSeq(bs, ids + out_ids), len(ids), len(out_ids), 0.0, program_id=_program_id(body))
         pending = runner.submit(req)
@@ -483,7 +469,7 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            pieces = _TOKEN.findall(text)
+            parts = pieces(text)
 
             def chunk(piece: str, finish: str | None, token_ids: list[int] | None) -> str:
                 c: dict[str, Any] = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish,
@@ -496,9 +482,9 @@ def _add_completions_route(app: FastAPI, runner: SimEngineRunner, tok: SimTokeni
             async def events() -> AsyncIterator[str]:
                 try:
                     await pending.first.wait()
-                    yield chunk(pieces[0], "length" if len(pieces) == 1 else None, out_ids[:1])
+                    yield chunk(parts[0], "length" if len(parts) == 1 else None, out_ids[:1])
                     await pending.done.wait()
-                    rest = list(zip(pieces[1:], out_ids[1:]))
+                    rest = list(zip(parts[1:], out_ids[1:]))
                     step = max(1, len(rest) // 8)
                     for i in range(0, len(rest), step):
                         part = rest[i:i + step]
@@ -648,11 +634,15 @@ def serve(
 
     prof = load_profile(profile, num_gpu_blocks=num_gpu_blocks) if isinstance(profile, str) else (
         profile.with_num_gpu_blocks(num_gpu_blocks))
+    tok = profile_tokenizer(prof)
     app = create_app(prof, time_scale=time_scale, model_name=model_name,
                      script=load_script(script) if script else None, default_output_tokens=default_output_tokens,
-                     num_gpu_blocks_override=num_gpu_blocks)
+                     num_gpu_blocks_override=num_gpu_blocks, tokenizer=tok)
+    counted = (f"tokenizer {tok.info.source}" if tok.info.kind == "model"
+               else "prompt tokens estimated (regex estimator; why: the warning above)")
     print(f"thunderbench simulated vLLM: profile {prof.name} ({prof.engine.num_gpu_blocks} blocks x "
-          f"{prof.engine.block_size}), time scale {time_scale:g}, http://{host}:{port}", file=sys.stderr, flush=True)
+          f"{prof.engine.block_size}), time scale {time_scale:g}, {counted}, http://{host}:{port}",
+          file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -23,6 +23,8 @@ Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface ite
 facts ([hardware], [model], [efficiency]) and the betas and KV capacity are derived here, in code, the way
 vLLM sizes its cache (gpu_memory_utilization x HBM - weights - activation reserve, divided by the per-GPU KV
 bytes of one token). A [timing] table in a GPU profile (e.g. from a GPU calibration) overrides the derivation.
+A top-level `tokenizer` names the served model's tokenizer for the HTTP server ("tiny" or a model directory;
+harness/sim/tokenizer.py); without it prompt tokens are estimated.
 
 Run `python -m harness.sim.timing [PROFILE ...]` to print the derived figures.
 """
@@ -122,6 +124,8 @@ class Profile:
     calibration: dict[str, Any] = field(default_factory=dict)
     derivation: Derivation | None = None
     source_path: str | None = None
+    # the served model's tokenizer (harness/sim/tokenizer.py): "tiny" or a model directory; None: the estimator
+    tokenizer: str | None = None
 
     def with_num_gpu_blocks(self, num_gpu_blocks: int | None) -> "Profile":
         """The same profile with KV capacity overridden (vLLM's --num-gpu-blocks-override)."""
@@ -266,14 +270,25 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         calibration=dict(doc.get("calibration", {})),
         derivation=derivation,
         source_path=str(path),
+        tokenizer=_tokenizer_field(doc, where),
     )
     return prof.with_num_gpu_blocks(num_gpu_blocks)
+
+
+def _tokenizer_field(doc: dict[str, Any], where: str) -> str | None:
+    t = doc.get("tokenizer")
+    if t is None:
+        return None
+    if not isinstance(t, str) or not t.strip():
+        raise ProfileError(f"{where}: tokenizer must be a non-empty string (\"tiny\" or a model directory)")
+    return t.strip()
 
 
 def report(profile: Profile) -> str:
     """A human-readable summary: the derived betas, the KV capacity and what a typical step costs."""
     e, t = profile.engine, profile.timing
-    lines = [f"profile {profile.name}  [{profile.label}]", f"  {profile.description}"]
+    lines = [f"profile {profile.name}  [{profile.label}]", f"  {profile.description}",
+             f"  tokenizer: {profile.tokenizer or 'none named (prompt tokens estimated)'}"]
     if profile.calibration:
         lines.append(f"  calibration: {profile.calibration}")
     d = profile.derivation

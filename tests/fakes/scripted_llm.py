@@ -8,7 +8,9 @@ concurrently and retries repeat the same step.
 
 The same script works for both agents: the tool name is taken from the request's `tools` (`terminal` +
 `finish` for OpenHands, `bash` for mini-swe-agent, whose submission is an `echo
-COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT` command).
+COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT` command). OpenHands in text mode (`native_tool_calling=False`: tools
+described in the system prompt, no `tools` field) is answered in its text format, `<function=terminal>
+<parameter=command>...</parameter></function>`.
 
 Everything it receives is recorded (`requests`, `releases`), so tests can check what reached the engine
 (behind ThunderAgent the proxy strips `program_id`, so that is observed at the proxy instead).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 import sys
 import threading
@@ -172,6 +175,12 @@ class ScriptedLLM:
             return 200, _completion(n, body, self.model, {"role": "assistant", "content": action.thought
                                                           or "I think I am done."}, "stop"), iid, step
         tools = {t.get("function", {}).get("name") for t in body.get("tools") or []}
+        if not tools and _text_mode_tools(body) >= {"terminal", "finish"}:  # OpenHands, text-mode tool calls
+            name, args = ("finish", {"message": action.thought or "done"}) if action.kind == "finish" \
+                else ("terminal", {"command": action.command})
+            params = "".join(f"<parameter={k}>{v}</parameter>\n" for k, v in args.items())
+            content = (action.thought + "\n\n" if action.thought else "") + f"<function={name}>\n{params}</function>"
+            return 200, _completion(n, body, self.model, {"role": "assistant", "content": content}, "stop"), iid, step
         if "terminal" in tools:  # OpenHands
             name, args = ("finish", {"message": action.thought or "done"}) if action.kind == "finish" \
                 else ("terminal", {"command": action.command})
@@ -188,6 +197,15 @@ class ScriptedLLM:
                             "function": {"name": name, "arguments": json.dumps(args)}}],
         }
         return 200, _completion(n, body, self.model, message, "tool_calls"), iid, step
+
+
+def _text_mode_tools(body: dict[str, Any]) -> set[str]:
+    """Tool names a text-mode (prompt-described, `native_tool_calling=False`) request offers: OpenHands lists
+    them in the system message as `---- BEGIN FUNCTION #k: <name> ----`."""
+    system = next((_text(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system"), "")
+    if "<function=" not in system:
+        return set()
+    return set(re.findall(r"BEGIN FUNCTION #\d+: (\w+)", system))
 
 
 def _turn(messages: list[dict[str, Any]]) -> int:

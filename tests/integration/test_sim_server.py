@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from harness.sim.server import load_script, serve_in_thread
+from harness.sim.tokenizer import EstimateTokenizer
 from ThunderAgent.backends import BackendState, fetch_capacity, parse_cache_config, parse_vllm_metrics
 
 
@@ -126,8 +127,10 @@ async def test_metrics_parse_with_thunderagent_parsers_and_capacity_discovery(ur
 
 def test_kv_pressure_preempts_like_vllm() -> None:
     """The capture's setting (shared/samples/vllm-metrics-sample-kv-pressure.txt): 24 blocks, 24 concurrent
-    requests x 1024 output tokens -> the cache fills, requests wait and get preempted."""
-    with sim_server(time_scale=20.0, num_gpu_blocks=24) as u:
+    requests x 1024 output tokens -> the cache fills, requests wait and get preempted. Prompts are sized in the
+    estimator's tokens (one per filler word), so the engine sees the same load whether or not the tiny model's
+    tokenizer is installed."""
+    with sim_server(time_scale=20.0, num_gpu_blocks=24, tokenizer=EstimateTokenizer()) as u:
         body = {"model": "tiny-cpu", "max_tokens": 1024, "ignore_eos": True}
 
         async def one(i: int, client: httpx.AsyncClient) -> dict[str, Any]:
