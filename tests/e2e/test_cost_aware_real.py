@@ -27,7 +27,7 @@ import pytest
 from harness.costbench import ARMS, launch_engine, run_regime
 from harness.launch.vllm import VllmSetupError, tiny_model_dir, vllm_cpu_python
 
-pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REGIMES = {"2x-long-tools": 2, "3x-short-heavy": 2, "2.5x-short-out": 2}  # regime -> repetitions
 # seconds: the learning phase excluded (16 requests to learn the prefill cost, then --cost-half-life = 10 one-second

