@@ -77,7 +77,6 @@ from ThunderAgent.tokens import ProgramTokenState, TokenEstimator, response_item
 log = logging.getLogger("thunderagent")
 
 Clock = Callable[[], float]
-Handler = Callable[..., Awaitable[Response]]
 T = TypeVar("T")
 
 MAX_PROGRAM_ID_LEN = 512
@@ -1258,22 +1257,25 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected_error(request, exc)
 
-    # Scheduled routes: normally answered by ProxyApp's front door; the plain routes keep them in the
-    # routing table (405 for other methods), the /p/<id>/ ones carry the program id in the URL.
-    # (Handlers are made by factories: a default argument would become a query parameter.)
-    def scheduled(route: Route) -> tuple[Handler, Handler]:
+    Serve = Callable[[Request, str | None], Awaitable[Response]]
+
+    def serve_both(method: str, path: str, serve: Serve) -> None:
+        """Routes `path` and `/p/<id>` + `path` to serve(request, the URL's program id or None). (Handlers
+        are closures: a default argument would become a query parameter.)"""
+
         async def plain(request: Request) -> Response:
-            return await proxy.infer(request, route)
+            return await serve(request, None)
 
         async def prefixed(program_id: str, request: Request) -> Response:
-            return await proxy.infer(request, route, url_program_id=program_id)
+            return await serve(request, program_id)
 
-        return plain, prefixed
+        app.add_api_route(path, plain, methods=[method])
+        app.add_api_route("/p/{program_id}" + path, prefixed, methods=[method])
 
+    # Scheduled routes: normally answered by ProxyApp's front door; the plain routes keep them in the
+    # routing table (405 for other methods), the /p/<id>/ ones carry the program id in the URL.
     for r in SCHEDULED.values():
-        plain, prefixed = scheduled(r)
-        app.post(r.path)(plain)
-        app.post("/p/{program_id}" + r.path)(prefixed)
+        serve_both("POST", r.path, lambda request, pid, r=r: proxy.infer(request, r, pid))
 
     async def models(request: Request) -> Response:
         if not config.backends:
@@ -1289,20 +1291,9 @@ def create_app(
         return await models(request)
 
     # Pass-through routes (unscheduled), plain and under /p/<id>/.
-    def relayed(path: str) -> tuple[Handler, Handler]:
-        async def plain(request: Request) -> Response:
-            return await proxy.relay(request, path)
-
-        async def prefixed(program_id: str, request: Request) -> Response:
-            return await proxy.relay(request, path, url_program_id=program_id)
-
-        return plain, prefixed
-
     for method, paths in (("POST", RELAY_POST), ("GET", RELAY_GET)):
         for path in paths:
-            plain, prefixed = relayed(path)
-            app.add_api_route(path, plain, methods=[method])
-            app.add_api_route("/p/{program_id}" + path, prefixed, methods=[method])
+            serve_both(method, path, lambda request, pid, path=path: proxy.relay(request, path, pid))
 
     # Stored responses (vLLM keeps them on the engine that made them): the program's backend.
     @app.get("/v1/responses/{response_id}")
