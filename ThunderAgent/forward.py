@@ -312,8 +312,8 @@ def usage_from(obj: Any) -> Usage | None:
 
 
 class SSETap:
-    """Watches an SSE byte stream: finds usage, first-token time and progress; optionally removes the
-    usage-only chunk (`"choices": []` with usage) that the proxy injected.
+    """Watches an SSE byte stream: finds usage, first-token time and progress (events that carry generated
+    text); optionally removes the usage-only chunk (`"choices": []` with usage) that the proxy injected.
 
     Without stripping, every input chunk is forwarded unchanged as it arrives. With stripping, complete
     events are forwarded byte-for-byte and an incomplete trailing event is held until it completes.
@@ -357,9 +357,10 @@ class SSETap:
         if data == b"[DONE]":
             self.saw_done = True
             return True
-        self.events += 1
-        if self._on_event is not None:
-            self._on_event(self.events)
+        if not _lifecycle_event(event):
+            self.events += 1
+            if self._on_event is not None:
+                self._on_event(self.events)
         if b'"usage"' not in data:
             return True
         try:
@@ -382,6 +383,17 @@ def _event_end(buf: bytes) -> int | None:
     if b >= 0 and (a < 0 or b < a):
         return b + 4
     return a + 2
+
+
+def _lifecycle_event(event: bytes) -> bool:
+    """A Responses API event that carries no generated text (`event: response.created`, `.in_progress`,
+    `.output_item.added`, `.completed`, ...): not counted as progress or as the first token. Its text comes
+    in `*.delta` events."""
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            name = line[6:].strip()
+            return name.startswith(b"response.") and not name.endswith(b".delta")
+    return False
 
 
 def _event_data(event: bytes) -> bytes | None:

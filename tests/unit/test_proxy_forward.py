@@ -263,6 +263,11 @@ def test_sse_tap_reads_responses_usage_and_never_strips_it():
     stream = b"".join(
         f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in (created, done)
     )
-    tap = SSETap(strip_usage_chunk=True)
+    delta = {"type": "response.output_text.delta", "delta": "hi"}
+    stream = stream.replace(b"event: response.completed", f"event: {delta['type']}\ndata: {json.dumps(delta)}\n\n"
+                            "event: response.completed".encode())
+    seen: list[int] = []
+    tap = SSETap(strip_usage_chunk=True, on_event=seen.append)
     assert tap.feed(stream) + tap.flush() == stream
     assert tap.usage is not None and (tap.usage.prompt_tokens, tap.usage.total_tokens) == (9, 12)
+    assert seen == [1] and tap.events == 1  # only the delta carries text (first token, progress)
