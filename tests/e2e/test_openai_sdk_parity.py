@@ -32,10 +32,11 @@ from tests.e2e.test_vllm_cpu import _require_vllm_cpu
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
 
-# 32,768 tokens. The over-long prompt (~2.4 K tokens, over the 2,048 max-model-len) must reach the engine for its
-# 400: tr holds a request whose *estimate* fits no backend until --resume-timeout, and the first estimate of a new
-# program, from a chars-per-token ratio learned on short chat prompts (template tokens included), can be ~2.5x
-# high (seen: held > 120 s with 8,192 tokens).
+# 32,768 tokens of KV cache. The over-long prompt (~2.4 K tokens, over the 2,048 max-model-len) must reach the
+# engine for its 400 at once. The first estimate of a new program comes from a chars-per-token ratio learned on
+# short chat prompts (template tokens included, ~1.5 chars/token), ~2.5x high here. With 8,192 tokens tr held the
+# call (> 120 s) where vLLM answers 400 at once: a request that fits only once idle programs are paused waits for
+# the aging bound (300 s), one that fits no backend even empty for --resume-timeout (1,800 s).
 NUM_GPU_BLOCKS = 256
 # ids and timestamps differ between any two calls; a stream event's sequence number counts the deltas before it,
 # whose number depends on timing (the engine merges tokens when its client reads late)
