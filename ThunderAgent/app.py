@@ -292,7 +292,8 @@ def _estimate_responses(est: TokenEstimator, st: ProgramTokenState, payload: dic
     instructions = payload.get("instructions")
     if isinstance(instructions, str) and instructions:
         items.insert(0, {"role": "system", "content": instructions})
-    return est.estimate(st, items, payload.get("tools"), chars=response_item_chars)
+    continued = isinstance(payload.get("previous_response_id"), str)  # earlier turns stored on the engine
+    return est.estimate(st, items, payload.get("tools"), chars=response_item_chars, all_new=continued)
 
 
 @dataclass(frozen=True, slots=True)

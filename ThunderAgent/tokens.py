@@ -132,14 +132,16 @@ class TokenEstimator:
         messages: list[Any],
         tools: Any = None,
         chars: Callable[[Any], int] = message_chars,
+        all_new: bool = False,
     ) -> int:
         """The full-context estimate for a request carrying `messages` (`chars` sizes one of them); updates
         the per-request memory in `st` (message count, prompt chars) so that `learn` can pair it with the
-        response's usage."""
+        response's usage. `all_new`: the backend holds the earlier turns (a Responses call with
+        `previous_response_id`), so every message extends the last exact total."""
         ratio = self.ratio_for(st)
         all_chars = sum(chars(m) for m in messages) + tools_chars(tools)
-        if st.last_total is not None and 0 < st.last_message_count <= len(messages):
-            new = messages[st.last_message_count :]
+        if st.last_total is not None and (all_new or 0 < st.last_message_count <= len(messages)):
+            new = messages if all_new else messages[st.last_message_count :]
             # The previous response's completion is already inside last_total: skip the assistant
             # message that echoes it.
             if new and isinstance(new[0], dict) and new[0].get("role") == "assistant":

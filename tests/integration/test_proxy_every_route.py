@@ -151,6 +151,13 @@ async def test_responses_usage_from_input_output_tokens(fake_vllm: FakeVLLM):
         assert u["total_tokens"] == u["input_tokens"] + u["output_tokens"] and u["output_tokens"] == 6
         assert spy.end_totals == [("r", u["total_tokens"])]
         assert (await c.get("/programs")).json()["r"]["total_tokens"] == u["total_tokens"]
+        # a continuation sends only the new input: it extends the last exact total (both estimates below use
+        # the one ratio learned so far)
+        await c.post("/v1/responses", json=response("x" * 400, program_id="fresh"))
+        alone = spy.arrival_tokens[-1][1]
+        r = await c.post("/v1/responses", json=response("x" * 400, program_id="r", previous_response_id=body["id"]))
+        assert r.status_code == 200 and alone > 50
+        assert spy.arrival_tokens[-1] == ("r", u["total_tokens"] + alone)
         # a list of input items, as an agent sends after a tool call, is estimated from all its text
         items = [
             {"role": "user", "content": [{"type": "input_text", "text": "y" * 400}]},

@@ -278,3 +278,6 @@ def test_estimate_responses_items_incrementally():
     est.learn(st, 100, 120)
     # the next turn appends a call and its output: last exact total + the new items only
     assert est.estimate(st, [*items, call, out], chars=response_item_chars) == 120 + 2 * (10 + 4)
+    # with previous_response_id the engine holds the earlier turns: each call sends only new items
+    est.learn(st, 140, 150)
+    assert est.estimate(st, [out], chars=response_item_chars, all_new=True) == 150 + 10 + 4
