@@ -155,7 +155,8 @@ async def test_responses_usage_from_input_output_tokens(fake_vllm: FakeVLLM):
         # the one ratio learned so far)
         await c.post("/v1/responses", json=response("x" * 400, program_id="fresh"))
         alone = spy.arrival_tokens[-1][1]
-        r = await c.post("/v1/responses", json=response("x" * 400, program_id="r", previous_response_id=body["id"]))
+        continued = response("x" * 400, program_id="r", previous_response_id=body["id"])
+        r = await c.post("/v1/responses", json=continued)
         assert r.status_code == 200 and alone > 50
         assert spy.arrival_tokens[-1] == ("r", u["total_tokens"] + alone)
         # a list of input items, as an agent sends after a tool call, is estimated from all its text
@@ -246,7 +247,8 @@ async def test_passthrough_follows_the_program_to_its_backend(fake_vllm_factory)
         for pid, backend in placed.items():
             fake = a if backend == a.url else b
             before = len(fake.requests)
-            r = await c.post("/tokenize", json={"model": "tiny", "prompt": "abcd"}, headers={"X-Program-Id": pid})
+            tok = {"model": "tiny", "prompt": "abcd"}
+            r = await c.post("/tokenize", json=tok, headers={"X-Program-Id": pid})
             assert r.status_code == 200 and len(fake.requests) == before + 1
             assert "x-program-id" not in fake.request_headers[-1]
             r = await c.post(f"/p/{pid}/v1/embeddings", json={"model": "tiny", "input": "abcd"})
