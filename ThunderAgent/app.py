@@ -2,7 +2,12 @@
 
     create_app(config, *, policy=None, reclaimer=None, clock=None) -> FastAPI
 
-A chat completion request goes: read (size limit) -> parse and validate -> program id (body, extra_body,
+Three inference routes are scheduled, by one code path (`Proxy.infer`, parameterised by a `Route`):
+`/v1/chat/completions`, `/v1/completions` and `/v1/responses`. The other routes vLLM serves (tokenize,
+embeddings, pooling, score/rerank, audio, version, stored responses) pass through unscheduled to the
+program's backend or the least-loaded healthy one (`Proxy.relay`).
+
+A scheduled request goes: read (size limit) -> parse and validate -> program id (body, extra_body,
 X-Program-Id header, /p/<id>/ URL prefix) -> registry record + token estimate -> `policy.on_arrival`
 -> (held on a future, no byte sent, until the policy's Resume/Reject) -> forward (ThunderAgent/forward.py)
 -> `policy.on_request_end` exactly once, whatever happened (success, error status, backend failure,
@@ -25,6 +30,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -66,7 +72,7 @@ from ThunderAgent.programs import (
 )
 from ThunderAgent.records import StepRecord
 from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
-from ThunderAgent.tokens import TokenEstimator
+from ThunderAgent.tokens import ProgramTokenState, TokenEstimator, response_item_chars
 
 log = logging.getLogger("thunderagent")
 
@@ -135,8 +141,21 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def validate_chat(payload: dict[str, Any]) -> None:
+def validate_fields(payload: dict[str, Any]) -> None:
     """Type checks for the fields the proxy reads (the engine validates the rest)."""
+    for name, types in _FIELD_TYPES.items():
+        v = payload.get(name)
+        if v is not None and not isinstance(v, types):
+            raise ProxyError(
+                400,
+                f"'{name}' must be of type {types[0].__name__}, got {type(v).__name__}",
+                param=name,
+                code="invalid_type",
+            )
+
+
+def validate_chat(payload: dict[str, Any]) -> None:
+    """Chat: `messages` must be a list of objects, plus the common type checks."""
     messages = payload.get("messages")
     if not isinstance(messages, list):
         what = "missing" if messages is None else f"a {type(messages).__name__}"
@@ -151,15 +170,7 @@ def validate_chat(payload: dict[str, Any]) -> None:
             raise ProxyError(
                 400, f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type"
             )
-    for name, types in _FIELD_TYPES.items():
-        v = payload.get(name)
-        if v is not None and not isinstance(v, types):
-            raise ProxyError(
-                400,
-                f"'{name}' must be of type {types[0].__name__}, got {type(v).__name__}",
-                param=name,
-                code="invalid_type",
-            )
+    validate_fields(payload)
 
 
 def _coerce_id(value: Any, param: str) -> str | None:
@@ -235,8 +246,9 @@ class Prepared:
     strip_usage_chunk: bool  # the proxy asked for a usage chunk the client did not ask for
 
 
-def prepare_forward(payload: dict[str, Any], original: bytes) -> Prepared:
-    """Strip program_id and harness-only fields; ask for usage on streams. The original bytes are
+def prepare_forward(payload: dict[str, Any], original: bytes, ask_usage: bool = True) -> Prepared:
+    """Strip program_id and harness-only fields; ask for usage on streams (`ask_usage`: routes whose
+    streams carry usage only on request, i.e. chat and text completions). The original bytes are
     forwarded untouched when nothing had to change."""
     stream = bool(payload.get("stream"))
     fwd = payload
@@ -253,7 +265,7 @@ def prepare_forward(payload: dict[str, Any], original: bytes) -> Prepared:
                 del fwd["extra_body"]
         changed = fwd.keys() != payload.keys() or fwd.get("extra_body") is not payload.get("extra_body")
     strip_usage = False
-    if stream:
+    if stream and ask_usage:
         so = payload.get("stream_options")
         so = so if isinstance(so, dict) else {}
         if so.get("include_usage") is not True and not so.get("continuous_usage_stats"):
@@ -264,6 +276,60 @@ def prepare_forward(payload: dict[str, Any], original: bytes) -> Prepared:
             changed = True
     body = json.dumps(fwd, ensure_ascii=False, separators=(",", ":")).encode() if changed else original
     return Prepared(body=body, stream=stream, strip_usage_chunk=strip_usage)
+
+
+def _estimate_chat(est: TokenEstimator, st: ProgramTokenState, payload: dict[str, Any]) -> int:
+    return est.estimate(st, payload["messages"], payload.get("tools"))
+
+
+def _estimate_completion(est: TokenEstimator, st: ProgramTokenState, payload: dict[str, Any]) -> int:
+    return est.estimate_prompt(st, payload.get("prompt"))
+
+
+def _estimate_responses(est: TokenEstimator, st: ProgramTokenState, payload: dict[str, Any]) -> int:
+    given = payload.get("input")
+    items: list[Any] = [given] if isinstance(given, str) else list(given) if isinstance(given, list) else []
+    instructions = payload.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        items.insert(0, {"role": "system", "content": instructions})
+    continued = isinstance(payload.get("previous_response_id"), str)  # earlier turns stored on the engine
+    return est.estimate(st, items, payload.get("tools"), chars=response_item_chars, all_new=continued)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A scheduled inference route: its backend path and how the proxy reads its body."""
+
+    path: str
+    validate: Callable[[dict[str, Any]], None]
+    estimate: Callable[[TokenEstimator, ProgramTokenState, dict[str, Any]], int]
+    ask_usage: bool  # streams carry usage only when asked (stream_options.include_usage); Responses
+    # streams always end with usage in their `response.completed` event
+
+
+CHAT = Route("/v1/chat/completions", validate_chat, _estimate_chat, ask_usage=True)
+COMPLETIONS = Route("/v1/completions", validate_fields, _estimate_completion, ask_usage=True)
+RESPONSES = Route("/v1/responses", validate_fields, _estimate_responses, ask_usage=False)
+SCHEDULED: dict[str, Route] = {r.path: r for r in (CHAT, COMPLETIONS, RESPONSES)}
+
+# Routes vLLM serves that pass through unscheduled (bodies and answers unchanged). Inference routes not
+# listed here (e.g. Anthropic /v1/messages) answer 404 rather than bypass the scheduler unseen.
+RELAY_POST = (
+    "/tokenize",
+    "/detokenize",
+    "/v1/embeddings",
+    "/v2/embed",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/v1/score",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+)
+RELAY_GET = ("/version",)
 
 
 # --- responses ------------------------------------------------------------------------------------------
@@ -375,8 +441,9 @@ class ProxyStream(Response):
 
 @dataclass(slots=True)
 class Call:
-    """One chat completion request through the proxy."""
+    """One scheduled inference request through the proxy."""
 
+    route: Route
     program_id: str
     record: ProgramRecord
     step: int
@@ -470,17 +537,18 @@ class Proxy:
             return
         self.apply(actions)
 
-    # --- the chat completion lifecycle --------------------------------------------------------------
-    async def chat(self, request: Request, url_program_id: str | None = None) -> Response:
+    # --- the scheduled request lifecycle ------------------------------------------------------------
+    async def infer(self, request: Request, route: Route, url_program_id: str | None = None) -> Response:
+        """One request on a scheduled route (chat, text completions, responses), from arrival to answer."""
         arrival_wall = time.time()
         now = self.clock()
         try:
             body = await read_body(request, self.config.max_body_bytes)
             payload = parse_json_object(body)
-            validate_chat(payload)
+            route.validate(payload)
             pid, source = extract_program_id(payload, request.headers.get("x-program-id"), url_program_id)
             resources = extract_resources(payload)
-            prepared = prepare_forward(payload, body)
+            prepared = prepare_forward(payload, body, route.ask_usage)
         except ProxyError as e:
             self.telemetry.requests.labels("invalid").inc()
             return error_response(e, compat_detail=e.message == "Invalid JSON")
@@ -501,8 +569,8 @@ class Proxy:
         rec.last_activity = now
         rec.last_arrival = now
         rec.context_len = len(body)
-        estimate = self.estimator.estimate(rec.tokens, payload["messages"], payload.get("tools"))
-        call = Call(pid, rec, rec.step_count, prepared.stream, estimate, now, arrival_wall)
+        estimate = route.estimate(self.estimator, rec.tokens, payload)
+        call = Call(route, pid, rec, rec.step_count, prepared.stream, estimate, now, arrival_wall)
 
         try:
             admission = self.policy.on_arrival(pid, estimate, now)
@@ -572,7 +640,7 @@ class Proxy:
 
     async def _forward(self, call: Call, request: Request, prepared: Prepared) -> Response:
         backend = call.backend or ""
-        url = backend.rstrip("/") + "/v1/chat/completions"
+        url = backend.rstrip("/") + call.route.path
         headers = request_headers(request.headers.raw)
         try:
             upstream, content = await _race_disconnect(
@@ -620,12 +688,19 @@ class Proxy:
         return RawResponse(content, status, response_headers(upstream.raw_headers))
 
     async def _exchange(
-        self, backend: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, read: bool
+        self,
+        backend: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        *,
+        read: bool,
+        method: str = "POST",
     ) -> tuple[Upstream, bytes | None]:
         """Send (a stale pooled connection is retried once), note whether the backend was reached, and with
         `read` also read the whole body: one task to race against the client's disconnect, not two."""
         try:
-            upstream = await send_with_retry(self.client, url, headers, body)
+            upstream = await send_with_retry(self.client, url, headers, body, method)
         except TransportError as e:
             self._observe_health(backend, e.reached)
             raise
@@ -762,6 +837,65 @@ class Proxy:
                     t.kv_hit_sum += usage.cached_tokens / usage.prompt_tokens
                     t.kv_hit_n += 1
         self.profiler.submit(rec, row)
+
+    # --- pass-through routes -----------------------------------------------------------------------
+    def relay_backend(self, program_id: str | None) -> str | None:
+        """Where an unscheduled request goes: the program's backend when it has one (stored responses and
+        its prefix live there), else the healthy backend with the fewest programs (any, if none is
+        healthy); None without backends."""
+        views = {b.url: b for b in self.policy.backends()}
+        if program_id is not None:
+            v = self.policy.program(program_id)
+            if v is not None and v.backend in views:
+                return v.backend
+        known = [views[u] for u in self.config.backends if u in views]
+        pool = [b for b in known if b.healthy] or known
+        if not pool:
+            return self.config.backends[0] if self.config.backends else None
+        return min(pool, key=lambda b: b.program_count).url
+
+    async def relay(
+        self, request: Request, path: str, url_program_id: str | None = None, backend: str | None = None
+    ) -> Response:
+        """Pass a request through unscheduled: the body (within --max-body-bytes), query string and end-to-
+        end headers go to `backend` (default: relay_backend of the X-Program-Id header or URL prefix) and
+        its answer comes back unchanged (event streams streamed); failures map as on scheduled routes."""
+        try:
+            body = await read_body(request, self.config.max_body_bytes)
+            header_id = _coerce_id(request.headers.get("x-program-id"), "X-Program-Id")
+        except ProxyError as e:
+            return error_response(e)
+        except ClientDisconnect:
+            return error_response(
+                ProxyError(CLIENT_CLOSED, "client disconnected while sending the request", "cancelled")
+            )
+        if backend is None:
+            backend = self.relay_backend(header_id or url_program_id)
+        if backend is None:
+            return error_response(ProxyError(503, "no backend available", "unavailable", code="no_backend"))
+        query = request.scope.get("query_string", b"")
+        url = backend.rstrip("/") + path + ("?" + query.decode("latin-1") if query else "")
+        headers = request_headers(request.headers.raw)
+        try:
+            upstream, content = await _race_disconnect(
+                request.receive,
+                self._exchange(backend, url, headers, body or None, read=False, method=request.method),
+            )
+            if upstream.status_code < 400 and upstream.content_type.startswith("text/event-stream"):
+                return ProxyStream(upstream, SSETap(False), backend, lambda outcome, err: None)
+            try:
+                content = await _race_disconnect(request.receive, upstream.aread())
+            finally:
+                await upstream.aclose()
+        except ClientGone:
+            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected", "cancelled"))
+        except TransportError as e:
+            return error_response(translate_transport_error(e, backend))
+        if upstream.status_code >= 400:
+            status, replaced = backend_error_body(upstream.status_code, content)
+            if replaced is not None:
+                return Response(replaced, status_code=status, media_type="application/json")
+        return RawResponse(content, upstream.status_code, response_headers(upstream.raw_headers))
 
     # --- release and expiry ------------------------------------------------------------------------
     def drop_program(self, program_id: str, reason: str) -> bool:
@@ -1017,21 +1151,24 @@ async def _race_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
 
 # --- the app --------------------------------------------------------------------------------------------
 
-CHAT_PATH = "/v1/chat/completions"
+CHAT_PATH = CHAT.path
 
 
 class ProxyApp(FastAPI):
-    """FastAPI with a front door for the hot route: `POST /v1/chat/completions` goes straight to Proxy.chat,
-    skipping the middleware stack and router (a sizeable share of the proxy's own CPU per request). Errors
-    behave as through the stack: an unexpected exception answers 502 OpenAI-style JSON, then propagates
-    to the server (as Starlette's ServerErrorMiddleware does). Every other route is plain FastAPI."""
+    """FastAPI with a front door for the hot routes: `POST` to a scheduled route (chat, completions,
+    responses) goes straight to Proxy.infer, skipping the middleware stack and router (a sizeable share of
+    the proxy's own CPU per request). Errors behave as through the stack: an unexpected exception answers
+    502 OpenAI-style JSON, then propagates to the server (as Starlette's ServerErrorMiddleware does). Every
+    other route is plain FastAPI."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
+        hot = scope["type"] == "http" and scope["method"] == "POST"
+        route = SCHEDULED.get(scope["path"]) if hot else None
+        if route is not None:
             proxy: Proxy = self.state.proxy
             request = Request(scope, receive, send)
             try:
-                response = await proxy.chat(request)
+                response = await proxy.infer(request, route)
             except Exception as exc:
                 await _unexpected_error(request, exc)(scope, receive, send)
                 raise
@@ -1121,41 +1258,60 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected_error(request, exc)
 
-    # normally answered by ProxyApp's front door; the route keeps it in the routing table
-    @app.post(CHAT_PATH)
-    async def chat_completions(request: Request) -> Response:
-        return await proxy.chat(request)
+    Serve = Callable[[Request, str | None], Awaitable[Response]]
 
-    @app.post("/p/{program_id}/v1/chat/completions")
-    async def chat_completions_prefixed(program_id: str, request: Request) -> Response:
-        return await proxy.chat(request, url_program_id=program_id)
+    def serve_both(method: str, path: str, serve: Serve) -> None:
+        """Routes `path` and `/p/<id>` + `path` to serve(request, the URL's program id or None). (Handlers
+        are closures: a default argument would become a query parameter.)"""
+
+        async def plain(request: Request) -> Response:
+            return await serve(request, None)
+
+        async def prefixed(program_id: str, request: Request) -> Response:
+            return await serve(request, program_id)
+
+        app.add_api_route(path, plain, methods=[method])
+        app.add_api_route("/p/{program_id}" + path, prefixed, methods=[method])
+
+    # Scheduled routes: normally answered by ProxyApp's front door; the plain routes keep them in the
+    # routing table (405 for other methods), the /p/<id>/ ones carry the program id in the URL.
+    for r in SCHEDULED.values():
+        serve_both("POST", r.path, lambda request, pid, r=r: proxy.infer(request, r, pid))
 
     async def models(request: Request) -> Response:
         if not config.backends:
             return JSONResponse({"object": "list", "data": []})
         views = {b.url: b for b in proxy.policy.backends()}
         url = next((u for u in config.backends if u in views and views[u].healthy), config.backends[0])
-        try:
-            r = await proxy.client.send(
-                "GET", url.rstrip("/") + "/v1/models", request_headers(request.headers.raw)
-            )
-            try:
-                content = await r.aread()
-            finally:
-                await r.aclose()
-        except TransportError as e:
-            return error_response(translate_transport_error(e, url))
-        if r.status_code >= 400:
-            status, replaced = backend_error_body(r.status_code, content)
-            if replaced is not None:
-                return Response(replaced, status_code=status, media_type="application/json")
-        return RawResponse(content, r.status_code, response_headers(r.raw_headers))
+        return await proxy.relay(request, "/v1/models", backend=url)
 
     app.get("/v1/models")(models)
 
     @app.get("/p/{program_id}/v1/models")
     async def models_prefixed(program_id: str, request: Request) -> Response:
         return await models(request)
+
+    # Pass-through routes (unscheduled), plain and under /p/<id>/.
+    for method, paths in (("POST", RELAY_POST), ("GET", RELAY_GET)):
+        for path in paths:
+            serve_both(method, path, lambda request, pid, path=path: proxy.relay(request, path, pid))
+
+    # Stored responses (vLLM keeps them on the engine that made them): the program's backend.
+    @app.get("/v1/responses/{response_id}")
+    async def response_get(response_id: str, request: Request) -> Response:
+        return await proxy.relay(request, f"/v1/responses/{quote(response_id, safe='')}")
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def response_cancel(response_id: str, request: Request) -> Response:
+        return await proxy.relay(request, f"/v1/responses/{quote(response_id, safe='')}/cancel")
+
+    @app.get("/p/{program_id}/v1/responses/{response_id}")
+    async def response_get_prefixed(program_id: str, response_id: str, request: Request) -> Response:
+        return await proxy.relay(request, f"/v1/responses/{quote(response_id, safe='')}", program_id)
+
+    @app.post("/p/{program_id}/v1/responses/{response_id}/cancel")
+    async def response_cancel_prefixed(program_id: str, response_id: str, request: Request) -> Response:
+        return await proxy.relay(request, f"/v1/responses/{quote(response_id, safe='')}/cancel", program_id)
 
     @app.get("/programs")
     async def programs() -> JSONResponse:

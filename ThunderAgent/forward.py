@@ -4,7 +4,8 @@ pass-through with usage extraction, and the translation of backend failures into
 Bytes flow through unchanged, except that (a) program_id and harness-only fields are stripped from the
 request and (b) when the proxy itself asked the backend for a usage chunk (`stream_options.include_usage`)
 that the client did not request, the usage-only chunk is removed from the stream. Usage — prompt,
-completion and cached tokens — is read from every response.
+completion and cached tokens — is read from every response (chat and text completions, and the Responses
+API's input/output tokens).
 """
 
 from __future__ import annotations
@@ -224,20 +225,24 @@ def make_client(config: Config) -> BackendClient:
 
 
 async def send_with_retry(
-    client: BackendClient, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    client: BackendClient,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    method: str = "POST",
 ) -> Upstream:
-    """POST and return once the response headers arrived (body still streaming). A connection-level
-    failure before any response byte is retried once: it almost always means a pooled connection went
-    stale. The retry goes over a new connection: when the engine's keep-alive timer closed several pooled
-    connections at once (the proxy's loop lagging behind), another pooled one would be stale too and the
-    client would get a 502. At worst the engine sees the request twice (it aborts the first when its
-    connection drops)."""
+    """Send (POST by default) and return once the response headers arrived (body still streaming). A
+    connection-level failure before any response byte is retried once: it almost always means a pooled
+    connection went stale. The retry goes over a new connection: when the engine's keep-alive timer closed
+    several pooled connections at once (the proxy's loop lagging behind), another pooled one would be
+    stale too and the client would get a 502. At worst the engine sees the request twice (it aborts the
+    first when its connection drops)."""
     try:
-        return await client.send("POST", url, headers, body)
+        return await client.send(method, url, headers, body)
     except TransportError as e:
         if e.kind not in RETRYABLE_KINDS:
             raise
-        return await client.send("POST", url, headers, body, fresh=True)
+        return await client.send(method, url, headers, body, fresh=True)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -272,20 +277,33 @@ def _int(v: Any) -> int | None:
 
 
 def usage_from(obj: Any) -> Usage | None:
-    """Usage from a response object or stream chunk; None unless usage.total_tokens is a finite number."""
+    """Usage from a response object or stream chunk; None unless its total is a finite number.
+
+    Chat and text completions carry `usage.{prompt,completion,total}_tokens` and
+    `prompt_tokens_details.cached_tokens`; the Responses API carries `usage.{input,output,total}_tokens` and
+    `input_tokens_details.cached_tokens`, on the response object itself or, when streamed, on the
+    `response` of its final event (`response.completed`, or `.incomplete` / `.failed`)."""
     if not isinstance(obj, dict):
         return None
     u = obj.get("usage")
     if not isinstance(u, dict):
-        return None
+        inner = obj.get("response")  # a Responses API stream event
+        u = inner.get("usage") if isinstance(inner, dict) else None
+        if not isinstance(u, dict):
+            return None
     total = _int(u.get("total_tokens"))
+    if "input_tokens" in u or "output_tokens" in u:
+        prompt, completion = _int(u.get("input_tokens")), _int(u.get("output_tokens"))
+        details = u.get("input_tokens_details")
+        if total is None and prompt is not None and completion is not None:
+            total = prompt + completion
+    else:
+        prompt, completion = _int(u.get("prompt_tokens")), _int(u.get("completion_tokens"))
+        details = u.get("prompt_tokens_details")
     if total is None:
         return None
-    prompt = _int(u.get("prompt_tokens"))
-    completion = _int(u.get("completion_tokens"))
     if completion is None and prompt is not None:
         completion = max(0, total - prompt)
-    details = u.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
     return Usage(prompt, completion, total, cached)
 
@@ -294,8 +312,8 @@ def usage_from(obj: Any) -> Usage | None:
 
 
 class SSETap:
-    """Watches an SSE byte stream: finds usage, first-token time and progress; optionally removes the
-    usage-only chunk (`"choices": []` with usage) that the proxy injected.
+    """Watches an SSE byte stream: finds usage, first-token time and progress (events that carry generated
+    text); optionally removes the usage-only chunk (`"choices": []` with usage) that the proxy injected.
 
     Without stripping, every input chunk is forwarded unchanged as it arrives. With stripping, complete
     events are forwarded byte-for-byte and an incomplete trailing event is held until it completes.
@@ -339,9 +357,10 @@ class SSETap:
         if data == b"[DONE]":
             self.saw_done = True
             return True
-        self.events += 1
-        if self._on_event is not None:
-            self._on_event(self.events)
+        if not _lifecycle_event(event):
+            self.events += 1
+            if self._on_event is not None:
+                self._on_event(self.events)
         if b'"usage"' not in data:
             return True
         try:
@@ -364,6 +383,17 @@ def _event_end(buf: bytes) -> int | None:
     if b >= 0 and (a < 0 or b < a):
         return b + 4
     return a + 2
+
+
+def _lifecycle_event(event: bytes) -> bool:
+    """A Responses API event that carries no generated text (`event: response.created`, `.in_progress`,
+    `.output_item.added`, `.completed`, ...): not counted as progress or as the first token. Its text comes
+    in `*.delta` events."""
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            name = line[6:].strip()
+            return name.startswith(b"response.") and not name.endswith(b".delta")
+    return False
 
 
 def _event_data(event: bytes) -> bytes | None:

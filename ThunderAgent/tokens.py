@@ -9,11 +9,16 @@ start from the program's last *exact* size (usage of its previous response) and 
 The new messages' size is their text length divided by a chars-per-token ratio learned from usage
 (per program once it has a sample, else global; EMA). The first request of a program (or one whose
 history shrank, e.g. after context condensation) is estimated from all of its messages + tools content.
+
+The same holds for the Responses API, whose `input` items (messages, function calls and their outputs)
+grow like chat messages. A text completion's `prompt` is the whole context every time, so it is estimated
+whole: its text / the ratio, plus the exact count of any token-id prompt.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +64,42 @@ def message_chars(msg: Any) -> int:
     return n
 
 
+def response_item_chars(item: Any) -> int:
+    """Characters of one Responses API input item: a message (content parts), a function call (name +
+    arguments), a function call's output, or reasoning (summary/content text)."""
+    if isinstance(item, str):
+        return len(item)
+    if not isinstance(item, dict):
+        return len(str(item))
+    n = message_chars(item)
+    for key in ("arguments", "output"):
+        v = item.get(key)
+        if isinstance(v, str):
+            n += len(v)
+        elif v is not None:
+            n += content_chars(v)
+    summary = item.get("summary")
+    if isinstance(summary, list):
+        n += content_chars(summary)
+    return n
+
+
+def prompt_size(prompt: Any) -> tuple[int, int]:
+    """(characters of text, exact tokens of token ids) in a text completion's `prompt`: a string, a list of
+    strings, a list of token ids, or a list of such lists."""
+    if isinstance(prompt, str):
+        return len(prompt), 0
+    if not isinstance(prompt, list):
+        return 0, 0
+    if all(isinstance(t, int) for t in prompt):
+        return 0, len(prompt)
+    chars = tokens = 0
+    for p in prompt:
+        c, t = prompt_size(p) if isinstance(p, (str, list)) else (0, 0)
+        chars, tokens = chars + c, tokens + t
+    return chars, tokens
+
+
 def tools_chars(tools: Any) -> int:
     if not tools:
         return 0
@@ -85,23 +126,40 @@ class TokenEstimator:
     def ratio_for(self, st: ProgramTokenState) -> float:
         return st.ratio if st.ratio is not None else self.global_ratio
 
-    def estimate(self, st: ProgramTokenState, messages: list[Any], tools: Any = None) -> int:
-        """The full-context estimate for a request carrying `messages`; updates the per-request memory
-        in `st` (message count, prompt chars) so that `learn` can pair it with the response's usage."""
+    def estimate(
+        self,
+        st: ProgramTokenState,
+        messages: list[Any],
+        tools: Any = None,
+        chars: Callable[[Any], int] = message_chars,
+        all_new: bool = False,
+    ) -> int:
+        """The full-context estimate for a request carrying `messages` (`chars` sizes one of them); updates
+        the per-request memory in `st` (message count, prompt chars) so that `learn` can pair it with the
+        response's usage. `all_new`: the backend holds the earlier turns (a Responses call with
+        `previous_response_id`), so every message extends the last exact total."""
         ratio = self.ratio_for(st)
-        all_chars = sum(message_chars(m) for m in messages) + tools_chars(tools)
-        if st.last_total is not None and 0 < st.last_message_count <= len(messages):
-            new = messages[st.last_message_count :]
+        all_chars = sum(chars(m) for m in messages) + tools_chars(tools)
+        if st.last_total is not None and (all_new or 0 < st.last_message_count <= len(messages)):
+            new = messages if all_new else messages[st.last_message_count :]
             # The previous response's completion is already inside last_total: skip the assistant
             # message that echoes it.
             if new and isinstance(new[0], dict) and new[0].get("role") == "assistant":
                 new = new[1:]
-            est = st.last_total + sum(int(message_chars(m) / ratio) + PER_MESSAGE_OVERHEAD for m in new)
+            est = st.last_total + sum(int(chars(m) / ratio) + PER_MESSAGE_OVERHEAD for m in new)
         else:
             est = int(all_chars / ratio) + PER_MESSAGE_OVERHEAD * len(messages)
         st.last_message_count = len(messages)
         st.last_prompt_chars = all_chars
         return max(1, est)
+
+    def estimate_prompt(self, st: ProgramTokenState, prompt: Any) -> int:
+        """The estimate for a text completion: the whole prompt every time (text / ratio + token ids).
+        The ratio is learned only from all-text prompts (token ids would skew it)."""
+        text, ids = prompt_size(prompt)
+        st.last_message_count = 0  # no message history to extend incrementally
+        st.last_prompt_chars = text if ids == 0 else 0
+        return max(1, int(text / self.ratio_for(st)) + ids)
 
     def learn(self, st: ProgramTokenState, prompt_tokens: int | None, total_tokens: int | None) -> None:
         """Record the exact usage of the response to the last estimated request."""

@@ -6,8 +6,10 @@ text taken from real vLLM 0.32 captures (shared/samples, copied into tests/fakes
         fake.completion_tokens = 3                      # knobs may be changed while it runs
         fake.requests[-1]                               # the JSON body of the last chat request
 
-Serves POST /v1/chat/completions (non-streaming; streaming with stream_options.include_usage and
-continuous_usage_stats as vLLM does), GET /v1/models, GET /health, GET /metrics (the captured text with
+Serves POST /v1/chat/completions and POST /v1/completions (non-streaming; streaming with
+stream_options.include_usage and continuous_usage_stats as vLLM does), POST /v1/responses (the Responses
+API: usage as input/output tokens; streamed as typed events ending with response.completed), POST /tokenize,
+/detokenize, /v1/embeddings, GET /version, GET /v1/models, GET /health, GET /metrics (the captured text with
 live counters and the configured block_size/num_gpu_blocks in vllm:cache_config_info).
 
 Knobs (plain attributes; set them from the test thread at any time):
@@ -21,6 +23,7 @@ Knobs (plain attributes; set them from the test thread at any time):
   report_cached    include usage.prompt_tokens_details.cached_tokens (vLLM --enable-prompt-tokens-details),
                    computed from a tiny prefix cache keyed by the first message.
   metrics_status   status of GET /metrics (e.g. 503 to make health probes fail); health_status for /health.
+  serve_responses  False: /v1/responses answers 404 (an engine that does not serve it).
 A refusing backend is just a port nothing listens on: `free_port_url()`. Like vLLM, the fake stops
 generating when its client disconnects (counted in `disconnects`). Standalone (benchmarks, manual tests):
 `python -m tests.fakes.fake_vllm --port 8100 [--completion-tokens N] [--num-gpu-blocks N]`.
@@ -67,10 +70,24 @@ def _text_chars(messages: Any) -> int:
 
 
 def prompt_tokens_of(body: dict[str, Any]) -> int:
-    """The fake's deterministic "tokenizer": 4 chars per token + 4 per message (+ tools JSON / 4)."""
-    msgs = body.get("messages") or []
+    """The fake's deterministic "tokenizer": 4 chars per token + 4 per message (+ tools JSON / 4); a text
+    completion's prompt: its chars / 4, or its count of token ids; a Responses `input`: like messages."""
     tools = body.get("tools")
-    return _text_chars(msgs) // 4 + 4 * len(msgs) + (len(json.dumps(tools)) // 4 if tools else 0)
+    extra = len(json.dumps(tools)) // 4 if tools else 0
+    if "prompt" in body:
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        return len(prompt) // 4 if isinstance(prompt, str) else 0
+    if "input" in body:
+        given = body["input"]
+        items = [{"content": given}] if isinstance(given, str) else given if isinstance(given, list) else []
+        return _text_chars(items) // 4 + 4 * len(items) + extra
+    msgs = body.get("messages") or []
+    return _text_chars(msgs) // 4 + 4 * len(msgs) + extra
+
+
+INFERENCE = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/responses": "responses"}
 
 
 class _Die(Exception):
@@ -113,6 +130,7 @@ class FakeVLLM:
         self.die_after_chunks: int | None = None
         self.metrics_status = 200
         self.health_status = 200
+        self.serve_responses = True
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.paths: list[str] = []
@@ -154,20 +172,23 @@ class FakeVLLM:
             return
         path, method = scope["path"], scope["method"]
         self.paths.append(path)
-        if path == "/v1/chat/completions" and method == "POST":
-            body = b""
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if not msg.get("more_body"):
-                    break
+        if path in INFERENCE and method == "POST" and (path != "/v1/responses" or self.serve_responses):
+            body = await _read(receive)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             gone = asyncio.Event()
             watcher = asyncio.create_task(_watch_disconnect(receive, gone))
             try:
-                await self._chat(body, headers, gone, send)
+                await self._chat(body, headers, gone, send, INFERENCE[path])
             finally:
                 watcher.cancel()
+        elif path in ("/tokenize", "/detokenize", "/v1/embeddings") and method == "POST":
+            raw = await _read(receive)
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            with self._lock:
+                self.request_headers.append(headers)
+            await self._utility(path, raw, scope.get("query_string", b""), send)
+        elif path == "/version" and method == "GET":
+            await _send_json(send, 200, {"version": "0.32.0-fake"})
         elif path == "/v1/models" and method == "GET":
             await _send_json(send, 200, _models())
         elif path == "/health" and method == "GET":
@@ -182,7 +203,49 @@ class FakeVLLM:
         else:
             await _send_json(send, 404, {"detail": "Not Found"})
 
-    async def _chat(self, raw: bytes, headers: dict[str, str], gone: asyncio.Event, send: Any) -> None:
+    async def _utility(self, path: str, raw: bytes, query: bytes, send: Any) -> None:
+        """/tokenize, /detokenize, /v1/embeddings: vLLM's shapes, the fake's 4-chars-per-token tokenizer."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            await _send_json(send, 400, _error("Invalid JSON body", "BadRequestError", 400))
+            return
+        if not isinstance(body, dict):
+            await _send_json(send, 400, _error("body must be an object", "BadRequestError", 400))
+            return
+        with self._lock:
+            self.requests.append(body)
+        if path == "/tokenize":
+            prompt = body.get("prompt")
+            text = prompt if isinstance(prompt, str) else json.dumps(body.get("messages"))
+            tokens = list(range(100, 100 + len(text) // 4))
+            out: dict[str, Any] = {"count": len(tokens), "max_model_len": 2048, "tokens": tokens,
+                                   "token_strs": None}
+            if query:
+                out["query"] = query.decode("latin-1")  # lets a test see the query string arrive
+            await _send_json(send, 200, out)
+        elif path == "/detokenize":
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list):
+                err = _error("'tokens' must be a list", "BadRequestError", 400, "tokens")
+                await _send_json(send, 400, err)
+                return
+            await _send_json(send, 200, {"prompt": "abcd" * len(tokens)})
+        else:
+            given = body.get("input")
+            texts = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+            n = sum(len(str(t)) // 4 for t in texts)
+            data = [{"object": "embedding", "index": i, "embedding": [0.25, -0.5]} for i in range(len(texts))]
+            await _send_json(
+                send,
+                200,
+                {"id": f"embd-{uuid.uuid4().hex[:8]}", "object": "list", "created": int(time.time()),
+                 "model": MODEL, "data": data, "usage": {"prompt_tokens": n, "total_tokens": n}},
+            )
+
+    async def _chat(
+        self, raw: bytes, headers: dict[str, str], gone: asyncio.Event, send: Any, kind: str = "chat"
+    ) -> None:
         try:
             body = json.loads(raw)
         except ValueError:
@@ -221,12 +284,18 @@ class FakeVLLM:
                 ),
             )
             return
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            await _send_json(
-                send, 400, _error("'messages' must be a list", "BadRequestError", 400, "messages")
-            )
+        field, types = {
+            "chat": ("messages", list),
+            "completion": ("prompt", (str, list)),
+            "responses": ("input", (str, list)),
+        }[kind]
+        if not isinstance(body, dict) or not isinstance(body.get(field), types):
+            err = _error(f"'{field}' is missing or invalid", "BadRequestError", 400, field)
+            await _send_json(send, 400, err)
             return
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        max_tokens = (
+            body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+        )
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
         ):
@@ -249,10 +318,12 @@ class FakeVLLM:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         self.running += 1
         try:
-            if body.get("stream"):
-                await self._stream(body, usage, n, send, gone)
+            if kind == "responses":
+                await self._respond(body, usage, n, send, gone)
+            elif body.get("stream"):
+                await self._stream(body, usage, n, send, gone, kind)
             else:
-                await self._complete(body, usage, n, send)
+                await self._complete(body, usage, n, send, kind)
             self.completed += 1
             self.prompt_tokens_total += prompt
             self.generation_tokens_total += n
@@ -271,7 +342,66 @@ class FakeVLLM:
             self._prefix[key] = max(prev, prompt)
         return (min(prev, prompt) // self.block_size) * self.block_size
 
-    async def _complete(self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any) -> None:
+    async def _respond(
+        self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, gone: asyncio.Event
+    ) -> None:
+        """The Responses API: a response object with input/output token usage; streamed as typed SSE events
+        (response.created, output_text deltas, response.completed carrying the whole response)."""
+        details = usage.get("prompt_tokens_details") or {}
+        rid = f"resp_{uuid.uuid4().hex[:16]}"
+        resp: dict[str, Any] = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": MODEL,
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{uuid.uuid4().hex[:8]}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": " entry" * n, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": details.get("cached_tokens", 0)},
+                "output_tokens": n,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage["total_tokens"],
+            },
+        }
+        if not body.get("stream"):
+            await _send_json(send, 200, resp)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
+        started = {**resp, "status": "in_progress", "output": [], "usage": None}
+        events = [{"type": "response.created", "response": started}]
+        events += [{"type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+                    "content_index": 0, "delta": " entry"} for _ in range(n)]
+        events.append({"type": "response.completed", "response": resp})
+        for i, ev in enumerate(events):
+            if self.die_after_chunks is not None and i >= self.die_after_chunks:
+                raise _Die("fake backend died mid-stream")
+            ev["sequence_number"] = i
+            data = f"event: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            if gone.is_set():
+                raise _ClientGone
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _complete(
+        self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, kind: str = "chat"
+    ) -> None:
         obj = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
             "object": "chat.completion",
@@ -297,6 +427,10 @@ class FakeVLLM:
             "prompt_logprobs": None,
             "kv_transfer_params": None,
         }
+        if kind == "completion":
+            obj["id"], obj["object"] = f"cmpl-{uuid.uuid4().hex[:16]}", "text_completion"
+            obj["choices"] = [{"index": 0, "text": " entry" * n, "logprobs": None, "finish_reason": "length",
+                               "stop_reason": None, "prompt_logprobs": None}]
         content = json.dumps(obj).encode()
         if self.token_delay:
             await asyncio.sleep(self.token_delay * n)
@@ -318,12 +452,19 @@ class FakeVLLM:
         await _send(send, 200, content, b"application/json")
 
     async def _stream(
-        self, body: dict[str, Any], usage: dict[str, Any], n: int, send: Any, gone: asyncio.Event
+        self,
+        body: dict[str, Any],
+        usage: dict[str, Any],
+        n: int,
+        send: Any,
+        gone: asyncio.Event,
+        kind: str = "chat",
     ) -> None:
         so = body.get("stream_options") or {}
         include_usage = bool(so.get("include_usage"))
         continuous = include_usage and bool(so.get("continuous_usage_stats"))
-        cid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        cid = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex[:16]}"
+        obj_type = "text_completion" if kind == "completion" else "chat.completion.chunk"
         created = int(time.time())
         await send(
             {
@@ -351,12 +492,15 @@ class FakeVLLM:
                     "token_ids": None,
                 }
             )
+        if kind == "completion":  # text chunks, no role chunk
+            chunks = [{"index": 0, "text": c["delta"]["content"], "logprobs": None,
+                       "finish_reason": c["finish_reason"]} for c in chunks[1:]]
         for i, choice in enumerate(chunks):
             if self.die_after_chunks is not None and i >= self.die_after_chunks:
                 raise _Die("fake backend died mid-stream")
             ev: dict[str, Any] = {
                 "id": cid,
-                "object": "chat.completion.chunk",
+                "object": obj_type,
                 "created": created,
                 "model": MODEL,
                 "choices": [choice],
@@ -382,7 +526,7 @@ class FakeVLLM:
         if include_usage:
             ev = {
                 "id": cid,
-                "object": "chat.completion.chunk",
+                "object": obj_type,
                 "created": created,
                 "model": MODEL,
                 "choices": [],
@@ -445,6 +589,15 @@ def _models() -> dict[str, Any]:
             }
         ],
     }
+
+
+async def _read(receive: Any) -> bytes:
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body
 
 
 async def _send(send: Any, status: int, content: bytes, ctype: bytes) -> None:

@@ -282,21 +282,22 @@ async def test_stale_connection_retried_once(fake_vllm: FakeVLLM, spy: SpyPolicy
 
 
 async def test_front_door_unexpected_error_is_502(fake_vllm: FakeVLLM):
-    """POST /v1/chat/completions skips the FastAPI stack (ProxyApp): a proxy bug there still answers 502
-    OpenAI-style JSON, as the stack's handler does for the URL-prefixed route; other methods stay FastAPI's."""
+    """POSTs to the scheduled routes skip the FastAPI stack (ProxyApp): a proxy bug there still answers 502
+    OpenAI-style JSON, as the stack's handler does for the URL-prefixed routes; other methods stay FastAPI's."""
     app = create_app(cfg(fake_vllm.url))
     async with app.router.lifespan_context(app):
 
-        async def broken_chat(request, url_program_id=None):
+        async def broken_infer(request, route, url_program_id=None):
             raise RuntimeError("proxy bug")
 
-        app.state.proxy.chat = broken_chat
+        app.state.proxy.infer = broken_infer
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
-            for path in ("/v1/chat/completions", "/p/x/v1/chat/completions"):
-                r = await c.post(path, json=chat(program_id="p"))
-                err = assert_openai_error(r, 502)
-                assert err["code"] == "proxy_error" and "RuntimeError: proxy bug" in err["message"]
+            for route in ("chat/completions", "completions", "responses"):
+                for path in (f"/v1/{route}", f"/p/x/v1/{route}"):
+                    r = await c.post(path, json=chat(program_id="p"))
+                    err = assert_openai_error(r, 502)
+                    assert err["code"] == "proxy_error" and "RuntimeError: proxy bug" in err["message"]
             assert_openai_error(await c.get("/v1/chat/completions"), 405)
 
 

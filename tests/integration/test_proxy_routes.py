@@ -297,7 +297,9 @@ async def test_profiles_off_and_on(fake_vllm: FakeVLLM, tmp_path):
 
 async def test_unknown_route_and_method_are_openai_errors(fake_vllm: FakeVLLM):
     async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
-        r = await c.get("/v1/completions")
+        r = await c.post("/v1/messages", json={})
         assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = await c.get("/v1/completions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
         r = await c.get("/v1/chat/completions")
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"

@@ -247,3 +247,37 @@ def test_csv_row_unknown_cached_and_non_streaming():
     rec = StepRecord(program_id="p", step=1, arrival=0.0, start=0.0, end=2.0, prompt_tokens=10)
     row = csv_row(rec, 1, 0.0)
     assert row[2:5] == ["0.0000", "0.0000", "0.0000"] and row[6] == ""
+
+
+def test_estimate_prompt_text_and_token_ids():
+    from ThunderAgent.tokens import prompt_size
+
+    est = TokenEstimator()
+    st = ProgramTokenState()
+    assert prompt_size("abcd") == (4, 0) and prompt_size([1, 2, 3]) == (0, 3)
+    assert prompt_size([[1, 2], [3]]) == (0, 3) and prompt_size(["ab", "cd"]) == (4, 0)
+    assert prompt_size(None) == (0, 0) and prompt_size({"x": 1}) == (0, 0)
+    assert est.estimate_prompt(st, "x" * 400) == 100
+    est.learn(st, 200, 210)  # 400 chars were 200 tokens: 2 chars per token
+    assert est.estimate_prompt(st, "x" * 400) == 200
+    assert est.estimate_prompt(st, list(range(77))) == 77  # token ids are exact
+    est.learn(st, 77, 80)
+    assert st.ratio == 2.0  # a token-id prompt does not teach the text ratio
+
+
+def test_estimate_responses_items_incrementally():
+    from ThunderAgent.tokens import response_item_chars
+
+    call = {"type": "function_call", "call_id": "c", "name": "ls", "arguments": "x" * 38}
+    out = {"type": "function_call_output", "call_id": "c", "output": "y" * 40}
+    assert response_item_chars(call) == 40 and response_item_chars(out) == 40
+    est = TokenEstimator()
+    st = ProgramTokenState()
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "z" * 400}]}]
+    est.estimate(st, items, chars=response_item_chars)
+    est.learn(st, 100, 120)
+    # the next turn appends a call and its output: last exact total + the new items only
+    assert est.estimate(st, [*items, call, out], chars=response_item_chars) == 120 + 2 * (10 + 4)
+    # with previous_response_id the engine holds the earlier turns: each call sends only new items
+    est.learn(st, 140, 150)
+    assert est.estimate(st, [out], chars=response_item_chars, all_new=True) == 150 + 10 + 4

@@ -130,6 +130,26 @@ def test_tap_unterminated_last_event_flushed():
         ({"usage": {"total_tokens": True}}, None),
         ({"usage": None}, None),
         ([], None),
+        # the Responses API: input/output tokens, on the response or on its final stream event
+        (
+            {
+                "object": "response",
+                "usage": {
+                    "input_tokens": 40,
+                    "input_tokens_details": {"cached_tokens": 32, "cache_write_tokens": 0},
+                    "output_tokens": 8,
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": 48,
+                },
+            },
+            (40, 8, 48, 32),
+        ),
+        (
+            {"type": "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 2}}},
+            (5, 2, 7, None),
+        ),
+        ({"type": "response.created", "response": {"usage": None}}, None),
+        ({"usage": {"input_tokens": 5}}, None),
     ],
 )
 def test_usage_from(obj, expect):
@@ -234,3 +254,20 @@ def test_header_filters():
         ]
     )
     assert response_headers(tuple(h.raw)) == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r")]
+
+
+def test_sse_tap_reads_responses_usage_and_never_strips_it():
+    created = {"type": "response.created", "response": {"usage": None}}
+    done = {"type": "response.completed", "response": {"usage": {"input_tokens": 9, "output_tokens": 3,
+                                                                  "total_tokens": 12}}}
+    stream = b"".join(
+        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in (created, done)
+    )
+    delta = {"type": "response.output_text.delta", "delta": "hi"}
+    stream = stream.replace(b"event: response.completed", f"event: {delta['type']}\ndata: {json.dumps(delta)}\n\n"
+                            "event: response.completed".encode())
+    seen: list[int] = []
+    tap = SSETap(strip_usage_chunk=True, on_event=seen.append)
+    assert tap.feed(stream) + tap.flush() == stream
+    assert tap.usage is not None and (tap.usage.prompt_tokens, tap.usage.total_tokens) == (9, 12)
+    assert seen == [1] and tap.events == 1  # only the delta carries text (first token, progress)
