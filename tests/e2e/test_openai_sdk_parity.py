@@ -26,11 +26,11 @@ import httpx
 import openai
 import pytest
 
-from harness.launch.vllm import VllmServer, free_port
+from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, PROXY_STARTUP_TIMEOUT_S, VllmServer, free_port
 from harness.realbench import proxy_launch, tiny_vllm_launch
 from tests.e2e.test_vllm_cpu import _require_vllm_cpu
 
-pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # 32,768 tokens of KV cache. The over-long prompt (~2.4 K tokens, over the 2,048 max-model-len) must reach the
 # engine for its 400 at once. The first estimate of a new program comes from a chars-per-token ratio learned on
@@ -49,14 +49,14 @@ _salts = itertools.count()
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     _require_vllm_cpu()
     logs = tmp_path_factory.mktemp("sdk-vllm-logs")
-    with VllmServer(tiny_vllm_launch(NUM_GPU_BLOCKS), logs / "vllm.log", startup_timeout=400) as server:
+    with VllmServer(tiny_vllm_launch(NUM_GPU_BLOCKS), logs / "vllm.log", startup_timeout=CPU_STARTUP_TIMEOUT_S) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def proxy(engine: VllmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     logs = tmp_path_factory.mktemp("sdk-proxy-logs")
-    with VllmServer(proxy_launch(engine.base_url, port=free_port()), logs / "proxy.log", startup_timeout=60) as p:
+    with VllmServer(proxy_launch(engine.base_url, port=free_port()), logs / "proxy.log", startup_timeout=PROXY_STARTUP_TIMEOUT_S) as p:
         yield p
 
 
