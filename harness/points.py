@@ -82,7 +82,8 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
             workload=workload_params(opts), policy_config=proxy_config(r) if arm == "thunderagent" else None,
-            num_gpu_blocks=r.sim.num_gpu_blocks or None, out_dir=run_dir, run_id=f"{r.name}-{arm}-{programs}",
+            num_gpu_blocks=opts.kv_blocks or r.sim.num_gpu_blocks or None, out_dir=run_dir,
+            run_id=f"{r.name}-{arm}-{programs}",
         )
     except DesError as e:
         raise PointFailed(str(e)) from None
@@ -90,19 +91,24 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     m.recipe = r.name
     m.dataset = "lite-synthetic"
     m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3))
+    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
+        m.extra["design"] = opts.design
     m.write(run_dir / "manifest.json")
     (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
     return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
 
 
 def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
-    """The recipe's synthetic trajectory model, its step cap clipped to the recipe's max_iterations."""
+    """The recipe's synthetic trajectory model, its step cap clipped to the recipe's max_iterations (and, for
+    a prediction-band point, its inputs moved inside their ranges)."""
     from dataclasses import replace
 
     from harness.workload import load_workload_params
 
     r = opts.recipe
     params = load_workload_params(r.workload.params_source(r.path.parent))
+    if opts.design is not None:
+        params = params.at({k: v for k, v in opts.design.items() if k != "kv_capacity"})
     cap = r.workload.max_iterations
     if params.turns.max > cap:
         params = params.scaled(turns=replace(params.turns, max=float(cap), min=min(params.turns.min, float(cap))))
