@@ -167,8 +167,11 @@ def apply_bands(rows: list[dict[str, Any]], designs: list[dict[str, Any]], opts:
     sim_knees = [knee_sim(rows)] + [d["knee_sim"] for d in designs]
     kk, ks = _span(kv_knees), _span([float(k) if k is not None else None for k in sim_knees])
     per_level: dict[str, Any] = {}
+    banded = {a for d in designs for r in d["rows"] for a in [r["arm"]]}
     for r in rows:
         arm, n = r["arm"], int(r["programs"])
+        if arm not in banded:  # the Continuum-style arm runs in the central sweep only
+            continue
         worlds = [rows] + [d["rows"] for d in designs]
         lo, hi = _span([_spm(w, arm, n) for w in worlds])
         r.update(steps_per_min_band_low=lo, steps_per_min_band_high=hi, band_points=len(designs),

@@ -153,7 +153,7 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
     ax_tp.set_ylabel("steps / min")
     banded = any(r.get("steps_per_min_band_low") is not None for r in ok)
     ax_tp.set_title(f"{recipe} — {tag}\nthroughput (band: 95% CI"
-                    + ("; hatched: prediction band over the input ranges" if banded else "") + ")", fontsize=10.5)
+                    + ("; hatched: input ranges" if banded else "") + ")", fontsize=10.5)
     ax_tp.legend(fontsize=8, loc="lower left", framealpha=0.9)
     ax_hit.set_ylabel("prefix-cache hit rate (%)")
     ax_hit.set_ylim(0, 105)

@@ -60,7 +60,8 @@ def test_band_arithmetic(tmp_path: Path, monkeypatch):
     import harness.bands as bands
 
     monkeypatch.setattr(bands, "knee_kv", lambda opts: 50.0)
-    central = _rows({("vllm", 24): 100, ("thunderagent", 24): 110, ("vllm", 96): 60, ("thunderagent", 96): 150})
+    central = _rows({("vllm", 24): 100, ("thunderagent", 24): 110, ("vllm", 96): 60, ("thunderagent", 96): 150,
+                     ("continuum", 96): 66})
     d1 = _rows({("vllm", 24): 70, ("thunderagent", 24): 90, ("vllm", 96): 80, ("thunderagent", 96): 120})
     d2 = _rows({("vllm", 24): 120, ("thunderagent", 24): 150, ("vllm", 96): 40, ("thunderagent", 96): 140})
     designs = [{"design": {"x": 0.2}, "kv_blocks": 10, "rows": d1, "knee_kv": 70.0, "knee_sim": knee_sim(d1)},
@@ -76,3 +77,5 @@ def test_band_arithmetic(tmp_path: Path, monkeypatch):
     assert (ta96["steps_per_min_band_low"], ta96["steps_per_min_band_high"]) == (120, 150)
     assert ta96["ratio_band_low"] <= ta96["ratio_vs_vllm"] <= ta96["ratio_band_high"]
     assert np.isclose(ta96["ratio_vs_vllm"], 2.5)
+    cont = next(r for r in central if r["arm"] == "continuum")
+    assert "ratio_band_low" not in cont and "steps_per_min_band_low" not in cont  # not in the design: no band
