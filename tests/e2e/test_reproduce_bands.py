@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # 4 central + 12 band DES points: ~1 min unloaded
 
 
 @pytest.fixture(scope="module")
