@@ -215,7 +215,7 @@ def reproduce(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default results/<recipe>/<UTC timestamp>)."),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="des: points simulated in parallel (default: CPU cores, at most 4)."),
-    bands: bool = typer.Option(False, "--bands", help="des: also simulate a Latin hypercube over the workload and KV-capacity ranges and report each level's TA/vLLM ratio band and the knee's band (about 5x the time of the central sweep)."),
+    bands: bool = typer.Option(False, "--bands", help="des: also simulate a Latin hypercube over the workload and KV-capacity ranges and report each level's TA/vLLM ratio band and the knee's band (measured: about 6x the time of the central sweep)."),
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
