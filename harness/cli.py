@@ -219,6 +219,8 @@ def reproduce(
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="des: points simulated in parallel (default: CPU cores, at most 4)."),
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
+    bands: bool = typer.Option(False, "--bands", help="des: also simulate a Latin hypercube over the workload and KV-capacity ranges and report each level's TA/vLLM ratio band and the knee's band (measured: about 6x the time of the central sweep)."),
+    band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -227,6 +229,7 @@ def reproduce(
       [bold]thunderbench reproduce glm4.6[/]                       (simulator on a laptop: a few minutes)
       [bold]thunderbench reproduce qwen3-235b --engine vllm[/]     (8×H100: about 4 × 2 × 70 min)
       [bold]thunderbench reproduce glm4.6 -e des -l 8,16 -w 2m-10m --duration 10m[/]
+      [bold]thunderbench reproduce glm4.6 -e des --bands[/]        (+ prediction bands over the input ranges)
     """
     from harness.reproduce import make_options
     from harness.reproduce import reproduce as run_sweep
@@ -235,7 +238,8 @@ def reproduce(
         r = _recipe(recipe)
         opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                             arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
-                            argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload)
+                            argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload,
+                            bands=bands, band_points=band_points)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"

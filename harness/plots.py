@@ -107,6 +107,11 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
             ax_tp.plot(x, y, **kw)
             if all(v is not None for v in lo + hi):
                 ax_tp.fill_between(x, lo, hi, color=st.get("color"), alpha=0.15, lw=0)  # type: ignore[arg-type]
+            blo = [_num(r.get("steps_per_min_band_low")) for r in pts]
+            bhi = [_num(r.get("steps_per_min_band_high")) for r in pts]
+            if all(v is not None for v in blo + bhi):  # prediction band over the input ranges (--bands)
+                ax_tp.fill_between(x, blo, bhi, color=st.get("color"), alpha=0.12, lw=0.8, ls="--",  # type: ignore[arg-type]
+                                   edgecolor=st.get("color"), hatch="//")
             hit = [_num(r.get("prefix_hit_rate")) for r in pts]
             if any(h is not None for h in hit):
                 ax_hit.plot(x, [100 * h if h is not None else math.nan for h in hit], **kw)
@@ -123,14 +128,17 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
     for arm, ratio in rat.items():
         pt = [r for r in ok if r["arm"] == arm and int(r["programs"]) == top]
         if pt:
-            labels.append((_num(pt[0]["steps_per_min"]) or 0.0, arm, ratio))
-    ymax = max((_num(r.get("ci_high")) or _num(r["steps_per_min"]) or 0.0) for r in ok) or 1.0
+            lo, hi = _num(pt[0].get("ratio_band_low")), _num(pt[0].get("ratio_band_high"))
+            band = f" [{lo:.2f}–{hi:.2f}]" if lo is not None and hi is not None else ""
+            labels.append((_num(pt[0]["steps_per_min"]) or 0.0, arm, f"{ratio:.2f}×{band}"))
+    ymax = max(max(_num(r.get("ci_high")) or 0.0, _num(r.get("steps_per_min_band_high")) or 0.0,
+                   _num(r["steps_per_min"]) or 0.0) for r in ok) or 1.0
     gap = 0.085 * ymax
     placed: list[float] = []
     for y, arm, ratio in sorted(labels):
         ty = max([y] + [p + gap for p in placed])
         placed.append(ty)
-        ax_tp.annotate(f"  {ratio:.2f}× vLLM", xy=(top, y), xytext=(top, ty), textcoords="data",
+        ax_tp.annotate(f"  {ratio} vLLM", xy=(top, y), xytext=(top, ty), textcoords="data",
                        xycoords="data", va="center", ha="left", fontsize=9.5, fontweight="bold",
                        color=ARM_STYLE.get(arm, {}).get("color", "black"),
                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
@@ -143,7 +151,9 @@ def _draw_recipe(ax_row: Any, rows: list[dict[str, Any]], recipe: str) -> None:
         ax.set_xlim(min(xs) - span * 0.06, max(xs) + span * (0.3 if ax is ax_tp else 0.06))
     ax_tp.set_ylim(0, max(ymax, max(placed, default=0.0) + gap) * 1.08)
     ax_tp.set_ylabel("steps / min")
-    ax_tp.set_title(f"{recipe} — {tag}\nthroughput (band: 95% CI)", fontsize=10.5)
+    banded = any(r.get("steps_per_min_band_low") is not None for r in ok)
+    ax_tp.set_title(f"{recipe} — {tag}\nthroughput (band: 95% CI"
+                    + ("; hatched: input ranges" if banded else "") + ")", fontsize=10.5)
     ax_tp.legend(fontsize=8, loc="lower left", framealpha=0.9)
     ax_hit.set_ylabel("prefix-cache hit rate (%)")
     ax_hit.set_ylim(0, 105)

@@ -84,7 +84,8 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
             workload=None if traces else workload_params(opts), trajectories=traces, resample=bool(traces),
             policy_config=proxy_config(r) if arm == "thunderagent" else None,
-            num_gpu_blocks=r.sim.num_gpu_blocks or None, out_dir=run_dir, run_id=f"{r.name}-{arm}-{programs}",
+            num_gpu_blocks=opts.kv_blocks or r.sim.num_gpu_blocks or None, out_dir=run_dir,
+            run_id=f"{r.name}-{arm}-{programs}",
         )
     except DesError as e:
         raise PointFailed(str(e)) from None
@@ -94,6 +95,8 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     if opts.workload:
         m.workload = opts.workload
     m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3))
+    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
+        m.extra["design"] = opts.design
     m.write(run_dir / "manifest.json")
     (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
     return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
@@ -138,13 +141,15 @@ def workload_traces(opts: "SweepOptions"):  # -> list[harness.workload.Trajector
 
 def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
     """The recipe's synthetic trajectory model (or --workload's), its step cap clipped to the recipe's
-    max_iterations."""
+    max_iterations (and, for a prediction-band point, its inputs moved inside their ranges)."""
     from dataclasses import replace
 
     from harness.workload import load_workload_params
 
     r = opts.recipe
     params = load_workload_params(opts.workload or r.workload.params_source(r.path.parent))
+    if opts.design is not None:
+        params = params.at({k: v for k, v in opts.design.items() if k != "kv_capacity"})
     cap = r.workload.max_iterations
     if params.turns.max > cap:
         params = params.scaled(turns=replace(params.turns, max=float(cap), min=min(params.turns.min, float(cap))))

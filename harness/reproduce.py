@@ -70,6 +70,10 @@ class SweepOptions:
     skipped_arms: tuple[str, ...] = ()
     jobs: int = 1  # des: points simulated in parallel worker processes
     workload: str = ""  # "" = the recipe's; a workload name/.toml, or "trace:PATH" to replay recorded traces
+    bands: bool = False  # des: also simulate a design over the input ranges (harness/bands.py)
+    band_points: int = 8
+    design: dict[str, float] | None = None  # one band design point: input -> position in its range
+    kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
 
     @property
     def simulated(self) -> bool:
@@ -126,7 +130,8 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  window: str | None = None, duration: str | None = None, arms: tuple[str, ...] | None = None,
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
-                 jobs: int | None = None, workload: str | None = None) -> SweepOptions:
+                 jobs: int | None = None, workload: str | None = None, bands: bool = False,
+                 band_points: int = 8) -> SweepOptions:
     """Validate everything before anything is started or written."""
     eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
@@ -153,6 +158,16 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         jobs = min(os.cpu_count() or 1, 4) if eng == "des" else 1
     if eng != "des" and jobs > 1:
         raise ReproduceError(f"--jobs > 1 needs --engine des (engine {eng} runs one point at a time)")
+    if bands and eng != "des":
+        raise ReproduceError(f"--bands needs --engine des (engine {eng} would rerun real or live engines "
+                             f"{band_points} more times)")
+    if bands and band_points < 2:
+        raise ReproduceError(f"--band-points must be >= 2, got {band_points}")
+    if bands and (workload or "").startswith("trace:"):
+        raise ReproduceError("--bands moves the workload's inputs inside their ranges; recorded traces (--workload "
+                             "trace:PATH) have none: fit them first (thunderbench workload fit) or drop --bands")
+    if bands and "vllm" not in run_arms:
+        raise ReproduceError("--bands reports ratios to the vllm arm: include vllm in --arms")
     if eng in ("des", "live-sim"):
         from harness.sim.timing import ProfileError, load_profile
 
@@ -176,7 +191,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
-        argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "",
+        argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
     )
 
 
@@ -219,7 +234,13 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
                 _write_json(tmp / "manifest.json", manifest)
         rows = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
         manifest["points"] = [asdict(r) for r in results]
-        write_summary(tmp, rows)
+        bands = None
+        if opts.bands:
+            from harness.bands import apply_bands, run_bands
+
+            bands = apply_bands(rows, run_bands(opts, tmp, console), opts)
+            manifest["bands"] = {k: bands[k] for k in ("method", "points", "inputs", "design")}
+        write_summary(tmp, rows, bands)
         if any(r["status"] == "ok" for r in rows):
             from harness.plots import plot_summary
 
@@ -238,6 +259,10 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
     print_table(rows, console, title=f"{opts.recipe.name} on {opts.engine}"
                 + (f" (SIMULATED, profile {opts.profile})" if opts.simulated else ""))
+    if bands is not None:
+        from harness.bands import print_bands
+
+        print_bands(bands, console)
     return final
 
 
@@ -370,13 +395,16 @@ def _manifest_labels(run_dir: Path) -> dict[str, Any]:
     return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine")}
 
 
-def write_summary(root: Path, rows: list[dict[str, Any]]) -> None:
-    _write_json(root / "summary.json", {"rows": rows})
+def write_summary(root: Path, rows: list[dict[str, Any]], bands: dict[str, Any] | None = None) -> None:
+    from harness.bands import BAND_FIELDS
+
+    _write_json(root / "summary.json", {"rows": rows, **({"bands": bands} if bands is not None else {})})
+    fields = list(SUMMARY_FIELDS) + [k for k in BAND_FIELDS if any(k in r for r in rows)]
     with open(root / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS), extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_FIELDS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
 
 
 def read_summary(path: Path) -> list[dict[str, Any]]:
@@ -451,6 +479,7 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "window": opts.window,
         "duration_s": opts.duration_s,
         "seed": opts.seed,
+        "bands": {"points": opts.band_points} if opts.bands else None,
         "agent": opts.agent,
         "workload": opts.workload or None,
         "time_scale": opts.time_scale if opts.engine == "live-sim" else None,

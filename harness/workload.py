@@ -159,6 +159,9 @@ class WorkloadParams:
     tool_time: ToolTime
     prep_time: PrepTime
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    ranges: tuple["ParamRange", ...] = field(default=(), compare=False, hash=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    origin: str = field(default="<dict>", compare=False, hash=False)
 
     @property
     def step_cap(self) -> int:
@@ -167,6 +170,34 @@ class WorkloadParams:
     def scaled(self, **changes: Any) -> "WorkloadParams":
         """A copy with some fields replaced (e.g. a shorter step cap for a smoke run)."""
         return replace(self, **changes)
+
+    def at(self, position: dict[str, float]) -> "WorkloadParams":
+        """The parameters with some ranged inputs moved inside their ranges: `position` maps a range's
+        path (e.g. "turns", "first_user.issue") to u in [0, 1], 0 = its low end, 0.5 = the central
+        value, 1 = its high end (piecewise linear in between). Inputs not named stay central."""
+        by_path = {r.path: r for r in self.ranges}
+        data = _deepcopy(self.raw)
+        for path, u in position.items():
+            if path not in by_path:
+                raise WorkloadError(f"{self.origin}: no range for {path!r} (ranged: "
+                                    f"{', '.join(by_path) or 'none'})")
+            if not 0.0 <= float(u) <= 1.0:
+                raise WorkloadError(f"{self.origin}: position of {path!r} must be in [0, 1], got {u}")
+            table = _table_at(data, path)
+            _move(table, by_path[path].low, by_path[path].high, float(u))
+        return _parse(data, self.origin, check_ranges=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamRange:
+    """The low and high end of one workload input (a table of the TOML file) with the reason for each.
+    `low`/`high` hold the fields they change (nested for [tool_time]); the table's own values are central."""
+
+    path: str
+    low: dict[str, Any]
+    high: dict[str, Any]
+    reason_low: str
+    reason_high: str
 
 
 def _lognormal(d: dict[str, Any], where: str) -> LogNormal:
@@ -177,8 +208,117 @@ def _lognormal(d: dict[str, Any], where: str) -> LogNormal:
         raise WorkloadError(f"{where}: needs median and sigma (and optional min/max): {e}") from None
 
 
+# Range keys a table may carry besides its central values: `low`/`high` (a table of the fields they change,
+# or a bare number for the table's main field), and the reasons (`reason_low` + `reason_high`, or one
+# `range_source` for both).
+RANGE_KEYS = ("low", "high", "reason_low", "reason_high", "range_source")
+_MAIN_FIELD = {"system": "tokens", "first_user": "template_tokens", "first_user.issue": "median", "turns": "median",
+               "output_tokens": "median", "observation_tokens": "median", "tool_time": "long_probability"}
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def _table_at(data: dict[str, Any], path: str) -> dict[str, Any]:
+    t: Any = data
+    for part in path.split("."):
+        t = t[part]
+    return t
+
+
+def _lerp(central: Any, lo: Any, hi: Any, u: float) -> Any:
+    """central at u = 0.5, lo at 0, hi at 1; integers stay integers (token counts)."""
+    v = central + (lo - central) * (1 - 2 * u) if u < 0.5 else central + (hi - central) * (2 * u - 1)
+    return int(round(v)) if isinstance(central, int) and not isinstance(central, bool) else float(v)
+
+
+def _move(table: dict[str, Any], low: dict[str, Any], high: dict[str, Any], u: float) -> None:
+    for key in set(low) | set(high):
+        c = table[key]
+        if isinstance(c, dict):
+            _move(c, low.get(key, {}), high.get(key, {}), u)
+        else:
+            table[key] = _lerp(c, low.get(key, c), high.get(key, c), u)
+
+
+def _check_override(central: dict[str, Any], over: dict[str, Any], where: str) -> None:
+    for key, v in over.items():
+        if key not in central or key in RANGE_KEYS or key.startswith("source"):
+            raise WorkloadError(f"{where}: unknown field {key!r} (it must be one of the table's own values)")
+        if isinstance(central[key], dict):
+            if not isinstance(v, dict):
+                raise WorkloadError(f"{where}.{key}: must be a table like the central one")
+            _check_override(central[key], v, f"{where}.{key}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(central[key], bool) \
+                or not isinstance(central[key], (int, float)):
+            raise WorkloadError(f"{where}.{key}: must be a number, like the central value")
+
+
+def _collect_ranges(data: dict[str, Any], origin: str) -> tuple[ParamRange, ...]:
+    """Find the tables that carry low/high, check them, and strip the range keys from `data` in place."""
+    found: list[ParamRange] = []
+
+    def visit(table: dict[str, Any], path: str) -> None:
+        for key, v in list(table.items()):
+            if isinstance(v, dict) and key not in ("low", "high"):
+                visit(v, f"{path}.{key}" if path else key)
+        if not path or not any(k in table for k in RANGE_KEYS):
+            return
+        where = f"{origin} [{path}]"
+        low, high = table.pop("low", None), table.pop("high", None)
+        reason_low, reason_high = table.pop("reason_low", None), table.pop("reason_high", None)
+        both = table.pop("range_source", None)
+        if low is None and high is None:
+            raise WorkloadError(f"{where}: range reasons without a low or high value")
+        ends = []
+        for name, end in (("low", low), ("high", high)):
+            if end is None:
+                end = {}
+            elif not isinstance(end, dict):
+                main = _MAIN_FIELD.get(path)
+                if main is None:
+                    raise WorkloadError(f"{where}.{name}: give a table of the fields it changes, e.g. "
+                                        f"{name} = {{ median = ... }}")
+                end = {main: end}
+            _check_override(table, end, f"{where}.{name}")
+            ends.append(end)
+        rl, rh = reason_low or both, reason_high or both
+        if (low is not None and not rl) or (high is not None and not rh):
+            raise WorkloadError(f"{where}: a range needs its reason: reason_low and reason_high, or range_source")
+        found.append(ParamRange(path, ends[0], ends[1], str(rl or ""), str(rh or "")))
+
+    visit(data, "")
+    return tuple(found)
+
+
 def parse_workload_params(data: dict[str, Any], origin: str = "<dict>") -> WorkloadParams:
-    """Build WorkloadParams from the parsed TOML structure (see harness/workloads/openhands.toml)."""
+    """Build WorkloadParams from the parsed TOML structure (see harness/workloads/openhands.toml). Any table
+    may carry a range (`low`/`high` with reasons); the central values are what a plain run uses, and both
+    ends of every range are checked here, so a bad range is reported when the file is loaded."""
+    return _parse(data, origin, check_ranges=True)
+
+
+def _parse(data: dict[str, Any], origin: str, check_ranges: bool) -> WorkloadParams:
+    data = _deepcopy(data)
+    ranges = _collect_ranges(data, origin) if check_ranges else ()
+    params = _parse_central(data, origin)
+    params = replace(params, ranges=ranges, raw=data, origin=origin)
+    if check_ranges:
+        for r in ranges:
+            for end, u in (("low", 0.0), ("high", 1.0)):
+                try:
+                    params.at({r.path: u})
+                except WorkloadError as e:
+                    raise WorkloadError(f"{origin} [{r.path}].{end}: {str(e).removeprefix(origin + ': ')}") from None
+    return params
+
+
+def _parse_central(data: dict[str, Any], origin: str) -> WorkloadParams:
     try:
         fu = data["first_user"]
         tt = data["tool_time"]
@@ -233,6 +373,27 @@ def load_workload_params(agent: str) -> WorkloadParams:
     except tomllib.TOMLDecodeError as e:
         raise WorkloadError(f"{path}: invalid TOML: {e}") from None
     return parse_workload_params(data, str(path))
+
+
+def context_stats(params: WorkloadParams, samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """What the KV cache has to hold per program, from trajectories sampled with `params`:
+    the mean context of an LLM call (prompt + output, averaged over calls: a program's KV is resident
+    while it runs and pinned or cached while its tool runs), the part of it that is not the shared prefix,
+    and the deepest context. Programs x mean non-shared context + one shared prefix ~ KV tokens is where
+    vLLM starts evicting the contexts of programs that are still working."""
+    ts = sample_trajectories(params, [f"ctx{i}" for i in range(samples)], seed)
+    ctx = np.concatenate([[t.prompt_tokens(k) + t.turns[k].output_tokens for k in range(len(t.turns))] for t in ts])
+    deepest = np.array([t.prompt_tokens(len(t.turns) - 1) + t.turns[-1].output_tokens for t in ts])
+    return {"mean_context": float(ctx.mean()), "mean_nonshared_context": float(ctx.mean() - params.system_tokens),
+            "shared_prefix": float(params.system_tokens), "deepest_p50": float(np.median(deepest)),
+            "turns_mean": float(np.mean([len(t.turns) for t in ts]))}
+
+
+def kv_limited_programs(params: WorkloadParams, kv_tokens: int, samples: int = 2000, seed: int = 0) -> float:
+    """Programs whose mean contexts fill `kv_tokens` (one shared prefix, the rest per program): where vLLM's
+    curve is expected to break (the knee), before scheduling effects."""
+    st = context_stats(params, samples, seed)
+    return max(0.0, (kv_tokens - st["shared_prefix"]) / st["mean_nonshared_context"])
 
 
 def trajectory_rng(seed: int, instance_id: str, attempt: int = 0) -> np.random.Generator:

@@ -20,9 +20,11 @@ duration is modelled as (BLIS-style, with DistServe/LLMServingSim's attention te
 
 Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface item 5). A measured profile
 (tiny-cpu, written by harness/sim/calibrate.py) carries [timing] betas directly. A GPU profile carries the raw
-facts ([hardware], [model], [efficiency]) and the betas and KV capacity are derived here, in code, the way
-vLLM sizes its cache (gpu_memory_utilization x HBM - weights - activation reserve, divided by the per-GPU KV
-bytes of one token). A [timing] table in a GPU profile (e.g. from a GPU calibration) overrides the derivation.
+facts ([hardware], [model], [efficiency], [memory]) and the betas and KV capacity are derived here, in code.
+KV capacity follows vLLM's own memory accounting (`kv_capacity`): gpu_memory_utilization x device memory minus
+the weights, the peak activation of the profile run at max_num_batched_tokens and the non-torch memory, divided
+by the per-GPU KV bytes of one token; each term carries a low/central/high value with its source, so the
+capacity is a range. A [timing] table in a GPU profile (e.g. from a GPU calibration) overrides the betas.
 A top-level `tokenizer` names the served model's tokenizer for the HTTP server ("tiny" or a model directory;
 harness/sim/tokenizer.py); without it prompt tokens are estimated.
 
@@ -113,6 +115,111 @@ class Derivation:
     prefill_s_per_token: float
     kv_read_s_per_token: float
     prefill_attention_s_per_token_context: float = 0.0
+    kv_tokens_low: int = 0  # the capacity range (block-aligned); equal to kv_tokens without a [memory] table
+    kv_tokens_high: int = 0
+    capacity: "KvCapacity | None" = None
+
+
+GIB = float(1 << 30)
+# The terms of vLLM's KV sizing, in the order the worker subtracts them, and which end of each term gives
+# the LOW capacity (more of a cost term -> less KV).
+MEMORY_TERMS = ("activation_peak_gib", "non_torch_gib", "cuda_graph_gib")
+
+
+@dataclass(frozen=True, slots=True)
+class KvCapacity:
+    """KV capacity the way vLLM sizes it (vllm/v1/worker/gpu_worker.py, Worker.determine_available_memory):
+
+        requested  = gpu_memory_utilization x device memory (what cudaMemGetInfo reports as total)
+        available  = requested - (weights + torch peak increase of the profile run + non-torch increase)
+        KV tokens  = available / KV bytes of one token on one GPU, rounded down to whole blocks
+
+    The profile run is one forward pass at max_num_batched_tokens; its torch peak is the activation term.
+    CUDA graphs are captured after the cache is allocated, out of the memory gpu_memory_utilization leaves
+    free, so they cost KV only in versions that estimate them first (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS):
+    the term's high end. Every term is (low, central, high) GiB per GPU; the capacity range takes every term
+    at the end that shrinks (low) or grows (high) the cache."""
+
+    utilization: float
+    device_gib: float
+    weights_gib: tuple[float, float, float]
+    terms: dict[str, tuple[float, float, float]]
+    kv_bytes_per_token: float
+    block_size: int
+
+    def available_gib(self, end: int) -> float:
+        """end 0 = low capacity (every cost at its high end), 1 = central, 2 = high capacity."""
+        pick = {0: 2, 1: 1, 2: 0}[end]
+        cost = self.weights_gib[pick] + sum(v[pick] for v in self.terms.values())
+        return self.utilization * self.device_gib - cost
+
+    def tokens(self, end: int = 1) -> int:
+        avail = self.available_gib(end) * GIB
+        if avail <= 0:
+            return 0
+        return int(avail // self.kv_bytes_per_token) // self.block_size * self.block_size
+
+    @property
+    def low(self) -> int:
+        return self.tokens(0)
+
+    @property
+    def central(self) -> int:
+        return self.tokens(1)
+
+    @property
+    def high(self) -> int:
+        return self.tokens(2)
+
+    def explain(self) -> list[str]:
+        """The worked derivation, one line per term (what `python -m harness.sim.timing` prints)."""
+        req = self.utilization * self.device_gib
+        lines = [f"  KV capacity (vLLM Worker.determine_available_memory), GiB per GPU  low / central / high",
+                 f"    {'requested = ' + format(self.utilization, 'g') + ' x ' + format(self.device_gib, '.2f') + ' GiB device':<42}"
+                 f"{req:7.2f}"]
+        w = self.weights_gib
+        lines.append(f"    - {'weights':<40}{w[2]:7.2f} / {w[1]:6.2f} / {w[0]:6.2f}")
+        for name, (lo, c, hi) in self.terms.items():
+            label = name.removesuffix("_gib").replace("_", " ")
+            lines.append(f"    - {label:<40}{hi:7.2f} / {c:6.2f} / {lo:6.2f}")
+        a = [self.available_gib(e) for e in (0, 1, 2)]
+        lines.append(f"    = {'KV cache memory':<40}{a[0]:7.2f} / {a[1]:6.2f} / {a[2]:6.2f}")
+        lines.append(f"    / {self.kv_bytes_per_token:,.0f} B per token per GPU, whole blocks of {self.block_size}"
+                     f"  -> {self.low:,} / {self.central:,} / {self.high:,} KV tokens")
+        return lines
+
+
+def _triple(v: Any, where: str) -> tuple[float, float, float]:
+    """A memory term: a number (no spread) or {central, low, high}."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (float(v),) * 3
+    if isinstance(v, dict) and "central" in v:
+        try:
+            c = float(v["central"])
+            lo, hi = float(v.get("low", c)), float(v.get("high", c))
+        except (TypeError, ValueError):
+            raise ProfileError(f"{where}: low/central/high must be numbers") from None
+        if not lo <= c <= hi:
+            raise ProfileError(f"{where}: needs low <= central <= high, got {lo} / {c} / {hi}")
+        return (lo, c, hi)
+    raise ProfileError(f"{where}: give a number of GiB or {{ central = ..., low = ..., high = ... }}")
+
+
+def kv_capacity(doc: dict[str, Any], kv_bytes_per_token: float, weights_bytes_per_gpu: float,
+                where: str = "profile") -> KvCapacity:
+    """The [memory] table of a GPU profile as vLLM's accounting (see KvCapacity)."""
+    mem = _get(doc, "memory", where)
+    eng = _get(doc, "engine", where)
+    device = float(_get(mem, "device_total_gib", where + " [memory]"))
+    spread = float(mem.get("weights_relative_spread", 0.0))
+    if not 0.0 <= spread < 1.0:
+        raise ProfileError(f"{where} [memory]: weights_relative_spread must be in [0, 1)")
+    w = weights_bytes_per_gpu / GIB
+    terms = {t: _triple(_get(mem, t, where + " [memory]"), f"{where} [memory].{t}") for t in MEMORY_TERMS}
+    return KvCapacity(utilization=float(eng.get("gpu_memory_utilization", 0.9)), device_gib=device,
+                      weights_gib=(w * (1 - spread), w, w * (1 + spread)), terms=terms,
+                      kv_bytes_per_token=kv_bytes_per_token,
+                      block_size=int(_get(eng, "block_size", where + " [engine]")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +241,13 @@ class Profile:
         if num_gpu_blocks < 2:
             raise ProfileError(f"num_gpu_blocks must be >= 2 (one is vLLM's null block), got {num_gpu_blocks}")
         return replace(self, engine=replace(self.engine, num_gpu_blocks=int(num_gpu_blocks)))
+
+    def kv_blocks_range(self) -> tuple[int, int, int]:
+        """(low, central, high) num_gpu_blocks: the derived capacity range, or the profile's one value."""
+        d, n, bs = self.derivation, self.engine.num_gpu_blocks, self.engine.block_size
+        if d is None or d.capacity is None or n != d.kv_tokens // bs:  # no range, or capacity overridden
+            return (n, n, n)
+        return (d.kv_tokens_low // bs, n, d.kv_tokens_high // bs)
 
     @property
     def label(self) -> str:
@@ -171,7 +285,6 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
     eff_bw = float(_get(eff, "memory_bandwidth", where + " [efficiency]"))
     eff_compute = float(_get(eff, "compute", where + " [efficiency]"))
     overhead = float(_get(eff, "step_overhead_s", where + " [efficiency]"))
-    reserve = float(_get(eff, "activation_reserve_bytes", where + " [efficiency]"))
     util = float(eng.get("gpu_memory_utilization", 0.9))
     block_size = int(_get(eng, "block_size", where + " [engine]"))
 
@@ -179,9 +292,15 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
     kv_heads_per_gpu = max(1, kv_heads // n_gpu)
     kv_per_token_gpu = 2 * layers * kv_heads_per_gpu * head_dim * kv_dtype_bytes  # K and V
     weights_gpu = weight_bytes / n_gpu
-    kv_budget = util * hbm - weights_gpu - reserve
-    if kv_budget <= 0:
-        raise ProfileError(f"{where}: the weights ({weights_gpu / 2**30:.1f} GiB per GPU) do not fit")
+    capacity: KvCapacity | None = None
+    if "memory" in doc:  # vLLM's own accounting, as a range
+        capacity = kv_capacity(doc, kv_per_token_gpu, weights_gpu, where)
+        kv_budget = capacity.available_gib(1) * GIB
+    else:  # older profiles: one flat reserve for everything that is not weights
+        reserve = float(_get(eff, "activation_reserve_bytes", where + " [efficiency]"))
+        kv_budget = util * hbm - weights_gpu - reserve
+    if kv_budget <= 0 or (capacity is not None and capacity.low <= 0):
+        raise ProfileError(f"{where}: the weights ({weights_gpu / 2**30:.1f} GiB per GPU) leave no room for KV cache")
     kv_tokens = int(kv_budget // kv_per_token_gpu)
     num_blocks = kv_tokens // block_size
 
@@ -209,6 +328,9 @@ def derive(doc: dict[str, Any], where: str = "profile") -> tuple[StepTimeModel, 
         prefill_s_per_token=prefill_per_token,
         kv_read_s_per_token=kv_read_per_token,
         prefill_attention_s_per_token_context=attn_per_token_context,
+        kv_tokens_low=capacity.low if capacity else num_blocks * block_size,
+        kv_tokens_high=capacity.high if capacity else num_blocks * block_size,
+        capacity=capacity,
     )
     return model_, num_blocks, d
 
@@ -298,9 +420,12 @@ def report(profile: Profile) -> str:
             f"  KV heads per GPU         {d.kv_heads_per_gpu:8d}",
             f"  KV bytes/token per GPU   {d.kv_bytes_per_token_per_gpu:8.0f} B",
             f"  KV budget per GPU        {d.kv_budget_bytes_per_gpu / 2**30:8.1f} GiB",
-            f"  derived KV capacity      {d.kv_tokens:8d} tokens",
+            f"  derived KV capacity      {d.kv_tokens:8d} tokens"
+            + (f"  (range {d.kv_tokens_low:,} - {d.kv_tokens_high:,})" if d.capacity else ""),
             f"  weight read per step     {d.weight_read_s * 1e3:8.2f} ms",
         ]
+        if d.capacity is not None:
+            lines += d.capacity.explain()
     lines += [
         f"  block_size {e.block_size}  num_gpu_blocks {e.num_gpu_blocks}  (= {e.kv_tokens} KV tokens)",
         f"  max_num_batched_tokens {e.max_num_batched_tokens}  max_num_seqs {e.max_num_seqs}"

@@ -28,11 +28,11 @@ def test_profiles_load_and_glm_capacity_matches_first_principles() -> None:
     d = glm.derivation
     assert d is not None
     assert d.kv_bytes_per_token_per_gpu == 2 * 92 * 1 * 128 * 1  # 8 KV heads / TP 8, fp8
-    assert 1.10e6 < glm.engine.kv_tokens < 1.22e6  # spec D3: ~1.16 M tokens
+    assert 0.90e6 < glm.engine.kv_tokens < 0.97e6  # vLLM's accounting with the TP4 log's ~8.6 GiB overhead
     assert glm.engine.block_size == 16 and glm.engine.num_gpu_blocks == glm.engine.kv_tokens // 16
     qwen = load_profile("qwen3-235b-8xh100")
     assert qwen.derivation is not None and qwen.derivation.kv_heads_per_gpu == 1  # 4 heads replicated at TP 8
-    assert 1.7e6 < qwen.engine.kv_tokens < 1.9e6  # spec D3: ~1.79 M tokens
+    assert 1.5e6 < qwen.engine.kv_tokens < 1.62e6  # (spec D3's flat 4 GiB reserve gave ~1.79 M)
     # decode is memory-bound: weight read ~ 45 GB / 3.35 TB/s / 0.8 plus overhead
     assert 0.015 < glm.timing.beta0 < 0.025
     # prefill ~ 1e5 tokens/s at 40% of FP8 peak on 8 GPUs

@@ -87,7 +87,9 @@ def test_show_params_and_traces_with_a_figure(tmp_path):
     r = invoke("workload", "show", "openhands", "--json", "--samples", "200")
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
-    assert s["trajectories"] == 200 and s["shared_prefix_tokens"] == 5000
+    from harness.workload import load_workload_params
+
+    assert s["trajectories"] == 200 and s["shared_prefix_tokens"] == load_workload_params("openhands").system_tokens
     assert s["deepest_context_p95"] >= s["deepest_context_p50"] > s["mean_context_per_call"] > 0
     assert 0 < s["censored_share"] < 1 and s["growth_per_turn_mean"] > 0
     r = invoke("workload", "show", FIX / "openhands_v0_output.jsonl", "-o", tmp_path / "ctx.png")
