@@ -40,6 +40,7 @@ class Entry:
         "wait_since",
         "paused_since",
         "acting_u",
+        "idle_since",
         "key",
     )
 
@@ -55,6 +56,7 @@ class Entry:
         self.wait_since: float | None = None  # when its oldest held request started waiting
         self.paused_since: float | None = None
         self.acting_u = 0.0  # decay clock value when it last became ACTING
+        self.idle_since = 0.0  # when its last request ended (it has been ACTING since, if it is)
         self.key: Key = (0, seq, pid)  # the key it is filed under while attached
 
 
@@ -79,6 +81,7 @@ class Book:
         "acting_s",
         "paused_count",
         "acting",
+        "acting_idle",
         "reasoning",
         "marked",
     )
@@ -101,6 +104,7 @@ class Book:
         self.acting_s = 0.0  # Σ c · base^((u0 − ref)/unit) over ACTING programs (decay on)
         self.paused_count = 0  # queued programs whose origin is this backend
         self.acting: SortedList = SortedList()  # keys of ACTING programs
+        self.acting_idle: SortedList = SortedList()  # (idle_since, seq, pid) of the same: longest idle first
         self.reasoning: SortedList = SortedList()  # keys of unmarked REASONING programs
         self.marked: SortedList = SortedList()  # keys of marked REASONING programs
 
@@ -232,6 +236,7 @@ class Ledger:
                         self.rebase(p.acting_u)
                     b.acting_s += c * self.factor(p.acting_u)
                 b.acting.add(key)
+                b.acting_idle.add((p.idle_since, p.seq, p.pid))
         elif p.state is State.PAUSED:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count += 1
@@ -265,6 +270,7 @@ class Ledger:
                 if self.decay != "off":
                     b.acting_s = b.acting_s - c * self.factor(p.acting_u) if b.acting_count else 0.0
                 b.acting.remove(key)
+                b.acting_idle.remove((p.idle_since, p.seq, p.pid))
         elif p.state is State.PAUSED:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count -= 1
@@ -282,7 +288,7 @@ class Ledger:
             u: dict(count=0, rc=0, ac=0, mc=0, rt=0, at=0, mt=0, rcn=0, acn=0, mcn=0, paused=0, s=0.0)
             for u in self.backends
         }
-        sets: dict[str, dict[str, list[Key]]] = {u: dict(a=[], r=[], m=[]) for u in self.backends}
+        sets: dict[str, dict[str, list]] = {u: dict(a=[], r=[], m=[], i=[]) for u in self.backends}
         for pid, p in self.programs.items():
             assert pid == p.pid and pid not in seen
             seen.add(pid)
@@ -311,6 +317,7 @@ class Ledger:
                     if self.decay != "off":
                         d["s"] += c * self.factor(p.acting_u)
                     s["a"].append(p.key)
+                    s["i"].append((p.idle_since, p.seq, p.pid))
             elif p.state is State.PAUSED:
                 assert p.backend is None and not p.marked, pid
                 if p.origin is not None:
@@ -336,6 +343,7 @@ class Ledger:
             want = {k: v for k, v in d.items() if k != "s"}
             assert got == want, f"{u}: incremental {got} != recount {want}"
             assert sorted(sets[u]["a"]) == list(b.acting), f"{u}: acting set differs"
+            assert sorted(sets[u]["i"]) == list(b.acting_idle), f"{u}: idle-age set differs"
             assert sorted(sets[u]["r"]) == list(b.reasoning), f"{u}: reasoning set differs"
             assert sorted(sets[u]["m"]) == list(b.marked), f"{u}: marked set differs"
             if self.decay != "off":
