@@ -13,6 +13,10 @@ Arms:
                      on_request_end with exact usage, release at program end, tick every scheduler_interval,
                      Resume/Reject actions applied; capacity = num_gpu_blocks x block_size, as discovered
                      from vllm:cache_config_info;
+  * "bound"        — the "vllm" arm on the same profile with the KV limit lifted (blocks for every program's
+                     longest possible context, so nothing is ever evicted or preempted): the throughput a
+                     perfect scheduler could at most reach on this compute, against which a scheduler's
+                     headroom is reported;
   * "continuum"    — the engine pins a program's blocks for `pin_ttl_s` after every response that ends in a
                      tool call (all but the last turn), Continuum-style.
 
@@ -39,7 +43,7 @@ from harness.workload import Trajectory, WorkloadParams, load_workload_params, s
 from ThunderAgent.policy.base import Policy, Proceed, Reject, Resume
 from ThunderAgent.records import StepRecord
 
-ARMS = ("vllm", "thunderagent", "continuum")
+ARMS = ("vllm", "thunderagent", "continuum", "bound")
 BACKEND = "sim://engine0"
 
 # segment kinds of a program's token stream (the key's low 2 bits)
@@ -149,6 +153,13 @@ def prefill_seconds_per_token(prof: Profile) -> float:
     return (prof.timing.step_time(n, 0, 0, n * (n + 1) // 2) - prof.timing.step_time(0, 0, 0)) / n
 
 
+def unlimited_blocks(prof: Profile, programs: int) -> int:
+    """KV blocks that hold `programs` contexts of max_model_len each (+ the null block): the "bound" arm's
+    cache, where no prefix is ever evicted for lack of room and no request is preempted."""
+    bs = prof.engine.block_size
+    return max(prof.engine.num_gpu_blocks, programs * -(-prof.engine.max_model_len // bs) + 1)
+
+
 def run_des(
     profile: Profile | str,
     *,
@@ -180,6 +191,8 @@ def run_des(
     if duration_s <= 0:
         raise DesError("duration_s must be > 0")
     prof = load_profile(profile) if isinstance(profile, str) else profile
+    if arm == "bound":
+        num_gpu_blocks = unlimited_blocks(prof, programs)
     prof = prof.with_num_gpu_blocks(num_gpu_blocks)
     wl = load_workload_params(workload) if isinstance(workload, str) and trajectories is None else workload
     if trajectories is None and not isinstance(wl, WorkloadParams):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sim.des import BACKEND, DesError, run_des
+from harness.sim.des import BACKEND, DesError, run_des, unlimited_blocks
 from harness.sim.timing import ProfileError, StepTimeModel, list_profiles, load_profile, report
 from harness.throughput import summarize_run
 from harness.workload import Trajectory, Turn
@@ -101,6 +101,21 @@ def test_small_cache_thrashes_and_thunderagent_arm_avoids_preemption(tmp_path: P
     assert summ.simulated and summ.profile == "glm4.6-8xh100" and summ.arm == "thunderagent"
     assert summ.agree is not False
     assert abs(summ.steps_per_min - ta.steps_per_min()) / ta.steps_per_min() < 0.05
+
+
+def test_bound_arm_lifts_the_kv_limit_of_the_same_profile(tmp_path: Path) -> None:
+    """The "bound" arm is the vllm arm with a cache for every program's longest context: no preemption, no
+    eviction for lack of room, so at least the throughput of the limited engine (the headroom reference)."""
+    common = dict(programs=6, duration_s=900, trajectories=trajs(), seed=0, num_gpu_blocks=700)
+    v = run_des("glm4.6-8xh100", arm="vllm", **common)  # type: ignore[arg-type]
+    b = run_des("glm4.6-8xh100", arm="bound", out_dir=tmp_path / "b", **common)  # type: ignore[arg-type]
+    assert v.summary()["preemptions"] > 0 and b.summary()["preemptions"] == 0
+    assert b.steps_per_min() > v.steps_per_min()
+    assert b.summary()["prefix_hit_rate"] > v.summary()["prefix_hit_rate"]
+    prof = load_profile("glm4.6-8xh100")
+    assert unlimited_blocks(prof, 6) == 6 * math.ceil(prof.engine.max_model_len / prof.engine.block_size) + 1
+    summ = summarize_run(tmp_path / "b", window="0m-15m")
+    assert summ.simulated and summ.arm == "bound"
 
 
 def test_des_bad_arguments() -> None:
