@@ -136,6 +136,14 @@ class Config:
     cost_half_life: float = opt(
         10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine"
     )
+    tr_queue_order: str = opt(
+        "arrival",
+        "order of programs waiting for their FIRST response: arrival (first come, first served: a large program "
+        "is never overtaken by a later one, so its size does not delay its start) | smallest (smallest context "
+        "first, upstream: best packing, but large programs wait for every smaller one). Programs already "
+        "started (paused in mid-trajectory) go first either way, smallest first",
+        choices=("arrival", "smallest"),
+    )
     tr_placement: str = opt(
         "best_fit",
         "where a resumed program goes when its origin backend has no room: best_fit (tightest backend that "

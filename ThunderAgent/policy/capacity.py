@@ -81,6 +81,7 @@ from ThunderAgent.policy.limits import Limits, make_limits
 
 DECAYS = ("off", "exp", "geometric")
 PLACEMENTS = ("best_fit", "worst_fit")
+QUEUE_ORDERS = ("arrival", "smallest")
 
 
 class CapacityPolicy:
@@ -100,6 +101,9 @@ class CapacityPolicy:
             raise ValueError("--acting-decay-half-life must be > 0 seconds")
         if decay == "geometric" and not config.acting_decay_base > 1:
             raise ValueError("--acting-decay-base must be > 1")
+        order = getattr(config, "tr_queue_order", "arrival")
+        if order not in QUEUE_ORDERS:
+            raise ValueError(f"unknown --tr-queue-order {order!r}: choose one of {', '.join(QUEUE_ORDERS)}")
         placement = getattr(config, "tr_placement", "best_fit")
         if placement not in PLACEMENTS:
             raise ValueError(f"unknown --tr-placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
@@ -128,6 +132,7 @@ class CapacityPolicy:
             base=base,
             unit=unit,
             prefix=int(getattr(config, "shared_prefix_tokens", 0)) if self._credit else 0,
+            arrival_order=order == "arrival",
         )  # the accounting (ledger.py); read it, never mutate it from outside
         self._buffered: list[Action] = []  # actions produced where the interface cannot return them
         self._pauses = self._resumes = self._forced = self._marks = self._rejects = 0
@@ -203,7 +208,7 @@ class CapacityPolicy:
         # room) — and it has no earlier held request (those are released together by one Resume)
         if p.wait_since is None:
             p.wait_since = now
-        if p.requests == 1 and self._may_bypass((p.tokens, p.seq, p.pid), now):
+        if p.requests == 1 and self._may_bypass(p, now):
             target = self._place(p, charge=self.book.charge(p, reasoning=True))
             if target is not None:
                 if p.origin is not None:
@@ -214,16 +219,18 @@ class CapacityPolicy:
         self.book.attach(p)
         return Wait()
 
-    def _may_bypass(self, key: Key, now: float) -> bool:
+    def _may_bypass(self, p: Entry, now: float) -> bool:
         """Would the resume pass pick this arriving program before every waiting one?"""
-        if not self.book.pending:
+        if not self.book.pending and not self.book.fresh:
             return True
         for wait_since, _, pid in self.book.pending_age:  # oldest first; aged ones reserve the room
             if now - wait_since < self._aging:
                 break
             if not self._oversize(self.book.programs[pid]):
                 return False
-        return key < self.book.pending[0]
+        if not p.started and self.book.arrival_order:  # first come, first served (oversize ones block nobody)
+            return not self.book.pending and all(self._oversize(self.book.programs[k[2]]) for k in self.book.fresh)
+        return not self.book.pending or (p.tokens, p.seq, p.pid) < self.book.pending[0]
 
     def on_progress(self, program_id: str, tokens: int) -> None:
         p = self.book.programs.get(program_id)
@@ -327,7 +334,7 @@ class CapacityPolicy:
             forced_resumes=self._forced,
             marks=self._marks,
             rejects=self._rejects,
-            queue_length=len(self.book.pending) + len(self.book.idle),
+            queue_length=len(self.book.pending) + len(self.book.fresh) + len(self.book.idle),
             unmarks=self._unmarks,
             swaps=self._swaps,
             unknown_capacity=tuple(self.unknown_capacity()),
@@ -358,6 +365,7 @@ class CapacityPolicy:
     # ================================================================================ transitions
     # (callers detach before and attach after)
     def _activate(self, p: Entry, b: Book) -> None:
+        p.started = True
         p.state = State.ACTIVE
         p.backend = b.url
         p.origin = None
@@ -519,13 +527,25 @@ class CapacityPolicy:
             if b is None:
                 break  # a larger one fits nowhere either
             self._resume(p, b, actions)
-        if self.book.pending:
+        # 4. programs waiting for their first response, in arrival order, once no started one waits: the
+        #    head reserves the room (a later, smaller newcomer never starts before it)
+        i = 0
+        while i < len(self.book.fresh) and not self.book.pending:
+            p = self.book.programs[self.book.fresh[i][2]]
+            b = self._place(p, self.book.charge(p, reasoning=True))
+            if b is None:
+                if self._oversize(p):
+                    i += 1  # fits no backend even empty: waits for the forced resume, blocks nobody
+                    continue
+                break
+            self._resume(p, b, actions)
+        if self.book.pending or self.book.fresh:
             return
-        # 4. cancel marks where the room allows (the marked programs are running and their KV is hot)
+        # 5. cancel marks where the room allows (the marked programs are running and their KV is hot)
         for b in self.book.backends.values():
             if b.marked and b.capacity is not None:
                 self._unmark_fitting(b)
-        # 5. idle paused programs, smallest first
+        # 6. idle paused programs, smallest first
         while self.book.idle:
             p = self.book.programs[self.book.idle[0][2]]
             b = self._place(p, self.book.charge(p, reasoning=False))

@@ -41,6 +41,7 @@ class Entry:
         "paused_since",
         "acting_u",
         "idle_since",
+        "started",
         "key",
     )
 
@@ -57,6 +58,7 @@ class Entry:
         self.paused_since: float | None = None
         self.acting_u = 0.0  # decay clock value when it last became ACTING
         self.idle_since = 0.0  # when its last request ended (it has been ACTING since, if it is)
+        self.started = False  # placed on a backend at least once (has a context an engine may have cached)
         self.key: Key = (0, seq, pid)  # the key it is filed under while attached
 
 
@@ -113,13 +115,15 @@ class Ledger:
     """Programs, backends, the queue and the decay clock, kept consistent incrementally."""
 
     def __init__(
-        self, *, weight: float, buffer: int, decay: str, base: float, unit: float, prefix: int
+        self, *, weight: float, buffer: int, decay: str, base: float, unit: float, prefix: int,
+        arrival_order: bool = True,
     ) -> None:
         self.w = float(weight)  # --acting-token-weight
         self.buffer = int(buffer)  # --buffer-per-program
         self.decay = decay  # "off" | "exp" | "geometric"
         self.base, self.unit = base, unit  # decay factor base^(-(u - u0)/unit)
         self.prefix = prefix  # shared prefix charged once per backend (0 = no credit)
+        self.arrival_order = arrival_order  # never-started programs queue in `fresh` (else in `pending`)
         self.ticks = 0  # the geometric decay's clock
         self.ref = 0.0  # decay reference point (same clock as u)
         self.ref_set = False
@@ -127,8 +131,9 @@ class Ledger:
         self.seq = 0
         self.programs: dict[str, Entry] = {}
         self.backends: dict[str, Book] = {}
-        self.pending: SortedList = SortedList()  # keys of queued programs with a held request
-        self.pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of the same programs
+        self.pending: SortedList = SortedList()  # keys of queued STARTED programs with a held request
+        self.fresh: SortedList = SortedList()  # (wait_since, seq, pid) of queued never-started ones (arrival order)
+        self.pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of both
         self.idle: SortedList = SortedList()  # keys of queued programs without a request
 
     def add_backend(self, url: str) -> Book:
@@ -241,7 +246,10 @@ class Ledger:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count += 1
             if p.requests > 0:
-                self.pending.add(key)
+                if p.started or not self.arrival_order:
+                    self.pending.add(key)
+                else:
+                    self.fresh.add((p.wait_since, p.seq, p.pid))
                 self.pending_age.add((p.wait_since, p.seq, p.pid))
             else:
                 self.idle.add(key)
@@ -275,7 +283,10 @@ class Ledger:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count -= 1
             if p.requests > 0:
-                self.pending.remove(key)
+                if p.started or not self.arrival_order:
+                    self.pending.remove(key)
+                else:
+                    self.fresh.remove((p.wait_since, p.seq, p.pid))
                 self.pending_age.remove((p.wait_since, p.seq, p.pid))
             else:
                 self.idle.remove(key)
@@ -283,7 +294,7 @@ class Ledger:
     def check(self) -> None:
         """Recount everything from scratch and compare with the incremental state (tests; O(n))."""
         seen: set[str] = set()
-        pend, idle = [], []
+        pend, idle, fresh = [], [], []
         per: dict[str, dict[str, float]] = {
             u: dict(count=0, rc=0, ac=0, mc=0, rt=0, at=0, mt=0, rcn=0, acn=0, mcn=0, paused=0, s=0.0)
             for u in self.backends
@@ -324,15 +335,19 @@ class Ledger:
                     per[p.origin]["paused"] += 1
                 if p.requests > 0:
                     assert p.wait_since is not None, pid
-                    pend.append(p.key)
+                    if p.started or not self.arrival_order:
+                        pend.append(p.key)
+                    else:
+                        fresh.append((p.wait_since, p.seq, p.pid))
                 else:
                     idle.append(p.key)
             else:
                 raise AssertionError(f"{pid}: terminated program still tracked")
         assert sorted(pend) == list(self.pending), "pending queue differs from recount"
         assert sorted(idle) == list(self.idle), "idle queue differs from recount"
-        assert len(self.pending_age) == len(self.pending)
-        assert {k[2] for k in self.pending_age} == {k[2] for k in self.pending}
+        assert sorted(fresh) == list(self.fresh), "fresh queue differs from recount"
+        assert len(self.pending_age) == len(self.pending) + len(self.fresh)
+        assert {k[2] for k in self.pending_age} == {k[2] for k in self.pending} | {k[2] for k in self.fresh}
         for u, b in self.backends.items():
             d = per[u]
             got = dict(

@@ -96,8 +96,9 @@ def test_new_program_that_fits_nowhere_queues_with_no_origin_and_is_resumed_when
 def test_newcomer_is_admitted_at_once_only_where_the_queue_would_serve_it_first():
     """Upstream queues every newcomer while the queue is non-empty and serves it at the next tick. Ours
     admits it on arrival exactly when the resume pass would pick it first (it fits, no smaller program
-    waits, no aged program reserves the room), so it neither overtakes anyone nor waits for a tick."""
-    pol = mk(capacity=10_000, low_watermark=1.0, aging_bound=30.0)
+    waits, no aged program reserves the room), so it neither overtakes anyone nor waits for a tick. (With
+    --tr-queue-order smallest; the default arrival order is tested below.)"""
+    pol = mk(capacity=10_000, low_watermark=1.0, aging_bound=30.0, tr_queue_order="smallest")
     run(pol, "a", 6_000, end=None)
     assert pol.on_arrival("waiting", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000
     assert pol.on_arrival("small", 1_000, 2.0) == Proceed(B1)  # smaller than the waiting one, fits
@@ -154,8 +155,8 @@ def test_paused_program_request_waits_as_reasoning_then_resumes_on_its_origin():
     # x's next request waits (REASONING while held)
     assert pol.on_arrival("x", 3_200, 6.0) == Wait()
     assert view(pol, "x").phase is Phase.REASONING
-    ok, actions = pol.release("y", 7.0)  # room at once: both waiting programs resume, smallest first
-    assert ok and actions == [Resume("z", B1), Resume("x", B1)]
+    ok, actions = pol.release("y", 7.0)  # room at once: both waiting programs resume, the started x first
+    assert ok and actions == [Resume("x", B1), Resume("z", B1)]
     pol.check_invariants()
 
 
@@ -675,7 +676,8 @@ def test_decayed_idle_program_is_cheap_to_resume():
 
 def test_resume_order_waiting_requests_first_smallest_first_then_idle():
     """§3.5 "tick: resume pass": programs with a waiting request before idle ones (upstream also puts
-    first-step programs in between; ours treats every waiting request alike), smallest first within a class."""
+    first-step programs in between, smallest first; ours serves programs waiting for their first response in
+    arrival order, so the earlier wait-large goes before the later wait-small)."""
     pol = mk(capacity=20_000, low_watermark=1.0)
     pol.on_arrival("big", 17_000, 0.0)  # 17,100 in flight
     run(pol, "idle-small", 500)  # 17,700
@@ -685,5 +687,41 @@ def test_resume_order_waiting_requests_first_smallest_first_then_idle():
     assert pol.on_arrival("wait-small", 1_000, 6.0) == Wait()  # 19,600 + 1,100 > 20,000
     assert pol.stats().queue_length == 3
     actions = pol.on_request_end("big", 7.0, 10_000)  # 10,100 used: room for everyone, in class order
-    assert actions == [Resume("wait-small", B1), Resume("wait-large", B1), Resume("idle-small", B1)]
+    assert actions == [Resume("wait-large", B1), Resume("wait-small", B1), Resume("idle-small", B1)]
+    pol.check_invariants()
+
+
+def test_newcomers_start_in_arrival_order_whatever_their_size():
+    """The fairness promise (--tr-queue-order arrival, the default): a program waiting for its first response
+    is never overtaken by a later newcomer, however small (upstream: smallest first, so in a burst the large
+    programs wait for every smaller one: §11.1 #12). The head of the line reserves the room."""
+    pol = mk(capacity=10_000, low_watermark=1.0)
+    run(pol, "a", 6_000, end=None)
+    assert pol.on_arrival("large", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000
+    assert pol.on_arrival("small", 1_000, 2.0) == Wait()  # would fit, but large came first
+    assert pol.tick(5.0) == []
+    _, actions = pol.release("a", 6.0)
+    assert actions == [Resume("large", B1), Resume("small", B1)]
+    assert pol.on_arrival("tiny", 10, 7.0) == Proceed(B1)  # nobody waits: straight in
+    pol.check_invariants()
+    # --tr-queue-order smallest keeps upstream's order: small overtakes large
+    pol = mk(capacity=10_000, low_watermark=1.0, tr_queue_order="smallest")
+    run(pol, "a", 6_000, end=None)
+    assert pol.on_arrival("large", 5_000, 1.0) == Wait()
+    assert pol.on_arrival("small", 1_000, 2.0) == Proceed(B1)
+
+
+def test_started_programs_resume_before_newcomers():
+    """A program paused in mid-trajectory goes before programs that have not started: holding a newcomer
+    costs nothing (no context to lose), holding a started one costs it a re-prefill the longer it waits."""
+    pol = mk(capacity=10_000, low_watermark=0.9)
+    run(pol, "x", 3_000)
+    run(pol, "y", 4_000)
+    pol.on_progress("y", 4_000)  # 11,200 > 10,000
+    assert pol.tick(5.0) == [Pause("x", B1)]  # 8,100
+    assert pol.on_arrival("x", 3_200, 6.0) == Wait()  # 8,100 + 3,300 > 9,000
+    assert pol.on_arrival("new", 500, 7.0) == Wait()  # 8,100 + 600 would fit, but x waits and goes first
+    assert pol.tick(10.0) == []
+    _, actions = pol.release("y", 11.0)
+    assert actions == [Resume("x", B1), Resume("new", B1)]
     pol.check_invariants()
