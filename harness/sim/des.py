@@ -178,12 +178,16 @@ def run_des(
     out_dir: str | Path | None = None,
     run_id: str | None = None,
     learn_prefill_cost: bool = True,
+    once: bool = False,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
     A cost-aware tr (the default tr mode) learns the prefill cost per token from the simulated engine's
     histograms, as the proxy does from real vLLM's /metrics; with `learn_prefill_cost=False` it is told the
-    profile's figure instead (prefill_seconds_per_token), unless its config names one."""
+    profile's figure instead (prefill_seconds_per_token), unless its config names one.
+
+    With `once`, each slot runs one program and then stays empty (a burst of `programs` programs, as a
+    batch job or an RL rollout sends them); the run ends when the last one is done, or at duration_s."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     if programs < 1:
@@ -263,7 +267,8 @@ def run_des(
         if pol is not None:
             _ok, acts = pol.release(p.program_id, now)
             apply(acts, now)
-        start_program(p.slot, now)
+        if not once:
+            start_program(p.slot, now)
 
     def record(p: _Program, req: Request | None, now: float, status: str = "ok", error: str | None = None) -> None:
         turn = p.traj.turns[p.k]
@@ -384,7 +389,7 @@ def run_des(
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)
             next_tick += tick_interval
-        if t >= duration_s:
+        if t >= duration_s or (once and not by_pid and not engine.has_work()):
             break
         next_ev = min(events[0][0] if events else math.inf, next_scrape, next_tick, duration_s)
         if engine.has_work():

@@ -118,6 +118,34 @@ def test_bound_arm_lifts_the_kv_limit_of_the_same_profile(tmp_path: Path) -> Non
     assert summ.simulated and summ.arm == "bound"
 
 
+def _burst_ttfr(order: str) -> tuple[float, float, float, int]:
+    """A burst of 12 programs (6 small, 6 large first prompts, alternating) at a 3,200-token cache on tiny-cpu,
+    each run once; returns (mean TTFR small, mean TTFR large, makespan, calls served)."""
+    trajs = [Trajectory(f"{'large' if i % 2 else 'small'}-{i}", 64, 900 if i % 2 else 120, 0.01 * i,
+                        tuple(Turn(16, 40, 0.3) for _ in range(4))) for i in range(12)]
+    cfg = Config(router="tr", backends=(BACKEND,), tr_queue_order=order, tr_mode="fixed")
+    r = run_des("tiny-cpu", arm="thunderagent", programs=12, duration_s=3600.0, trajectories=trajs,
+                policy_config=cfg, num_gpu_blocks=25, once=True)
+    ok = [s for s in r.steps if s.status == "ok"]
+    first = {s.instance_id: s.end - s.arrival for s in ok if s.step == 1}
+    small = [v for k, v in first.items() if k.startswith("small")]
+    large = [v for k, v in first.items() if k.startswith("large")]
+    return sum(small) / len(small), sum(large) / len(large), max(s.end for s in ok), len(ok)
+
+
+def test_burst_runs_once_and_arrival_order_keeps_large_programs_waits_close_to_small_ones() -> None:
+    """`once`: each slot runs one program, the run ends with the burst (not at duration_s). Under tr's
+    arrival order the large programs' first responses come about as soon as the small ones' (the promise:
+    within 2x); upstream's smallest-first order makes them wait for every small one."""
+    s_new, l_new, span_new, served = _burst_ttfr("arrival")
+    s_old, l_old, span_old, served_old = _burst_ttfr("smallest")
+    assert served == served_old == 12 * 4
+    assert span_new < 60.0 and span_old < 60.0  # ended with the burst, far before duration_s
+    assert l_new / s_new <= 2.0
+    assert l_old / s_old > 2.0
+    assert span_new <= span_old * 1.1  # fairness without giving up the makespan
+
+
 def test_des_bad_arguments() -> None:
     with pytest.raises(DesError):
         run_des("tiny-cpu", arm="sglang", programs=1, duration_s=10, trajectories=trajs())
