@@ -103,7 +103,8 @@ class Config:
     aging_bound: float = opt(
         300.0,
         "seconds after which a held request goes first and reserves room, so large programs cannot starve; it then "
-        "starts once the running calls it waits for end (--resume-timeout is the hard bound on a wait)",
+        "starts as running programs finish, or as programs idle this long are swapped out for it (programs in "
+        "mid-trajectory are not rotated out: a re-prefill each); --resume-timeout is the hard bound on a wait",
     )
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(

@@ -35,14 +35,19 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
          programs cannot starve it; it starts as running programs finish or idle past the bound; one too
          big for any backend only waits for the forced resume). Programs in mid-trajectory are never
          rotated out for it: each rotation costs a re-prefill and, in sustained overload, shortens no wait;
-      3. pending: the other programs with a waiting request, smallest first;
-      4. then marks are cancelled where the room allows (cheaper than pausing and resuming later);
-      5. idle: paused programs with no request, smallest first (their next request will not wait).
+      3. pending: programs paused in mid-trajectory with a waiting request, smallest first (holding them
+         costs a re-prefill the longer they wait);
+      4. fresh: programs waiting for their first response, in arrival order, the head reserving the room
+         (--tr-queue-order arrival; holding them costs nothing, and a large one is never overtaken by a
+         later, smaller one); with --tr-queue-order smallest they are in `pending` (upstream's order);
+      5. then marks are cancelled where the room allows (cheaper than pausing and resuming later);
+      6. idle: paused programs with no request, smallest first (their next request will not wait).
     Placement: the program's origin backend when it fits (its KV may still be cached), else best fit
     (the backend whose room is smallest but sufficient; --tr-placement worst_fit balances instead).
   * New programs and returning paused programs are admitted at arrival when they fit and the resume pass
-    would pick them first: no smaller program is waiting and no waiting program has aged (so a newcomer
-    never overtakes what the queue would serve before it, and does not wait for the next tick either).
+    would pick them first: nobody it would overtake is waiting (a newcomer: no program, bar oversize ones; a
+    returning program: no smaller paused one) and no waiting program has aged (so a newcomer never
+    overtakes what the queue would serve before it, and does not wait for the next tick either).
   * A backend whose capacity is unknown takes at most --unknown-capacity-programs programs and is never
     paused; `stats().unknown_capacity` names such backends (warn loudly) until set_capacity fixes it.
   * Release frees capacity at once; a request held for a released program gets Reject(410).
@@ -50,7 +55,7 @@ Rules (limits from limits.py: high = high_watermark·C, low = low_watermark·C):
     counting it (and leaves the pending class when it was the last).
 
 Upstream's rule, approximately, for comparison runs: `--low-watermark 1 --tr-placement worst_fit
---aging-bound 1e9` (its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
+--aging-bound 1e9 --tr-queue-order smallest` (its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
 
 Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
 """
