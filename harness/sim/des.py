@@ -115,8 +115,31 @@ class DesResult:
             "engine_steps": self.engine_steps,
             "engine_calls": self.engine_calls,
             "cpu_s": round(self.cpu_s, 3),
+            "holds": self.holds(),
             **({"policy": self.policy_stats} if self.policy_stats else {}),
         }
+
+    def holds(self) -> dict[str, Any]:
+        """Where the prefill work went, by why a call waited: first calls of a program ("first"), calls held
+        in mid-trajectory by a scheduler ("held": the cost of a pause -> resume rotation), calls that did
+        not wait ("free"). Per class: calls, mean wait (s), uncached prompt tokens (re-prefilled; the
+        engine's own evictions land in "free")."""
+        out: dict[str, dict[str, float]] = {}
+        total = 0
+        for s in self.steps:
+            if s.status != "ok":
+                continue
+            cls = "first" if s.step == 1 else ("held" if (s.pause_s or 0) > 0 else "free")
+            d = out.setdefault(cls, {"calls": 0, "wait_s": 0.0, "uncached_tokens": 0})
+            unc = s.prompt_tokens - (s.cached_tokens or 0)
+            d["calls"] += 1
+            d["wait_s"] += s.pause_s or 0.0
+            d["uncached_tokens"] += unc
+            total += unc
+        for d in out.values():
+            d["wait_s"] = round(d["wait_s"] / d["calls"], 2)
+            d["uncached_share"] = round(d["uncached_tokens"] / total, 4) if total else 0.0
+        return out
 
 
 def _default_window(duration: float) -> tuple[float, float]:
@@ -408,8 +431,8 @@ def run_des(
     pstats: dict[str, Any] = {}
     if pol is not None:
         st = pol.stats()
-        pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length")
-                  if hasattr(st, k)}
+        pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length",
+                                              "swaps", "unmarks") if hasattr(st, k)}
         mode = getattr(getattr(pol, "config", None), "tr_mode", None)
         if mode is not None:  # which tr rule ran, and (cost-aware) what it believed at the end
             pstats["tr_mode"] = mode

@@ -96,6 +96,13 @@ def test_small_cache_thrashes_and_thunderagent_arm_avoids_preemption(tmp_path: P
     assert sta["policy"]["pauses"] > 0  # the real CapacityPolicy paused programs
     assert sc["policy"]["pins"] > 0
     assert sta["prefix_hit_rate"] > sv["prefix_hit_rate"]
+    # where the prefill went, by why a call waited: every served call is in one class
+    holds = sta["holds"]
+    assert sum(d["calls"] for d in holds.values()) == sta["steps_total"]
+    assert holds["held"]["calls"] > 0 and holds["held"]["wait_s"] > 0  # tr held some calls in mid-trajectory
+    assert "held" not in sv["holds"] and sv["holds"]["free"]["wait_s"] == 0  # raw vLLM holds nothing
+    assert sum(d["uncached_share"] for d in holds.values()) == pytest.approx(1.0, abs=1e-3)
+    assert {"swaps", "unmarks"} <= set(sta["policy"])
     # the run directory is read by the harness's own throughput code
     summ = summarize_run(tmp_path / "ta", window="0m-15m")
     assert summ.simulated and summ.profile == "glm4.6-8xh100" and summ.arm == "thunderagent"
