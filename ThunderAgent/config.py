@@ -103,7 +103,8 @@ class Config:
     aging_bound: float = opt(
         300.0,
         "seconds after which a held request goes first and reserves room, so large programs cannot starve; it then "
-        "starts once the running calls it waits for end (--resume-timeout is the hard bound on a wait)",
+        "starts as running programs finish, or as programs idle this long are swapped out for it (programs in "
+        "mid-trajectory are not rotated out: a re-prefill each); --resume-timeout is the hard bound on a wait",
     )
     shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(
@@ -135,6 +136,14 @@ class Config:
     )
     cost_half_life: float = opt(
         10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine"
+    )
+    tr_queue_order: str = opt(
+        "arrival",
+        "order of programs waiting for their FIRST response: arrival (first come, first served: a large program "
+        "is never overtaken by a later one, so its size does not delay its start) | smallest (smallest context "
+        "first, upstream: best packing, but large programs wait for every smaller one). Programs already "
+        "started (paused in mid-trajectory) go first either way, smallest first",
+        choices=("arrival", "smallest"),
     )
     tr_placement: str = opt(
         "best_fit",

@@ -48,9 +48,10 @@ def config() -> Config:
 
 # ====================================================================================== the naive twin
 class NaivePolicy:
-    """The same decisions as CapacityPolicy (watermarks, counted marks, minimal pause sets, pending-first
-    smallest-first resume, origin then best-fit placement, unmarking), computed by scanning all programs
-    every time — as upstream does (spec §4.3: sums recomputed on demand; §4.7: the queue sorted per pass)."""
+    """The same decisions as CapacityPolicy (watermarks, counted marks, minimal pause sets, resume of started
+    programs smallest first then of newcomers in arrival order, origin then best-fit placement, unmarking),
+    computed by scanning all programs every time — as upstream does (spec §4.3: sums recomputed on demand;
+    §4.7: the queue sorted per pass)."""
 
     def __init__(self, cfg: Config) -> None:
         self.w, self.buf = cfg.acting_token_weight, cfg.buffer_per_program
@@ -69,7 +70,8 @@ class NaivePolicy:
         for pid, p in pol.book.programs.items():
             twin.progs[pid] = dict(
                 state="A" if p.state is State.ACTIVE else "P", backend=p.backend, origin=p.origin,
-                tokens=p.tokens, req=p.requests, marked=p.marked, seq=p.seq,
+                tokens=p.tokens, req=p.requests, marked=p.marked, seq=p.seq, started=p.started,
+                since=p.wait_since,
             )  # fmt: skip
         twin.seq = pol.book.seq
         return twin
@@ -155,12 +157,16 @@ class NaivePolicy:
         return best
 
     def resume(self, p: dict, b: str) -> None:
-        p.update(state="A", backend=b, origin=None, marked=False)
+        p.update(state="A", backend=b, origin=None, marked=False, started=True, since=None)
+
+    def oversize(self, p: dict) -> bool:
+        c = self.charge(p, True)
+        return all(not self.healthy[b] or (cap is not None and c > self.lo * cap) for b, cap in self.cap.items())
 
     def resume_pass(self) -> None:
-        while True:
+        while True:  # started programs with a waiting request, smallest first
             queue = sorted(
-                (p for p in self.progs.values() if p["state"] == "P" and p["req"] > 0),
+                (p for p in self.progs.values() if p["state"] == "P" and p["req"] > 0 and p["started"]),
                 key=lambda p: (p["tokens"], p["seq"]),
             )
             if not queue:
@@ -169,6 +175,19 @@ class NaivePolicy:
             if b is None:
                 return
             self.resume(queue[0], b)
+        fresh = sorted(
+            (p for p in self.progs.values() if p["state"] == "P" and p["req"] > 0 and not p["started"]),
+            key=lambda p: (p["since"], p["seq"]),
+        )
+        for p in fresh:  # newcomers in arrival order; the head reserves (an oversize one blocks nobody)
+            b = self.place(p, self.charge(p, True))
+            if b is None:
+                if self.oversize(p):
+                    continue
+                return
+            self.resume(p, b)
+        if fresh and any(p["state"] == "P" for p in fresh):
+            return
         for b in self.cap:
             cap = self.cap[b]
             while cap is not None:
@@ -208,7 +227,8 @@ class NaivePolicy:
         if p is None:
             self.seq += 1
             p = self.progs[pid] = dict(
-                state="P", backend=None, origin=None, tokens=0, req=0, marked=False, seq=self.seq
+                state="P", backend=None, origin=None, tokens=0, req=0, marked=False, seq=self.seq,
+                started=False, since=None,
             )
         p["tokens"] = max(p["tokens"], tokens) if p["req"] > 0 else tokens
         p["req"] += 1
@@ -217,9 +237,15 @@ class NaivePolicy:
             if cap is not None and self.used(p["backend"]) > self.hi * cap:
                 self.pause_pass(p["backend"])
             return Proceed(p["backend"])
-        waiting = [(q["tokens"], q["seq"]) for q in self.progs.values() if q["state"] == "P" and q["req"] > 0]
-        waiting = [k for k in waiting if k != (p["tokens"], p["seq"])]
-        if p["req"] == 1 and (not waiting or (p["tokens"], p["seq"]) < min(waiting)):
+        if p["since"] is None:
+            p["since"] = now
+        others = [q for q in self.progs.values() if q["state"] == "P" and q["req"] > 0 and q is not p]
+        if not p["started"]:  # a newcomer: first come, first served
+            first = not any(q["started"] or not self.oversize(q) for q in others)
+        else:
+            waiting = [(q["tokens"], q["seq"]) for q in others if q["started"]]
+            first = not waiting or (p["tokens"], p["seq"]) < min(waiting)
+        if p["req"] == 1 and first:
             b = self.place(p, self.charge(p, True))
             if b is not None:
                 self.resume(p, b)
@@ -233,6 +259,8 @@ class NaivePolicy:
         p["req"] -= 1
         if total is not None:
             p["tokens"] = total if p["req"] == 0 else max(p["tokens"], total)
+        if p["req"] == 0:
+            p["since"] = None
         if p["req"] == 0 and p["state"] == "A" and p["marked"]:
             self.pause(p)
         self.resume_pass()

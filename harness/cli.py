@@ -213,7 +213,7 @@ def reproduce(
     levels: Optional[str] = typer.Option(None, "--levels", "-l", help="Parallel workflows per point, e.g. 24,48,72,96 (default: the recipe's)."),
     window: Optional[str] = typer.Option(None, "--window", "-w", help="Steps/min window relative to each point's start, e.g. 10m-70m (default: the recipe's)."),
     duration: Optional[str] = typer.Option(None, "--duration", help="Length of each point, e.g. 80m (default: the recipe's; must cover the window)."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms: vllm,thunderagent,continuum (continuum: des only)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms: vllm,thunderagent,continuum,bound (continuum, bound: des only; on des, bound comes with thunderagent: its headroom)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Workload seed (same trajectories for every arm)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default results/<recipe>/<UTC timestamp>)."),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
@@ -252,7 +252,7 @@ def reproduce(
 @app.command()
 def run(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path."),
-    arm: str = typer.Option(..., "--arm", help="vllm | thunderagent | continuum (continuum: des only)."),
+    arm: str = typer.Option(..., "--arm", help="vllm | thunderagent | continuum | bound (continuum, bound: des only)."),
     programs: int = typer.Option(..., "--programs", "-n", min=1, help="Parallel workflows (programs kept in flight)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory to write (must be new or empty)."),
     agent: Optional[str] = typer.Option(None, "--agent", help="openhands | mini-swe-agent | synthetic (simulator engines: synthetic)."),

@@ -22,6 +22,7 @@ ARM_STYLE: dict[str, dict[str, Any]] = {
     "vllm": {"label": "vLLM", "color": "#d62728", "marker": "o", "ls": "-", "lw": 2.6},
     "continuum": {"label": "Continuum-style", "color": "#ff7f0e", "marker": "s", "ls": "--", "lw": 1.8},
     "thunderagent": {"label": "ThunderAgent", "color": "#1f77b4", "marker": "^", "ls": "-", "lw": 2.2},
+    "bound": {"label": "vLLM, KV limit lifted (bound)", "color": "#7f7f7f", "marker": ".", "ls": ":", "lw": 1.4},
 }
 ARM_ORDER = ("vllm", "continuum", "thunderagent")  # drawing order: dashed Continuum stays visible over vLLM
 

@@ -196,8 +196,8 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
     from harness.runner import RunConfig
     from harness.runner import run as run_programs
 
-    if arm == "continuum":
-        raise PointFailed("the Continuum-style arm exists only in the des engine")
+    if arm in ("continuum", "bound"):
+        raise PointFailed(f"the {arm} arm exists only in the des engine")
     r = opts.recipe
     sim = opts.engine == "live-sim"
     ts = opts.time_scale if sim else 1.0

@@ -42,6 +42,7 @@ SUMMARY_FIELDS = (
     "prefix_hit_rate", "preemptions", "p50_step_latency_s", "p95_step_latency_s", "steps_in_window",
     "simulated", "profile", "engine", "run_dir", "reason", "agree",
 )
+SUMMARY_FIELDS += ("headroom",)  # thunderagent rows: its steps/min ÷ the "bound" arm's at that level
 FIGURE_NAME = "throughput.png"
 
 
@@ -112,7 +113,9 @@ def arms_for(engine: str, arms: tuple[str, ...]) -> tuple[tuple[str, ...], tuple
     for a in arms:
         if a not in ARMS:
             raise ReproduceError(f"unknown arm {a!r}: choose from {', '.join(ARMS)}")
-    keep = tuple(a for a in arms if a != "continuum" or engine == "des")
+    keep = tuple(a for a in arms if a not in ("continuum", "bound") or engine == "des")
+    if engine == "des" and "thunderagent" in keep and "bound" not in keep:
+        keep += ("bound",)  # the headroom of every ThunderAgent point: the same profile, KV limit lifted
     return keep, tuple(a for a in arms if a not in keep)
 
 
@@ -384,7 +387,18 @@ def summarize(root: Path, window: str, points: list[PointResult], recipe: str) -
         else:
             base.update(_manifest_labels(root / p.run_dir))
         rows.append(base)
+    add_headroom(rows)
     return rows
+
+
+def add_headroom(rows: list[dict[str, Any]]) -> None:
+    """ThunderAgent's steps/min ÷ the "bound" arm's (the same profile with the KV limit lifted) at each level,
+    on the thunderagent rows: how much of what a perfect scheduler could reach it gets."""
+    bound = {r["programs"]: r.get("steps_per_min") for r in rows if r["arm"] == "bound" and r["status"] == "ok"}
+    for r in rows:
+        b = bound.get(r["programs"])
+        if r["arm"] == "thunderagent" and r["status"] == "ok" and b and r.get("steps_per_min") is not None:
+            r["headroom"] = round(r["steps_per_min"] / b, 3)
 
 
 def _manifest_labels(run_dir: Path) -> dict[str, Any]:
@@ -458,6 +472,10 @@ def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -
                           highlight=False, soft_wrap=True)
     for arm, ratio in sorted(ratios_at_max(rows).items()):
         console.print(f"  {arm} / vllm at the largest concurrency: [bold]{ratio:.2f}×[/]")
+    head = sorted((int(r["programs"]), r["headroom"]) for r in rows if r.get("headroom") is not None)
+    if head:
+        console.print("  thunderagent / bound (same profile, KV limit lifted): "
+                      + ", ".join(f"{n}: [bold]{h:.2f}×[/]" for n, h in head), highlight=False, soft_wrap=True)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

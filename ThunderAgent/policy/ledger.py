@@ -40,6 +40,8 @@ class Entry:
         "wait_since",
         "paused_since",
         "acting_u",
+        "idle_since",
+        "started",
         "key",
     )
 
@@ -55,6 +57,8 @@ class Entry:
         self.wait_since: float | None = None  # when its oldest held request started waiting
         self.paused_since: float | None = None
         self.acting_u = 0.0  # decay clock value when it last became ACTING
+        self.idle_since = 0.0  # when its last request ended (it has been ACTING since, if it is)
+        self.started = False  # placed on a backend at least once (has a context an engine may have cached)
         self.key: Key = (0, seq, pid)  # the key it is filed under while attached
 
 
@@ -79,6 +83,7 @@ class Book:
         "acting_s",
         "paused_count",
         "acting",
+        "acting_idle",
         "reasoning",
         "marked",
     )
@@ -101,6 +106,7 @@ class Book:
         self.acting_s = 0.0  # Σ c · base^((u0 − ref)/unit) over ACTING programs (decay on)
         self.paused_count = 0  # queued programs whose origin is this backend
         self.acting: SortedList = SortedList()  # keys of ACTING programs
+        self.acting_idle: SortedList = SortedList()  # (idle_since, seq, pid) of the same: longest idle first
         self.reasoning: SortedList = SortedList()  # keys of unmarked REASONING programs
         self.marked: SortedList = SortedList()  # keys of marked REASONING programs
 
@@ -109,13 +115,15 @@ class Ledger:
     """Programs, backends, the queue and the decay clock, kept consistent incrementally."""
 
     def __init__(
-        self, *, weight: float, buffer: int, decay: str, base: float, unit: float, prefix: int
+        self, *, weight: float, buffer: int, decay: str, base: float, unit: float, prefix: int,
+        arrival_order: bool = True,
     ) -> None:
         self.w = float(weight)  # --acting-token-weight
         self.buffer = int(buffer)  # --buffer-per-program
         self.decay = decay  # "off" | "exp" | "geometric"
         self.base, self.unit = base, unit  # decay factor base^(-(u - u0)/unit)
         self.prefix = prefix  # shared prefix charged once per backend (0 = no credit)
+        self.arrival_order = arrival_order  # never-started programs queue in `fresh` (else in `pending`)
         self.ticks = 0  # the geometric decay's clock
         self.ref = 0.0  # decay reference point (same clock as u)
         self.ref_set = False
@@ -123,8 +131,9 @@ class Ledger:
         self.seq = 0
         self.programs: dict[str, Entry] = {}
         self.backends: dict[str, Book] = {}
-        self.pending: SortedList = SortedList()  # keys of queued programs with a held request
-        self.pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of the same programs
+        self.pending: SortedList = SortedList()  # keys of queued STARTED programs with a held request
+        self.fresh: SortedList = SortedList()  # (wait_since, seq, pid) of queued never-started ones (arrival order)
+        self.pending_age: SortedList = SortedList()  # (wait_since, seq, pid) of both
         self.idle: SortedList = SortedList()  # keys of queued programs without a request
 
     def add_backend(self, url: str) -> Book:
@@ -232,11 +241,15 @@ class Ledger:
                         self.rebase(p.acting_u)
                     b.acting_s += c * self.factor(p.acting_u)
                 b.acting.add(key)
+                b.acting_idle.add((p.idle_since, p.seq, p.pid))
         elif p.state is State.PAUSED:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count += 1
             if p.requests > 0:
-                self.pending.add(key)
+                if p.started or not self.arrival_order:
+                    self.pending.add(key)
+                else:
+                    self.fresh.add((p.wait_since, p.seq, p.pid))
                 self.pending_age.add((p.wait_since, p.seq, p.pid))
             else:
                 self.idle.add(key)
@@ -265,11 +278,15 @@ class Ledger:
                 if self.decay != "off":
                     b.acting_s = b.acting_s - c * self.factor(p.acting_u) if b.acting_count else 0.0
                 b.acting.remove(key)
+                b.acting_idle.remove((p.idle_since, p.seq, p.pid))
         elif p.state is State.PAUSED:
             if p.origin is not None and p.origin in self.backends:
                 self.backends[p.origin].paused_count -= 1
             if p.requests > 0:
-                self.pending.remove(key)
+                if p.started or not self.arrival_order:
+                    self.pending.remove(key)
+                else:
+                    self.fresh.remove((p.wait_since, p.seq, p.pid))
                 self.pending_age.remove((p.wait_since, p.seq, p.pid))
             else:
                 self.idle.remove(key)
@@ -277,12 +294,12 @@ class Ledger:
     def check(self) -> None:
         """Recount everything from scratch and compare with the incremental state (tests; O(n))."""
         seen: set[str] = set()
-        pend, idle = [], []
+        pend, idle, fresh = [], [], []
         per: dict[str, dict[str, float]] = {
             u: dict(count=0, rc=0, ac=0, mc=0, rt=0, at=0, mt=0, rcn=0, acn=0, mcn=0, paused=0, s=0.0)
             for u in self.backends
         }
-        sets: dict[str, dict[str, list[Key]]] = {u: dict(a=[], r=[], m=[]) for u in self.backends}
+        sets: dict[str, dict[str, list]] = {u: dict(a=[], r=[], m=[], i=[]) for u in self.backends}
         for pid, p in self.programs.items():
             assert pid == p.pid and pid not in seen
             seen.add(pid)
@@ -311,21 +328,26 @@ class Ledger:
                     if self.decay != "off":
                         d["s"] += c * self.factor(p.acting_u)
                     s["a"].append(p.key)
+                    s["i"].append((p.idle_since, p.seq, p.pid))
             elif p.state is State.PAUSED:
                 assert p.backend is None and not p.marked, pid
                 if p.origin is not None:
                     per[p.origin]["paused"] += 1
                 if p.requests > 0:
                     assert p.wait_since is not None, pid
-                    pend.append(p.key)
+                    if p.started or not self.arrival_order:
+                        pend.append(p.key)
+                    else:
+                        fresh.append((p.wait_since, p.seq, p.pid))
                 else:
                     idle.append(p.key)
             else:
                 raise AssertionError(f"{pid}: terminated program still tracked")
         assert sorted(pend) == list(self.pending), "pending queue differs from recount"
         assert sorted(idle) == list(self.idle), "idle queue differs from recount"
-        assert len(self.pending_age) == len(self.pending)
-        assert {k[2] for k in self.pending_age} == {k[2] for k in self.pending}
+        assert sorted(fresh) == list(self.fresh), "fresh queue differs from recount"
+        assert len(self.pending_age) == len(self.pending) + len(self.fresh)
+        assert {k[2] for k in self.pending_age} == {k[2] for k in self.pending} | {k[2] for k in self.fresh}
         for u, b in self.backends.items():
             d = per[u]
             got = dict(
@@ -336,6 +358,7 @@ class Ledger:
             want = {k: v for k, v in d.items() if k != "s"}
             assert got == want, f"{u}: incremental {got} != recount {want}"
             assert sorted(sets[u]["a"]) == list(b.acting), f"{u}: acting set differs"
+            assert sorted(sets[u]["i"]) == list(b.acting_idle), f"{u}: idle-age set differs"
             assert sorted(sets[u]["r"]) == list(b.reasoning), f"{u}: reasoning set differs"
             assert sorted(sets[u]["m"]) == list(b.marked), f"{u}: marked set differs"
             if self.decay != "off":

@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 RECIPES_DIR = Path(__file__).resolve().parent
 
 ENGINE_KINDS = ("vllm", "vllm-cpu")
-ARMS = ("vllm", "thunderagent", "continuum")
+ARMS = ("vllm", "thunderagent", "continuum", "bound")  # bound: des only (vLLM with the KV limit lifted)
 AGENTS = ("openhands", "mini-swe-agent", "synthetic")
 
 

@@ -13,6 +13,10 @@ Arms:
                      on_request_end with exact usage, release at program end, tick every scheduler_interval,
                      Resume/Reject actions applied; capacity = num_gpu_blocks x block_size, as discovered
                      from vllm:cache_config_info;
+  * "bound"        — the "vllm" arm on the same profile with the KV limit lifted (blocks for every program's
+                     longest possible context, so nothing is ever evicted or preempted): the throughput a
+                     perfect scheduler could at most reach on this compute, against which a scheduler's
+                     headroom is reported;
   * "continuum"    — the engine pins a program's blocks for `pin_ttl_s` after every response that ends in a
                      tool call (all but the last turn), Continuum-style.
 
@@ -41,7 +45,7 @@ from harness.workload import Trajectory, WorkloadParams, load_workload_params, s
 from ThunderAgent.policy.base import Policy, Proceed, Reject, Resume
 from ThunderAgent.records import StepRecord
 
-ARMS = ("vllm", "thunderagent", "continuum")
+ARMS = ("vllm", "thunderagent", "continuum", "bound")
 BACKEND = "sim://engine0"
 
 # segment kinds of a program's token stream (the key's low 2 bits)
@@ -113,8 +117,31 @@ class DesResult:
             "engine_steps": self.engine_steps,
             "engine_calls": self.engine_calls,
             "cpu_s": round(self.cpu_s, 3),
+            "holds": self.holds(),
             **({"policy": self.policy_stats} if self.policy_stats else {}),
         }
+
+    def holds(self) -> dict[str, Any]:
+        """Where the prefill work went, by why a call waited: first calls of a program ("first"), calls held
+        in mid-trajectory by a scheduler ("held": the cost of a pause -> resume rotation), calls that did
+        not wait ("free"). Per class: calls, mean wait (s), uncached prompt tokens (re-prefilled; the
+        engine's own evictions land in "free")."""
+        out: dict[str, dict[str, float]] = {}
+        total = 0
+        for s in self.steps:
+            if s.status != "ok":
+                continue
+            cls = "first" if s.step == 1 else ("held" if (s.pause_s or 0) > 0 else "free")
+            d = out.setdefault(cls, {"calls": 0, "wait_s": 0.0, "uncached_tokens": 0})
+            unc = s.prompt_tokens - (s.cached_tokens or 0)
+            d["calls"] += 1
+            d["wait_s"] += s.pause_s or 0.0
+            d["uncached_tokens"] += unc
+            total += unc
+        for d in out.values():
+            d["wait_s"] = round(d["wait_s"] / d["calls"], 2)
+            d["uncached_share"] = round(d["uncached_tokens"] / total, 4) if total else 0.0
+        return out
 
 
 def _default_window(duration: float) -> tuple[float, float]:
@@ -159,6 +186,13 @@ def prefill_seconds_per_token(prof: Profile) -> float:
     return (prof.timing.step_time(n, 0, 0, n * (n + 1) // 2) - prof.timing.step_time(0, 0, 0)) / n
 
 
+def unlimited_blocks(prof: Profile, programs: int) -> int:
+    """KV blocks that hold `programs` contexts of max_model_len each (+ the null block): the "bound" arm's
+    cache, where no prefix is ever evicted for lack of room and no request is preempted."""
+    bs = prof.engine.block_size
+    return max(prof.engine.num_gpu_blocks, programs * -(-prof.engine.max_model_len // bs) + 1)
+
+
 def run_des(
     profile: Profile | str,
     *,
@@ -178,13 +212,17 @@ def run_des(
     run_id: str | None = None,
     learn_prefill_cost: bool = True,
     resample: bool = False,
+    once: bool = False,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
     A cost-aware tr (the default tr mode) learns the prefill cost per token from the simulated engine's
     histograms, as the proxy does from real vLLM's /metrics; with `learn_prefill_cost=False` it is told the
     profile's figure instead (prefill_seconds_per_token), unless its config names one. `resample`: draw each
-    program from `trajectories` at random (seeded) instead of replaying them in order."""
+    program from `trajectories` at random (seeded) instead of replaying them in order.
+
+    With `once`, each slot runs one program and then stays empty (a burst of `programs` programs, as a
+    batch job or an RL rollout sends them); the run ends when the last one is done, or at duration_s."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     if programs < 1:
@@ -192,6 +230,8 @@ def run_des(
     if duration_s <= 0:
         raise DesError("duration_s must be > 0")
     prof = load_profile(profile) if isinstance(profile, str) else profile
+    if arm == "bound":
+        num_gpu_blocks = unlimited_blocks(prof, programs)
     prof = prof.with_num_gpu_blocks(num_gpu_blocks)
     wl = load_workload_params(workload) if isinstance(workload, str) and trajectories is None else workload
     if trajectories is None and not isinstance(wl, WorkloadParams):
@@ -262,7 +302,8 @@ def run_des(
         if pol is not None:
             _ok, acts = pol.release(p.program_id, now)
             apply(acts, now)
-        start_program(p.slot, now)
+        if not once:
+            start_program(p.slot, now)
 
     def record(p: _Program, req: Request | None, now: float, status: str = "ok", error: str | None = None) -> None:
         turn = p.traj.turns[p.k]
@@ -384,7 +425,7 @@ def run_des(
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)
             next_tick += tick_interval
-        if t >= duration_s:
+        if t >= duration_s or (once and not by_pid and not engine.has_work()):
             break
         next_ev = min(events[0][0] if events else math.inf, next_scrape, next_tick, duration_s)
         if engine.has_work():
@@ -403,8 +444,8 @@ def run_des(
     pstats: dict[str, Any] = {}
     if pol is not None:
         st = pol.stats()
-        pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length")
-                  if hasattr(st, k)}
+        pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length",
+                                              "swaps", "unmarks") if hasattr(st, k)}
         mode = getattr(getattr(pol, "config", None), "tr_mode", None)
         if mode is not None:  # which tr rule ran, and (cost-aware) what it believed at the end
             pstats["tr_mode"] = mode

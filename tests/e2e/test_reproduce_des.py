@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ARMS = {"vllm", "thunderagent", "continuum"}
+ARMS = {"vllm", "thunderagent", "continuum", "bound"}  # bound: added with thunderagent on des
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_sweep_manifest(sweep):
     assert m["kind"] == "sweep" and m["engine"] == "des" and m["simulated"] is True
     assert m["profile"] == "glm4.6-8xh100" and m["levels"] == [4, 8] and m["window"] == "2m-8m"
     assert set(m["arms"]) == ARMS and m["skipped_arms"] == []
-    assert [p["status"] for p in m["points"]] == ["ok"] * 6
+    assert [p["status"] for p in m["points"]] == ["ok"] * 8
     assert m["wall_s"] > 0 and m["command"][:3] == ["thunderbench", "reproduce", "glm4.6"]
 
 
@@ -75,10 +75,15 @@ def test_summary_rows(sweep):
         assert by[(a, 8)] > by[(a, 4)]
     with open(out / "summary.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert len(csv_rows) == 6
+    assert len(csv_rows) == 8
     assert {(c["arm"], int(c["programs"])) for c in csv_rows} == set(by)
     for c in csv_rows:
         assert float(c["steps_per_min"]) == pytest.approx(by[(c["arm"], int(c["programs"]))])
+        if c["arm"] == "thunderagent":  # its headroom: ÷ the bound at the same level
+            assert float(c["headroom"]) == pytest.approx(by[("thunderagent", int(c["programs"]))]
+                                                         / by[("bound", int(c["programs"]))], rel=1e-3)
+        else:
+            assert c["headroom"] == ""
 
 
 def test_output_labels_simulated(sweep):

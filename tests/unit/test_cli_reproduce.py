@@ -48,7 +48,7 @@ def test_failed_point_is_marked_and_sweep_continues(tmp_path, monkeypatch):
     assert (out / "thunderagent-2" / "failed.json").exists()
     assert (out / "throughput.png").exists()  # the successful arm is still plotted
     m = json.loads((out / "manifest.json").read_text())
-    assert [p["status"] for p in m["points"]] == ["ok", "failed", "ok", "failed"]
+    assert [p["status"] for p in m["points"]] == ["ok", "failed", "ok"] * 2  # vllm, thunderagent, bound
     assert "failed thunderagent × 2: engine died" in r.stderr
 
 
@@ -82,10 +82,20 @@ def test_auto_engine_is_des_without_gpus(monkeypatch):
     assert rp.resolve_engine("auto", load_recipe("qwen3-235b")) == "vllm"
 
 
-def test_continuum_only_on_des():
+def test_continuum_and_bound_only_on_des():
     r = load_recipe("glm4.6")
-    assert rp.arms_for("des", r.sweep.arms) == (("vllm", "thunderagent", "continuum"), ())
+    assert rp.arms_for("des", r.sweep.arms) == (("vllm", "thunderagent", "continuum", "bound"), ())
     assert rp.arms_for("live-sim", r.sweep.arms) == (("vllm", "thunderagent"), ("continuum",))
+    assert rp.arms_for("live-sim", ("thunderagent", "bound")) == (("thunderagent",), ("bound",))
+    assert rp.arms_for("des", ("vllm",)) == (("vllm",), ())  # the bound comes with a thunderagent arm
+
+
+def test_headroom_is_thunderagent_over_the_bound_per_level():
+    rows = [dict(arm=a, programs=n, status="ok", steps_per_min=v) for a, n, v in [
+        ("thunderagent", 96, 250.0), ("bound", 96, 320.0), ("vllm", 96, 130.0), ("thunderagent", 192, 240.0)]]
+    rp.add_headroom(rows)
+    assert [r.get("headroom") for r in rows] == [0.781, None, None, None]  # no bound at 192: no figure
+    assert "headroom" in rp.SUMMARY_FIELDS
 
 
 def test_default_out_is_results_recipe_timestamp():

@@ -96,17 +96,19 @@ def test_new_program_that_fits_nowhere_queues_with_no_origin_and_is_resumed_when
 def test_newcomer_is_admitted_at_once_only_where_the_queue_would_serve_it_first():
     """Upstream queues every newcomer while the queue is non-empty and serves it at the next tick. Ours
     admits it on arrival exactly when the resume pass would pick it first (it fits, no smaller program
-    waits, no aged program reserves the room), so it neither overtakes anyone nor waits for a tick."""
-    pol = mk(capacity=10_000, low_watermark=1.0, aging_bound=30.0)
+    waits, no aged program reserves the room), so it neither overtakes anyone nor waits for a tick. (With
+    --tr-queue-order smallest; the default arrival order is tested below.)"""
+    pol = mk(capacity=10_000, low_watermark=1.0, aging_bound=30.0, tr_queue_order="smallest")
     run(pol, "a", 6_000, end=None)
     assert pol.on_arrival("waiting", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000
     assert pol.on_arrival("small", 1_000, 2.0) == Proceed(B1)  # smaller than the waiting one, fits
     # once "waiting" has aged it reserves the room: even a tiny newcomer queues
     assert pol.on_arrival("tiny", 10, 40.0) == Wait()
-    assert pol.tick(40.0) == []  # waiting marks a (the only REASONING program) to make room
-    assert view(pol, "a").marked_for_pause
-    actions = pol.on_request_end("a", 41.0, 6_000)
-    assert actions[:2] == [Pause("a", B1), Resume("waiting", B1)]
+    assert pol.tick(40.0) == []  # it reserves the room; the running a is not rotated out for it
+    assert not view(pol, "a").marked_for_pause
+    assert pol.on_request_end("a", 41.0, 6_000) == []  # a stays (idle, its prefix hot): no room yet
+    _, actions = pol.release("a", 42.0)
+    assert actions[0] == Resume("waiting", B1)  # first in line once the room is free
     pol.check_invariants()
 
 
@@ -153,8 +155,8 @@ def test_paused_program_request_waits_as_reasoning_then_resumes_on_its_origin():
     # x's next request waits (REASONING while held)
     assert pol.on_arrival("x", 3_200, 6.0) == Wait()
     assert view(pol, "x").phase is Phase.REASONING
-    ok, actions = pol.release("y", 7.0)  # room at once: both waiting programs resume, smallest first
-    assert ok and actions == [Resume("z", B1), Resume("x", B1)]
+    ok, actions = pol.release("y", 7.0)  # room at once: both waiting programs resume, the started x first
+    assert ok and actions == [Resume("x", B1), Resume("z", B1)]
     pol.check_invariants()
 
 
@@ -302,35 +304,44 @@ def test_oversize_program_waits_for_forced_resume_without_blocking_others():
 
 
 # ------------------------------------------------------------------------------------------ aging
-def test_aging_bounds_the_wait_of_a_large_program_behind_a_stream_of_small_ones():
+def test_aged_program_swaps_out_programs_idle_past_the_bound():
     """Upstream serves smallest-first with no aging: 800x wait spread (§11.1 #12). After --aging-bound the
-    large program goes first and idle programs are swapped out to make room for it."""
+    large program goes first; programs that have sat idle at least that long (a stuck tool or client holding
+    room it does not use) are swapped out for it, longest idle first, only as many as it needs."""
     pol = mk(capacity=20_000, low_watermark=1.0, aging_bound=30.0)
     for i in range(4):
-        run(pol, f"s{i}", 4_000)  # 16,400 charged, all idle (ACTING)
+        run(pol, f"s{i}", 4_000, now=float(i))  # 16,400 charged, all idle (ACTING) since 0, 1, 2, 3 s
+    assert pol.on_arrival("large", 9_000, 0.0) == Wait()
+    assert pol.tick(25.0) == []  # not aged yet
+    assert pol.tick(30.0) == []  # aged, but s0 has been idle for 30 s, s1 for 29 s: needs two of them
+    assert pol.tick(35.0) == [Pause("s0", B1), Pause("s1", B1), Resume("large", B1)]
+    assert pol.stats().pauses == pol.stats().swaps == 2
+    assert used(pol) <= 20_000
+    pol.check_invariants()
+
+
+def test_aged_program_does_not_rotate_out_programs_in_mid_trajectory():
+    """Programs that keep working (short tool calls) are not swapped out for an aged one: each swap would cost
+    a re-prefill of the swapped program's whole context, and in sustained overload it only changes who waits
+    (simulated glm4.6-8xh100, 192 programs: 1,088 swaps in 40 min, 79% of re-prefilled tokens). The aged
+    program keeps its reservation and starts as soon as one of them finishes."""
+    pol = mk(capacity=20_000, low_watermark=1.0, aging_bound=30.0)
+    for i in range(4):
+        run(pol, f"s{i}", 4_000)
     assert pol.on_arrival("large", 9_000, 0.0) == Wait()
     t = 0.0
-    resumed_large_at = None
-    for step in range(20):
+    for _ in range(20):  # 100 s: the small programs come back every 5 s (admitted at once: ACTIVE)
         t += 5.0
-        actions = []
-        # small programs keep coming back (admitted at once: they are ACTIVE) and leaving
         for i in range(4):
-            pid = f"s{i}"
-            v = view(pol, pid)
-            if v.state is State.ACTIVE and v.phase is Phase.ACTING:
-                assert pol.on_arrival(pid, 4_000, t) == Proceed(B1)
-                actions += [(t + 1.0, a) for a in pol.on_request_end(pid, t + 1.0, 4_000)]
-        actions += [(t, a) for a in pol.tick(t)]
-        for when, a in actions:
-            if a == Resume("large", B1):
-                resumed_large_at = when
-        if resumed_large_at is not None:
-            break
-    # without aging it would wait forever (nothing ever leaves); with it: right after the bound
-    assert resumed_large_at is not None and 30.0 <= resumed_large_at <= 30.0 + 5.0
-    assert pol.stats().pauses == pol.stats().swaps == 2  # two idle small programs swapped out for it
-    assert used(pol) <= 20_000
+            assert pol.on_arrival(f"s{i}", 4_000, t) == Proceed(B1)
+            assert Resume("large", B1) not in pol.on_request_end(f"s{i}", t + 1.0, 4_000)
+        assert pol.tick(t + 2.0) == []
+    assert view(pol, "large").state is State.PAUSED and pol.stats().pauses == pol.stats().swaps == 0
+    assert pol.on_arrival("tiny", 10, t) == Wait()  # it reserves the room: nothing overtakes it
+    _, actions = pol.release("s0", t + 3.0)  # s0's trajectory ends: 12,300 + 9,100 > 20,000 still
+    assert actions == []
+    _, actions = pol.release("s1", t + 4.0)
+    assert actions[0] == Resume("large", B1)
     pol.check_invariants()
 
 
@@ -341,10 +352,11 @@ def test_aged_program_reserves_room_small_programs_do_not_overtake():
     assert pol.on_arrival("large", 9_000, 0.0) == Wait()
     assert pol.on_arrival("small", 500, 31.0) == Wait()
     assert pol.tick(35.0) == []  # large is aged and reserves; small may not take the room
-    assert view(pol, "a").marked_for_pause  # a mark makes room for it once a's response ends
-    actions = pol.on_request_end("a", 36.0, 9_000)
-    assert actions[:2] == [Pause("a", B1), Resume("large", B1)]
-    assert pol.stats().marks == 1 and pol.stats().swaps == 0
+    assert not view(pol, "a").marked_for_pause  # a running program is not marked for it either
+    assert pol.on_request_end("a", 36.0, 9_000) == []
+    _, actions = pol.release("a", 37.0)
+    assert actions == [Resume("large", B1), Resume("small", B1)]
+    assert pol.stats().marks == 0 and pol.stats().swaps == 0
     pol.check_invariants()
 
 
@@ -664,7 +676,8 @@ def test_decayed_idle_program_is_cheap_to_resume():
 
 def test_resume_order_waiting_requests_first_smallest_first_then_idle():
     """§3.5 "tick: resume pass": programs with a waiting request before idle ones (upstream also puts
-    first-step programs in between; ours treats every waiting request alike), smallest first within a class."""
+    first-step programs in between, smallest first; ours serves programs waiting for their first response in
+    arrival order, so the earlier wait-large goes before the later wait-small)."""
     pol = mk(capacity=20_000, low_watermark=1.0)
     pol.on_arrival("big", 17_000, 0.0)  # 17,100 in flight
     run(pol, "idle-small", 500)  # 17,700
@@ -674,5 +687,41 @@ def test_resume_order_waiting_requests_first_smallest_first_then_idle():
     assert pol.on_arrival("wait-small", 1_000, 6.0) == Wait()  # 19,600 + 1,100 > 20,000
     assert pol.stats().queue_length == 3
     actions = pol.on_request_end("big", 7.0, 10_000)  # 10,100 used: room for everyone, in class order
-    assert actions == [Resume("wait-small", B1), Resume("wait-large", B1), Resume("idle-small", B1)]
+    assert actions == [Resume("wait-large", B1), Resume("wait-small", B1), Resume("idle-small", B1)]
+    pol.check_invariants()
+
+
+def test_newcomers_start_in_arrival_order_whatever_their_size():
+    """The fairness promise (--tr-queue-order arrival, the default): a program waiting for its first response
+    is never overtaken by a later newcomer, however small (upstream: smallest first, so in a burst the large
+    programs wait for every smaller one: §11.1 #12). The head of the line reserves the room."""
+    pol = mk(capacity=10_000, low_watermark=1.0)
+    run(pol, "a", 6_000, end=None)
+    assert pol.on_arrival("large", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000
+    assert pol.on_arrival("small", 1_000, 2.0) == Wait()  # would fit, but large came first
+    assert pol.tick(5.0) == []
+    _, actions = pol.release("a", 6.0)
+    assert actions == [Resume("large", B1), Resume("small", B1)]
+    assert pol.on_arrival("tiny", 10, 7.0) == Proceed(B1)  # nobody waits: straight in
+    pol.check_invariants()
+    # --tr-queue-order smallest keeps upstream's order: small overtakes large
+    pol = mk(capacity=10_000, low_watermark=1.0, tr_queue_order="smallest")
+    run(pol, "a", 6_000, end=None)
+    assert pol.on_arrival("large", 5_000, 1.0) == Wait()
+    assert pol.on_arrival("small", 1_000, 2.0) == Proceed(B1)
+
+
+def test_started_programs_resume_before_newcomers():
+    """A program paused in mid-trajectory goes before programs that have not started: holding a newcomer
+    costs nothing (no context to lose), holding a started one costs it a re-prefill the longer it waits."""
+    pol = mk(capacity=10_000, low_watermark=0.9)
+    run(pol, "x", 3_000)
+    run(pol, "y", 4_000)
+    pol.on_progress("y", 4_000)  # 11,200 > 10,000
+    assert pol.tick(5.0) == [Pause("x", B1)]  # 8,100
+    assert pol.on_arrival("x", 3_200, 6.0) == Wait()  # 8,100 + 3,300 > 9,000
+    assert pol.on_arrival("new", 500, 7.0) == Wait()  # 8,100 + 600 would fit, but x waits and goes first
+    assert pol.tick(10.0) == []
+    _, actions = pol.release("y", 11.0)
+    assert actions == [Resume("x", B1), Resume("new", B1)]
     pol.check_invariants()

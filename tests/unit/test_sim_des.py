@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sim.des import BACKEND, DesError, run_des
+from harness.sim.des import BACKEND, DesError, run_des, unlimited_blocks
 from harness.sim.timing import ProfileError, StepTimeModel, list_profiles, load_profile, report
 from harness.throughput import summarize_run
 from harness.workload import Trajectory, Turn
@@ -96,11 +96,61 @@ def test_small_cache_thrashes_and_thunderagent_arm_avoids_preemption(tmp_path: P
     assert sta["policy"]["pauses"] > 0  # the real CapacityPolicy paused programs
     assert sc["policy"]["pins"] > 0
     assert sta["prefix_hit_rate"] > sv["prefix_hit_rate"]
+    # where the prefill went, by why a call waited: every served call is in one class
+    holds = sta["holds"]
+    assert sum(d["calls"] for d in holds.values()) == sta["steps_total"]
+    assert holds["held"]["calls"] > 0 and holds["held"]["wait_s"] > 0  # tr held some calls in mid-trajectory
+    assert "held" not in sv["holds"] and sv["holds"]["free"]["wait_s"] == 0  # raw vLLM holds nothing
+    assert sum(d["uncached_share"] for d in holds.values()) == pytest.approx(1.0, abs=1e-3)
+    assert {"swaps", "unmarks"} <= set(sta["policy"])
     # the run directory is read by the harness's own throughput code
     summ = summarize_run(tmp_path / "ta", window="0m-15m")
     assert summ.simulated and summ.profile == "glm4.6-8xh100" and summ.arm == "thunderagent"
     assert summ.agree is not False
     assert abs(summ.steps_per_min - ta.steps_per_min()) / ta.steps_per_min() < 0.05
+
+
+def test_bound_arm_lifts_the_kv_limit_of_the_same_profile(tmp_path: Path) -> None:
+    """The "bound" arm is the vllm arm with a cache for every program's longest context: no preemption, no
+    eviction for lack of room, so at least the throughput of the limited engine (the headroom reference)."""
+    common = dict(programs=6, duration_s=900, trajectories=trajs(), seed=0, num_gpu_blocks=700)
+    v = run_des("glm4.6-8xh100", arm="vllm", **common)  # type: ignore[arg-type]
+    b = run_des("glm4.6-8xh100", arm="bound", out_dir=tmp_path / "b", **common)  # type: ignore[arg-type]
+    assert v.summary()["preemptions"] > 0 and b.summary()["preemptions"] == 0
+    assert b.steps_per_min() > v.steps_per_min()
+    assert b.summary()["prefix_hit_rate"] > v.summary()["prefix_hit_rate"]
+    prof = load_profile("glm4.6-8xh100")
+    assert unlimited_blocks(prof, 6) == 6 * math.ceil(prof.engine.max_model_len / prof.engine.block_size) + 1
+    summ = summarize_run(tmp_path / "b", window="0m-15m")
+    assert summ.simulated and summ.arm == "bound"
+
+
+def _burst_ttfr(order: str) -> tuple[float, float, float, int]:
+    """A burst of 12 programs (6 small, 6 large first prompts, alternating) at a 3,200-token cache on tiny-cpu,
+    each run once; returns (mean TTFR small, mean TTFR large, makespan, calls served)."""
+    trajs = [Trajectory(f"{'large' if i % 2 else 'small'}-{i}", 64, 900 if i % 2 else 120, 0.01 * i,
+                        tuple(Turn(16, 40, 0.3) for _ in range(4))) for i in range(12)]
+    cfg = Config(router="tr", backends=(BACKEND,), tr_queue_order=order, tr_mode="fixed")
+    r = run_des("tiny-cpu", arm="thunderagent", programs=12, duration_s=3600.0, trajectories=trajs,
+                policy_config=cfg, num_gpu_blocks=25, once=True)
+    ok = [s for s in r.steps if s.status == "ok"]
+    first = {s.instance_id: s.end - s.arrival for s in ok if s.step == 1}
+    small = [v for k, v in first.items() if k.startswith("small")]
+    large = [v for k, v in first.items() if k.startswith("large")]
+    return sum(small) / len(small), sum(large) / len(large), max(s.end for s in ok), len(ok)
+
+
+def test_burst_runs_once_and_arrival_order_keeps_large_programs_waits_close_to_small_ones() -> None:
+    """`once`: each slot runs one program, the run ends with the burst (not at duration_s). Under tr's
+    arrival order the large programs' first responses come about as soon as the small ones' (the promise:
+    within 2x); upstream's smallest-first order makes them wait for every small one."""
+    s_new, l_new, span_new, served = _burst_ttfr("arrival")
+    s_old, l_old, span_old, served_old = _burst_ttfr("smallest")
+    assert served == served_old == 12 * 4
+    assert span_new < 60.0 and span_old < 60.0  # ended with the burst, far before duration_s
+    assert l_new / s_new <= 2.0
+    assert l_old / s_old > 2.0
+    assert span_new <= span_old * 1.1  # fairness without giving up the makespan
 
 
 def test_des_bad_arguments() -> None:
