@@ -277,6 +277,10 @@ def run_des(
     steps: list[StepRecord] = []
     metrics: list[dict[str, float]] = []
     uid_counter = 0
+    # first calls in a row that could not be sent (longer than max_model_len): a program that fails there ends at
+    # once and its slot starts the next one at the same virtual time, so a pool where nothing fits would spin
+    unfit_in_a_row = 0
+    unfit_limit = max(100, 10 * programs)
     run_name = run_id or f"des-{arm}-{programs}"
 
     def push(t: float, slot: int) -> None:
@@ -359,6 +363,7 @@ def run_des(
 
     def call(p: _Program, now: float) -> None:
         """The program sends call p.k now."""
+        nonlocal unfit_in_a_row
         turn = p.traj.turns[p.k]
         if p.k > 0:
             prev = p.traj.turns[p.k - 1]
@@ -367,10 +372,16 @@ def run_des(
         p.arrival = now
         prompt = p.traj.prompt_tokens(p.k)
         if prompt + turn.output_tokens > max_len or turn.output_tokens < 1:
+            unfit_in_a_row = unfit_in_a_row + 1 if p.k == 0 else 0
+            if unfit_in_a_row > unfit_limit:
+                raise DesError(f"{unfit_in_a_row} programs in a row could not send their first call: it needs "
+                               f"{prompt + turn.output_tokens} tokens (e.g. {p.traj.instance_id}) and max_model_len is "
+                               f"{max_len}; shorten the trajectories or use a profile with a longer context")
             p.start = now
             record(p, None, now, "error", "400: context length exceeds max_model_len")
             end_program(p, now)
             return
+        unfit_in_a_row = 0
         if pol is not None:
             adm = pol.on_arrival(p.program_id, prompt, now)
             if not isinstance(adm, Proceed):

@@ -161,3 +161,20 @@ def test_des_bad_arguments() -> None:
     # a trajectory longer than max_model_len ends with an error record instead of crashing
     r = run_des("tiny-cpu", programs=1, duration_s=60, trajectories=trajs(1), num_gpu_blocks=64)
     assert r.steps and r.steps[0].status == "error" and "max_model_len" in (r.steps[0].error or "")
+
+
+def test_a_pool_where_no_first_call_fits_is_an_error_not_a_spin():
+    """A first call longer than max_model_len fails at once and the slot starts the next program at the same
+    virtual time; with nothing in the pool that fits, the run ends with one readable error instead of spinning."""
+    from harness.sim.des import DesError, run_des
+    from harness.sim.timing import load_profile
+    from harness.workload import Trajectory, Turn
+
+    prof = load_profile("tiny-cpu")
+    huge = Trajectory("too-long", system_tokens=prof.engine.max_model_len, first_user_tokens=10, prep_time_s=0.0,
+                      turns=(Turn(16, 10, 0.1),))
+    with pytest.raises(DesError, match="could not send their first call"):
+        run_des(prof, arm="vllm", programs=2, duration_s=60.0, trajectories=[huge], resample=True)
+    ok = Trajectory("fits", system_tokens=100, first_user_tokens=10, prep_time_s=0.0, turns=(Turn(16, 10, 0.1),))
+    res = run_des(prof, arm="vllm", programs=2, duration_s=5.0, trajectories=[huge, ok], resample=True)
+    assert any(r.status == "ok" for r in res.steps) and any(r.status == "error" for r in res.steps)
