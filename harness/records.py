@@ -204,13 +204,17 @@ class RunPaths:
 
 
 def git_revision(cwd: str | os.PathLike[str] | None = None) -> str | None:
-    """The repository's HEAD (with "-dirty" when the tree has changes), or None outside git."""
+    """The repository's HEAD (with "-dirty" when tracked files other than results/ have changes), or None
+    outside git. results/ holds outputs, not inputs: regenerating results/reference in place rewrites it while the
+    sweep runs, which said nothing about the code that produced the numbers but marked every manifest dirty."""
     where = cwd or Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=top, capture_output=True, text=True, timeout=5).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -54,3 +54,26 @@ def test_instance_events_roundtrip(tmp_path):
         for e in ev:
             w.write_line(e.to_json())
     assert read_instance_events(tmp_path / "instances.jsonl") == ev
+
+
+def test_git_revision_is_dirty_for_source_changes_not_for_results(tmp_path):
+    import subprocess
+
+    from harness.records import git_revision
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "root")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "summary.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "files")
+    head = git_revision(tmp_path)
+    assert head and not head.endswith("-dirty")
+    (tmp_path / "results" / "summary.json").write_text('{"rows": []}')  # an output rewritten in place
+    assert git_revision(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code that produces the numbers
+    assert git_revision(tmp_path) == head + "-dirty"
