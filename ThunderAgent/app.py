@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -91,8 +92,9 @@ class ClientGone(Exception):
 # --- request parsing ------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, limit_name: str = "--max-body-bytes") -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes (`limit_name` says which
+    limit, for the message)."""
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
@@ -102,7 +104,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared > limit:
             raise ProxyError(
                 413,
-                f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)",
+                f"request body of {declared} bytes exceeds the limit of {limit} bytes ({limit_name})",
                 code="request_too_large",
             )
     chunks: list[bytes] = []
@@ -112,19 +114,50 @@ async def read_body(request: Request, limit: int) -> bytes:
         if n > limit:
             raise ProxyError(
                 413,
-                f"request body exceeds the limit of {limit} bytes (--max-body-bytes)",
+                f"request body exceeds the limit of {limit} bytes ({limit_name})",
                 code="request_too_large",
             )
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+# A JSON string escape of a UTF-16 surrogate (\\ud800-\\udfff). Paired surrogates decode to one code point;
+# a lone one decodes to a str that cannot be encoded as UTF-8, so any later re-encoding (the forwarded body,
+# /programs, a log or record line) would fail. Bodies without such an escape (nearly all) are not walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True if any string (key or value) in a parsed JSON value holds an unpaired UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _LONE_SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream) or a non-object."""
+    """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream), for a string
+    holding a lone UTF-16 surrogate (valid JSON, but not Unicode text), or a non-object."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProxyError(400, "Invalid JSON", code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(payload):
+        raise ProxyError(
+            400,
+            "request body holds a lone UTF-16 surrogate escape (e.g. \\ud800 without its pair): not valid "
+            "Unicode text",
+            code="invalid_unicode",
+        )
     if not isinstance(payload, dict):
         raise ProxyError(
             400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body"
@@ -174,11 +207,15 @@ def validate_chat(payload: dict[str, Any]) -> None:
 
 
 def _coerce_id(value: Any, param: str) -> str | None:
+    """A program id as given (None: not given). An empty string is refused (400) rather than silently
+    read as "not given": a client that sends one meant some program, and must not land in "default"."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ProxyError(400, f"'{param}' must be a string", param=param, code="invalid_type")
     s = str(value)
+    if not s:
+        raise ProxyError(400, f"'{param}' must not be empty", param=param, code="invalid_value")
     if len(s) > MAX_PROGRAM_ID_LEN:
         raise ProxyError(
             400,
@@ -186,7 +223,7 @@ def _coerce_id(value: Any, param: str) -> str | None:
             param=param,
             code="invalid_value",
         )
-    return s or None
+    return s
 
 
 def extract_program_id(payload: dict[str, Any], header: str | None, url_id: str | None) -> tuple[str, str]:
@@ -335,11 +372,22 @@ RELAY_GET = ("/version",)
 # --- responses ------------------------------------------------------------------------------------------
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON as Starlette renders it (UTF-8, non-ASCII kept), falling back to ASCII escapes for text that
+    UTF-8 cannot encode (a lone surrogate): a view of client-given text never fails for every caller."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(err: ProxyError, compat_detail: bool = False) -> JSONResponse:
     body = err.body()
     if compat_detail:  # upstream answered {"detail": ...} here; keep that key for its clients
         body["detail"] = err.message
-    return JSONResponse(body, status_code=err.status)
+    return SafeJSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 class RawResponse(Response):
@@ -1315,7 +1363,7 @@ def create_app(
 
     @app.get("/programs")
     async def programs() -> JSONResponse:
-        return JSONResponse(proxy.programs_json())
+        return SafeJSONResponse(proxy.programs_json())
 
     @app.post("/programs/release")
     async def release(request: Request) -> JSONResponse:
@@ -1329,7 +1377,9 @@ def create_app(
                 )
             )
         try:
-            payload = parse_json_object(await read_body(request, RELEASE_BODY_LIMIT))
+            payload = parse_json_object(
+                await read_body(request, RELEASE_BODY_LIMIT, "the fixed limit of a release body")
+            )
             pid = _coerce_id(payload.get("program_id"), "program_id")
         except ProxyError as e:
             return error_response(e, compat_detail=True)
@@ -1342,11 +1392,11 @@ def create_app(
         if released:
             proxy.telemetry.released.inc()
             log.info("program %s released", pid)
-        return JSONResponse({"program_id": pid, "released": released})
+        return SafeJSONResponse({"program_id": pid, "released": released})
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse(proxy.health_json())
+        return SafeJSONResponse(proxy.health_json())
 
     def _profiling_off() -> JSONResponse:
         return error_response(
@@ -1357,7 +1407,7 @@ def create_app(
     async def profiles() -> JSONResponse:
         if not config.profile:
             return _profiling_off()
-        return JSONResponse({r.program_id: r.profile.averages() for r in proxy.registry.records()})
+        return SafeJSONResponse({r.program_id: r.profile.averages() for r in proxy.registry.records()})
 
     @app.get("/profiles/{program_id}")
     async def profile(program_id: str) -> JSONResponse:
@@ -1371,13 +1421,13 @@ def create_app(
                 ),
                 compat_detail=True,
             )
-        return JSONResponse(rec.profile.averages())
+        return SafeJSONResponse(rec.profile.averages())
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         fmt = request.query_params.get("format")
         if fmt == "json" or (fmt is None and "application/json" in request.headers.get("accept", "")):
-            return JSONResponse(proxy.metrics_json())
+            return SafeJSONResponse(proxy.metrics_json())
         if fmt not in (None, "prometheus", "text"):
             return error_response(
                 ProxyError(

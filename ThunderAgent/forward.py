@@ -420,8 +420,10 @@ class ProxyError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers  # extra response headers (e.g. Retry-After)
         self.status = status
         self.message = message
         self.type = type_

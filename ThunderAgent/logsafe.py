@@ -21,7 +21,10 @@ from __future__ import annotations
 import logging
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0, DEL, C1, line/paragraph separators, and the invisible format characters that reorder or hide text
+# (bidi marks, embeddings, overrides and isolates such as U+202E and U+2066; zero-width characters and the
+# BOM): shown escaped, so a log line reads as what it holds ("Trojan Source", CVE-2021-42574).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SECRETS = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@"), r"\1:***@"),
@@ -38,7 +41,8 @@ def _escape_char(m: re.Match[str]) -> str:
 
 
 def escape_control(text: str) -> str:
-    """``text`` with every control character (C0, DEL, C1, line/paragraph separators) backslash-escaped."""
+    """``text`` with every control character (C0, DEL, C1, line/paragraph separators), bidi and zero-width
+    format character and lone surrogate backslash-escaped."""
     return _CONTROL.sub(_escape_char, text)
 
 
