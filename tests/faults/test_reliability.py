@@ -5,8 +5,10 @@ before the fix and names what it proves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
 import pytest
 
@@ -104,3 +106,191 @@ async def test_release_413_names_its_own_limit(fake_vllm: FakeVLLM) -> None:
         assert r.status_code == 413
         msg = r.json()["error"]["message"]
         assert "--max-body-bytes" not in msg and "65536" in msg and "release" in msg
+
+
+# --- no silent holds, no hung loops -------------------------------------------------------------------
+
+
+async def until(pred, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `pred` on the event loop until true, failing after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def healthy(proxy, url: str) -> bool:
+    return next(b.healthy for b in proxy.policy.backends() if b.url == url)
+
+
+@pytest.mark.parametrize("mode", ["404", "500", "garbage"])
+async def test_broken_metrics_do_not_mark_a_serving_backend_unhealthy(fake_vllm: FakeVLLM, mode: str) -> None:
+    if mode == "garbage":
+        fake_vllm.metrics_mode = "garbage"
+    else:
+        fake_vllm.metrics_status = int(mode)
+    cfg = Config(backends=(fake_vllm.url,), router="tr", metrics=True, metrics_interval=0.05, tr_mode="fixed")
+    async with running_proxy(cfg) as (client, proxy):
+        st = proxy.backends[fake_vllm.url]
+        await until(lambda: st.last_error is not None and fake_vllm.paths.count("/metrics") >= 8,
+                    10, "several failed scrapes (3 in a row marked a backend unhealthy)")
+        assert healthy(proxy, fake_vllm.url)
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="new")), 10)
+        assert r.status_code == 200, r.text
+
+
+async def test_no_healthy_backend_gives_503_after_the_grace_then_recovers_fixed_no_metrics(
+    fake_vllm: FakeVLLM,
+) -> None:
+    """--tr-mode fixed without --metrics: an unhealthy backend is re-probed (it never was), and a new
+    program meanwhile gets 503 + Retry-After after --no-backend-grace (it waited --resume-timeout)."""
+    cfg = Config(backends=(fake_vllm.url,), router="tr", tr_mode="fixed", no_backend_grace=0.3, health_interval=0.05)
+    async with running_proxy(cfg) as (client, proxy):
+        fake_vllm.health_status = 503
+        for _ in range(3):  # three failed exchanges, as a backend that went down gives
+            proxy._observe_health(fake_vllm.url, False)
+        assert not healthy(proxy, fake_vllm.url)
+        t0 = time.monotonic()
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="new")), 10)
+        waited = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "no_healthy_backend"
+        assert int(r.headers["retry-after"]) >= 1
+        assert 0.3 <= waited < 5, waited
+        fake_vllm.health_status = 200
+        await until(lambda: healthy(proxy, fake_vllm.url), 10, "the backend to be probed healthy again")
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="new")), 10)
+        assert r.status_code == 200, r.text
+
+
+async def test_trickling_metrics_cannot_hang_capacity_discovery(fake_vllm_factory) -> None:
+    fake = fake_vllm_factory(num_gpu_blocks=100)
+    fake.metrics_mode = "trickle"
+    cfg = Config(backends=(fake.url,), router="tr", metrics=True, metrics_interval=0.1, probe_timeout=0.5)
+    async with running_proxy(cfg) as (client, proxy):
+        st = proxy.backends[fake.url]
+        await until(lambda: st.last_error is not None and "Timeout" in st.last_error, 10, "a probe to time out")
+        assert st.capacity is None
+        assert (await asyncio.wait_for(client.get("/health"), 2)).status_code == 200
+        fake.metrics_mode = None
+        await until(lambda: st.capacity == fake.capacity, 15, "capacity known once /metrics is normal")
+        await until(lambda: st.latest != {}, 5, "a successful scrape")
+
+
+async def test_huge_metrics_are_capped(fake_vllm: FakeVLLM) -> None:
+    fake_vllm.metrics_mode = "huge"
+    fake_vllm.huge_bytes = 4 * 1024 * 1024
+    cfg = Config(backends=(fake_vllm.url,), router="tr", metrics=True, metrics_interval=0.1,
+                 max_metrics_bytes=256 * 1024)
+    async with running_proxy(cfg) as (client, proxy):
+        st = proxy.backends[fake_vllm.url]
+        await until(lambda: st.last_error is not None and "exceeds" in st.last_error, 10, "the size cap to trip")
+        assert healthy(proxy, fake_vllm.url)  # /health still answers: alive
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="p")), 10)
+        assert r.status_code == 200
+
+
+async def test_a_request_that_can_never_fit_is_rejected_at_once(fake_vllm_factory) -> None:
+    fake = fake_vllm_factory(num_gpu_blocks=25, block_size=128)  # 3,200 tokens of KV
+    cfg = Config(backends=(fake.url,), router="tr", tr_mode="fixed")
+    async with running_proxy(cfg) as (client, proxy):
+        await until(lambda: proxy.backends[fake.url].capacity == 3200, 10, "capacity")
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat("word " * 40_000, program_id="big")), 5)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded"
+        assert "12500 tokens" in err["message"] and "3200" in err["message"]
+        assert proxy.registry.get("big") is None
+        # over the proxy's estimate (16,000 chars / 4 = 4,000 > 3,200) but not over the floor: served
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat("x" * 16_000, program_id="mid")), 10)
+        assert r.status_code == 200, r.text
+
+
+# --- secrets and eviction --------------------------------------------------------------------------------
+
+PASSWORD = "S3cretPass-x9"
+TOKEN = "tok3n-in-url-q7"
+
+
+async def test_backend_credentials_never_leave_the_process(
+    fake_vllm: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ThunderAgent.logsafe import EscapingFilter
+
+    port = fake_vllm.url.rsplit(":", 1)[1]
+    urls = (f"http://alice:{PASSWORD}@127.0.0.1:{port}", f"http://{TOKEN}@127.0.0.1:{port}")
+    cfg = Config(backends=urls, router="tr", metrics=True, metrics_interval=0.05, profile=False)
+    with caplog.at_level(logging.DEBUG):
+        async with running_proxy(cfg) as (client, proxy):
+            await until(lambda: all(st.latest for st in proxy.backends.values()), 10, "a scrape of each")
+            for i in range(4):
+                assert (await client.post("/v1/chat/completions", json=chat(program_id=f"p{i}"))).status_code == 200
+            seen = []
+            for path in ("/health", "/programs", "/metrics", "/metrics?format=json", "/profiles"):
+                r = await client.get(path)
+                seen.append(r.text)
+                assert PASSWORD not in r.text and TOKEN not in r.text, (path, r.text[:300])
+            assert "http://***@127.0.0.1" in seen[0] and "http://***@127.0.0.1" in seen[2]
+            for u in urls:
+                proxy._observe_health(u, False)
+                proxy._observe_health(u, False)
+                proxy._observe_health(u, False)
+    f = EscapingFilter()
+    for rec in caplog.records:
+        f.filter(rec)
+        assert PASSWORD not in rec.getMessage() and TOKEN not in rec.getMessage(), rec.getMessage()
+    # and without the filter: the proxy's own lines already show the redacted URL
+    assert any("http://***@127.0.0.1" in r.getMessage() and "UNHEALTHY" in r.getMessage() for r in caplog.records)
+
+
+def test_redact_url_and_log_redaction() -> None:
+    from ThunderAgent.logsafe import redact, redact_url
+
+    assert redact_url(f"http://alice:{PASSWORD}@h:1/v1?api_key={TOKEN}") == "http://***@h:1/v1?api_key=***"
+    assert redact_url("http://h:1") == "http://h:1"
+    line = redact(f"backends=http://{TOKEN}@h:1,http://h:2/?api_key={PASSWORD}&x=1")
+    assert TOKEN not in line and PASSWORD not in line and "http://h:2/?api_key=***&x=1" in line
+
+
+def test_admin_token_from_file_and_env(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ThunderAgent.cli import parse_config
+
+    monkeypatch.delenv("THUNDERAGENT_ADMIN_TOKEN", raising=False)
+    assert parse_config([]).admin_token is None
+    monkeypatch.setenv("THUNDERAGENT_ADMIN_TOKEN", "from-env")
+    assert parse_config([]).admin_token == "from-env"
+    assert parse_config(["--admin-token", "flag"]).admin_token == "flag"
+    f = tmp_path / "tok"
+    f.write_text("from-file\n")
+    assert parse_config(["--admin-token-file", str(f)]).admin_token == "from-file"
+    f.write_text("\n")
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--admin-token-file", str(f)])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_config(["--admin-token-file", str(tmp_path / "missing")])
+
+
+class RecordingReclaimer:
+    def __init__(self) -> None:
+        self.scheduled: list[str] = []
+
+    def schedule(self, program_id: str, resources: dict) -> None:
+        self.scheduled.append(program_id)
+
+
+async def test_new_ids_cannot_evict_and_reclaim_someone_elses_program(fake_vllm: FakeVLLM) -> None:
+    reclaimer = RecordingReclaimer()
+    cfg = Config(backends=(fake_vllm.url,), router="default", admin_token="T", max_programs=5, idle_ttl=0)
+    async with running_proxy(cfg, reclaimer=reclaimer) as (client, proxy):
+        r = await client.post("/v1/chat/completions", json=chat(program_id="victim", docker_ids=["c-victim"]))
+        assert r.status_code == 200
+        assert (await client.post("/programs/release", json={"program_id": "victim"})).status_code == 401
+        codes = [
+            (await client.post("/v1/chat/completions", json=chat(program_id=f"attacker-{i}"))).status_code
+            for i in range(6)
+        ]
+        assert codes == [200, 200, 200, 200, 429, 429]
+        proxy.expire_idle()
+        assert "victim" in proxy.programs_json() and reclaimer.scheduled == []
