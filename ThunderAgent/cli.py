@@ -135,6 +135,9 @@ def validate(cfg: Config) -> None:
             raise CliError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_body_bytes <= 0:
         raise CliError(f"--max-body-bytes must be > 0, got {cfg.max_body_bytes}")
+    for name in ("max_response_bytes", "max_header_bytes", "max_headers", "header_timeout"):
+        if getattr(cfg, name, 1) <= 0:
+            raise CliError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
     if cfg.max_metrics_bytes <= 0:
         raise CliError(f"--max-metrics-bytes must be > 0, got {cfg.max_metrics_bytes}")
     if cfg.max_programs <= 0:
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from ThunderAgent.app import create_app
+    from ThunderAgent.httpserver import bounded_protocol
 
     try:
         app = create_app(cfg)
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level=cfg.log_level,
             access_log=cfg.log_level in ("debug", "trace"),
             timeout_keep_alive=SERVER_KEEPALIVE,
+            http=bounded_protocol(cfg.max_header_bytes, cfg.max_headers, cfg.header_timeout),
         )
     except OSError as e:  # e.g. address in use
         sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")

@@ -69,6 +69,21 @@ class Config:
         None, "read the admin token from this file (first line, whitespace stripped); overrides --admin-token"
     )
     max_body_bytes: int = opt(32 * 1024 * 1024, "request bodies larger than this get HTTP 413")
+    max_header_bytes: int = opt(
+        64 * 1024, "a request head (request line + headers) larger than this gets HTTP 431, connection closed"
+    )
+    max_headers: int = opt(100, "a request with more header fields than this gets HTTP 431")
+    header_timeout: float = opt(
+        30.0,
+        "seconds a client has to send a request head, from connecting (or from the first byte of the next "
+        "request on a kept-alive connection); then HTTP 408 and the connection is closed (slowloris)",
+    )
+    max_response_bytes: int = opt(
+        16 * 1024 * 1024,
+        "a backend answer the proxy reads whole (non-streamed) larger than this is cut off: HTTP 502 "
+        "backend_response_too_large (streams pass through and are not limited); raise it for large "
+        "embedding batches",
+    )
     max_programs: int = opt(
         100_000,
         "hard cap on tracked programs: when full, a new program id gets HTTP 429 (with Retry-After); live "

@@ -23,6 +23,8 @@ Knobs (plain attributes; set them from the test thread at any time):
   report_cached    include usage.prompt_tokens_details.cached_tokens (vLLM --enable-prompt-tokens-details),
                    computed from a tiny prefix cache keyed by the first message.
   metrics_status   status of GET /metrics (e.g. 503 to make health probes fail); health_status for /health.
+  chat_mode        None (normal) | "garbage" (200, not JSON) | "huge" (200, `huge_bytes` of JSON, chunked)
+                   | "neverend" (200 SSE whose one event never ends: bytes forever until the client leaves).
   metrics_mode     None (the normal text) | "garbage" (200, not Prometheus text) | "trickle" (200, one byte
                    every `trickle_delay` s, until the mode changes) | "huge" (200, `huge_bytes` of comments).
   serve_responses  False: /v1/responses answers 404 (an engine that does not serve it).
@@ -132,6 +134,7 @@ class FakeVLLM:
         self.die_after_chunks: int | None = None
         self.metrics_status = 200
         self.metrics_mode: str | None = None
+        self.chat_mode: str | None = None
         self.trickle_delay = 0.2
         self.huge_bytes = 20 * 1024 * 1024
         self.health_status = 200
@@ -177,7 +180,10 @@ class FakeVLLM:
             return
         path, method = scope["path"], scope["method"]
         self.paths.append(path)
-        if path in INFERENCE and method == "POST" and (path != "/v1/responses" or self.serve_responses):
+        if path in INFERENCE and method == "POST" and self.chat_mode is not None:
+            await _read(receive)
+            await self._bad_chat(send)
+        elif path in INFERENCE and method == "POST" and (path != "/v1/responses" or self.serve_responses):
             body = await _read(receive)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             gone = asyncio.Event()
@@ -209,6 +215,29 @@ class FakeVLLM:
                 )
         else:
             await _send_json(send, 404, {"detail": "Not Found"})
+
+    async def _bad_chat(self, send: Any) -> None:
+        mode = self.chat_mode
+        if mode == "garbage":
+            await _send(send, 200, b"\x00<html>not json", b"application/json")
+            return
+        ctype = b"text/event-stream" if mode == "neverend" else b"application/json"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
+        piece = b"x" * 65536
+        try:
+            if mode == "neverend":
+                await send({"type": "http.response.body", "body": b"data: {", "more_body": True})
+                while self.chat_mode == "neverend":
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    await asyncio.sleep(0.001)
+            else:
+                await send({"type": "http.response.body", "body": b'{"pad":"', "more_body": True})
+                for _ in range(self.huge_bytes // len(piece)):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b'"}', "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return
 
     async def _bad_metrics(self, send: Any) -> None:
         mode = self.metrics_mode

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 
+import httpx
 import pytest
 
 from ThunderAgent.config import Config
@@ -294,3 +296,144 @@ async def test_new_ids_cannot_evict_and_reclaim_someone_elses_program(fake_vllm:
         assert codes == [200, 200, 200, 200, 429, 429]
         proxy.expire_idle()
         assert "victim" in proxy.programs_json() and reclaimer.scheduled == []
+
+
+# --- bounds on what a peer controls ----------------------------------------------------------------------
+
+
+def _bounded_proxy(cfg: Config):
+    from ThunderAgent.app import create_app
+    from ThunderAgent.httpserver import bounded_protocol
+    from tests.fakes.server import ServerThread
+
+    app = create_app(cfg)
+    return ServerThread(app, http=bounded_protocol(cfg.max_header_bytes, cfg.max_headers, cfg.header_timeout))
+
+
+def _raw(url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to the server at `url`, return everything it answers until it closes."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:  # the server closed while we were still sending (it refused the head)
+            pass
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_request_head_size_and_header_count_are_bounded(fake_vllm: FakeVLLM) -> None:
+    cfg = Config(backends=(fake_vllm.url,), router="default", max_header_bytes=16 * 1024, max_headers=50)
+    with _bounded_proxy(cfg) as srv:
+        body = json.dumps(chat(program_id="p")).encode()
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n")
+        before = len(fake_vllm.requests)
+        out = _raw(srv.url, head + b"x-big: " + b"a" * 2_000_000 + b"\r\n\r\n" + body)
+        assert out.startswith(b"HTTP/1.1 431"), out[:200]
+        assert b"--max-header-bytes" in out
+        many = b"".join(b"x-h%d: v\r\n" % i for i in range(60))
+        out = _raw(srv.url, head + many + b"\r\n" + body)
+        assert out.startswith(b"HTTP/1.1 431"), out[:200]
+        assert b"--max-headers" in out
+        assert len(fake_vllm.requests) == before  # nothing was forwarded
+        with httpx.Client(base_url=srv.url, timeout=10) as c:  # ordinary requests, kept-alive, still served
+            for _ in range(3):
+                assert c.post("/v1/chat/completions", json=chat(program_id="p"), headers={"x-a": "b" * 1000}).status_code == 200
+
+
+def test_slowloris_connections_are_closed_after_the_head_timeout(fake_vllm: FakeVLLM) -> None:
+    cfg = Config(backends=(fake_vllm.url,), router="default", header_timeout=0.5)
+    with _bounded_proxy(cfg) as srv:
+        host, port = srv.url.rsplit("/", 1)[1].split(":")
+        socks = []
+        for i in range(20):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            if i % 2:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: ")  # never finishes
+            socks.append(s)
+        t0 = time.monotonic()
+        answers = []
+        for s in socks:
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            answers.append(data)
+            s.close()
+        assert time.monotonic() - t0 < 10
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+async def test_backend_response_size_is_bounded(fake_vllm: FakeVLLM) -> None:
+    fake_vllm.chat_mode = "huge"
+    fake_vllm.huge_bytes = 8 * 1024 * 1024
+    cfg = Config(backends=(fake_vllm.url,), router="tr", max_response_bytes=1024 * 1024)
+    async with running_proxy(cfg) as (client, proxy):
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="p")), 20)
+        assert r.status_code == 502, r.text[:300]
+        assert r.json()["error"]["code"] == "backend_response_too_large"
+        fake_vllm.chat_mode = None
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="p")), 20)
+        assert r.status_code == 200
+        assert sum(rec.inflight for rec in proxy.registry.records()) == 0
+
+
+def test_an_sse_event_that_never_ends_is_not_held_whole() -> None:
+    from ThunderAgent.forward import MAX_SSE_EVENT_BYTES, SSETap
+
+    for strip in (True, False):
+        tap = SSETap(strip)
+        out = 0
+        for _ in range(64):
+            out += len(tap.feed(b"x" * 65536))
+            assert len(tap._buf) <= MAX_SSE_EVENT_BYTES + 65536
+        assert out >= 64 * 65536 - MAX_SSE_EVENT_BYTES - 65536
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+def test_real_proxy_peak_rss_under_a_huge_header_and_a_huge_backend_response(fake_vllm: FakeVLLM, tmp_path) -> None:
+    """The `thunderagent` process: its peak RSS grows by less than 50 MB under a 100 MB request header and
+    a 200 MB backend response (it grew by ~440 and ~550 MB before the limits). Figures printed (-s)."""
+    from tests.faults.test_security import _run_proxy_cli
+
+    proc, base, _ = _run_proxy_cli(["--backends", fake_vllm.url, "--router", "default"], tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            assert c.post("/v1/chat/completions", json=chat(program_id="warm")).status_code == 200
+        start = _peak_rss_mb(proc.pid)
+        out = _raw(base, b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (100 * 1024 * 1024) + b"\r\n\r\n", 60)
+        assert out.startswith(b"HTTP/1.1 431"), out[:100]
+        after_header = _peak_rss_mb(proc.pid)
+        fake_vllm.chat_mode = "huge"
+        fake_vllm.huge_bytes = 200 * 1024 * 1024
+        with httpx.Client(base_url=base, timeout=120) as c:
+            r = c.post("/v1/chat/completions", json=chat(program_id="p"))
+            assert r.status_code == 502 and r.json()["error"]["code"] == "backend_response_too_large"
+        fake_vllm.chat_mode = None
+        after_response = _peak_rss_mb(proc.pid)
+        print(f"peak RSS MB: start {start:.1f}, after 100 MB header {after_header:.1f}, after 200 MB response {after_response:.1f}")
+        assert after_header - start < 50 and after_response - start < 50, (start, after_header, after_response)
+        assert httpx.get(base + "/programs", timeout=10).status_code == 200
+    finally:
+        fake_vllm.chat_mode = None
+        proc.terminate()
+        proc.wait(20)
