@@ -47,6 +47,10 @@ class StepRecord:
             line.encode()
         except UnicodeEncodeError:
             line = json.dumps(d, separators=(",", ":"), allow_nan=False)
+        # U+2028/U+2029 are line breaks to str.splitlines() and some JSONL readers: escaped, one record
+        # stays one line for every reader
+        if "\u2028" in line or "\u2029" in line:
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         return line
 
     @classmethod

@@ -13,6 +13,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ThunderAgent.config import Config
 from ThunderAgent.logsafe import escape_control
@@ -59,6 +61,8 @@ async def test_read_only_views_survive_a_lone_surrogate_that_got_in(fake_vllm: F
     line = StepRecord(program_id="bad\udc00", step=1, arrival=0.0, start=0.0, end=1.0, status="ok").to_json()
     line.encode()  # would raise UnicodeEncodeError before the fix: the record was lost
     assert json.loads(line)["program_id"] == "bad\udc00"
+    line = StepRecord(program_id="a\u2028b", step=1, arrival=0.0, start=0.0, end=1.0, status="ok").to_json()
+    assert len(line.splitlines()) == 1 and json.loads(line)["program_id"] == "a\u2028b"
 
 
 def test_bidi_and_invisible_characters_are_escaped_in_logs() -> None:
@@ -437,3 +441,78 @@ def test_real_proxy_peak_rss_under_a_huge_header_and_a_huge_backend_response(fak
         fake_vllm.chat_mode = None
         proc.terminate()
         proc.wait(20)
+
+
+# --- misbehaving backend and fuzzed bodies -----------------------------------------------------------------
+
+
+def test_chat_garbage_and_a_neverending_stream_settle(fake_vllm: FakeVLLM) -> None:
+    from tests.faults.kit import assert_settled, start_proxy
+
+    srv, proxy, spy = start_proxy(Config(backends=(fake_vllm.url,), router="tr"))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=20) as c:
+            fake_vllm.chat_mode = "garbage"
+            r = c.post("/v1/chat/completions", json=chat(program_id="g"))
+            assert r.status_code == 200 and r.content.startswith(b"\x00<html>")  # passed through as sent
+            fake_vllm.chat_mode = "neverend"
+            got = 0
+            with c.stream("POST", "/v1/chat/completions", json=chat(program_id="n", stream=True)) as s:
+                assert s.status_code == 200
+                for chunk in s.iter_raw():
+                    got += len(chunk)
+                    if got > 4 * 1024 * 1024:
+                        break
+            assert got > 4 * 1024 * 1024
+        assert_settled(srv, proxy, spy)
+    finally:
+        fake_vllm.chat_mode = None
+        srv.stop()
+
+
+HOSTILE = ["\ud800", "\udfff", "\udc00x", "\u202e", "\u2066", "\ufeff", "\x00", "\x1b[31m", "\u2028", "\r\n", ""]
+hostile_text = st.lists(st.sampled_from(HOSTILE) | st.text(max_size=5), max_size=4).map("".join)
+fuzz_body = st.fixed_dictionaries(
+    {"model": st.just("tiny"), "messages": st.just([])},
+    optional={
+        "program_id": hostile_text,
+        "extra_body": st.fixed_dictionaries({}, optional={"program_id": hostile_text, "docker_ids": st.lists(hostile_text, max_size=2)}),
+        "docker_ids": st.lists(hostile_text, max_size=2),
+        "stream": st.booleans(),
+        "content": hostile_text,
+        "user": hostile_text,
+    },
+).map(lambda d: {**d, "messages": [{"role": "user", "content": d.pop("content", "hi")}]})
+FUZZ = {"requests": 0, "5xx": 0, "programs_non_200": 0}
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(fuzz_body, hostile_text), min_size=30, max_size=30))
+def test_fuzzed_bodies_with_surrogates_and_controls_never_5xx_never_poison(
+    fake_vllm: FakeVLLM, tmp_path_factory, batch
+) -> None:
+    async def run() -> None:
+        d = tmp_path_factory.mktemp("prof")
+        cfg = Config(backends=(fake_vllm.url,), router="tr", profile=True, profile_dir=str(d))
+        async with running_proxy(cfg) as (c, proxy):
+            FUZZ["last_forwarded"] = 0
+            for body, header_id in batch:
+                raw = json.dumps(body).encode()  # ASCII escapes: lone surrogates reach the proxy as \udXXX
+                hdrs = {"content-type": "application/json"}
+                if header_id and header_id.isascii() and header_id.isprintable():
+                    hdrs["x-program-id"] = header_id
+                r = await c.post("/v1/chat/completions", content=raw, headers=hdrs)
+                FUZZ["requests"] += 1
+                assert r.status_code < 500, (body, r.status_code, r.text[:300])
+                if r.status_code >= 400:
+                    assert r.json()["error"]["message"]
+                else:
+                    FUZZ["last_forwarded"] += 1
+                for path in ("/programs", "/profiles", "/health", "/metrics"):
+                    assert (await c.get(path)).status_code == 200, path
+            assert all(rec.inflight == 0 and rec.held == 0 for rec in proxy.registry.records())
+        lines = (d / "step_records.jsonl").read_text(encoding="utf-8").splitlines()  # any line-break reader
+        assert len(lines) == FUZZ["last_forwarded"] and all(json.loads(line) for line in lines)
+
+    asyncio.run(run())
+    print(f"fuzzed bodies tried: {FUZZ['requests']}, 5xx: {FUZZ['5xx']}")
