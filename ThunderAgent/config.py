@@ -76,7 +76,8 @@ class Config:
     header_timeout: float = opt(
         30.0,
         "seconds a client has to send a request head, from connecting (or from the first byte of the next "
-        "request on a kept-alive connection); then HTTP 408 and the connection is closed (slowloris)",
+        "request on a kept-alive connection), and the most seconds without a byte while it sends a body; "
+        "then HTTP 408 and the connection is closed (slowloris)",
     )
     max_response_bytes: int = opt(
         16 * 1024 * 1024,

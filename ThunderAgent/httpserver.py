@@ -9,9 +9,10 @@ subclass adds both; `bounded_protocol(...)` returns the class `uvicorn.run(http=
   the connection is closed (nothing of it reaches the app).
 * header count: over the limit -> 431.
 * head deadline: from the connection's first moment (or, on a kept-alive connection, the next request's
-  first byte) until its head is complete; past it -> 408 and the connection is closed. Bodies and
-  responses are not covered: request bodies are bounded by --max-body-bytes, idle kept-alive connections
-  by the keep-alive timeout.
+  first byte) until its head is complete; past it -> 408 and the connection is closed.
+* body silence: while a request body is still coming, the same number of seconds without a byte -> 408
+  and the connection is closed (the app sees a disconnect). A slow but steady upload is not cut; its size
+  is bounded by --max-body-bytes. Idle kept-alive connections are closed by the keep-alive timeout.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._in_body = False
+        self._last_data = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
 
     def _arm_head_timer(self) -> None:
@@ -73,9 +77,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 _error_json(f"request head not received within {self.header_timeout:g} s", "request_timeout"),
             )
 
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        silent = self.loop.time() - self._last_data
+        if silent < self.header_timeout:
+            self._body_timer = self.loop.call_later(self.header_timeout - silent, self._body_check)
+            return
+        self._refused = True
+        _reply(
+            self.transport,
+            b"408 Request Timeout",
+            _error_json(f"no request body byte for {self.header_timeout:g} s", "request_timeout"),
+        )
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._last_data = self.loop.time()
         if self._in_head:
             self._arm_head_timer()
             seen = self._head_tail + data
@@ -109,6 +129,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        self._in_body = True
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.header_timeout, self._body_check)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -120,6 +147,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._in_body = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().connection_lost(exc)
 
 

@@ -377,6 +377,15 @@ def test_slowloris_connections_are_closed_after_the_head_timeout(fake_vllm: Fake
             s.close()
         assert time.monotonic() - t0 < 10
         assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
+        # a complete head, then a body that stops coming
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"mod")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+        assert data.startswith(b"HTTP/1.1 408"), data[:200]
+        assert time.monotonic() - t0 < 15
         assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
 
 
