@@ -26,6 +26,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ThunderAgent import __version__
-from ThunderAgent.backends import BackendState, fetch_capacity, scrape
+from ThunderAgent.backends import BackendState, fetch_capacity, probe_health, scrape
 from ThunderAgent.config import Config
 from ThunderAgent.forward import (
     PROGRESS_EVENTS,
@@ -70,9 +72,16 @@ from ThunderAgent.programs import (
     ProgramRecord,
     ProgramRegistry,
 )
+from ThunderAgent.logsafe import redact_url
 from ThunderAgent.records import StepRecord
 from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
-from ThunderAgent.tokens import ProgramTokenState, TokenEstimator, response_item_chars
+from ThunderAgent.tokens import (
+    ProgramTokenState,
+    TokenEstimator,
+    message_chars,
+    prompt_size,
+    response_item_chars,
+)
 
 log = logging.getLogger("thunderagent")
 
@@ -91,8 +100,9 @@ class ClientGone(Exception):
 # --- request parsing ------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, limit_name: str = "--max-body-bytes") -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes (`limit_name` says which
+    limit, for the message)."""
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
@@ -102,7 +112,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared > limit:
             raise ProxyError(
                 413,
-                f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)",
+                f"request body of {declared} bytes exceeds the limit of {limit} bytes ({limit_name})",
                 code="request_too_large",
             )
     chunks: list[bytes] = []
@@ -112,19 +122,50 @@ async def read_body(request: Request, limit: int) -> bytes:
         if n > limit:
             raise ProxyError(
                 413,
-                f"request body exceeds the limit of {limit} bytes (--max-body-bytes)",
+                f"request body exceeds the limit of {limit} bytes ({limit_name})",
                 code="request_too_large",
             )
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+# A JSON string escape of a UTF-16 surrogate (\\ud800-\\udfff). Paired surrogates decode to one code point;
+# a lone one decodes to a str that cannot be encoded as UTF-8, so any later re-encoding (the forwarded body,
+# /programs, a log or record line) would fail. Bodies without such an escape (nearly all) are not walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True if any string (key or value) in a parsed JSON value holds an unpaired UTF-16 surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _LONE_SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream) or a non-object."""
+    """Body -> JSON object; 400 for invalid UTF-8/JSON (message "Invalid JSON", as upstream), for a string
+    holding a lone UTF-16 surrogate (valid JSON, but not Unicode text), or a non-object."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProxyError(400, "Invalid JSON", code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(payload):
+        raise ProxyError(
+            400,
+            "request body holds a lone UTF-16 surrogate escape (e.g. \\ud800 without its pair): not valid "
+            "Unicode text",
+            code="invalid_unicode",
+        )
     if not isinstance(payload, dict):
         raise ProxyError(
             400, f"request body must be a JSON object, got {type(payload).__name__}", code="invalid_body"
@@ -174,11 +215,15 @@ def validate_chat(payload: dict[str, Any]) -> None:
 
 
 def _coerce_id(value: Any, param: str) -> str | None:
+    """A program id as given (None: not given). An empty string is refused (400) rather than silently
+    read as "not given": a client that sends one meant some program, and must not land in "default"."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ProxyError(400, f"'{param}' must be a string", param=param, code="invalid_type")
     s = str(value)
+    if not s:
+        raise ProxyError(400, f"'{param}' must not be empty", param=param, code="invalid_value")
     if len(s) > MAX_PROGRAM_ID_LEN:
         raise ProxyError(
             400,
@@ -186,7 +231,7 @@ def _coerce_id(value: Any, param: str) -> str | None:
             param=param,
             code="invalid_value",
         )
-    return s or None
+    return s
 
 
 def extract_program_id(payload: dict[str, Any], header: str | None, url_id: str | None) -> tuple[str, str]:
@@ -296,6 +341,25 @@ def _estimate_responses(est: TokenEstimator, st: ProgramTokenState, payload: dic
     return est.estimate(st, items, payload.get("tools"), chars=response_item_chars, all_new=continued)
 
 
+# The most characters one token can stand for, for a lower bound on a prompt's size: English prose is ~4
+# characters per token and code ~3; the longest tokens in common vocabularies are runs of indentation. The
+# proxy's own estimate uses a learned ratio that can read several times too high on a new program, so it is
+# never used to refuse a request.
+MAX_CHARS_PER_TOKEN = 16
+
+
+def prompt_floor(route: "Route", payload: dict[str, Any]) -> tuple[int, int]:
+    """(characters of prompt text, exact tokens of token-id prompts) the request carries at the least."""
+    if route.path == "/v1/completions":
+        return prompt_size(payload.get("prompt"))
+    if route.path == "/v1/responses":
+        given = payload.get("input")
+        items = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+        instr = payload.get("instructions")
+        return sum(response_item_chars(i) for i in items) + (len(instr) if isinstance(instr, str) else 0), 0
+    return sum(message_chars(m) for m in payload.get("messages") or ()), 0
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A scheduled inference route: its backend path and how the proxy reads its body."""
@@ -335,11 +399,22 @@ RELAY_GET = ("/version",)
 # --- responses ------------------------------------------------------------------------------------------
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON as Starlette renders it (UTF-8, non-ASCII kept), falling back to ASCII escapes for text that
+    UTF-8 cannot encode (a lone surrogate): a view of client-given text never fails for every caller."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def error_response(err: ProxyError, compat_detail: bool = False) -> JSONResponse:
     body = err.body()
     if compat_detail:  # upstream answered {"detail": ...} here; keep that key for its clients
         body["detail"] = err.message
-    return JSONResponse(body, status_code=err.status)
+    return SafeJSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 class RawResponse(Response):
@@ -413,7 +488,7 @@ class ProxyStream(Response):
             return "ok", None
         except TransportError as e:
             err = translate_transport_error(e, self.backend)
-            log.warning("stream from %s broke: %s", self.backend, err.message)
+            log.warning("stream from %s broke: %s", redact_url(self.backend), err.message)
             try:
                 await send({"type": "http.response.body", "body": sse_error_event(err), "more_body": False})
             except OSError:
@@ -422,7 +497,7 @@ class ProxyStream(Response):
         except OSError:  # the client went away (ASGI servers raise OSError subclasses on send)
             return "cancelled", None
         except Exception as e:  # noqa: BLE001 - a proxy bug must end the stream cleanly, not kill it
-            log.exception("streaming from %s failed", self.backend)
+            log.exception("streaming from %s failed", redact_url(self.backend))
             err = ProxyError(
                 502,
                 f"proxy error while streaming: {type(e).__name__}: {e}",
@@ -482,8 +557,9 @@ class Proxy:
             ProfileWriter(self.config.profile_dir) if self.config.profile else None
         )
         self.client = make_client(self.config)
+        probe = self.config.probe_timeout
         self.probe_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=min(10.0, self.config.proxy_connect_timeout))
+            timeout=httpx.Timeout(probe, connect=min(probe, self.config.proxy_connect_timeout))
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
@@ -499,7 +575,7 @@ class Proxy:
                     a.program_id, ProxyError(a.status, a.message, "scheduler_rejected", code=a.status)
                 )
             elif isinstance(a, Pause):
-                log.debug("program %s paused (from %s)", a.program_id, a.backend)
+                log.debug("program %s paused (from %s)", a.program_id, redact_url(a.backend))
 
     def _wake(self, program_id: str, backend: str) -> None:
         rec = self.registry.get(program_id)
@@ -559,7 +635,23 @@ class Proxy:
             )
         if self.closed:
             return error_response(ProxyError(503, "proxy is shutting down", "unavailable"))
+        too_big = self.never_fits(route, payload)
+        if too_big is not None:
+            self.telemetry.requests.labels("invalid").inc()
+            return error_response(too_big)
 
+        if pid not in self.registry and len(self.registry) >= self.config.max_programs:
+            self.telemetry.requests.labels("rejected").inc()
+            return error_response(
+                ProxyError(
+                    429,
+                    f"the proxy tracks its maximum of {self.config.max_programs} programs (--max-programs): "
+                    "a new program can start when one is released or expires (--idle-ttl)",
+                    "rate_limit_error",
+                    code="too_many_programs",
+                    headers={"Retry-After": str(max(1, math.ceil(min(60.0, self.config.idle_ttl or 60.0))))},
+                )
+            )
         rec, created = self.registry.get_or_create(pid, now)
         if created:
             log.info("new program %s (id from %s)", pid, source)
@@ -570,6 +662,14 @@ class Proxy:
         rec.last_arrival = now
         rec.context_len = len(body)
         estimate = route.estimate(self.estimator, rec.tokens, payload)
+        largest = self.largest_capacity()
+        room = None if largest is None else int(largest * self.config.low_watermark) - self.config.buffer_per_program
+        if room is not None and estimate > room > 0:
+            # never_fits let it through, so it may fit: an estimate above what an empty backend admits is
+            # the learned chars/token ratio reading high (it can on a new program). Charged as much as an
+            # empty backend takes, the policy places it once one is free instead of holding it until the
+            # forced resume; the engine then answers with the exact size.
+            estimate = room
         call = Call(route, pid, rec, rec.step_count, prepared.stream, estimate, now, arrival_wall)
 
         try:
@@ -610,15 +710,58 @@ class Proxy:
             self._finish(call, "cancelled", None, None, "cancelled")
             raise
 
+    def largest_capacity(self) -> int | None:
+        """With tr: the largest backend KV capacity once every backend's is known, else None."""
+        if not self.config.scheduling_enabled:
+            return None
+        caps = [st.capacity for st in self.backends.values()]
+        if not caps or any(c is None for c in caps):
+            return None
+        return max(c for c in caps if c is not None)
+
+    def never_fits(self, route: Route, payload: dict[str, Any]) -> ProxyError | None:
+        """With tr and every backend's KV capacity known: a 400 for a request whose prompt cannot fit the
+        largest KV cache even at MAX_CHARS_PER_TOKEN characters per token (held, it would wait for the
+        forced resume and then fail on the engine). None otherwise."""
+        largest = self.largest_capacity()
+        if largest is None:
+            return None
+        chars, ids = prompt_floor(route, payload)
+        if ids + chars // MAX_CHARS_PER_TOKEN <= largest:
+            return None
+        floor = ids + chars // MAX_CHARS_PER_TOKEN
+        return ProxyError(
+            400,
+            f"the prompt is at least {floor} tokens ({chars} characters at most {MAX_CHARS_PER_TOKEN} per "
+            f"token{f', plus {ids} token ids' if ids else ''}) but the largest backend KV cache holds "
+            f"{largest} tokens: it can never be served",
+            param="messages" if route.path == CHAT.path else None,
+            code="context_length_exceeded",
+        )
+
     async def _hold(self, call: Call, request: Request) -> str:
-        """Wait (no byte sent) for the policy to Resume (-> backend) or Reject (-> ProxyError) the program."""
+        """Wait (no byte sent) for the policy to Resume (-> backend) or Reject (-> ProxyError) the program.
+        While no backend is healthy the wait is bounded: after --no-backend-grace seconds without any
+        healthy backend the request gets 503 with Retry-After (the client sees why, and when to retry)."""
         rec = call.record
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         rec.waiters.append(fut)
         rec.held += 1
         watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        grace = self.config.no_backend_grace
+        poll = min(1.0, max(0.02, grace / 4))
+        down_since: float | None = None
         try:
-            await asyncio.wait({fut, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if not self.any_healthy():
+                    down_since = time.monotonic() if down_since is None else down_since
+                    if time.monotonic() - down_since >= grace:
+                        break
+                else:
+                    down_since = None
+                done, _ = await asyncio.wait({fut, watcher}, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    break
         except BaseException:
             self._abandon(call.program_id, fut)
             raise
@@ -628,7 +771,16 @@ class Proxy:
         if fut.done():
             return fut.result()
         self._abandon(call.program_id, fut)
-        raise ClientGone
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone
+        retry = max(1, math.ceil(2 * self.config.health_interval))
+        raise ProxyError(
+            503,
+            f"no healthy backend for {grace:g} s (--no-backend-grace); retry in {retry} s",
+            "unavailable",
+            code="no_healthy_backend",
+            headers={"Retry-After": str(retry)},
+        )
 
     def _abandon(self, program_id: str, fut: asyncio.Future[str]) -> None:
         """A held request's client is gone. If the resume already happened, end the request now; otherwise
@@ -816,7 +968,7 @@ class Proxy:
             http_status=http_status,
             error=error,
             arm="thunderagent",
-            backend=call.backend,
+            backend=redact_url(call.backend) if call.backend else None,
         )
         row = None
         if outcome == "ok":
@@ -922,10 +1074,11 @@ class Proxy:
         return released or rec is not None
 
     def expire_idle(self, now: float | None = None) -> list[str]:
-        """Expire programs idle longer than --idle-ttl, and the longest-idle beyond --max-programs."""
+        """Expire programs idle longer than --idle-ttl (a full registry refuses new programs instead of
+        evicting live ones)."""
         now = self.clock() if now is None else now
         gone = []
-        for rec in self.registry.idle_candidates(now, self.config.idle_ttl, self.config.max_programs):
+        for rec in self.registry.idle_candidates(now, self.config.idle_ttl):
             log.info("program %s expired after %.0f s idle", rec.program_id, now - rec.last_activity)
             self.drop_program(rec.program_id, "expired")
             self.telemetry.expired.inc()
@@ -939,29 +1092,51 @@ class Proxy:
             return
         changed = st.health.record(ok)
         if changed is not None:
-            log.warning("backend %s is now %s", url, "healthy" if changed else "UNHEALTHY")
+            log.warning("backend %s is now %s", redact_url(url), "healthy" if changed else "UNHEALTHY")
             self._call_policy("set_healthy", lambda: self.policy.set_healthy(url, changed, self.clock()))
 
     async def discover_capacity_once(self) -> bool:
         """One capacity attempt for every backend still unknown; True when all are known."""
         pending = [st for st in self.backends.values() if st.capacity is None]
-        results = await asyncio.gather(*(fetch_capacity(self.probe_client, st) for st in pending))
+        cfg = self.config
+        results = await asyncio.gather(
+            *(fetch_capacity(self.probe_client, st, cfg.probe_timeout, cfg.max_metrics_bytes) for st in pending)
+        )
         for st, cap in zip(pending, results):
             if cap is not None:
-                log.info("backend %s: KV capacity %d tokens", st.url, cap)
+                log.info("backend %s: KV capacity %d tokens", redact_url(st.url), cap)
                 self._call_policy(
                     "set_capacity", lambda st=st, cap=cap: self.policy.set_capacity(st.url, cap, self.clock())
                 )
         return all(st.capacity is not None for st in self.backends.values())
 
+    async def _scrape_or_probe(self, st: BackendState) -> tuple[bool, bool]:
+        """(scraped, alive): a failed scrape is followed by a /health probe, so a backend whose /metrics
+        answers 404, 500 or garbage while it serves is not marked unhealthy."""
+        cfg = self.config
+        if await scrape(self.probe_client, st, cfg.probe_timeout, cfg.max_metrics_bytes):
+            return True, True
+        return False, await probe_health(self.probe_client, st, cfg.probe_timeout)
+
     async def scrape_once(self) -> None:
         sts = list(self.backends.values())
-        oks = await asyncio.gather(*(scrape(self.probe_client, st) for st in sts))
-        for st, ok in zip(sts, oks):
-            self._observe_health(st.url, ok)
+        results = await asyncio.gather(*(self._scrape_or_probe(st) for st in sts))
+        for st, (ok, alive) in zip(sts, results):
+            self._observe_health(st.url, alive)
             observe = getattr(self.policy, "observe_engine", None)
             if ok and observe is not None:  # a cost-aware tr learns prefill cost and load from the engine
                 self._call_policy("observe_engine", lambda st=st: observe(st.url, st.latest, self.clock()))
+
+    async def probe_unhealthy_once(self) -> None:
+        """Probe /health of every backend marked unhealthy, so it comes back when it recovers, in every mode
+        (without --metrics nothing else would ever reach a backend no program is placed on)."""
+        sts = [st for st in self.backends.values() if not st.health.healthy]
+        oks = await asyncio.gather(*(probe_health(self.probe_client, st, self.config.probe_timeout) for st in sts))
+        for st, ok in zip(sts, oks):
+            self._observe_health(st.url, ok)
+
+    def any_healthy(self) -> bool:
+        return any(b.healthy for b in self.policy.backends())
 
     # --- loops -------------------------------------------------------------------------------------
     async def _capacity_loop(self) -> None:
@@ -989,6 +1164,12 @@ class Proxy:
                     self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"
                 )
             )
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.config.health_interval, "health probe", self.probe_unhealthy_once),
+                name="health",
+            )
+        )
         learns = self.config.scheduling_enabled and getattr(self.config, "tr_mode", "fixed") == "cost-aware"
         if (self.config.metrics or learns) and self.config.metrics_interval > 0:
             self._tasks.append(
@@ -997,7 +1178,7 @@ class Proxy:
                     name="metrics",
                 )
             )
-        if self.config.idle_ttl > 0 or self.config.max_programs > 0:
+        if self.config.idle_ttl > 0:
             every = min(30.0, max(0.05, self.config.idle_ttl / 4 if self.config.idle_ttl > 0 else 30.0))
             self._tasks.append(
                 asyncio.create_task(self._every(every, "idle expiry", self.expire_idle), name="expiry")
@@ -1028,7 +1209,7 @@ class Proxy:
         for rec in self.registry.records():
             v = self.policy.program(rec.program_id)
             entry: dict[str, Any] = {
-                "backend": v.backend if v else None,
+                "backend": redact_url(v.backend) if v and v.backend else None,
                 "context_len": rec.context_len,
                 "total_tokens": v.tokens if v else 0,
                 "step_count": rec.step_count,
@@ -1048,7 +1229,7 @@ class Proxy:
         stats = self.policy.stats()
         per_backend = {}
         for b in self.policy.backends():
-            per_backend[b.url] = {
+            per_backend[redact_url(b.url)] = {
                 "total": b.program_count,
                 "reasoning": b.reasoning_count,
                 "acting": b.acting_count,
@@ -1063,7 +1244,7 @@ class Proxy:
             "version": __version__,
             "router_mode": self.config.router,
             "scheduling_enabled": self.config.scheduling_enabled,
-            "backends": list(self.config.backends),
+            "backends": [redact_url(u) for u in self.config.backends],
             "programs_count": len(views),
             "reasoning_count": sum(
                 1 for v in views if v.phase == Phase.REASONING and v.state == State.ACTIVE
@@ -1081,7 +1262,7 @@ class Proxy:
             st = self.backends.get(b.url) or BackendState(url=b.url)
             active = int(b.reasoning_tokens + w * b.acting_tokens)
             entry: dict[str, Any] = {
-                "url": b.url,
+                "url": redact_url(b.url),
                 "active_program_tokens": active,
                 "reasoning_program_tokens": b.reasoning_tokens,
                 "acting_program_tokens": b.acting_tokens,
@@ -1102,7 +1283,7 @@ class Proxy:
             m = st.metrics_json()
             if m is not None:
                 entry["metrics"] = m
-            out[b.url] = entry
+            out[redact_url(b.url)] = entry
         return {
             "metrics_enabled": self.config.metrics,
             "metrics_interval": self.config.metrics_interval if self.config.metrics else None,
@@ -1211,7 +1392,7 @@ def create_app(
             "ThunderAgent %s: router=%s backends=%s scheduler_interval=%s metrics=%s profile=%s",
             __version__,
             config.router,
-            ",".join(config.backends),
+            ",".join(redact_url(u) for u in config.backends),
             config.scheduler_interval,
             config.metrics_interval if config.metrics else "off",
             proxy.profiler.csv_path if proxy.profiler else "off",
@@ -1315,7 +1496,7 @@ def create_app(
 
     @app.get("/programs")
     async def programs() -> JSONResponse:
-        return JSONResponse(proxy.programs_json())
+        return SafeJSONResponse(proxy.programs_json())
 
     @app.post("/programs/release")
     async def release(request: Request) -> JSONResponse:
@@ -1329,7 +1510,9 @@ def create_app(
                 )
             )
         try:
-            payload = parse_json_object(await read_body(request, RELEASE_BODY_LIMIT))
+            payload = parse_json_object(
+                await read_body(request, RELEASE_BODY_LIMIT, "the fixed limit of a release body")
+            )
             pid = _coerce_id(payload.get("program_id"), "program_id")
         except ProxyError as e:
             return error_response(e, compat_detail=True)
@@ -1342,11 +1525,11 @@ def create_app(
         if released:
             proxy.telemetry.released.inc()
             log.info("program %s released", pid)
-        return JSONResponse({"program_id": pid, "released": released})
+        return SafeJSONResponse({"program_id": pid, "released": released})
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse(proxy.health_json())
+        return SafeJSONResponse(proxy.health_json())
 
     def _profiling_off() -> JSONResponse:
         return error_response(
@@ -1357,7 +1540,7 @@ def create_app(
     async def profiles() -> JSONResponse:
         if not config.profile:
             return _profiling_off()
-        return JSONResponse({r.program_id: r.profile.averages() for r in proxy.registry.records()})
+        return SafeJSONResponse({r.program_id: r.profile.averages() for r in proxy.registry.records()})
 
     @app.get("/profiles/{program_id}")
     async def profile(program_id: str) -> JSONResponse:
@@ -1371,13 +1554,13 @@ def create_app(
                 ),
                 compat_detail=True,
             )
-        return JSONResponse(rec.profile.averages())
+        return SafeJSONResponse(rec.profile.averages())
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         fmt = request.query_params.get("format")
         if fmt == "json" or (fmt is None and "application/json" in request.headers.get("accept", "")):
-            return JSONResponse(proxy.metrics_json())
+            return SafeJSONResponse(proxy.metrics_json())
         if fmt not in (None, "prometheus", "text"):
             return error_response(
                 ProxyError(

@@ -8,12 +8,17 @@ Everything here is I/O at the edges plus small pure parsers that other parts of 
   (summed over engines), SGLang `/get_server_info` max_total_num_tokens, SkyRL engines × 200,000.
 * Metrics (`--metrics`) are parsed with prometheus_client's text parser: exponents, `+Inf`, several
   engines / models (counters summed, ratio gauges averaged), vLLM V0 names mapped to V1 names.
+* Every fetch here has a total deadline and a size cap (`bounded_get`): a backend that trickles bytes or
+  answers a huge /metrics costs one failed attempt, never a hung loop; large texts are parsed off the
+  event loop.
 * Health has hysteresis: unhealthy after `fail_threshold` consecutive failures, healthy again after
   `ok_threshold` consecutive successes (upstream flips on one failed scrape).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import time
@@ -28,6 +33,44 @@ log = logging.getLogger("thunderagent.backends")
 
 SKYRL_TOKENS_PER_ENGINE = 200_000  # upstream's fixed guess: SkyRL exposes no KV capacity
 HISTORY_SIZE = 12
+PROBE_TIMEOUT = 5.0  # total seconds for one fetch (the proxy passes --probe-timeout)
+MAX_FETCH_BYTES = 8 * 1024 * 1024  # largest answer read (the proxy passes --max-metrics-bytes)
+PARSE_OFF_LOOP_BYTES = 64 * 1024  # texts larger than this are parsed in a worker thread
+
+
+class FetchTooLarge(ValueError):
+    pass
+
+
+async def bounded_get(
+    client: httpx.AsyncClient, url: str, timeout: float = PROBE_TIMEOUT, max_bytes: int = MAX_FETCH_BYTES
+) -> tuple[int, bytes]:
+    """GET `url` -> (status, body) within `timeout` seconds in total (connect, headers and every byte) and
+    at most `max_bytes` of body. Raises TimeoutError, FetchTooLarge or httpx.HTTPError."""
+    async with asyncio.timeout(timeout):
+        async with client.stream("GET", url) as r:
+            declared = r.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise FetchTooLarge(f"answer of {declared} bytes exceeds {max_bytes}")
+            chunks: list[bytes] = []
+            n = 0
+            async for chunk in r.aiter_bytes():  # decoded: the cap bounds what is held
+                n += len(chunk)
+                if n > max_bytes:
+                    raise FetchTooLarge(f"answer exceeds {max_bytes} bytes")
+                chunks.append(chunk)
+            return r.status_code, b"".join(chunks)
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", "replace")
+
+
+async def _off_loop(fn: Any, text: str) -> Any:
+    return await asyncio.to_thread(fn, text) if len(text) > PARSE_OFF_LOOP_BYTES else fn(text)
+
+
+FETCH_ERRORS = (httpx.HTTPError, ValueError, TimeoutError, OSError)
 
 # Gauges that are fractions/ratios: averaged over engines instead of summed.
 AVERAGED = frozenset(
@@ -266,26 +309,28 @@ class BackendState:
         }
 
 
-async def fetch_capacity(client: httpx.AsyncClient, st: BackendState) -> int | None:
+async def fetch_capacity(
+    client: httpx.AsyncClient, st: BackendState, timeout: float = PROBE_TIMEOUT, max_bytes: int = MAX_FETCH_BYTES
+) -> int | None:
     """Ask the backend for its KV capacity in tokens; fills `st`. None if not (yet) available."""
     try:
         if st.backend_type == "sglang":
-            r = await client.get(f"{st.url}/get_server_info")
-            cap = parse_sglang_capacity(r.json()) if r.status_code == 200 else None
+            status, body = await bounded_get(client, f"{st.url}/get_server_info", timeout, max_bytes)
+            cap = parse_sglang_capacity(json.loads(body)) if status == 200 else None
         elif st.backend_type == "skyrl":
-            r = await client.get(f"{st.url}/metrics")
-            parsed = parse_skyrl_metrics(r.json()) if r.status_code == 200 else None
+            status, body = await bounded_get(client, f"{st.url}/metrics", timeout, max_bytes)
+            parsed = parse_skyrl_metrics(json.loads(body)) if status == 200 else None
             if parsed:
                 st.num_engines = int(parsed["num_engines"])
             cap = st.num_engines * SKYRL_TOKENS_PER_ENGINE if parsed and st.num_engines else None
         else:
-            r = await client.get(f"{st.url}/metrics")
-            cc = parse_cache_config(r.text) if r.status_code == 200 else None
+            status, body = await bounded_get(client, f"{st.url}/metrics", timeout, max_bytes)
+            cc = await _off_loop(parse_cache_config, _text(body)) if status == 200 else None
             cap = None
             if cc:
                 st.block_size, st.num_gpu_blocks = cc
                 cap = cc[0] * cc[1]
-    except (httpx.HTTPError, ValueError) as e:
+    except FETCH_ERRORS as e:
         st.last_error = f"{type(e).__name__}: {e}"
         return None
     if cap:
@@ -293,21 +338,23 @@ async def fetch_capacity(client: httpx.AsyncClient, st: BackendState) -> int | N
     return cap
 
 
-async def scrape(client: httpx.AsyncClient, st: BackendState) -> bool:
+async def scrape(
+    client: httpx.AsyncClient, st: BackendState, timeout: float = PROBE_TIMEOUT, max_bytes: int = MAX_FETCH_BYTES
+) -> bool:
     """One metrics scrape; stores the values and returns whether it succeeded."""
     try:
-        r = await client.get(f"{st.url}/metrics")
-        if r.status_code != 200:
-            st.last_error = f"HTTP {r.status_code}"
+        status, body = await bounded_get(client, f"{st.url}/metrics", timeout, max_bytes)
+        if status != 200:
+            st.last_error = f"HTTP {status}"
             return False
         if st.backend_type == "skyrl":
-            values = parse_skyrl_metrics(r.json())
+            values = parse_skyrl_metrics(json.loads(body))
             if values is None:
                 st.last_error = "no healthy SkyRL engine"
                 return False
         else:
-            values = parse_vllm_metrics(r.text)
-    except (httpx.HTTPError, ValueError) as e:
+            values = await _off_loop(parse_vllm_metrics, _text(body))
+    except FETCH_ERRORS as e:
         st.last_error = f"{type(e).__name__}: {e}"
         return False
     st.latest = values
@@ -315,3 +362,13 @@ async def scrape(client: httpx.AsyncClient, st: BackendState) -> bool:
     st.history.append(values)
     st.last_error = None
     return True
+
+
+async def probe_health(client: httpx.AsyncClient, st: BackendState, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Liveness: GET /health answers 200 within `timeout` (vLLM and SGLang serve it)."""
+    try:
+        status, _ = await bounded_get(client, f"{st.url}/health", timeout, 64 * 1024)
+    except FETCH_ERRORS as e:
+        st.last_error = f"health: {type(e).__name__}: {e}"
+        return False
+    return status == 200

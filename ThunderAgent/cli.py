@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from typing import Any, NoReturn, get_args, get_origin
@@ -126,18 +127,43 @@ def validate(cfg: Config) -> None:
     for url in cfg.backends:
         if not (url.startswith("http://") or url.startswith("https://")) or len(url.split("://", 1)[1]) == 0:
             raise CliError(f"--backends: {url!r} is not an http(s):// URL")
-    for name in ("metrics_interval", "scheduler_interval", "proxy_connect_timeout"):
+    for name in ("metrics_interval", "scheduler_interval", "proxy_connect_timeout", "health_interval", "probe_timeout"):
         if getattr(cfg, name) <= 0:
             raise CliError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
-    for name in ("proxy_read_timeout", "idle_ttl", "acting_token_weight", "resume_timeout"):
+    for name in ("proxy_read_timeout", "idle_ttl", "acting_token_weight", "resume_timeout", "no_backend_grace"):
         if getattr(cfg, name) < 0:
             raise CliError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_body_bytes <= 0:
         raise CliError(f"--max-body-bytes must be > 0, got {cfg.max_body_bytes}")
+    for name in ("max_response_bytes", "max_header_bytes", "max_headers", "header_timeout"):
+        if getattr(cfg, name, 1) <= 0:
+            raise CliError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
+    if cfg.max_metrics_bytes <= 0:
+        raise CliError(f"--max-metrics-bytes must be > 0, got {cfg.max_metrics_bytes}")
     if cfg.max_programs <= 0:
         raise CliError(f"--max-programs must be > 0, got {cfg.max_programs}")
     if cfg.admin_token is not None and not cfg.admin_token:
         raise CliError("--admin-token must not be empty")
+
+
+ADMIN_TOKEN_ENV = "THUNDERAGENT_ADMIN_TOKEN"
+
+
+def admin_token(flag: str | None, path: str | None) -> str | None:
+    """The admin token: --admin-token-file, else --admin-token, else $THUNDERAGENT_ADMIN_TOKEN (unset or
+    empty: none). A file that cannot be read or holds no token is an error (CliError)."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"--admin-token-file {path}: cannot read it ({type(e).__name__}: {e.strerror if isinstance(e, OSError) else e})") from None
+        if not token:
+            raise CliError(f"--admin-token-file {path}: the file holds no token (its first line is empty)")
+        return token
+    if flag is not None:
+        return flag
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
@@ -145,8 +171,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     p = build_parser()
     ns = vars(p.parse_args(argv))
     names = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: v for k, v in ns.items() if k in names})
     try:
+        ns["admin_token"] = admin_token(ns.get("admin_token"), ns.get("admin_token_file"))
+        cfg = Config(**{k: v for k, v in ns.items() if k in names})
         validate(cfg)
     except CliError as e:
         p.exit(2, f"thunderagent: error: {e}\n")
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from ThunderAgent.app import create_app
+    from ThunderAgent.httpserver import bounded_protocol
 
     try:
         app = create_app(cfg)
@@ -176,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level=cfg.log_level,
             access_log=cfg.log_level in ("debug", "trace"),
             timeout_keep_alive=SERVER_KEEPALIVE,
+            http=bounded_protocol(cfg.max_header_bytes, cfg.max_headers, cfg.header_timeout),
         )
     except OSError as e:  # e.g. address in use
         sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")

@@ -61,10 +61,51 @@ class Config:
     )
     idle_ttl: float = opt(1800.0, "seconds without a request after which a program expires (0 = never)")
     admin_token: str | None = opt(
-        None, "when set, POST /programs/release needs 'Authorization: Bearer <token>' or 'X-Admin-Token'"
+        None,
+        "when set, POST /programs/release needs 'Authorization: Bearer <token>' or 'X-Admin-Token'. A flag "
+        "value is visible to other local users (ps): prefer --admin-token-file or $THUNDERAGENT_ADMIN_TOKEN",
+    )
+    admin_token_file: str | None = opt(
+        None, "read the admin token from this file (first line, whitespace stripped); overrides --admin-token"
     )
     max_body_bytes: int = opt(32 * 1024 * 1024, "request bodies larger than this get HTTP 413")
-    max_programs: int = opt(100_000, "hard cap on tracked programs (the longest-idle expire first beyond it)")
+    max_header_bytes: int = opt(
+        64 * 1024, "a request head (request line + headers) larger than this gets HTTP 431, connection closed"
+    )
+    max_headers: int = opt(100, "a request with more header fields than this gets HTTP 431")
+    header_timeout: float = opt(
+        30.0,
+        "seconds a client has to send a request head, from connecting (or from the first byte of the next "
+        "request on a kept-alive connection), and the most seconds without a byte while it sends a body; "
+        "then HTTP 408 and the connection is closed (slowloris)",
+    )
+    max_response_bytes: int = opt(
+        16 * 1024 * 1024,
+        "a backend answer the proxy reads whole (non-streamed) larger than this is cut off: HTTP 502 "
+        "backend_response_too_large (streams pass through and are not limited); raise it for large "
+        "embedding batches",
+    )
+    max_programs: int = opt(
+        100_000,
+        "hard cap on tracked programs: when full, a new program id gets HTTP 429 (with Retry-After); live "
+        "programs are never evicted to make room (idle ones still expire after --idle-ttl)",
+    )
+    no_backend_grace: float = opt(
+        10.0,
+        "seconds a held request waits while no backend is healthy; then it gets HTTP 503 with Retry-After "
+        "(0 = at once) instead of waiting for --resume-timeout",
+    )
+    health_interval: float = opt(
+        2.0, "seconds between /health probes of a backend marked unhealthy (every router and mode)"
+    )
+    probe_timeout: float = opt(
+        5.0,
+        "total deadline in seconds (connect + every byte) of one capacity fetch, metrics scrape or health "
+        "probe: a backend that trickles bytes cannot hang a background loop",
+    )
+    max_metrics_bytes: int = opt(
+        8 * 1024 * 1024, "a backend /metrics answer larger than this is dropped (counts as a failed scrape)"
+    )
 
     # --- tool-resource reclaim (see ThunderAgent/reclaim.py) -------------------------------------------
     reclaim: str = opt(

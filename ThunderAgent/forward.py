@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "x-program-id", "x-admin-token"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
+MAX_SSE_EVENT_BYTES = 1024 * 1024  # an SSE event held for inspection beyond this is passed on whole
 PROGRESS_EVENTS = 20  # report streaming progress to the policy every N content events (upstream: 20)
 
 
@@ -55,7 +56,7 @@ RETRYABLE_KINDS = frozenset({"connect", "protocol"})
 class TransportError(Exception):
     """Talking to a backend failed below HTTP: `kind` is connect (refused/unreachable), connect_timeout,
     timeout (no byte within the read timeout), protocol (connection closed or broken mid-exchange) or
-    invalid_request (the client's request cannot be put on the wire). `name` is the library's error class."""
+    invalid_request (the client's request cannot be put on the wire) or too_large (a body over the limit). `name` is the library's error class."""
 
     def __init__(self, kind: str, name: str, detail: str) -> None:
         super().__init__(f"{name}: {detail}" if detail else name)
@@ -89,22 +90,42 @@ class Upstream:
     """A backend response whose headers arrived; the body is read (or streamed) through this object.
     Every failure while reading surfaces as TransportError."""
 
-    __slots__ = ("_done", "_resp", "content_type", "raw_headers", "status_code")
+    __slots__ = ("_done", "_limit", "_resp", "content_type", "raw_headers", "status_code")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, limit: int | None = None) -> None:
         self._resp = resp
+        self._limit = limit  # the most body bytes aread() holds (--max-response-bytes)
         self.status_code: int = resp.status
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = resp.raw_headers
         self.content_type: str = resp.headers.get("content-type", "")
         self._done = False
 
     async def aread(self) -> bytes:
+        """The whole body, at most the limit: a larger one raises TransportError("too_large") as soon as it
+        is known (declared Content-Length, or the bytes read so far), without holding the rest."""
+        limit = self._limit
+        if limit is None:
+            try:
+                body = await self._resp.read()
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                raise transport_error(e) from e
+            self._done = True
+            return body
+        declared = self._resp.content_length
+        if declared is not None and declared > limit:
+            raise TransportError("too_large", "ResponseTooLarge", f"{declared} bytes declared, limit {limit}")
+        chunks: list[bytes] = []
+        n = 0
         try:
-            body = await self._resp.read()
+            async for chunk in self._resp.content.iter_any():
+                n += len(chunk)
+                if n > limit:
+                    raise TransportError("too_large", "ResponseTooLarge", f"more than {limit} bytes")
+                chunks.append(chunk)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise transport_error(e) from e
         self._done = True
-        return body
+        return b"".join(chunks)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive. When the connection breaks, the bytes that arrived before the break
@@ -147,7 +168,10 @@ class BackendClient:
     unbounded pool, bytes passed through untouched (no decompression, no added Content-Type/User-Agent).
     The session is created on first use, inside the event loop that serves the app."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float | None) -> None:
+    def __init__(
+        self, connect_timeout: float, read_timeout: float | None, max_response_bytes: int | None = None
+    ) -> None:
+        self.max_response_bytes = max_response_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -210,7 +234,7 @@ class BackendClient:
             )
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             raise transport_error(e) from e
-        return Upstream(resp)
+        return Upstream(resp, self.max_response_bytes)
 
     async def aclose(self) -> None:
         for session in (self._session, self._fresh):
@@ -221,7 +245,7 @@ class BackendClient:
 def make_client(config: Config) -> BackendClient:
     """The one shared client for proxied traffic: separate connect/read timeouts, unbounded pool."""
     read = config.proxy_read_timeout if config.proxy_read_timeout > 0 else None
-    return BackendClient(config.proxy_connect_timeout, read)
+    return BackendClient(config.proxy_connect_timeout, read, getattr(config, "max_response_bytes", None))
 
 
 async def send_with_retry(
@@ -338,6 +362,12 @@ class SSETap:
             event, self._buf = self._buf[:cut], self._buf[cut:]
             if self._inspect(event) or not self.strip:
                 out.append(event)
+        if len(self._buf) > MAX_SSE_EVENT_BYTES:
+            # An event that never ends (a backend streaming without blank lines): pass it on uninspected
+            # rather than hold it all. Too big to be the usage-only chunk, so nothing is lost by not
+            # parsing it.
+            out.append(self._buf)
+            self._buf = b""
         if not self.strip:
             return chunk
         return b"".join(out)
@@ -420,8 +450,10 @@ class ProxyError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers  # extra response headers (e.g. Retry-After)
         self.status = status
         self.message = message
         self.type = type_
@@ -451,6 +483,13 @@ def translate_transport_error(e: TransportError, backend: str) -> ProxyError:
     if kind == "timeout":
         return ProxyError(
             504, f"backend {backend} timed out ({name})", "backend_timeout", code="backend_timeout"
+        )
+    if kind == "too_large":
+        return ProxyError(
+            502,
+            f"backend {backend} answered more than the proxy reads ({text}; --max-response-bytes)",
+            "backend_error",
+            code="backend_response_too_large",
         )
     if kind == "connect":
         return ProxyError(

@@ -8,8 +8,8 @@ forged log line; in a CSV opened by a spreadsheet, a cell such as ``=HYPERLINK(.
   handlers that write the log (``install()`` does that for the root logger's handlers after
   ``logging.basicConfig``), and every logger in the process is covered, including ones that format ids with
   ``%s``. Tracebacks (``exc_info``) are formatted separately and keep their lines.
-* ``redact`` hides credentials that may ride along in logged text: the password of a URL's userinfo
-  (``http://user:pw@host`` — a backend URL may carry one), ``Bearer <token>`` and OpenAI-style ``sk-...``
+* ``redact`` hides credentials that may ride along in logged text: a URL's userinfo (``http://user:pw@host``
+  or ``http://TOKEN@host`` — a backend URL may carry one), credential-looking query values (``?api_key=``), ``Bearer <token>`` and OpenAI-style ``sk-...``
   keys. ``EscapingFilter`` applies it to every record too, so no logger can write a backend password.
 * ``csv_cell`` neutralises spreadsheet formulas in a CSV cell (OWASP "CSV injection"): a cell that starts
   with ``= + - @`` (or a tab/CR) gets a leading ``'``. The csv module already quotes separators, quotes and
@@ -21,10 +21,19 @@ from __future__ import annotations
 import logging
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0, DEL, C1, line/paragraph separators, and the invisible format characters that reorder or hide text
+# (bidi marks, embeddings, overrides and isolates such as U+202E and U+2066; zero-width characters and the
+# BOM): shown escaped, so a log line reads as what it holds ("Trojan Source", CVE-2021-42574).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SECRETS = (
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@"), r"\1:***@"),
+    # the userinfo of a URL (user:password, or a bare token as in http://TOKEN@host)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@"), r"\1***@"),
+    # credential-looking query parameters (?api_key=..., &token=...)
+    (
+        re.compile(r"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|sig|signature)=)[^&#\s]+"),
+        r"\1***",
+    ),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "sk-***"),
 )
@@ -38,8 +47,20 @@ def _escape_char(m: re.Match[str]) -> str:
 
 
 def escape_control(text: str) -> str:
-    """``text`` with every control character (C0, DEL, C1, line/paragraph separators) backslash-escaped."""
+    """``text`` with every control character (C0, DEL, C1, line/paragraph separators), bidi and zero-width
+    format character and lone surrogate backslash-escaped."""
     return _CONTROL.sub(_escape_char, text)
+
+
+def redact_url(url: str) -> str:
+    """A backend URL as shown to anyone (routes, metric labels, logs, records): its userinfo and every
+    query value hidden (the proxy still uses the full URL). ``http://alice:pw@h:8000/?k=v`` ->
+    ``http://***@h:8000/?k=***``."""
+    out = re.sub(r"(?i)^([a-z][a-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
+    if "?" in out:
+        head, _, query = out.partition("?")
+        out = head + "?" + re.sub(r"=([^&#]*)", "=***", query)
+    return out
 
 
 def redact(text: str) -> str:

@@ -137,14 +137,10 @@ class ProgramRegistry:
     def was_released(self, program_id: str) -> bool:
         return program_id in self._released
 
-    def idle_candidates(self, now: float, ttl: float, max_programs: int) -> list[ProgramRecord]:
-        """Programs to expire: idle (nothing in flight or held) for longer than `ttl` (0 = never), plus the
-        longest-idle ones beyond `max_programs`."""
-        idle = [r for r in self._records.values() if not r.busy]
-        out = [r for r in idle if ttl > 0 and now - r.last_activity >= ttl]
-        excess = len(self._records) - len(out) - max_programs
-        if excess > 0:
-            chosen = {r.program_id for r in out}
-            rest = sorted((r for r in idle if r.program_id not in chosen), key=lambda r: r.last_activity)
-            out.extend(rest[:excess])
-        return out
+    def idle_candidates(self, now: float, ttl: float) -> list[ProgramRecord]:
+        """Programs to expire: idle (nothing in flight or held) for longer than `ttl` (0 = never). A full
+        registry never evicts a live program to make room: new programs are refused instead (the proxy
+        answers 429), so nobody can expire, and reclaim, someone else's program by posting new ids."""
+        if ttl <= 0:
+            return []
+        return [r for r in self._records.values() if not r.busy and now - r.last_activity >= ttl]

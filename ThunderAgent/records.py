@@ -39,7 +39,19 @@ class StepRecord:
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        """One JSON line. Non-ASCII text is kept as is, unless UTF-8 cannot encode it (a lone surrogate in
+        client-given text): then it is escaped, so the record is still written."""
+        d = asdict(self)
+        line = json.dumps(d, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        try:
+            line.encode()
+        except UnicodeEncodeError:
+            line = json.dumps(d, separators=(",", ":"), allow_nan=False)
+        # U+2028/U+2029 are line breaks to str.splitlines() and some JSONL readers: escaped, one record
+        # stays one line for every reader
+        if "\u2028" in line or "\u2029" in line:
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        return line
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StepRecord":

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ThunderAgent.logsafe import csv_cell
+from ThunderAgent.logsafe import csv_cell, redact_url
 from ThunderAgent.policy.base import Phase, State
 from ThunderAgent.records import JsonlWriter, StepRecord
 
@@ -120,12 +120,12 @@ class _StateCollector(Collector):
             "thunderagent_backend_healthy", "1 if the backend is considered healthy", labels=["backend"]
         )
         for b in self._policy.backends():
-            used.add_metric([b.url], b.used)
+            used.add_metric([redact_url(b.url)], b.used)
             if b.capacity is not None:
-                cap.add_metric([b.url], b.capacity)
-            progs.add_metric([b.url, "reasoning"], b.reasoning_count)
-            progs.add_metric([b.url, "acting"], b.acting_count)
-            healthy.add_metric([b.url], 1.0 if b.healthy else 0.0)
+                cap.add_metric([redact_url(b.url)], b.capacity)
+            progs.add_metric([redact_url(b.url), "reasoning"], b.reasoning_count)
+            progs.add_metric([redact_url(b.url), "acting"], b.acting_count)
+            healthy.add_metric([redact_url(b.url)], 1.0 if b.healthy else 0.0)
         yield used
         yield cap
         yield progs
@@ -141,7 +141,7 @@ class _StateCollector(Collector):
             )
             for b in self._policy.backends():
                 for name, value in report(b.url).items():
-                    cost.add_metric([b.url, name], value)
+                    cost.add_metric([redact_url(b.url), name], value)
             yield cost
 
         engine = GaugeMetricFamily(
@@ -156,7 +156,7 @@ class _StateCollector(Collector):
                 "vllm:kv_cache_usage_perc",
             ):
                 if name in st.latest:
-                    engine.add_metric([url, name], st.latest[name])
+                    engine.add_metric([redact_url(url), name], st.latest[name])
         yield engine
 
 

@@ -23,6 +23,10 @@ Knobs (plain attributes; set them from the test thread at any time):
   report_cached    include usage.prompt_tokens_details.cached_tokens (vLLM --enable-prompt-tokens-details),
                    computed from a tiny prefix cache keyed by the first message.
   metrics_status   status of GET /metrics (e.g. 503 to make health probes fail); health_status for /health.
+  chat_mode        None (normal) | "garbage" (200, not JSON) | "huge" (200, `huge_bytes` of JSON, chunked)
+                   | "neverend" (200 SSE whose one event never ends: bytes forever until the client leaves).
+  metrics_mode     None (the normal text) | "garbage" (200, not Prometheus text) | "trickle" (200, one byte
+                   every `trickle_delay` s, until the mode changes) | "huge" (200, `huge_bytes` of comments).
   serve_responses  False: /v1/responses answers 404 (an engine that does not serve it).
 A refusing backend is just a port nothing listens on: `free_port_url()`. Like vLLM, the fake stops
 generating when its client disconnects (counted in `disconnects`). Standalone (benchmarks, manual tests):
@@ -129,6 +133,10 @@ class FakeVLLM:
         self.fail_count: int | None = None
         self.die_after_chunks: int | None = None
         self.metrics_status = 200
+        self.metrics_mode: str | None = None
+        self.chat_mode: str | None = None
+        self.trickle_delay = 0.2
+        self.huge_bytes = 20 * 1024 * 1024
         self.health_status = 200
         self.serve_responses = True
         self.requests: list[dict[str, Any]] = []
@@ -172,7 +180,10 @@ class FakeVLLM:
             return
         path, method = scope["path"], scope["method"]
         self.paths.append(path)
-        if path in INFERENCE and method == "POST" and (path != "/v1/responses" or self.serve_responses):
+        if path in INFERENCE and method == "POST" and self.chat_mode is not None:
+            await _read(receive)
+            await self._bad_chat(send)
+        elif path in INFERENCE and method == "POST" and (path != "/v1/responses" or self.serve_responses):
             body = await _read(receive)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             gone = asyncio.Event()
@@ -194,7 +205,9 @@ class FakeVLLM:
         elif path == "/health" and method == "GET":
             await _send(send, self.health_status, b"", b"text/plain")
         elif path == "/metrics" and method == "GET":
-            if self.metrics_status != 200:
+            if self.metrics_mode is not None:
+                await self._bad_metrics(send)
+            elif self.metrics_status != 200:
                 await _send(send, self.metrics_status, b"metrics unavailable", b"text/plain")
             else:
                 await _send(
@@ -202,6 +215,47 @@ class FakeVLLM:
                 )
         else:
             await _send_json(send, 404, {"detail": "Not Found"})
+
+    async def _bad_chat(self, send: Any) -> None:
+        mode = self.chat_mode
+        if mode == "garbage":
+            await _send(send, 200, b"\x00<html>not json", b"application/json")
+            return
+        ctype = b"text/event-stream" if mode == "neverend" else b"application/json"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
+        piece = b"x" * 65536
+        try:
+            if mode == "neverend":
+                await send({"type": "http.response.body", "body": b"data: {", "more_body": True})
+                while self.chat_mode == "neverend":
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    await asyncio.sleep(0.001)
+            else:
+                await send({"type": "http.response.body", "body": b'{"pad":"', "more_body": True})
+                for _ in range(self.huge_bytes // len(piece)):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b'"}', "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return
+
+    async def _bad_metrics(self, send: Any) -> None:
+        mode = self.metrics_mode
+        if mode == "garbage":
+            await _send(send, 200, b"\x00\xff{not prometheus at all\n\x01", b"text/plain")
+            return
+        start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        await send(start)
+        if mode == "huge":
+            line = b"# " + b"x" * 1022 + b"\n"
+            for _ in range(self.huge_bytes // len(line)):
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+        else:  # trickle: a byte at a time while the mode lasts, then the rest at once
+            while self.metrics_mode == "trickle":
+                await send({"type": "http.response.body", "body": b"#", "more_body": True})
+                await asyncio.sleep(self.trickle_delay)
+            await send({"type": "http.response.body", "body": b"\n" + self.metrics_text().encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _utility(self, path: str, raw: bytes, query: bytes, send: Any) -> None:
         """/tokenize, /detokenize, /v1/embeddings: vLLM's shapes, the fake's 4-chars-per-token tokenizer."""

@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 
 class ServerThread:
-    def __init__(self, app: Any, *, lifespan: str = "on", start_timeout: float = 10.0) -> None:
+    def __init__(self, app: Any, *, lifespan: str = "on", start_timeout: float = 10.0, http: Any = "auto") -> None:
         self.app = app
+        self._http = http  # uvicorn's HTTP protocol: "auto" or a class (e.g. the proxy's bounded one)
         self._lifespan = lifespan
         self._start_timeout = start_timeout
         self._sock: socket.socket | None = None
@@ -44,6 +45,7 @@ class ServerThread:
             lifespan=self._lifespan,
             access_log=False,
             timeout_graceful_shutdown=2,
+            http=self._http,
         )
         self._server = uvicorn.Server(cfg)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread

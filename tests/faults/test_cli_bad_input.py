@@ -104,6 +104,9 @@ BAD_FLAGS = [
     ["--metrics-interval", "0"], ["--metrics-interval", "nan-ish"], ["--scheduler-interval", "-5"], ["--idle-ttl", "-1"],
     ["--max-body-bytes", "0"], ["--max-programs", "0"], ["--admin-token", ""], ["--log-level", "loud"], ["--nope"],
     ["--proxy-read-timeout", "1e999x"], ["--acting-decay", "linear"], ["--high-watermark"],
+    ["--no-backend-grace", "-1"], ["--health-interval", "0"], ["--probe-timeout", "0"], ["--max-metrics-bytes", "0"],
+    ["--max-response-bytes", "-1"], ["--max-header-bytes", "0"], ["--max-headers", "0"], ["--header-timeout", "0"],
+    ["--admin-token-file", "/nonexistent/token"],
 ]
 
 

@@ -76,15 +76,20 @@ async def test_never_released_programs_expire_and_memory_is_bounded(fake_vllm: F
 
 
 async def test_max_programs_caps_the_registry(fake_vllm: FakeVLLM) -> None:
+    """Full: new program ids get 429 with Retry-After; the programs already tracked stay (none is evicted
+    for room, so posting new ids cannot expire, or reclaim the containers of, someone else's program)."""
     clock = FakeClock()
     cfg = Config(backends=(fake_vllm.url,), router="default", idle_ttl=0, max_programs=50)
     async with running_proxy(cfg, clock=clock) as (client, proxy):
-        for i in range(80):
+        await _touch(client, [f"p{i}" for i in range(50)])
+        for i in range(50, 80):
             clock.t += 1
-            await _touch(client, [f"p{i}"])
-        gone = proxy.expire_idle()
-        assert len(gone) == 30 and len(proxy.registry) == 50
-        assert sorted(proxy.programs_json()) == sorted(f"p{i}" for i in range(30, 80))  # the newest stay
+            r = await client.post("/v1/chat/completions", json=chat(program_id=f"p{i}"))
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["code"] == "too_many_programs" and int(r.headers["retry-after"]) >= 1
+        await _touch(client, ["p0"])  # a tracked program is still served
+        assert proxy.expire_idle() == []
+        assert sorted(proxy.programs_json()) == sorted(f"p{i}" for i in range(50))
         assert len(proxy.policy.programs()) == 50
 
 

@@ -147,17 +147,21 @@ async def test_idle_expiry_with_fake_clock(fake_vllm: FakeVLLM):
         assert proxy.expire_idle() == ["new"]
 
 
-async def test_max_programs_expires_longest_idle(fake_vllm: FakeVLLM):
+async def test_max_programs_refuses_new_programs_never_evicts(fake_vllm: FakeVLLM):
     t = [0.0]
     async with running_proxy(cfg(fake_vllm.url, idle_ttl=0, max_programs=2), clock=lambda: t[0]) as (
         c,
         proxy,
     ):
+        codes = []
         for pid in ("a", "b", "c"):
             t[0] += 1
-            await c.post("/v1/chat/completions", json=chat(program_id=pid))
-        assert proxy.expire_idle() == ["a"]
-        assert set(p.program_id for p in proxy.policy.programs()) == {"b", "c"}
+            codes.append((await c.post("/v1/chat/completions", json=chat(program_id=pid))).status_code)
+        assert codes == [200, 200, 429]
+        assert proxy.expire_idle() == []
+        assert set(p.program_id for p in proxy.policy.programs()) == {"a", "b"}
+        assert (await c.post("/programs/release", json={"program_id": "a"})).status_code == 200
+        assert (await c.post("/v1/chat/completions", json=chat(program_id="c"))).status_code == 200
 
 
 async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
@@ -181,7 +185,12 @@ async def test_health_hysteresis_from_scrapes(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url, metrics=True, metrics_interval=3600)
     spy = SpyPolicy(PassthroughPolicy(c0))
     async with running_proxy(c0, policy=spy) as (c, proxy):
-        fake_vllm.metrics_status = 500
+        fake_vllm.metrics_status = 500  # a failed scrape alone is not a failure: /health still answers
+        await proxy.scrape_once()
+        await proxy.scrape_once()
+        await proxy.scrape_once()
+        assert spy.health == []
+        fake_vllm.health_status = 500  # now the backend is down
         await proxy.scrape_once()
         await proxy.scrape_once()
         assert spy.health == []  # two failures are not enough
@@ -189,6 +198,7 @@ async def test_health_hysteresis_from_scrapes(fake_vllm: FakeVLLM):
         assert spy.health == [(fake_vllm.url, False)]
         assert (await c.get("/metrics?format=json")).json()["backends"][fake_vllm.url]["healthy"] is False
         fake_vllm.metrics_status = 200
+        fake_vllm.health_status = 200
         await proxy.scrape_once()
         assert spy.health == [(fake_vllm.url, False)]
         await proxy.scrape_once()

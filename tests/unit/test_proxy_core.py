@@ -126,8 +126,8 @@ def test_registry_released_ids_and_idle_candidates(caplog):
     assert created and "released program 'a'" in caplog.text
     r.get_or_create("b", 5.0)
     r.get("b").inflight = 1
-    assert [x.program_id for x in r.idle_candidates(100.0, 50.0, 10)] == ["a"]
-    assert r.idle_candidates(100.0, 0.0, 10) == []
+    assert [x.program_id for x in r.idle_candidates(100.0, 50.0)] == ["a"]
+    assert r.idle_candidates(100.0, 0.0) == []
 
 
 # --- CLI ------------------------------------------------------------------------------------------------

@@ -192,7 +192,10 @@ def test_program_id_extraction():
     assert extract_program_id({"extra_body": {"program_id": "e"}}, "h", "u") == ("e", "extra_body")
     assert extract_program_id({}, "h", "u") == ("h", "header")
     assert extract_program_id({}, None, "u") == ("u", "url")
-    assert extract_program_id({"program_id": ""}, None, None) == ("default", "default")
+    assert extract_program_id({}, None, None) == ("default", "default")
+    with pytest.raises(ProxyError) as e:  # an empty id is refused, not read as "default"
+        extract_program_id({"program_id": ""}, None, None)
+    assert e.value.status == 400
     with pytest.raises(ProxyError) as e:
         extract_program_id({"program_id": ["x"]}, None, None)
     assert e.value.status == 400
