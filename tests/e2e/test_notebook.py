@@ -40,7 +40,7 @@ def test_notebook_runs_on_a_fresh_sweep(tmp_path, monkeypatch):
     assert _images(nb) >= 2  # the comparison figure and the timeline (this sweep kept its step records)
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
                    for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "1 sweeps, 4 points" in text
+    assert "1 sweeps, 6 points" in text  # vllm and thunderagent at 2 levels, and the bound arm a DES sweep adds
     assert "thunderagent/vllm" in text
 
 
