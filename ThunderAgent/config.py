@@ -176,7 +176,8 @@ class Config:
         "tokens ~0.3 s); 0 = learn it from the engine's prefill-time histograms (needs --metrics)",
     )
     cost_half_life: float = opt(
-        10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine"
+        10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine; also how "
+        "many scrapes in a row, while the fixed limit binds, the share must stay under the budget before tr relaxes"
     )
     tr_queue_order: str = opt(
         "arrival",
