@@ -29,6 +29,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ThunderAgent.policy.limits import bucket_key  # the key format the cost-aware limits read
+
 log = logging.getLogger("thunderagent.backends")
 
 SKYRL_TOKENS_PER_ENGINE = 200_000  # upstream's fixed guess: SkyRL exposes no KV capacity
@@ -99,11 +101,6 @@ VLLM_SERIES = (
 # Histograms whose buckets are kept (the rest are reduced to _sum/_count): engine steps by token count, which
 # tells steps that finish a prefill from decode-only steps (the cost-aware mode's de-biasing, policy/limits.py).
 KEPT_BUCKETS = frozenset({"vllm:iteration_tokens_total"})
-
-
-def bucket_key(family: str, le: float) -> str:
-    """The key parse_vllm_metrics gives a kept histogram's cumulative bucket: ``<family>_bucket:<le>``."""
-    return f"{family}_bucket:{float(le)!r}"
 
 
 class MetricsParseError(ValueError):

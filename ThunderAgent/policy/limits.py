@@ -29,9 +29,10 @@ class Limits(Protocol):
 
     def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
         """Engine figures for `url` (vLLM metric names, as ThunderAgent.backends.parse_vllm_metrics returns
-        them). Fixed limits ignore them; a cost-aware mode learns from them. `binding`: whether the fixed
-        rule's limit binds on that backend now (its charged usage is at the fixed low limit or above), i.e.
-        whether what the engine shows was measured under the pressure the limits decide about."""
+        them). Fixed limits ignore them; a cost-aware mode learns from them. `binding`: whether the limit
+        binds on that backend now (programs from it are paused, requests wait, or its charged usage is at
+        the low limit), i.e. whether what the engine shows was measured under the pressure the limits decide
+        about (CapacityPolicy.observe_engine computes it)."""
         ...
 
 
@@ -69,6 +70,13 @@ COUNTERS = (PROMPT, HITS, PREFILL_SUM, PREFILL_COUNT, PREEMPT, COMPUTED, ITL_SUM
 MIN_PREFILLS = 16  # requests whose prefill was observed before a learned prefill cost is trusted
 STEPS = "vllm:iteration_tokens_total"  # engine steps by tokens per step (cumulative buckets kept by the parser)
 RUNNING = "vllm:num_requests_running"
+BUCKET = "_bucket:"  # between a kept histogram's name and a bucket's upper bound in the metrics dicts
+
+
+def bucket_key(family: str, le: float) -> str:
+    """The key a kept histogram's cumulative bucket has in the metrics dicts (ThunderAgent.backends'
+    parse_vllm_metrics writes it, `prefill_steps` reads it): ``<family>_bucket:<le>``."""
+    return f"{family}{BUCKET}{float(le)!r}"
 
 
 def prefill_steps(metrics: dict[str, float], prev: dict[str, float]) -> float | None:
@@ -77,14 +85,14 @@ def prefill_steps(metrics: dict[str, float], prev: dict[str, float]) -> float | 
     token), told apart from decode-only steps (at most one token per running request) by the cumulative
     buckets of vllm:iteration_tokens_total. The edge is the smallest bucket bound >= the running requests
     at either scrape. None when the engine exports no such histogram (or it did not move)."""
-    prefix = f"{STEPS}_bucket:"
+    prefix = f"{STEPS}{BUCKET}"
     edges = sorted(float(k[len(prefix):]) for k in metrics if k.startswith(prefix))
     total = f"{STEPS}_count"
     if not edges or total not in metrics or total not in prev:
         return None
     running = max(metrics.get(RUNNING, 0.0), prev.get(RUNNING, 0.0), 1.0)
     edge = next((e for e in edges if e >= running), edges[-1])
-    key = f"{prefix}{edge!r}"
+    key = bucket_key(STEPS, edge)
     if key not in prev:
         return None
     steps = metrics[total] - prev[total]
