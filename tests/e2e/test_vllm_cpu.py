@@ -182,12 +182,18 @@ def test_thunderagent_pauses_programs_and_cuts_preemptions(ab: dict[str, ArmResu
 
 
 def test_engine_metrics_series_were_scraped(ab: dict[str, ArmResult]) -> None:
-    """The runner's engine_metrics.jsonl holds real vLLM scrapes (the series every arm writes)."""
-    for r in ab.values():
+    """The runner's engine_metrics.jsonl holds real vLLM scrapes (the series every arm writes). Under raw vLLM the
+    cache fills (the workload is ~3.7x its size); the fixed-mode arm pauses programs to keep it from overflowing,
+    so there usage is only known to be real (some KV held, never over 1): a 1 s scrape of a half-full cache read
+    0.48 in CI."""
+    for arm, r in ab.items():
         assert r.run_dir is not None
         rows = [json.loads(line) for line in (Path(r.run_dir) / "engine_metrics.jsonl").read_text().splitlines()]
         assert len(rows) >= 2
-        assert max(row["vllm:kv_cache_usage_perc"] for row in rows) > 0.5
+        usage = [row["vllm:kv_cache_usage_perc"] for row in rows]
+        assert all(0.0 <= u <= 1.0 for u in usage) and max(usage) > 0.0, (arm, usage)
+        if arm == "vllm":
+            assert max(usage) > 0.5, usage
         assert rows[-1]["vllm:num_preemptions_total"] >= rows[0]["vllm:num_preemptions_total"]
 
 
