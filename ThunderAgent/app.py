@@ -1239,8 +1239,13 @@ class Proxy:
                 "healthy": b.healthy,
                 "capacity": b.capacity,
             }
+        healthy = sum(1 for b in self.policy.backends() if b.healthy)
         return {
+            # upstream's /health answers "ok" whatever the backends' state (clients poll for it): kept, and
+            # `ready` says whether any backend can take a request now
             "status": "ok",
+            "ready": healthy > 0,
+            "healthy_backends": healthy,
             "version": __version__,
             "router_mode": self.config.router,
             "scheduling_enabled": self.config.scheduling_enabled,

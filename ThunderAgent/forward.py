@@ -10,6 +10,8 @@ API's input/output tokens).
 
 from __future__ import annotations
 
+import base64
+
 import json
 import math
 from dataclasses import dataclass
@@ -186,7 +188,9 @@ class BackendClient:
             u = yarl.URL(url)
             basic = None
             if u.user is not None or u.password is not None:
-                basic = aiohttp.BasicAuth(u.user or "", u.password or "").encode()
+                # RFC 7617 Basic credentials, UTF-8 (what aiohttp.BasicAuth did, without its deprecation)
+                pair = f"{u.user or ''}:{u.password or ''}".encode()
+                basic = "Basic " + base64.b64encode(pair).decode("ascii")
                 u = u.with_user(None)
             hit = self._urls[url] = (u, basic)
             if len(self._urls) > 4096:  # backends are few; bound it anyway

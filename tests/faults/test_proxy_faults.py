@@ -158,7 +158,14 @@ async def test_one_of_two_backends_unhealthy(fake_vllm_factory: Callable[..., Fa
             assert (await c.post(srv.url + "/programs/release", json={"program_id": pid})).json()["released"] is True
             assert (await c.post(srv.url + "/v1/chat/completions", json=chat(program_id=pid))).status_code == 200
             assert srv.call(lambda: proxy.policy.program(pid).backend) == a.url
+            health = (await c.get(srv.url + "/health")).json()
+            assert (health["status"], health["ready"], health["healthy_backends"]) == ("ok", True, 1)
         await asyncio.to_thread(assert_settled, srv, proxy, spy)
+        a.stop()  # no backend left: /health still answers "ok" (upstream's contract) but not ready
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(srv.url + "/health").json()["ready"] is False, 10, 0.05, "not ready"
+        )
+        assert httpx.get(srv.url + "/health").json()["healthy_backends"] == 0
     finally:
         srv.stop()
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ThunderAgent.app import ProxyError, extract_program_id, extract_resources, prepare_forward, validate_chat
 from ThunderAgent.forward import (
+    BackendClient,
     SSETap,
     backend_error_body,
     request_headers,
@@ -274,3 +275,14 @@ def test_sse_tap_reads_responses_usage_and_never_strips_it():
     assert tap.feed(stream) + tap.flush() == stream
     assert tap.usage is not None and (tap.usage.prompt_tokens, tap.usage.total_tokens) == (9, 12)
     assert seen == [1] and tap.events == 1  # only the delta carries text (first token, progress)
+
+
+def test_url_credentials_become_a_basic_authorization_header() -> None:
+    """user:password in a backend URL leave the URL and travel as RFC 7617 Basic credentials (UTF-8)."""
+    import base64
+
+    client = BackendClient(connect_timeout=1.0, read_timeout=1.0)
+    url, basic = client._split_credentials("http://alice:p%C3%A4ss@127.0.0.1:9/v1")
+    assert str(url) == "http://127.0.0.1:9/v1"
+    assert basic == "Basic " + base64.b64encode("alice:päss".encode()).decode()
+    assert client._split_credentials("http://127.0.0.1:9/v1") == (url, None)
