@@ -170,12 +170,14 @@ def make_agent(opts: "SweepOptions", programs: int, run_dir: Path):  # -> harnes
         from harness.agents import openhands
 
         return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations,
-                                    predictions_path=run_dir / "predictions.jsonl")
+                                    predictions_path=run_dir / "predictions.jsonl",
+                                    conversations_path=run_dir / "conversations.jsonl")
     if opts.agent == "mini-swe-agent":
         from harness.agents import miniswe
 
         return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations,
-                                  predictions_path=run_dir / "predictions.jsonl")
+                                  predictions_path=run_dir / "predictions.jsonl",
+                                  trajectories_dir=run_dir / "trajectories")
     raise ValueError(f"unknown agent {opts.agent!r}")
 
 

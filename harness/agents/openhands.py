@@ -26,6 +26,7 @@ The SDK is synchronous (blocking HTTP, subprocess tools), so each instance runs 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -162,6 +163,9 @@ class OpenHandsAgent(ThreadedAgent):
     docker_network: str | None = "host"
     llm_overrides: dict[str, Any] = field(default_factory=dict)  # extra openhands.sdk.LLM fields
     fake_user_replies: int = 10  # nudges when the model answers with text instead of calling finish
+    # append each instance's conversation events here as {"instance_id", "program_id", "history": [events]}
+    # (the layout of OpenHands' own benchmarks output.jsonl, which `thunderbench traces import` reads)
+    conversations_path: Path | None = None
 
     name = "openhands"
 
@@ -272,6 +276,12 @@ class OpenHandsAgent(ThreadedAgent):
                 except Exception:  # noqa: BLE001
                     pass
         finally:
+            if conversation is not None and self.conversations_path is not None:
+                try:
+                    append_conversation(self.conversations_path, instance["instance_id"], program_id,
+                                        conversation.state.events)
+                except Exception:  # noqa: BLE001 - a trace is a by-product: never fail the instance for it
+                    log.warning("saving the conversation of %r failed", instance["instance_id"], exc_info=True)
             if conversation is not None:
                 try:
                     conversation.close()
@@ -305,6 +315,19 @@ class OpenHandsAgent(ThreadedAgent):
             raise RuntimeError("the docker workspace needs openhands-workspace (the `openhands` extra)") from e
         return DockerDevWorkspace(base_image=swebench_image(instance), working_dir="/testbed",
                                   network=self.docker_network)
+
+
+_CONVERSATIONS_LOCK = threading.Lock()
+
+
+def append_conversation(path: Path, instance_id: str, program_id: str, events: Any) -> None:
+    """One JSON line per instance: its events as the SDK persists them (model_dump_json, None fields left out)."""
+    history = [json.loads(ev.model_dump_json(exclude_none=True)) for ev in events]
+    line = json.dumps({"instance_id": instance_id, "program_id": program_id, "history": history},
+                      ensure_ascii=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _CONVERSATIONS_LOCK, open(path, "a", encoding="utf-8") as f:
+        f.write(line)
 
 
 def make_agent(max_iterations: int = 50, **kwargs: Any) -> OpenHandsAgent:

@@ -56,7 +56,8 @@ def test_openhands_through_thunderagent(model: ScriptedLLM, proxy: Proxy, tmp_pa
 
     since = len(model.requests)
     endpoint = Endpoint(base_url=proxy.base_url, model="scripted", thunderagent=True)
-    run = run_agent(_agent(tmp_path), INSTANCES, endpoint, "oh", monkeypatch)
+    run = run_agent(_agent(tmp_path, conversations_path=tmp_path / "conversations.jsonl"), INSTANCES, endpoint,
+                    "oh", monkeypatch)
 
     by_pid = check_program_ids(run, proxy, model, since)
     check_releases(run, proxy, by_pid)
@@ -76,6 +77,15 @@ def test_openhands_through_thunderagent(model: ScriptedLLM, proxy: Proxy, tmp_pa
         assert [s.step for s in ok] == list(range(1, r.steps + 1))
         assert all(s.prompt_tokens for s in ok if s.status == "ok")
     check_predictions(run, INSTANCES, "openhands/scripted")
+    # each instance's conversation is kept (the failing one too), and the trace importer reads our own runs
+    # back: one turn per answered call (the failing instance's 2nd call got no answer)
+    from harness.traces import import_traces
+
+    trajs, how = import_traces(tmp_path / "conversations.jsonl")
+    assert "openhands-sdk" in how, how
+    calls = {t.instance_id: len(t.turns) for t in trajs}
+    assert calls == {i["instance_id"]: run.results[i["instance_id"]].steps - (i["instance_id"] == FAILING)
+                     for i in INSTANCES}, (calls, how)
     assert run.loop_lag_max_s < 2.0, f"the event loop was blocked for {run.loop_lag_max_s:.2f} s"
 
     report = evaluate(run.predictions, "toy")
