@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import os
 import sys
@@ -144,6 +145,10 @@ def validate(cfg: Config) -> None:
         raise CliError(f"--max-programs must be > 0, got {cfg.max_programs}")
     if cfg.admin_token is not None and not cfg.admin_token:
         raise CliError("--admin-token must not be empty")
+    if cfg.reclaim == "docker" and importlib.util.find_spec("docker") is None:
+        # the Docker SDK is an extra: a proxy-only install does not carry it
+        raise CliError("--reclaim docker needs the Docker SDK, which comes with thunderbench's 'docker' extra: "
+                       "pip install 'thunderbench[docker]'")
 
 
 ADMIN_TOKEN_ENV = "THUNDERAGENT_ADMIN_TOKEN"

@@ -18,7 +18,7 @@ handler for ``docker_ids``; generic ``tool_ids`` go to whatever hooks the embedd
 
 Metrics: the reclaimer keeps plain counters and exposes them as a Prometheus collector, so it can be
 registered on the proxy's own CollectorRegistry (``reclaimer.register_metrics(registry)``) without global
-state. See README "Tool-resource reclaim".
+state. See docs/proxy.md, "Tool-resource reclaim".
 """
 
 from __future__ import annotations

@@ -537,13 +537,13 @@ def main(argv: list[str] | None = None) -> None:
         cmd = e.ctx.command_path if e.ctx is not None else "thunderbench"
         typer.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
         raise SystemExit(2) from None
-    except cx.Abort:
+    except typer.Abort:  # typer's vendored click keeps Abort and Exit in typer.exceptions, not here
         typer.echo("error: interrupted", err=True)
         raise SystemExit(130) from None
     except cx.ClickException as e:
         typer.echo(f"error: {e.format_message()}", err=True)
         raise SystemExit(e.exit_code) from None
-    except cx.Exit as e:
+    except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     raise SystemExit(rv if isinstance(rv, int) else 0)
 

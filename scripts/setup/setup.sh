@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up thunderbench on a fresh machine: uv, a Python >= 3.12 virtualenv in .venv, the project and its
 # locked dependencies. Idempotent; safe to re-run. Options (environment):
-#   THUNDERBENCH_EXTRAS="openhands miniswe eval"   optional extras to install (default: all three, so CI
-#                                             tests the real agents; THUNDERBENCH_EXTRAS="" for none)
+#   THUNDERBENCH_EXTRAS="all"                 extras to install (default: all = bench docker openhands miniswe
+#                                             eval, so CI tests the harness and the real agents; "bench" for the
+#                                             harness alone, "" for the proxy alone)
 #   THUNDERBENCH_PYTHON=/path/to/python3.12   interpreter to use (default: first 3.12+ found)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +43,7 @@ log "python: $PY"
 
 # 3. venv + project (locked)
 extras=()
-for e in ${THUNDERBENCH_EXTRAS-openhands miniswe eval}; do extras+=(--extra "$e"); done
+for e in ${THUNDERBENCH_EXTRAS-all}; do extras+=(--extra "$e"); done
 export UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-automatic}"
 uv sync --frozen --python "$PY" "${extras[@]}" --quiet
 log "ready: .venv ($(.venv/bin/python --version))"

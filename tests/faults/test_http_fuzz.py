@@ -4,7 +4,7 @@ characters) in the body, header and URL. Properties: never a 5xx (every error is
 plain 2xx/4xx page), nothing left in flight or held, and the proxy's memory stays bounded.
 
 tests/integration/test_proxy_fuzz.py (P) fuzzes JSON bodies of /v1/chat/completions; this covers the rest.
-The number of requests tried is printed (-s) for the README's reliability table."""
+The number of requests tried is printed (-s) for the reliability table of docs/proxy.md."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from harness.launch import vllm_engine
 from harness.launch.proxy import proxy_command
 from harness.launch.sim import sim_command
 from harness.recipes import (RECIPES_DIR, EngineSpec, ProxySpec, RecipeError, SimSpec, SweepSpec, WorkloadSpec,
-                             list_recipes, load_recipe, parse_duration, parse_levels)
+                             list_recipes, load_recipe, parse_duration, parse_levels, recipe_from_dict)
 
 
 def test_bundled_recipes():
@@ -79,3 +79,32 @@ def test_parse_levels():
     assert parse_levels("24, 48,96") == (24, 48, 96)
     with pytest.raises(RecipeError, match="bad levels"):
         parse_levels("24;48")
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"engine": {"model": "m", "tensor_parallel_size": "8"}}, "[engine].tensor_parallel_size: expected an integer, got '8'"),
+    ({"engine": {"model": "m", "max_num_seqs": True}}, "[engine].max_num_seqs: expected an integer, got True"),
+    ({"engine": {"model": "m", "enable_prefix_caching": 1}}, "[engine].enable_prefix_caching: expected true/false"),
+    ({"engine": {"model": "m", "env": {"A": 1}}}, "[engine].env.A: expected a string, got 1"),
+    ({"engine": {"model": "m", "extra_args": "--x"}}, "[engine].extra_args: expected a list"),
+    ({"engine": {"model": "m"}, "proxy": {"portt": 1}}, "[proxy]: unknown field 'portt' (known: args, health_timeout_s, host"),
+    ({"engine": {"model": "m"}, "simm": {}}, "unknown field 'simm' (known: description, engine, name"),
+    ({"engine": {"model": "m"}, "sim": {"profile": "p", "port": 0}}, "[sim].port must be >= 1, got 0"),
+    ({"engine": {"model": "m"}, "sim": {"profile": "p", "time_scale": 0}}, "[sim].time_scale must be > 0"),
+    ({"sim": {"profile": "p"}}, "[engine] is required"),
+    ({"engine": {"kind": "vllm"}, "sim": {"profile": "p"}}, "[engine].model is required"),
+    ({"engine": {"model": "m"}, "sim": {"profile": "p"}, "workload": {"max_iterations": 0}},
+     "[workload].max_iterations must be >= 1, got 0"),
+])
+def test_recipe_schema_errors_are_one_line_naming_file_and_field(data, needle):
+    data.setdefault("sim", {"profile": "p"})
+    with pytest.raises(RecipeError) as e:
+        recipe_from_dict(data, Path("some/dir/r.toml"))
+    msg = str(e.value)
+    assert msg.startswith("recipe r.toml: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_recipe_defaults_fill_missing_sections():
+    r = recipe_from_dict({"engine": {"model": "m"}, "sim": {"profile": "p", "time_scale": 2}}, Path("x/mine.toml"))
+    assert r.name == "mine" and r.proxy == ProxySpec() and r.sweep == SweepSpec() and r.workload == WorkloadSpec()
+    assert r.sim.time_scale == 2.0 and isinstance(r.sim.time_scale, float) and r.engine.extra_args == ()

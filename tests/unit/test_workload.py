@@ -214,3 +214,25 @@ def test_trace_errors(tmp_path):
     f.write_text('{"first_user_tokens": 5, "turns": [{"output_tokens": -1}]}\n')
     with pytest.raises(WorkloadError, match="non-negative integer"):
         load_traces(f)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["turns"].update(sigmaa=0.3), r"w.toml: unknown key 'sigmaa' in \[turns\] \(known: median, sigma"),
+    (lambda d: d["first_user"]["issue"].update(mx=9), r"unknown key 'mx' in \[first_user\].issue"),
+    (lambda d: d.update(turnz={}), r"unknown key 'turnz' in the top level"),
+    (lambda d: d["turns"].update(median="40"), r"w.toml: bad value: \[turns\].median: expected a number, got '40'"),
+    (lambda d: d["system"].update(tokens=True), r"\[system\].tokens: expected an integer, got True"),
+    (lambda d: d["output_tokens"].update(sigma=-1), r"\[output_tokens\].sigma must be >= 0"),
+    (lambda d: d["tool_time"].pop("long"), r"w.toml: missing key \[tool_time\].long"),
+])
+def test_schema_refuses_misspelt_keys_and_non_numbers(change, message):
+    """The file's schema: a misspelt key or a quoted number is an error naming file, table and key (it used to
+    be ignored or read as a number)."""
+    from harness.workload import parse_workload_params
+
+    d = _minimal()
+    d["turns"]["source_note"] = "notes under any source* key stay allowed"
+    change(d)
+    with pytest.raises(WorkloadError, match=message) as e:
+        parse_workload_params(d, "w.toml")
+    assert "\n" not in str(e.value)
