@@ -7,7 +7,7 @@ available offline) count prompt tokens with harness/sim/tokenizer.py's regex est
 and that of characters / 4, against the BPEs at hand offline: o200k_base and cl100k_base (200K / 100K
 vocabularies, the nearest in size to the 151K of Qwen3 and GLM-4.6; read from the tiktoken files litellm
 installs with itself) and the tiny model's 4,096-token BPE. The texts are this repository's own files, one per
-kind an agent's prompt is made of: English prose (README.md), Python source (harness/sim/engine.py), SWE-bench
+kind an agent's prompt is made of: English prose (README.md and docs/*.md: the user guide and design notes), Python source (harness/sim/engine.py), SWE-bench
 issues and diffs (the toy fixtures), JSON (a reference run manifest), and shell output (`git log --stat`
 of a fixed range is not stable across clones, so a fixed `ls -l`-shaped listing is generated). Prints figures;
 asserts nothing. (benchmarks/openhands_prompt.py puts the same columns on the prompts our OpenHands runner sends.)
@@ -29,12 +29,16 @@ from harness.sim.tokenizer import TINY, EstimateTokenizer, ModelTokenizer, Token
 
 def reference_encoders() -> dict[str, Callable[[str], int]]:
     """o200k_base / cl100k_base from the tiktoken cache litellm installs with itself (no download)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("litellm")  # located, not imported: importing it fetches a price map
     try:
-        import litellm
         import tiktoken
     except ImportError:
         return {}
-    cache = Path(litellm.__file__).parent / "litellm_core_utils" / "tokenizers"
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    cache = Path(list(spec.submodule_search_locations)[0]) / "litellm_core_utils" / "tokenizers"
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache))
     out: dict[str, Callable[[str], int]] = {}
     for name in ("o200k_base", "cl100k_base"):
@@ -52,7 +56,8 @@ def samples() -> dict[str, str]:
     listing = "\n".join(f"-rw-r--r-- 1 root root {1000 + 37 * i:6d} Dec  6 22:{i % 60:02d} src/module_{i}.py"
                         for i in range(80))
     return {
-        "English prose (README.md)": (ROOT / "README.md").read_text(encoding="utf-8"),
+        "English prose (README + docs)": "\n\n".join(
+            p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]),
         "Python source (engine.py)": (ROOT / "harness/sim/engine.py").read_text(encoding="utf-8"),
         "issues (toy problem statements)": "\n\n".join(t["problem_statement"] for t in toy),
         "diffs (toy patches + tests)": "\n".join(t["patch"] + t["test_patch"] for t in toy),
