@@ -337,8 +337,7 @@ def plot(
         rows = load_results(list(run_dirs), window)
         if not any(r.get("status", "ok") == "ok" for r in rows):
             raise ReproduceError("nothing to plot: every point in the given results failed")
-        recipes = sorted({str(r.get("recipe")) for r in rows})
-        plot_summary(rows, output, title=title or figure_title(", ".join(recipes), rows))
+        plot_summary(rows, output, title=title or figure_title(rows))
         out.print(f"figure: {output}", highlight=False)
 
 

@@ -27,11 +27,12 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     from harness.throughput import summarize_run as _summarize
 
     s = _summarize(run_dir, window)
-    engine = None
+    engine = agent = dataset = None
     try:
         from harness.records import RunManifest
 
-        engine = RunManifest.read(Path(run_dir) / "manifest.json").engine
+        m = RunManifest.read(Path(run_dir) / "manifest.json")
+        engine, agent, dataset = m.engine, m.agent, m.dataset
     except (OSError, ValueError, TypeError):
         pass
     return {
@@ -62,6 +63,8 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
         "steps_source": s.steps_source,
         "hit_rate_source": s.hit_rate_source,
         "notes": list(s.notes),
+        "agent": agent,
+        "dataset": dataset,
     }
 
 

@@ -48,7 +48,7 @@ SUMMARY_FIELDS += (
     "p99_step_latency_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
     "p50_queue_wait_s", "p95_queue_wait_s", "p99_queue_wait_s",
     "errors_in_window", "window", "window_bins", "engine_steps_per_min", "steps_source", "hit_rate_source",
-    "seed", "repeats", "steps_per_min_repeats", "notes",
+    "seed", "repeats", "steps_per_min_repeats", "notes", "agent", "dataset",
 )
 FIGURE_NAME = "throughput.png"
 
@@ -267,7 +267,7 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
         if any(r["status"] == "ok" for r in rows):
             from harness.plots import plot_summary
 
-            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(opts.recipe, rows))
+            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(rows))
         manifest.update(finished=time.time(), wall_s=round(time.time() - t0, 3))
         _write_json(tmp / "manifest.json", manifest)
         tmp.rename(final)
@@ -507,7 +507,8 @@ def _manifest_labels(run_dir: Path) -> dict[str, Any]:
         m = json.loads((run_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine")}
+    return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine"),
+            "agent": m.get("agent"), "dataset": m.get("dataset")}
 
 
 def write_summary(root: Path, rows: list[dict[str, Any]], bands: dict[str, Any] | None = None,
@@ -540,12 +541,21 @@ def read_summary(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8"))["rows"]
 
 
-def figure_title(recipe: Recipe | str, rows: list[dict[str, Any]]) -> str:
-    name = recipe if isinstance(recipe, str) else recipe.name
-    sims = sorted({str(r.get("profile")) for r in rows if r.get("simulated")})
-    if sims and all(r.get("simulated") for r in rows):
-        return f"{name}: ThunderAgent vs vLLM — SIMULATED (profile {', '.join(sims)})"
-    return f"{name}: ThunderAgent vs vLLM" + (" — includes SIMULATED series" if sims else " — real engine")
+def figure_title(rows: list[dict[str, Any]]) -> str:
+    """The figure's main title from what the rows' manifests say ran: recipes, agent, dataset and engine, and
+    SIMULATED with the profiles when the series are simulated (harness.plots.sim_tag)."""
+    from harness.plots import sim_tag
+
+    def names(k: str) -> str:
+        return ", ".join(sorted({str(r[k]) for r in rows if r.get(k)}))
+
+    title = f"{names('recipe') or 'ThunderAgent'}: ThunderAgent vs vLLM"
+    agents, datasets, engines = names("agent"), names("dataset"), names("engine")
+    if agents:
+        title += f", {agents} agent{'s' if ',' in agents else ''}" + (f" on {datasets}" if datasets else "")
+    if engines:
+        title += f", engine {engines}"
+    return f"{title} — {sim_tag(rows)}"
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -657,7 +667,11 @@ def load_results(paths: list[Path], window: str | None) -> list[dict[str, Any]]:
         if not p.is_dir():
             raise ReproduceError(f"{p} is not a directory")
         if (p / "summary.json").exists() and window is None:
-            rows.extend(read_summary(p / "summary.json"))
+            for row in read_summary(p / "summary.json"):
+                if "agent" not in row:  # a summary written before rows named their agent and dataset
+                    labels = _manifest_labels(p / str(row.get("run_dir")).split(", ")[0])  # repeats: the first
+                    row.update(agent=labels.get("agent"), dataset=labels.get("dataset"))
+                rows.append(row)
             continue
         from harness.records import RunPaths
 
