@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.progress import SweepProgress
 from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
 
 ENGINES = ("auto", "vllm", "live-sim", "des")
@@ -246,14 +247,18 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
     ok = False
     try:
         points = [(arm, programs, seed) for programs in opts.levels for arm in opts.arms for seed in opts.seeds]
-        if opts.engine == "des" and opts.jobs > 1 and len(points) > 1:
-            results = _run_parallel(opts, points, tmp, console)
-        else:
-            for arm, programs, seed in points:
-                results.append(_run_one(replace(opts, seed=seed), runner, arm, programs, tmp, console,
-                                        name=point_name(opts, arm, programs, seed)))
-                manifest["points"] = [asdict(r) for r in results]
-                _write_json(tmp / "manifest.json", manifest)
+        parallel = opts.engine == "des" and opts.jobs > 1 and len(points) > 1
+        progress = SweepProgress(console, len(points), jobs=min(opts.jobs, len(points)) if parallel else 1,
+                                 time_scale=opts.time_scale if opts.engine == "live-sim" else 1.0)
+        with progress.shown():
+            if parallel:
+                results = _run_parallel(opts, points, tmp, console, progress)
+            else:
+                for arm, programs, seed in points:
+                    results.append(_run_one(replace(opts, seed=seed), runner, arm, programs, tmp, console,
+                                            name=point_name(opts, arm, programs, seed), progress=progress))
+                    manifest["points"] = [asdict(r) for r in results]
+                    _write_json(tmp / "manifest.json", manifest)
         per_seed = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
         rows = combine_repeats(per_seed) if opts.repeats > 1 else per_seed
         manifest["points"] = [asdict(r) for r in results]
@@ -295,22 +300,33 @@ def point_name(opts: SweepOptions, arm: str, programs: int, seed: int) -> str:
 
 
 def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, root: Path,
-             console: Console, mkdir: bool = True, name: str | None = None) -> PointResult:
+             console: Console, mkdir: bool = True, name: str | None = None,
+             progress: SweepProgress | None = None) -> PointResult:
     name = name or f"{arm}-{programs}"
     pdir = root / name
     if mkdir:
         pdir.mkdir()
     t = time.time()
     label = f"{name} on {opts.engine}" + (f" (simulated, {opts.profile})" if opts.simulated else "")
+    if progress is not None:
+        progress.start(name, pdir)
     try:
-        with console.status(f"running {label} ..."):
+        if progress is None:
+            with console.status(f"running {label} ..."):
+                extra = runner(opts, arm, programs, pdir, console) or {}
+        else:
             extra = runner(opts, arm, programs, pdir, console) or {}
     except PointFailed as e:
         console.print(f"[red]✗[/] {escape(label)}: failed: {escape(str(e))}", soft_wrap=True, highlight=False)
         _write_json(pdir / "failed.json", {"arm": arm, "programs": programs, "reason": str(e)})
-        return PointResult(arm, programs, name, "failed", str(e), round(time.time() - t, 3), seed=opts.seed)
+        wall = round(time.time() - t, 3)
+        if progress is not None:
+            progress.finish(name, False, wall)
+        return PointResult(arm, programs, name, "failed", str(e), wall, seed=opts.seed)
     wall = round(time.time() - t, 3)
     console.print(f"[green]✓[/] {escape(label)} in {wall:.1f} s", soft_wrap=True, highlight=False)
+    if progress is not None:
+        progress.finish(name, True, wall)
     return PointResult(arm, programs, name, "ok", None, wall, extra, seed=opts.seed)
 
 
@@ -357,7 +373,7 @@ def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> Poin
 
 
 def _run_parallel(opts: SweepOptions, points: list[tuple[str, int, int]], root: Path,
-                  console: Console) -> list[PointResult]:
+                  console: Console, progress: SweepProgress) -> list[PointResult]:
     """DES points in `opts.jobs` worker processes (they are independent: one engine model each). The
     biggest points start first; results keep the sweep's order."""
     import multiprocessing as mp
@@ -371,29 +387,29 @@ def _run_parallel(opts: SweepOptions, points: list[tuple[str, int, int]], root: 
     with ProcessPoolExecutor(max_workers=min(opts.jobs, len(points)), mp_context=mp.get_context("spawn")) as ex:
         futs = {ex.submit(_des_worker, replace(opts, seed=seed), arm, n, root / point_name(opts, arm, n, seed)):
                 (arm, n, seed) for arm, n, seed in order}
-        with console.status(f"simulating {len(points)} points {label} on {opts.jobs} workers ...") as st:
-            try:
-                for f in as_completed(futs):
-                    arm, n, seed = futs[f]
-                    res = f.result()
-                    done[(arm, n, seed)] = res
-                    name = point_name(opts, arm, n, seed)
-                    if res.status == "ok":
-                        sm = res.extra.get("summary") or {}
-                        spm = (f": {sm['steps_per_min']:.1f} steps/min" if sm.get("steps_per_min") is not None
-                               else "")
-                        hit = (f", hit rate {100 * sm['prefix_hit_rate']:.1f}%"
-                               if sm.get("prefix_hit_rate") is not None else "")
-                        console.print(f"[green]✓[/] {name} {escape(label)}{spm}{hit} ({res.wall_s:.1f} s)",
-                                      soft_wrap=True, highlight=False)
-                    else:
-                        console.print(f"[red]✗[/] {name} {escape(label)}: failed: {escape(str(res.reason))}",
-                                      soft_wrap=True, highlight=False)
-                    st.update(f"simulating {label}: {len(done)}/{len(points)} points done ...")
-            except BaseException:
-                for f in futs:
-                    f.cancel()
-                raise
+        # the progress display (points done / total, ETA) is the caller's
+        try:
+            for f in as_completed(futs):
+                arm, n, seed = futs[f]
+                res = f.result()
+                done[(arm, n, seed)] = res
+                name = point_name(opts, arm, n, seed)
+                if res.status == "ok":
+                    sm = res.extra.get("summary") or {}
+                    spm = (f": {sm['steps_per_min']:.1f} steps/min" if sm.get("steps_per_min") is not None
+                           else "")
+                    hit = (f", hit rate {100 * sm['prefix_hit_rate']:.1f}%"
+                           if sm.get("prefix_hit_rate") is not None else "")
+                    console.print(f"[green]✓[/] {name} {escape(label)}{spm}{hit} ({res.wall_s:.1f} s)",
+                                  soft_wrap=True, highlight=False)
+                else:
+                    console.print(f"[red]✗[/] {name} {escape(label)}: failed: {escape(str(res.reason))}",
+                                  soft_wrap=True, highlight=False)
+                progress.finish(name, res.status == "ok", res.wall_s)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
     return [done[p] for p in points]
 
 
