@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from ThunderAgent.backends import VLLM_SERIES
 from ThunderAgent.records import SCHEMA_VERSION, JsonlWriter, StepRecord
-from ThunderAgent.records import read_jsonl as _read_plain_jsonl
+from ThunderAgent.records import read_jsonl as _read_jsonl
 
 __all__ = [
     "SCHEMA_VERSION", "JsonlWriter", "StepRecord", "read_jsonl", "read_step_records",
@@ -50,24 +50,13 @@ def gz_or_plain(path: str | os.PathLike[str]) -> Path:
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The objects of a JSONL file, plain or gzip-compressed (a `.gz` name, or only `path`.gz present),
     skipping a truncated last line (an interrupted writer)."""
-    import gzip
-
-    p = gz_or_plain(path)
-    if not p.name.endswith(GZ):
-        yield from _read_plain_jsonl(p)
-        return
-    with gzip.open(p, "rt", encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # partial last line
-            line = line.strip()
-            if line:
-                yield json.loads(line)
+    yield from _read_jsonl(gz_or_plain(path))
 
 
 def read_step_records(path: str | os.PathLike[str]) -> list[StepRecord]:
     """steps.jsonl or steps.jsonl.gz."""
     return [StepRecord.from_dict(d) for d in read_jsonl(path)]
+
 
 # The engine-metrics series (shared_iface item 4): the same series the proxy scrapes and parses
 # (ThunderAgent.backends.VLLM_SERIES). Counters are cumulative, as vLLM exports them.
