@@ -116,8 +116,12 @@ def _drop_partial_last_line(path: Path) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the objects of a JSONL file, skipping a truncated last line (an interrupted writer)."""
-    with open(path, encoding="utf-8") as f:
+    """Yield the objects of a JSONL file (gzip-compressed when its name ends in .gz), skipping a truncated
+    last line (an interrupted writer)."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
                 break  # partial last line

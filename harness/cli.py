@@ -221,6 +221,8 @@ def reproduce(
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
     bands: bool = typer.Option(False, "--bands", help="des: also simulate a Latin hypercube over the workload and KV-capacity ranges and report each level's TA/vLLM ratio band and the knee's band (measured: about 6x the time of the central sweep)."),
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
+    repeats: int = typer.Option(1, "--repeats", help="Run every point with N seeds (--seed, --seed+1, ...): steps/min is their mean and its 95% CI the t-interval across them."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results directory and summary rows as JSON on stdout (progress and the table go to stderr)."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -239,14 +241,18 @@ def reproduce(
         opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                             arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
                             argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload,
-                            bands=bands, band_points=band_points)
+                            bands=bands, band_points=band_points, repeats=repeats)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"
                   + (f"; skipping {', '.join(opts.skipped_arms)} (not supported by {opts.engine})"
                      if opts.skipped_arms else ""), highlight=False, soft_wrap=True)
         final = run_sweep(opts, err)
-        out.print(f"results: {final}", highlight=False, soft_wrap=True)
+        if as_json:
+            summary = json.loads((final / "summary.json").read_text(encoding="utf-8"))
+            print(json.dumps({"results": str(final), **summary}, default=str))
+        else:
+            out.print(f"results: {final}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -263,6 +269,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed"),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second."),
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary row as JSON on stdout (the table goes to stderr)."),
 ) -> None:
     """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,
     engine_metrics.jsonl, predictions.jsonl), then print its steps/min.
@@ -279,8 +286,11 @@ def run(
         row = run_single(opts, err)
         from harness.reproduce import print_table
 
-        print_table([row], out, title=f"{r.name}: {arm} × {programs} on {opts.engine}"
+        print_table([row], err if as_json else out, title=f"{r.name}: {arm} × {programs} on {opts.engine}"
                     + (f" (SIMULATED, {opts.profile})" if opts.simulated else ""))
+        if as_json:
+            print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()},
+                             default=str))
         if row["status"] != "ok":
             raise typer.Exit(1)
 
@@ -327,8 +337,7 @@ def plot(
         rows = load_results(list(run_dirs), window)
         if not any(r.get("status", "ok") == "ok" for r in rows):
             raise ReproduceError("nothing to plot: every point in the given results failed")
-        recipes = sorted({str(r.get("recipe")) for r in rows})
-        plot_summary(rows, output, title=title or figure_title(", ".join(recipes), rows))
+        plot_summary(rows, output, title=title or figure_title(rows))
         out.print(f"figure: {output}", highlight=False)
 
 

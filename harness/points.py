@@ -27,11 +27,12 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     from harness.throughput import summarize_run as _summarize
 
     s = _summarize(run_dir, window)
-    engine = None
+    engine = agent = dataset = None
     try:
         from harness.records import RunManifest
 
-        engine = RunManifest.read(Path(run_dir) / "manifest.json").engine
+        m = RunManifest.read(Path(run_dir) / "manifest.json")
+        engine, agent, dataset = m.engine, m.agent, m.dataset
     except (OSError, ValueError, TypeError):
         pass
     return {
@@ -48,6 +49,22 @@ def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
         "profile": s.profile,
         "engine": engine,
         "agree": s.agree,
+        "p99_step_latency_s": s.p99_step_latency_s,
+        "p50_ttft_s": s.p50_ttft_s,
+        "p95_ttft_s": s.p95_ttft_s,
+        "p99_ttft_s": s.p99_ttft_s,
+        "p50_queue_wait_s": s.p50_queue_wait_s,
+        "p95_queue_wait_s": s.p95_queue_wait_s,
+        "p99_queue_wait_s": s.p99_queue_wait_s,
+        "errors_in_window": s.errors_in_window,
+        "window": s.window,
+        "window_bins": s.window_bins,
+        "engine_steps_per_min": s.engine_steps_per_min,
+        "steps_source": s.steps_source,
+        "hit_rate_source": s.hit_rate_source,
+        "notes": list(s.notes),
+        "agent": agent,
+        "dataset": dataset,
     }
 
 
@@ -94,7 +111,8 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
     m.dataset = "lite-synthetic"
     if opts.workload:
         m.workload = opts.workload
-    m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3))
+    m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3),
+                   workload_params=workload_record(opts))
     if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
         m.extra["design"] = opts.design
     m.write(run_dir / "manifest.json")
@@ -137,6 +155,54 @@ def workload_traces(opts: "SweepOptions"):  # -> list[harness.workload.Trajector
     cap = opts.recipe.workload.max_iterations
     return [replace(t, turns=t.turns[:cap], censored=t.censored or len(t.turns) >= cap)
             for t in load_traces(opts.workload[len(TRACE_PREFIX):])]
+
+
+def workload_record(opts: "SweepOptions") -> dict[str, Any]:
+    """What the manifests record of the workload that shaped the numbers: its source as given (a name, a
+    parameter file, trace:PATH), the file(s) read (repository-relative where inside it) with a SHA-256 of their
+    content, and for a parameter model the resolved parameters the points sampled from (step cap clipped)."""
+    import hashlib
+    from dataclasses import asdict
+
+    r = opts.recipe
+    source = opts.workload or r.workload.params_source(r.path.parent)
+    if source.startswith(TRACE_PREFIX):
+        root = Path(source[len(TRACE_PREFIX):])
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    else:
+        params = workload_params(opts)
+        files = [Path(params.origin)]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    rec: dict[str, Any] = {"source": source if source.startswith(TRACE_PREFIX) else _repo_relative(Path(source))
+                           if Path(source).suffix == ".toml" else source,
+                           "files": [_repo_relative(f) for f in files], "sha256": h.hexdigest()}
+    if not source.startswith(TRACE_PREFIX):
+        d = asdict(params)
+        rec["params"] = _finite({k: v for k, v in d.items()
+                                 if k not in ("raw", "sources", "ranges", "origin", "description")})
+    return rec
+
+
+def _finite(v: Any) -> Any:
+    """JSON-safe copy: an unbounded parameter (inf) is written as the string "inf"."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return str(v)
+    return v
+
+
+def _repo_relative(path: Path) -> str:
+    """`path` relative to the repository (or the working directory) when inside it: no machine paths in results."""
+    p = path.resolve()
+    for base in (Path(__file__).resolve().parents[1], Path.cwd().resolve()):
+        if base in p.parents:
+            return p.relative_to(base).as_posix()
+    return str(path)
 
 
 def workload_params(opts: "SweepOptions"):  # -> harness.workload.WorkloadParams
@@ -225,7 +291,8 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             engine="sim" if sim else r.engine.kind, simulated=sim, profile=r.sim.profile if sim else None,
             time_scale=ts, recipe=r.name, workload=opts.workload or r.workload.params_source(r.path.parent), dataset=dataset,
             seed=opts.seed, progress=False, handle_signals=False,
-            extra={"window": opts.window, "engine_argv": list(eng.argv)},
+            extra={"window": opts.window, "engine_argv": list(eng.argv),
+                   **({"workload_params": workload_record(opts)} if opts.agent == "synthetic" else {})},
         )
         agent = make_agent(opts, programs, run_dir)
 

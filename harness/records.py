@@ -8,7 +8,9 @@ A run directory is one arm at one concurrency:
     instances.jsonl       the runner's instance log: a "start" and an "end" event per instance attempt
                           (what resume reads to skip finished instances)
     predictions.jsonl     patches from real agents (swebench format)
-All JSONL files are append-only and flushed per line; readers skip a truncated last line.
+All JSONL files are append-only and flushed per line; readers skip a truncated last line. A finished run's
+steps.jsonl / engine_metrics.jsonl may be stored gzip-compressed (steps.jsonl.gz, as results/reference ships
+them): every reader here takes either (RunPaths.read_steps / read_engine_metrics name the one present).
 """
 
 from __future__ import annotations
@@ -24,14 +26,37 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ThunderAgent.backends import VLLM_SERIES
-from ThunderAgent.records import (SCHEMA_VERSION, JsonlWriter, StepRecord, read_jsonl,
-                                  read_step_records)
+from ThunderAgent.records import SCHEMA_VERSION, JsonlWriter, StepRecord
+from ThunderAgent.records import read_jsonl as _read_jsonl
 
 __all__ = [
     "SCHEMA_VERSION", "JsonlWriter", "StepRecord", "read_jsonl", "read_step_records",
     "ENGINE_METRIC_KEYS", "EngineSample", "read_engine_samples", "InstanceEvent", "read_instance_events",
-    "RunManifest", "RunPaths", "safe_join", "safe_name", "git_revision", "package_versions",
+    "RunManifest", "RunPaths", "safe_join", "safe_name", "git_revision", "package_versions", "gz_or_plain",
 ]
+
+GZ = ".gz"
+
+
+def gz_or_plain(path: str | os.PathLike[str]) -> Path:
+    """`path` when it exists, else its gzip-compressed sibling (`path`.gz) when that exists, else `path`."""
+    p = Path(path)
+    if p.exists() or p.name.endswith(GZ):
+        return p
+    gz = p.with_name(p.name + GZ)
+    return gz if gz.exists() else p
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The objects of a JSONL file, plain or gzip-compressed (a `.gz` name, or only `path`.gz present),
+    skipping a truncated last line (an interrupted writer)."""
+    yield from _read_jsonl(gz_or_plain(path))
+
+
+def read_step_records(path: str | os.PathLike[str]) -> list[StepRecord]:
+    """steps.jsonl or steps.jsonl.gz."""
+    return [StepRecord.from_dict(d) for d in read_jsonl(path)]
+
 
 # The engine-metrics series (shared_iface item 4): the same series the proxy scrapes and parses
 # (ThunderAgent.backends.VLLM_SERIES). Counters are cumulative, as vLLM exports them.
@@ -65,7 +90,7 @@ class EngineSample:
 
 
 def read_engine_samples(path: str | os.PathLike[str]) -> list[EngineSample]:
-    if not Path(path).exists():
+    if not gz_or_plain(path).exists():
         return []
     return [EngineSample.from_dict(d) for d in read_jsonl(path)]
 
@@ -192,6 +217,15 @@ class RunPaths:
         return self.root / "engine_metrics.jsonl"
 
     @property
+    def read_steps(self) -> Path:
+        """The step records to read: steps.jsonl, or steps.jsonl.gz where only the compressed one is kept."""
+        return gz_or_plain(self.steps)
+
+    @property
+    def read_engine_metrics(self) -> Path:
+        return gz_or_plain(self.engine_metrics)
+
+    @property
     def instances(self) -> Path:
         return self.root / "instances.jsonl"
 
@@ -235,5 +269,5 @@ def package_versions(names: tuple[str, ...] = ("thunderbench", "httpx", "numpy",
 
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """read_jsonl that tolerates a missing file (an arm that never wrote it)."""
-    if Path(path).exists():
+    if gz_or_plain(path).exists():
         yield from read_jsonl(path)

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.progress import SweepProgress
 from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
 
 ENGINES = ("auto", "vllm", "live-sim", "des")
@@ -43,6 +44,13 @@ SUMMARY_FIELDS = (
     "simulated", "profile", "engine", "run_dir", "reason", "agree",
 )
 SUMMARY_FIELDS += ("headroom",)  # thunderagent rows: its steps/min ÷ the "bound" arm's at that level
+SUMMARY_FIELDS += (
+    "ratio_vs_vllm",  # every arm but vllm: its steps/min ÷ the vllm arm's at the same level
+    "p99_step_latency_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
+    "p50_queue_wait_s", "p95_queue_wait_s", "p99_queue_wait_s",
+    "errors_in_window", "window", "window_bins", "engine_steps_per_min", "steps_source", "hit_rate_source",
+    "seed", "repeats", "steps_per_min_repeats", "notes", "agent", "dataset",
+)
 FIGURE_NAME = "throughput.png"
 
 
@@ -75,6 +83,11 @@ class SweepOptions:
     band_points: int = 8
     design: dict[str, float] | None = None  # one band design point: input -> position in its range
     kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
+    repeats: int = 1  # the sweep run with seeds seed, seed+1, ...: steps/min and its CI across them
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.repeats))
 
     @property
     def simulated(self) -> bool:
@@ -94,6 +107,7 @@ class PointResult:
     reason: str | None = None
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
 
 
 # --- options ---------------------------------------------------------------------------------------------
@@ -134,7 +148,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
-                 band_points: int = 8) -> SweepOptions:
+                 band_points: int = 8, repeats: int = 1) -> SweepOptions:
     """Validate everything before anything is started or written."""
     eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
@@ -164,6 +178,10 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if bands and eng != "des":
         raise ReproduceError(f"--bands needs --engine des (engine {eng} would rerun real or live engines "
                              f"{band_points} more times)")
+    if repeats < 1:
+        raise ReproduceError(f"--repeats must be >= 1, got {repeats}")
+    if bands and repeats > 1:
+        raise ReproduceError("--bands with --repeats would rerun every design point per seed: give one of them")
     if bands and band_points < 2:
         raise ReproduceError(f"--band-points must be >= 2, got {band_points}")
     if bands and (workload or "").startswith("trace:"):
@@ -195,6 +213,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
+        repeats=repeats,
     )
 
 
@@ -227,15 +246,21 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
     results: list[PointResult] = []
     ok = False
     try:
-        points = [(arm, programs) for programs in opts.levels for arm in opts.arms]
-        if opts.engine == "des" and opts.jobs > 1 and len(points) > 1:
-            results = _run_parallel(opts, points, tmp, console)
-        else:
-            for arm, programs in points:
-                results.append(_run_one(opts, runner, arm, programs, tmp, console))
-                manifest["points"] = [asdict(r) for r in results]
-                _write_json(tmp / "manifest.json", manifest)
-        rows = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
+        points = [(arm, programs, seed) for programs in opts.levels for arm in opts.arms for seed in opts.seeds]
+        parallel = opts.engine == "des" and opts.jobs > 1 and len(points) > 1
+        progress = SweepProgress(console, len(points), jobs=min(opts.jobs, len(points)) if parallel else 1,
+                                 time_scale=opts.time_scale if opts.engine == "live-sim" else 1.0)
+        with progress.shown():
+            if parallel:
+                results = _run_parallel(opts, points, tmp, console, progress)
+            else:
+                for arm, programs, seed in points:
+                    results.append(_run_one(replace(opts, seed=seed), runner, arm, programs, tmp, console,
+                                            name=point_name(opts, arm, programs, seed), progress=progress))
+                    manifest["points"] = [asdict(r) for r in results]
+                    _write_json(tmp / "manifest.json", manifest)
+        per_seed = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
+        rows = combine_repeats(per_seed) if opts.repeats > 1 else per_seed
         manifest["points"] = [asdict(r) for r in results]
         bands = None
         if opts.bands:
@@ -243,11 +268,11 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
 
             bands = apply_bands(rows, run_bands(opts, tmp, console), opts)
             manifest["bands"] = {k: bands[k] for k in ("method", "points", "inputs", "design")}
-        write_summary(tmp, rows, bands)
+        write_summary(tmp, rows, bands, repeats=per_seed if opts.repeats > 1 else None)
         if any(r["status"] == "ok" for r in rows):
             from harness.plots import plot_summary
 
-            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(opts.recipe, rows))
+            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(rows))
         manifest.update(finished=time.time(), wall_s=round(time.time() - t0, 3))
         _write_json(tmp / "manifest.json", manifest)
         tmp.rename(final)
@@ -269,24 +294,40 @@ def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
     return final
 
 
+def point_name(opts: SweepOptions, arm: str, programs: int, seed: int) -> str:
+    """A point's directory: <arm>-<programs>, with -seed<S> when the sweep repeats over seeds."""
+    return f"{arm}-{programs}" + (f"-seed{seed}" if opts.repeats > 1 else "")
+
+
 def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, root: Path,
-             console: Console, mkdir: bool = True) -> PointResult:
-    name = f"{arm}-{programs}"
+             console: Console, mkdir: bool = True, name: str | None = None,
+             progress: SweepProgress | None = None) -> PointResult:
+    name = name or f"{arm}-{programs}"
     pdir = root / name
     if mkdir:
         pdir.mkdir()
     t = time.time()
     label = f"{name} on {opts.engine}" + (f" (simulated, {opts.profile})" if opts.simulated else "")
+    if progress is not None:
+        progress.start(name, pdir)
     try:
-        with console.status(f"running {label} ..."):
+        if progress is None:
+            with console.status(f"running {label} ..."):
+                extra = runner(opts, arm, programs, pdir, console) or {}
+        else:
             extra = runner(opts, arm, programs, pdir, console) or {}
     except PointFailed as e:
         console.print(f"[red]✗[/] {escape(label)}: failed: {escape(str(e))}", soft_wrap=True, highlight=False)
         _write_json(pdir / "failed.json", {"arm": arm, "programs": programs, "reason": str(e)})
-        return PointResult(arm, programs, name, "failed", str(e), round(time.time() - t, 3))
+        wall = round(time.time() - t, 3)
+        if progress is not None:
+            progress.finish(name, False, wall)
+        return PointResult(arm, programs, name, "failed", str(e), wall, seed=opts.seed)
     wall = round(time.time() - t, 3)
     console.print(f"[green]✓[/] {escape(label)} in {wall:.1f} s", soft_wrap=True, highlight=False)
-    return PointResult(arm, programs, name, "ok", None, wall, extra)
+    if progress is not None:
+        progress.finish(name, True, wall)
+    return PointResult(arm, programs, name, "ok", None, wall, extra, seed=opts.seed)
 
 
 def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
@@ -303,7 +344,8 @@ def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
             point_runner(opts.engine)(opts, arm, programs, tmp, console)
         except PointFailed as e:
             raise ReproduceError(f"{arm} x {programs} on {opts.engine} failed: {e}") from None
-        rows = summarize(tmp.parent, opts.window, [PointResult(arm, programs, tmp.name)], opts.recipe.name)
+        rows = summarize(tmp.parent, opts.window, [PointResult(arm, programs, tmp.name, seed=opts.seed)],
+                         opts.recipe.name)
         if final.exists():
             final.rmdir()  # make_options checked it is empty
         tmp.rename(final)
@@ -318,7 +360,8 @@ def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
 def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> PointResult:
     """One DES point in a worker process (no console: the parent reports). Its summary row is computed
     here too, so reading the step records is parallel as well."""
-    res = _run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False)
+    res = _run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False,
+                   name=pdir.name)
     if res.status == "ok":
         from harness.points import summarize_run
 
@@ -329,42 +372,44 @@ def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> Poin
     return res
 
 
-def _run_parallel(opts: SweepOptions, points: list[tuple[str, int]], root: Path,
-                  console: Console) -> list[PointResult]:
+def _run_parallel(opts: SweepOptions, points: list[tuple[str, int, int]], root: Path,
+                  console: Console, progress: SweepProgress) -> list[PointResult]:
     """DES points in `opts.jobs` worker processes (they are independent: one engine model each). The
     biggest points start first; results keep the sweep's order."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    for arm, programs in points:
-        (root / f"{arm}-{programs}").mkdir()
-    done: dict[tuple[str, int], PointResult] = {}
+    for arm, programs, seed in points:
+        (root / point_name(opts, arm, programs, seed)).mkdir()
+    done: dict[tuple[str, int, int], PointResult] = {}
     order = sorted(points, key=lambda p: -p[1])
     label = f"on des (simulated, {opts.profile})"
     with ProcessPoolExecutor(max_workers=min(opts.jobs, len(points)), mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(_des_worker, opts, arm, n, root / f"{arm}-{n}"): (arm, n) for arm, n in order}
-        with console.status(f"simulating {len(points)} points {label} on {opts.jobs} workers ...") as st:
-            try:
-                for f in as_completed(futs):
-                    arm, n = futs[f]
-                    res = f.result()
-                    done[(arm, n)] = res
-                    if res.status == "ok":
-                        sm = res.extra.get("summary") or {}
-                        spm = (f": {sm['steps_per_min']:.1f} steps/min" if sm.get("steps_per_min") is not None
-                               else "")
-                        hit = (f", hit rate {100 * sm['prefix_hit_rate']:.1f}%"
-                               if sm.get("prefix_hit_rate") is not None else "")
-                        console.print(f"[green]✓[/] {arm}-{n} {escape(label)}{spm}{hit} ({res.wall_s:.1f} s)",
-                                      soft_wrap=True, highlight=False)
-                    else:
-                        console.print(f"[red]✗[/] {arm}-{n} {escape(label)}: failed: {escape(str(res.reason))}",
-                                      soft_wrap=True, highlight=False)
-                    st.update(f"simulating {label}: {len(done)}/{len(points)} points done ...")
-            except BaseException:
-                for f in futs:
-                    f.cancel()
-                raise
+        futs = {ex.submit(_des_worker, replace(opts, seed=seed), arm, n, root / point_name(opts, arm, n, seed)):
+                (arm, n, seed) for arm, n, seed in order}
+        # the progress display (points done / total, ETA) is the caller's
+        try:
+            for f in as_completed(futs):
+                arm, n, seed = futs[f]
+                res = f.result()
+                done[(arm, n, seed)] = res
+                name = point_name(opts, arm, n, seed)
+                if res.status == "ok":
+                    sm = res.extra.get("summary") or {}
+                    spm = (f": {sm['steps_per_min']:.1f} steps/min" if sm.get("steps_per_min") is not None
+                           else "")
+                    hit = (f", hit rate {100 * sm['prefix_hit_rate']:.1f}%"
+                           if sm.get("prefix_hit_rate") is not None else "")
+                    console.print(f"[green]✓[/] {name} {escape(label)}{spm}{hit} ({res.wall_s:.1f} s)",
+                                  soft_wrap=True, highlight=False)
+                else:
+                    console.print(f"[red]✗[/] {name} {escape(label)}: failed: {escape(str(res.reason))}",
+                                  soft_wrap=True, highlight=False)
+                progress.finish(name, res.status == "ok", res.wall_s)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
     return [done[p] for p in points]
 
 
@@ -378,7 +423,7 @@ def summarize(root: Path, window: str, points: list[PointResult], recipe: str) -
     for p in points:
         base = {k: None for k in SUMMARY_FIELDS}
         base.update(recipe=recipe, arm=p.arm, programs=p.programs, run_dir=p.run_dir, status=p.status,
-                    reason=p.reason)
+                    reason=p.reason, seed=p.seed, repeats=1)
         if p.status == "ok":
             try:
                 base.update(p.extra.pop("summary", None) or summarize_run(root / p.run_dir, window))
@@ -388,6 +433,7 @@ def summarize(root: Path, window: str, points: list[PointResult], recipe: str) -
             base.update(_manifest_labels(root / p.run_dir))
         rows.append(base)
     add_headroom(rows)
+    add_ratios(rows)
     return rows
 
 
@@ -401,36 +447,131 @@ def add_headroom(rows: list[dict[str, Any]]) -> None:
             r["headroom"] = round(r["steps_per_min"] / b, 3)
 
 
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Every arm's steps/min ÷ the vllm arm's at the same level (`ratio_vs_vllm`, on the rows of the other
+    arms), so the comparison is read per level and not only at the largest one."""
+    base = {r["programs"]: r.get("steps_per_min") for r in rows if r["arm"] == "vllm" and r["status"] == "ok"}
+    for r in rows:
+        b = base.get(r["programs"])
+        if r["arm"] != "vllm" and r["status"] == "ok" and b and r.get("steps_per_min") is not None:
+            r["ratio_vs_vllm"] = r["steps_per_min"] / b
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (1..30); beyond 30 the normal 1.96 is within 2%
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    return _T95[df - 1] if 1 <= df <= len(_T95) else 1.96
+
+
+# numbers averaged over the repeats of a point (the rest are taken from its first repeat)
+_MEAN_FIELDS = ("steps_per_min_records", "prefix_hit_rate", "preemptions", "p50_step_latency_s",
+                "p95_step_latency_s", "p99_step_latency_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
+                "p50_queue_wait_s", "p95_queue_wait_s", "p99_queue_wait_s", "engine_steps_per_min")
+_SUM_FIELDS = ("steps_in_window", "errors_in_window")
+
+
+def combine_repeats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (arm, programs) from the rows of its repeats (seeds): steps/min is their mean and its CI
+    the t-interval of that mean across the repeats (the spread between seeds, which the per-minute bootstrap
+    of one run cannot see); other figures are means (counts: sums). A point with a failed repeat is failed."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["arm"], int(r["programs"])), []).append(r)
+    out = []
+    for (arm, n), reps in groups.items():
+        row = dict(reps[0])
+        row.update(seed=None, repeats=len(reps), run_dir=", ".join(str(r["run_dir"]) for r in reps),
+                   steps_per_min_repeats=[r.get("steps_per_min") for r in reps], headroom=None,
+                   ratio_vs_vllm=None)
+        bad = [r for r in reps if r["status"] != "ok"]
+        if bad:
+            row.update(status="failed", reason=f"seed {bad[0].get('seed')}: {bad[0].get('reason')}")
+            out.append(row)
+            continue
+        spm = [float(r["steps_per_min"]) for r in reps]
+        mean = sum(spm) / len(spm)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in spm) / (len(spm) - 1))
+        half = t95(len(spm) - 1) * sd / math.sqrt(len(spm))
+        row.update(steps_per_min=mean, ci_low=mean - half, ci_high=mean + half,
+                   agree=all(r.get("agree") is not False for r in reps),
+                   notes=list(dict.fromkeys(n for r in reps for n in (r.get("notes") or ()))))
+        for k in _MEAN_FIELDS:
+            vals = [float(r[k]) for r in reps if r.get(k) is not None]
+            row[k] = sum(vals) / len(vals) if len(vals) == len(reps) else None
+        for k in _SUM_FIELDS:
+            row[k] = sum(int(r.get(k) or 0) for r in reps)
+        out.append(row)
+    add_headroom(out)
+    add_ratios(out)
+    return out
+
+
+def summary_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """The notes of every row, once each (the short-window warning is the same on every point)."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for n in r.get("notes") or ():
+            seen.setdefault(n if "bin" in n and "window" in n else f"{r['arm']} × {r['programs']}: {n}")
+    return list(seen)
+
+
 def _manifest_labels(run_dir: Path) -> dict[str, Any]:
     try:
         m = json.loads((run_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine")}
+    return {"simulated": m.get("simulated"), "profile": m.get("profile"), "engine": m.get("engine"),
+            "agent": m.get("agent"), "dataset": m.get("dataset")}
 
 
-def write_summary(root: Path, rows: list[dict[str, Any]], bands: dict[str, Any] | None = None) -> None:
+def write_summary(root: Path, rows: list[dict[str, Any]], bands: dict[str, Any] | None = None,
+                  repeats: list[dict[str, Any]] | None = None) -> None:
+    """summary.json (rows, warnings, the bands block, and with --repeats every seed's own row) and
+    summary.csv (the rows)."""
     from harness.bands import BAND_FIELDS
 
-    _write_json(root / "summary.json", {"rows": rows, **({"bands": bands} if bands is not None else {})})
-    fields = list(SUMMARY_FIELDS) + [k for k in BAND_FIELDS if any(k in r for r in rows)]
+    _write_json(root / "summary.json", {"rows": rows, "warnings": summary_warnings(rows),
+                                        **({"bands": bands} if bands is not None else {}),
+                                        **({"repeats": repeats} if repeats is not None else {})})
+    fields = list(SUMMARY_FIELDS) + [k for k in BAND_FIELDS if k not in SUMMARY_FIELDS and any(k in r for r in rows)]
     with open(root / "summary.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+            w.writerow({k: _csv_cell(r.get(k)) for k in fields})
+
+
+def _csv_cell(v: Any) -> Any:
+    """One CSV cell: empty for None, lists joined with "; " (notes) or "|" (numbers)."""
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return ("; " if any(isinstance(x, str) for x in v) else "|").join(str(x) for x in v)
+    return v
 
 
 def read_summary(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8"))["rows"]
 
 
-def figure_title(recipe: Recipe | str, rows: list[dict[str, Any]]) -> str:
-    name = recipe if isinstance(recipe, str) else recipe.name
-    sims = sorted({str(r.get("profile")) for r in rows if r.get("simulated")})
-    if sims and all(r.get("simulated") for r in rows):
-        return f"{name}: ThunderAgent vs vLLM — SIMULATED (profile {', '.join(sims)})"
-    return f"{name}: ThunderAgent vs vLLM" + (" — includes SIMULATED series" if sims else " — real engine")
+def figure_title(rows: list[dict[str, Any]]) -> str:
+    """The figure's main title from what the rows' manifests say ran: recipes, agent, dataset and engine, and
+    SIMULATED with the profiles when the series are simulated (harness.plots.sim_tag)."""
+    from harness.plots import sim_tag
+
+    def names(k: str) -> str:
+        return ", ".join(sorted({str(r[k]) for r in rows if r.get(k)}))
+
+    title = f"{names('recipe') or 'ThunderAgent'}: ThunderAgent vs vLLM"
+    agents, datasets, engines = names("agent"), names("dataset"), names("engine")
+    if agents:
+        title += f", {agents} agent{'s' if ',' in agents else ''}" + (f" on {datasets}" if datasets else "")
+    if engines:
+        title += f", engine {engines}"
+    return f"{title} — {sim_tag(rows)}"
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -446,21 +587,29 @@ def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -
     from harness.plots import ratios_at_max
 
     t = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("arm", "N", "steps/min", "95% CI", "hit", "preempt", "p50 s", "p95 s"):
+    for col in ("arm", "N", "steps/min", "95% CI", "×vLLM", "hit", "preempt", "p50 s", "p95 s"):
         t.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
     failed = []
     for r in sorted(rows, key=lambda r: (int(r["programs"]), str(r["arm"]))):
         if r["status"] != "ok":
             failed.append(r)
-            t.add_row(str(r["arm"]), str(r["programs"]), "[red]failed[/]", "", "", "", "", "")
+            t.add_row(str(r["arm"]), str(r["programs"]), "[red]failed[/]", "", "", "", "", "", "")
             continue
         ci = (f"{_fmt(r.get('ci_low'), '.0f')}–{_fmt(r.get('ci_high'), '.0f')}"
               if r.get("ci_low") is not None else "—")
         hit = r.get("prefix_hit_rate")
         t.add_row(str(r["arm"]), str(r["programs"]), _fmt(r.get("steps_per_min"), ".1f"), ci,
+                  _fmt(r.get("ratio_vs_vllm"), ".2f"),
                   "—" if hit is None else f"{100 * hit:.1f}%", _fmt(r.get("preemptions"), ".0f"),
                   _fmt(r.get("p50_step_latency_s"), ".1f"), _fmt(r.get("p95_step_latency_s"), ".1f"))
     console.print(t)
+    reps = sorted({int(r["repeats"]) for r in rows if r.get("repeats")})
+    if reps and max(reps) > 1:
+        console.print(f"  steps/min and its 95% CI: mean and t-interval over {max(reps)} repeats (seeds)",
+                      highlight=False, soft_wrap=True)
+    for w in summary_warnings(rows):
+        if "bin" in w and "window" in w:
+            console.print(f"  [yellow]warning[/] {escape(w)}", highlight=False, soft_wrap=True)
     for r in failed:
         console.print(f"  [red]failed[/] {r['arm']} × {r['programs']}: {escape(str(r.get('reason')))}",
                       highlight=False, soft_wrap=True)
@@ -482,6 +631,7 @@ def print_table(rows: list[dict[str, Any]], console: Console, title: str = "") -
 
 def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
     from harness import __version__
+    from harness.points import workload_record
     from harness.records import git_revision, package_versions
 
     return {
@@ -497,9 +647,12 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "window": opts.window,
         "duration_s": opts.duration_s,
         "seed": opts.seed,
+        "repeats": opts.repeats,
+        "seeds": list(opts.seeds),
         "bands": {"points": opts.band_points} if opts.bands else None,
         "agent": opts.agent,
         "workload": opts.workload or None,
+        "workload_params": workload_record(opts),
         "time_scale": opts.time_scale if opts.engine == "live-sim" else None,
         "command": list(opts.argv) or None,
         "thunderbench": __version__,
@@ -530,14 +683,21 @@ def load_results(paths: list[Path], window: str | None) -> list[dict[str, Any]]:
         if not p.is_dir():
             raise ReproduceError(f"{p} is not a directory")
         if (p / "summary.json").exists() and window is None:
-            rows.extend(read_summary(p / "summary.json"))
+            for row in read_summary(p / "summary.json"):
+                if "agent" not in row:  # a summary written before rows named their agent and dataset
+                    labels = _manifest_labels(p / str(row.get("run_dir")).split(", ")[0])  # repeats: the first
+                    row.update(agent=labels.get("agent"), dataset=labels.get("dataset"))
+                rows.append(row)
             continue
-        runs = [p] if (p / "manifest.json").exists() and (p / "steps.jsonl").exists() else sorted(
-            d for d in p.iterdir() if d.is_dir() and (d / "steps.jsonl").exists())
+        from harness.records import RunPaths
+
+        runs = [p] if (p / "manifest.json").exists() and RunPaths(p).read_steps.exists() else sorted(
+            d for d in p.iterdir() if d.is_dir() and RunPaths(d).read_steps.exists())
         if not runs:
             raise ReproduceError(f"{p} holds no run (no steps.jsonl): is it a results directory?")
         sweep = _read_json(p / "manifest.json") if (p / "manifest.json").exists() else {}
         win = window or sweep.get("window")
+        these: list[dict[str, Any]] = []
         for d in runs:
             m = _read_json(d / "manifest.json")
             w = win or (m.get("extra") or {}).get("window")
@@ -552,7 +712,10 @@ def load_results(paths: list[Path], window: str | None) -> list[dict[str, Any]]:
                 raise
             except ValueError as e:
                 raise ReproduceError(f"{d}: {e}") from None
-            rows.append(row)
+            these.append(row)
+        add_headroom(these)
+        add_ratios(these)
+        rows.extend(these)
     return rows
 
 

@@ -29,6 +29,7 @@ from harness.records import (EngineSample, RunManifest, RunPaths, StepRecord, re
 
 AGREEMENT_TOLERANCE = 0.01
 DEFAULT_WINDOW = "10m-70m"
+MIN_WINDOW_BINS = 10  # fewer ~1-minute bins than this and the bootstrap CI says little: warned about
 
 SUCCESS = "vllm:request_success_total"
 HITS = "vllm:prefix_cache_hits_total"
@@ -115,8 +116,8 @@ class RunData:
         if not paths.manifest.exists():
             raise FileNotFoundError(f"{paths.root} has no manifest.json (not a run directory)")
         try:
-            steps = read_step_records(paths.steps) if paths.steps.exists() else []
-            return cls(RunManifest.read(paths.manifest), steps, read_engine_samples(paths.engine_metrics),
+            steps = read_step_records(paths.read_steps) if paths.read_steps.exists() else []
+            return cls(RunManifest.read(paths.manifest), steps, read_engine_samples(paths.read_engine_metrics),
                        paths.root)
         except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:  # a damaged file, not a bug here
             raise RunDataError(f"{paths.root}: unreadable run files ({type(e).__name__}: {e})") from None
@@ -194,10 +195,15 @@ def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, level: float
     return (float(lo), float(hi))
 
 
+def window_bins(window: Window) -> int:
+    """How many ~60 s bins the window is cut into for the CI (equal widths, as close to a minute as fits)."""
+    return max(1, int(round((window.end_s - window.start_s) / 60.0)))
+
+
 def per_minute_counts(run: RunData, window: Window) -> np.ndarray:
     """Ok steps per bin of ~60 s across the window (bins of equal width, as close to a minute as fits)."""
     length = window.end_s - window.start_s
-    nbins = max(1, int(round(length / 60.0)))
+    nbins = window_bins(window)
     edges = np.linspace(window.start_s, window.end_s, nbins + 1)
     ends = np.array([run.rel(r.end) for r in _in_window(run, window)])
     counts, _ = np.histogram(ends, bins=edges)
@@ -244,6 +250,16 @@ class ThroughputSummary:
     run_id: str | None = None
     run_dir: str | None = None
     notes: list[str] = field(default_factory=list)
+    # time to first token (arrival to first streamed token, the scheduler's hold included) and queue wait (the
+    # time the scheduler held the call before forwarding it, StepRecord.pause_s), over the window's ok steps;
+    # None where the records carry no first-token time
+    p50_ttft_s: float | None = None
+    p95_ttft_s: float | None = None
+    p99_ttft_s: float | None = None
+    p50_queue_wait_s: float | None = None
+    p95_queue_wait_s: float | None = None
+    p99_queue_wait_s: float | None = None
+    window_bins: int = 0  # ~1-minute bins the CI is computed over
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,6 +311,12 @@ def summarize(run: RunData, window: Window | str = DEFAULT_WINDOW) -> Throughput
         hit_src = "records" if hit_rate is not None else None
     lat = np.array([(r.end - r.arrival) * m.time_scale for r in in_win])
     pct = (lambda q: float(np.percentile(lat, q)) if lat.size else None)
+    ttft = _percentiles([(r.first_token - r.arrival) * m.time_scale for r in in_win if r.first_token is not None])
+    wait = _percentiles([(r.pause_s or 0.0) * m.time_scale for r in in_win])
+    bins = window_bins(w)
+    if bins < MIN_WINDOW_BINS:
+        notes.append(f"the window {w} holds {bins} one-minute bin{'s' if bins != 1 else ''} (fewer than "
+                     f"{MIN_WINDOW_BINS}): its confidence interval says little; use a longer window")
     errors = len([r for r in _in_window(run, w, ok_only=False) if r.status != "ok"])
     pre = engine_delta(run, PREEMPTIONS, w)  # a count: interpolated edges make it fractional, so round
     return ThroughputSummary(
@@ -304,7 +326,15 @@ def summarize(run: RunData, window: Window | str = DEFAULT_WINDOW) -> Throughput
         simulated=m.simulated, profile=m.profile, window=str(w), engine_steps_per_min=eng_spm,
         record_steps_per_min=rec_spm, agree=ok, steps_source="engine" if eng_spm is not None else "records",
         hit_rate_source=hit_src, steps_in_window=len(in_win), errors_in_window=errors, run_id=m.run_id,
-        run_dir=str(run.root) if run.root else None, notes=notes)
+        run_dir=str(run.root) if run.root else None, notes=notes,
+        p50_ttft_s=ttft[0], p95_ttft_s=ttft[1], p99_ttft_s=ttft[2],
+        p50_queue_wait_s=wait[0], p95_queue_wait_s=wait[1], p99_queue_wait_s=wait[2], window_bins=bins)
+
+
+def _percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> tuple[float | None, ...]:
+    if not values:
+        return tuple(None for _ in qs)
+    return tuple(float(v) for v in np.percentile(np.asarray(values, dtype=float), qs))
 
 
 def summarize_run(run_dir: str | Path, window: Window | str = DEFAULT_WINDOW) -> ThroughputSummary:

@@ -110,4 +110,5 @@ def test_plot_from_results(sweep, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     svg = fig.read_text()
-    assert "simulated, glm4.6-8xh100" in svg and "SIMULATED" in svg
+    assert "SIMULATED (profile glm4.6-8xh100)" in svg  # once, in the main title, with what ran
+    assert "synthetic agent on lite-synthetic, engine des" in svg and svg.count("SIMULATED") == 1
