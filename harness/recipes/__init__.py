@@ -20,7 +20,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 RECIPES_DIR = Path(__file__).resolve().parent
 
 ENGINE_KINDS = ("vllm", "vllm-cpu")
-ARMS = ("vllm", "thunderagent", "continuum", "bound")  # bound: des only (vLLM with the KV limit lifted)
+ARMS = ("vllm", "thunderagent", "continuum", "bound",  # bound: des only (vLLM with the KV limit lifted)
+        "vllm-offload", "thunderagent-offload")  # with vLLM's KV offloading to host memory ([engine].kv_offload_gib)
+OFFLOAD_BACKENDS = ("native", "lmcache")
 AGENTS = ("openhands", "mini-swe-agent", "synthetic")
 
 
@@ -46,6 +48,10 @@ class EngineSpec:
     gpu_memory_utilization: float = 0.0  # --gpu-memory-utilization (0 = vLLM default 0.9)
     num_gpu_blocks_override: int = 0  # --num-gpu-blocks-override (0 = none; KV-pressure testing)
     max_num_seqs: int = 0  # --max-num-seqs (0 = vLLM default)
+    # the *-offload arms only: --kv-offloading-size (GiB of host memory over all TP ranks; 0 = no tier, the
+    # arm is then the plain one) and --kv-offloading-backend
+    kv_offload_gib: float = 0.0
+    kv_offloading_backend: str = "native"
     host: str = "127.0.0.1"  # --host
     port: int = 8100  # --port (upstream's reproduce scripts use 8100)
     extra_args: tuple[str, ...] = ()  # appended verbatim to the command line
@@ -290,6 +296,10 @@ def _validate(r: Recipe, where: str) -> None:
         raise RecipeError(f"recipe {where}: [engine].tensor_parallel_size must be >= 1")
     if not 0.0 <= e.gpu_memory_utilization <= 1.0:
         raise RecipeError(f"recipe {where}: [engine].gpu_memory_utilization must be within 0..1")
+    if e.kv_offload_gib < 0:
+        raise RecipeError(f"recipe {where}: [engine].kv_offload_gib must be >= 0 (GiB of host memory)")
+    if e.kv_offloading_backend not in OFFLOAD_BACKENDS:
+        raise RecipeError(f"recipe {where}: [engine].kv_offloading_backend must be one of {', '.join(OFFLOAD_BACKENDS)}")
     for label, port in (("[engine].port", e.port), ("[proxy].port", p.port), ("[sim].port", r.sim.port)):
         if not 1 <= port <= 65535:
             raise RecipeError(f"recipe {where}: {label} {port} is not a TCP port")
