@@ -689,6 +689,7 @@ class Scheduler:
         self.reserve_full_isl = reserve_full_isl
         self.on_admitted = lambda req: None
         self.loading: list[tuple[float, int, Request]] = []  # (landing time, order, request): host-tier loads
+        self.inflight: dict[int, Request] = {}  # loading or loaded and not yet running (their reservation)
         self._load_seq = 0
 
     def add_request(self, req: Request) -> None:
@@ -783,6 +784,7 @@ class Scheduler:
         req.status = Status.WAITING
         self._load_seq += 1
         heapq.heappush(self.loading, (req.load_ready, self._load_seq, req))
+        self.inflight[id(req)] = req
 
     def finish_loads(self, now: float) -> None:
         """Loads that have landed by `now`: their requests rejoin the front of the waiting queue (vLLM keeps
@@ -793,6 +795,13 @@ class Scheduler:
             done.append(heapq.heappop(lo)[2])
         for req in reversed(done):
             self.waiting.appendleft(req)
+
+    def _inflight_reserved(self) -> int:
+        """Blocks the loading (or loaded, not yet running) requests still need for their whole sequence."""
+        if not self.inflight:
+            return 0
+        bs = self.block_size
+        return sum(max(0, -(-r.num_tokens // bs) - r.nblocks) for r in self.inflight.values())
 
     def next_load(self) -> float | None:
         return self.loading[0][0] if self.loading else None
@@ -870,7 +879,10 @@ class Scheduler:
                     if kv.host is not None:
                         m = self._host_hit(req, len(hit_blocks))
                         if m:
-                            if self.reserve_full_isl and kv.blocks_needed(req, n, hits) > pool.num_free:
+                            # vLLM admits a load only if its whole sequence fits in the free blocks less what
+                            # the loads already in flight still need to finish (they hold blocks, make no
+                            # progress and cannot be preempted)
+                            if kv.blocks_needed(req, n, hits) + self._inflight_reserved() > pool.num_free:
                                 break
                             if not kv.allocate_slots(req, m * self.block_size, hits):
                                 break
@@ -886,6 +898,8 @@ class Scheduler:
                 if not kv.allocate_slots(req, n, hits):
                     break
                 waiting.popleft()
+                if req.nblocks and self.inflight:
+                    self.inflight.pop(id(req), None)
                 if req.num_preemptions == 0 and req.num_cached_tokens < 0:
                     self.stats.prefix_cache_queries += req.num_prompt_tokens + req.num_output_tokens
                     self.stats.prefix_cache_hits += n_hit
@@ -1022,9 +1036,11 @@ class Engine:
             s.waiting.remove(req)
             if req.nblocks:  # loaded from the host tier, not yet admitted
                 self.kv.free(req)
+                s.inflight.pop(id(req), None)
         elif any(r is req for _t, _n, r in s.loading):
             s.loading = [x for x in s.loading if x[2] is not req]
             heapq.heapify(s.loading)
+            s.inflight.pop(id(req), None)
             self.kv.free(req)
         req.status = Status.ABORTED
         req.finish_time = now

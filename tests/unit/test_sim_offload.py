@@ -245,3 +245,23 @@ def test_live_sim_server_uses_the_same_tier_and_exports_its_series() -> None:
         text = httpx.get(url + "/metrics", timeout=10).text
     assert "vllm:kv_offload_load_bytes_total" in text
     assert 'thunderbench_sim_kv_offload_host_blocks{engine="0",model_name="glm4.6-8xh100"} 91180.0' in text
+
+
+def test_a_load_is_admitted_only_if_it_fits_beside_the_reservations_of_loads_in_flight() -> None:
+    """vLLM gates an async load on free blocks less what the loads in flight still need to finish."""
+    e = make_engine(blocks=8, host_blocks=100)  # 7 usable GPU blocks
+    assert e.host is not None
+    seqs = [SegmentSeq(4, [(k, 40)]) for k in (1, 2)]
+    for s in seqs:  # 3 prompt blocks of each in host memory, none on the GPU
+        s.hashes_upto(3)
+        e.host.store(s.hash_list()[:3])
+    p, q = (Request(n, s, 16, 1, 0.0) for n, s in zip("pq", seqs))  # 16 tokens: 4 blocks each, 3 loadable
+    e.add_request(p)
+    e.add_request(q)
+    e.step(0.0, 0.0)
+    # p loads 3 blocks and still needs 1: q's 4 + that 1 exceed the 4 free blocks, so q waits
+    assert [x[2].request_id for x in e.scheduler.loading] == ["p"]
+    assert e.pool.num_free == 4 and list(e.scheduler.waiting) == [q]
+    _t, done = run(e, 0.0)
+    assert {r.request_id for r in done} == {"p", "q"}
+    assert e.host.stats.loads == 2 and p.num_cached_tokens == q.num_cached_tokens == 12
