@@ -58,6 +58,15 @@ Upstream's rule, approximately, for comparison runs: `--low-watermark 1 --tr-pla
 --aging-bound 1e9 --tr-queue-order smallest` (its over-marking, stale keys and stuck-REASONING bugs are not reproduced).
 
 Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
+
+KV offloading (vLLM --kv-offloading-size): the policy is tier-blind, by decision. Its capacity is the GPU KV
+cache only (num_gpu_blocks x block_size from vllm:cache_config_info, which does not count the host tier), and
+neither the pause nor the resume order looks at the tier. What offloading changes is the price of a lost prefix
+(a PCIe load instead of a re-prefill: 47-70x cheaper for a 30K-token context on 8xH100 in the simulator's
+profiles), and only for prefixes the host tier still holds; the cost-aware limits get no offload-specific input
+(they learn from the engine's prefill times, where a load shows up as a shorter prefill). Counting the tier into the capacity did not pay in the simulator (README, "KV
+offloading"): the overcommitted GPU pool thrashes, and a paused program's prefix has left an LRU host tier that
+every running program's prompts stream through by the time it resumes.
 """
 
 from __future__ import annotations
