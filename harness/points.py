@@ -215,7 +215,8 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             backend = f"http://{eng.host}:{eng.port}"
             base_url = backend + "/v1"
             if arm.startswith("thunderagent"):
-                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"))
+                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"),
+                                kv_offload_gib=gib)
                 sup.start(px)
                 base_url = f"http://{px.host}:{px.port}/v1"
         except LaunchError as e:

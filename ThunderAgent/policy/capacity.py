@@ -59,14 +59,15 @@ Upstream's rule, approximately, for comparison runs: `--low-watermark 1 --tr-pla
 
 Cost: each event is O(log n) (sortedcontainers) plus O(backends); a tick is O(backends + changes·log n).
 
-KV offloading (vLLM --kv-offloading-size): the policy is tier-blind, by decision. Its capacity is the GPU KV
-cache only (num_gpu_blocks x block_size from vllm:cache_config_info, which does not count the host tier), and
-neither the pause nor the resume order looks at the tier. What offloading changes is the price of a lost prefix
-(a PCIe load instead of a re-prefill: 47-70x cheaper for a 30K-token context on 8xH100 in the simulator's
-profiles), and only for prefixes the host tier still holds; the cost-aware limits get no offload-specific input
-(they learn from the engine's prefill times, where a load shows up as a shorter prefill). Counting the tier into the capacity did not pay in the simulator (README, "KV
-offloading"): the overcommitted GPU pool thrashes, and a paused program's prefix has left an LRU host tier that
-every running program's prompts stream through by the time it resumes.
+KV offloading (vLLM --kv-offloading-size): a backend's capacity is its GPU KV cache (num_gpu_blocks x block_size
+from vllm:cache_config_info, which does not count the host tier) plus --kv-offload-credit x --kv-offload-tokens
+(the host tier's size, which vLLM does not publish; 0 by default, so without it the policy is tier-blind). Why
+credit the tier: a prefix evicted to host memory comes back at PCIe cost instead of a re-prefill (47-70x cheaper
+for a 30K-token context on 8xH100 in the simulator's profiles), so while the running programs' contexts fit in
+GPU + host there is nothing to pause for. Why only a share: the tier is LRU over every stored prompt, paused
+programs' included, so it holds less of the running programs than its size; counting all of it overcommits the
+GPU pool into thrashing (README, "KV offloading", has the simulated evidence). Pause and resume orders are
+unchanged: the policy cannot see which prefixes the tier still holds (vLLM exports no per-program figure).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class CapacityPolicy:
             raise ValueError("--acting-token-weight must be >= 0")
         if config.buffer_per_program < 0:
             raise ValueError("--buffer-per-program must be >= 0")
+        if config.kv_offload_tokens < 0 or not 0.0 <= config.kv_offload_credit <= 1.0:
+            raise ValueError("--kv-offload-tokens must be >= 0 and --kv-offload-credit within 0..1")
         if config.aging_bound < 0 or config.resume_timeout <= 0:
             raise ValueError("--aging-bound must be >= 0 and --resume-timeout > 0")
         self.decay = decay
@@ -162,12 +165,16 @@ class CapacityPolicy:
         """Capacity of `url` in KV tokens (block_size × num_gpu_blocks), or None while unknown."""
         self.add_backend(url)
         b = self.book.backends[url]
-        b.capacity = None if tokens is None or tokens <= 0 else int(tokens)
+        b.capacity = None if tokens is None or tokens <= 0 else int(tokens) + self._host_credit()
         actions = self._flush()
         self.book.advance(now)
         self._pause_pass(b, actions)
         self._resume_pass(now, actions)
         return actions
+
+    def _host_credit(self) -> int:
+        """KV offloading: tokens of the host tier counted as capacity beyond the GPU cache (see the module doc)."""
+        return int(self.config.kv_offload_credit * self.config.kv_offload_tokens)
 
     def set_healthy(self, url: str, healthy: bool, now: float) -> list[Action]:
         """Unhealthy backends get no new or resumed programs; programs already there stay (and are still

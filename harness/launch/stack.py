@@ -68,7 +68,7 @@ def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
     specs: list[ProcessSpec] = [eng]
     endpoint = backend + "/v1"
     if arm.startswith("thunderagent"):
-        px = proxy_spec(recipe, backend)
+        px = proxy_spec(recipe, backend, kv_offload_gib=gib)
         specs.append(px)
         endpoint = f"http://{px.host}:{px.port}/v1"
     return Plan(engine, tuple(specs), endpoint)

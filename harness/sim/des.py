@@ -289,6 +289,10 @@ def run_des(
                 import dataclasses  # the simulator knows the prefill cost per token: its profile's
 
                 cfg = dataclasses.replace(cfg, cost_prefill_seconds_per_token=prefill_seconds_per_token(prof))
+            if engine.host is not None and not cfg.kv_offload_tokens:
+                import dataclasses  # the host tier's size in tokens, as the operator passes --kv-offload-tokens
+
+                cfg = dataclasses.replace(cfg, kv_offload_tokens=engine.host.capacity_blocks * bs)
             pol = make_policy(cfg)
         pol.add_backend(BACKEND)
         actions0 = pol.set_capacity(BACKEND, prof.engine.kv_tokens, 0.0)

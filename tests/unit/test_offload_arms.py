@@ -63,7 +63,9 @@ def test_up_dry_run_prints_the_offload_flags() -> None:
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert GLM_OFFLOAD in lines
-    assert sum("-m ThunderAgent" in ln for ln in lines) == 1  # the proxy in front, as for thunderagent
+    proxy = [ln for ln in lines if "-m ThunderAgent" in ln]
+    assert len(proxy) == 1  # the proxy in front, as for thunderagent, told the host tier's size in tokens:
+    assert proxy[0].endswith("--kv-offload-tokens 1458880")  # 91,180 blocks x 16 (GLM-4.6-FP8 TP8, 256 GiB)
     plain = CliRunner().invoke(app, ["up", "-r", "glm4.6", "--arm", "vllm", "--dry-run", "--engine", "vllm"])
     assert "--kv-offloading-size" not in plain.stdout
 
