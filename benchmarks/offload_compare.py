@@ -7,7 +7,10 @@ PCIe) from each offload point's manifest. A 0 GiB tier is the plain arm exactly 
 tests/unit/test_sim_offload.py checks it), so the plain arms stand for the 0 GiB rows. Everything here is
 SIMULATED, labelled with the profile.
 
-    python benchmarks/offload_compare.py SWEEP_DIR [SWEEP_DIR ...] --out results/offload
+    python benchmarks/offload_compare.py SWEEP[@VARIANT][#ARM,ARM] ... --out results/offload
+
+VARIANT names a policy setting the sweep ran with (a column of its own, e.g. "tier-blind"); #ARM,ARM keeps only
+those arms of the sweep.
 """
 
 from __future__ import annotations
@@ -18,25 +21,29 @@ import json
 from pathlib import Path
 
 ARMS = ("vllm", "vllm-offload", "thunderagent", "thunderagent-offload", "bound")
-FIELDS = ("recipe", "profile", "arm", "kv_offload_gib", "programs", "steps_per_min", "ci_low", "ci_high",
+FIELDS = ("recipe", "profile", "arm", "variant", "kv_offload_gib", "programs", "steps_per_min", "ci_low", "ci_high",
           "prefix_hit_rate", "host_hit_rate", "combined_hit_rate", "preemptions", "host_load_gb", "label")
 # hit rates and host_load_gb are over the steps/min window; preemptions as the sweep's summary counts them
 
 
-def read_sweep(d: Path) -> list[dict[str, object]]:
+def read_sweep(spec: str) -> list[dict[str, object]]:
+    spec, _, keep = spec.partition("#")
+    path, _, variant = spec.partition("@")
+    d = Path(path)
+    arms = set(keep.split(",")) if keep else set(ARMS)
     sweep = json.loads((d / "manifest.json").read_text())
     gib = sweep.get("kv_offload_gib")
     rows = []
     with open(d / "summary.csv", newline="") as f:
         for r in csv.DictReader(f):
-            if r["status"] != "ok" or r["arm"] not in ARMS:
+            if r["status"] != "ok" or r["arm"] not in arms:
                 continue
             off = r["arm"].endswith("-offload")
             win = window_rates(d / r["run_dir"] / "engine_metrics.jsonl", sweep["window"])
             hit = win["gpu"]
             host = win["host"] if off else 0.0
             rows.append({
-                "recipe": r["recipe"], "profile": r["profile"], "arm": r["arm"],
+                "recipe": r["recipe"], "profile": r["profile"], "arm": r["arm"], "variant": variant,
                 "kv_offload_gib": gib if off else 0.0, "programs": int(r["programs"]),
                 "steps_per_min": round(float(r["steps_per_min"]), 1),
                 "ci_low": round(float(r["ci_low"]), 1), "ci_high": round(float(r["ci_high"]), 1),
@@ -71,14 +78,14 @@ def window_rates(path: Path, window: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweeps", nargs="+", type=Path)
+    ap.add_argument("sweeps", nargs="+", help="SWEEP_DIR[@VARIANT][#ARM,ARM]")
     ap.add_argument("--out", type=Path, default=Path("results/offload"))
     a = ap.parse_args(argv)
     rows: list[dict[str, object]] = []
     seen: set[tuple] = set()
     for d in a.sweeps:
         for r in read_sweep(d):
-            key = (r["recipe"], r["arm"], r["kv_offload_gib"], r["programs"])
+            key = (r["recipe"], r["arm"], r["variant"], r["kv_offload_gib"], r["programs"])
             if key not in seen:  # a plain arm measured in several sweeps is one row
                 seen.add(key)
                 rows.append(r)
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def series_name(r: dict[str, object]) -> str:
-    return str(r["arm"]) if not str(r["arm"]).endswith("-offload") else f"{r['arm']} {r['kv_offload_gib']:g} GiB"
+    name = str(r["arm"]) if not str(r["arm"]).endswith("-offload") else f"{r['arm']} {r['kv_offload_gib']:g} GiB"
+    return f"{name} ({r['variant']})" if r["variant"] else name
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
@@ -134,7 +142,8 @@ def print_table(rows: list[dict[str, object]]) -> None:
     for r in rows:
         tier = f"{r['kv_offload_gib']:g} GiB" if str(r["arm"]).endswith("-offload") else "-"
         hh = r["host_hit_rate"]
-        print(f"| {r['recipe']} | {r['programs']} | {r['arm']} | {tier} | {r['steps_per_min']} "
+        arm = f"{r['arm']} ({r['variant']})" if r["variant"] else r["arm"]
+        print(f"| {r['recipe']} | {r['programs']} | {arm} | {tier} | {r['steps_per_min']} "
               f"({r['ci_low']}-{r['ci_high']}) | {r['prefix_hit_rate']:.1%} | "
               f"{'-' if hh is None else format(float(hh), '.1%')} | {r['preemptions']} |")
 
