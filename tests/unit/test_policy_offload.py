@@ -23,6 +23,11 @@ def capacity(pol: CapacityPolicy) -> int | None:
     return next(b.capacity for b in pol.backends() if b.url == B)
 
 
+def test_tier_blind_by_default() -> None:
+    assert Config().kv_offload_credit == 0.0 and Config().kv_offload_tokens == 0
+    assert capacity(mk(kv_offload_tokens=8_000)) == 10_000  # told the tier's size, still no credit
+
+
 def test_without_a_declared_tier_the_policy_counts_the_gpu_cache_only() -> None:
     pol = mk(kv_offload_credit=0.5)
     assert capacity(pol) == 10_000
