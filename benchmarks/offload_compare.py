@@ -112,7 +112,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     recipes = sorted({str(r["recipe"]) for r in rows})
-    fig, axes = plt.subplots(1, len(recipes), figsize=(5.2 * len(recipes), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(recipes), figsize=(max(7.0, 5.6 * len(recipes)), 4.4), squeeze=False)
     style = {"vllm": ("tab:gray", "-"), "vllm-offload": ("tab:blue", "--"), "thunderagent": ("tab:red", "-"),
              "thunderagent-offload": ("tab:orange", "--"), "bound": ("black", ":")}
     for ax, rec in zip(axes[0], recipes):
@@ -121,6 +121,8 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
         for name in names:
             pts = sorted((int(r["programs"]), float(r["steps_per_min"])) for r in mine if series_name(r) == name)
             color, ls = style[name.split()[0]]
+            if "credit" in name:
+                ls = "-."
             big = "1024" in name
             ax.plot([p for p, _ in pts], [s for _, s in pts], ls, color=color, marker="o" if not big else "s",
                     ms=3.5, lw=1.2 if not big else 2.0, label=name, alpha=0.9)
@@ -130,7 +132,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
         ax.set_ylabel("agent steps / min")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("KV offloading to host memory, alone and under ThunderAgent (DES, simulated)", fontsize=10)
+    fig.suptitle("KV offloading to host memory, alone and under ThunderAgent (DES, SIMULATED)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
