@@ -112,7 +112,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     recipes = sorted({str(r["recipe"]) for r in rows})
-    fig, axes = plt.subplots(1, len(recipes), figsize=(max(7.0, 5.6 * len(recipes)), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(recipes), figsize=(max(7.0, 5.6 * len(recipes)), 5.6), squeeze=False)
     style = {"vllm": ("tab:gray", "-"), "vllm-offload": ("tab:blue", "--"), "thunderagent": ("tab:red", "-"),
              "thunderagent-offload": ("tab:orange", "--"), "bound": ("black", ":")}
     for ax, rec in zip(axes[0], recipes):
@@ -131,7 +131,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
         ax.set_xlabel("parallel programs")
         ax.set_ylabel("agent steps / min")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle("KV offloading to host memory, alone and under ThunderAgent (DES, SIMULATED)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
