@@ -265,3 +265,43 @@ def test_a_load_is_admitted_only_if_it_fits_beside_the_reservations_of_loads_in_
     _t, done = run(e, 0.0)
     assert {r.request_id for r in done} == {"p", "q"}
     assert e.host.stats.loads == 2 and p.num_cached_tokens == q.num_cached_tokens == 12
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_skip_ahead_stays_exact_with_the_tier(seed: int) -> None:
+    """Runs of decode steps advanced in one go stop at the next load landing: the same timeline, hits, loads
+    and preemptions as stepping one by one."""
+    import random
+
+    def drive(skip: bool) -> list:
+        rng = random.Random(seed)
+        e = Engine(block_size=4, num_gpu_blocks=16, max_num_batched_tokens=48, max_num_seqs=12, timing=TM,
+                   skip_ahead=skip, host=HostKVTier(60, 4, LINK))
+        pending, t = [], 0.0
+        for i in range(40):
+            t += rng.expovariate(20.0)
+            prog = rng.randrange(6)
+            pending.append((t, [(0, 12), (1000 + prog, 30), (5000 + i, 200)], rng.randrange(5, 30),
+                            rng.randrange(1, 13)))
+        t, reqs = 0.0, []
+        while pending or e.has_work():
+            while pending and pending[0][0] <= t:
+                at, segs, p, g = pending.pop(0)
+                reqs.append(Request(f"r{len(reqs)}", SegmentSeq(4, segs), p, g, at))
+                e.add_request(reqs[-1])
+            nxt = pending[0][0] if pending else 1e9
+            if e.has_work():
+                res = e.step(t, nxt - t)
+                if res.steps:
+                    t += res.duration
+                    continue
+                w = e.next_wakeup()
+                nxt = min(nxt, w) if w is not None else nxt
+            t = nxt
+        assert e.host is not None
+        return [(r.request_id, round(r.finish_time or 0, 9), r.num_cached_tokens) for r in reqs] + [
+            (e.stats.prefix_cache_hits, e.stats.num_preemptions, e.host.stats.loads, e.num_steps)]
+
+    fast, slow = drive(True), drive(False)
+    assert fast == slow
+    assert fast[-1][2] > 0  # loads happened
