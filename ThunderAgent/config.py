@@ -193,6 +193,18 @@ class Config:
         "fits; keeps big holes for big programs) | worst_fit (roomiest; upstream, balances load)",
         choices=("best_fit", "worst_fit"),
     )
+    kv_offload_tokens: int = opt(
+        0,
+        "KV tokens the engine keeps in host memory (vLLM --kv-offloading-size: GiB x 2^30 / KV bytes per token "
+        "over all GPUs; vLLM does not publish it); 0 = no tier: tr counts the GPU KV cache only",
+    )
+    kv_offload_credit: float = opt(
+        0.0,
+        "share of --kv-offload-tokens tr counts as capacity on top of the GPU KV cache (a prefix evicted to host "
+        "memory comes back at PCIe cost, not a re-prefill); 0 = tier-blind, the default: in the simulator 0.5 "
+        "paid only where the programs' contexts fit in GPU + host (1.17x steps/min at 48 GLM-4.6 programs, "
+        "256 GiB) and cost dearly past that (0.58x at 96-192 programs)",
+    )
     unknown_capacity_programs: int = opt(
         16,
         "while a backend's KV capacity is unknown, admit at most this many programs to it (0 = none) and "

@@ -132,7 +132,7 @@ def _arms(text: Optional[str]) -> Optional[tuple[str, ...]]:
 @app.command()
 def up(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (glm4.6, qwen3-235b, tiny-cpu) or a .toml path."),
-    arm: str = typer.Option("thunderagent", "--arm", help="thunderagent = engine + ThunderAgent proxy; vllm = engine only."),
+    arm: str = typer.Option("thunderagent", "--arm", help="thunderagent = engine + ThunderAgent proxy; vllm = engine only; vllm-offload / thunderagent-offload: the same with the recipe's KV offloading (kv_offload_gib)."),
     engine: str = typer.Option("auto", "--engine", help="vllm (the recipe's real engine), sim (simulator server), auto (vllm if it can run here, else sim)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact command lines and exit without starting anything."),
 ) -> None:
@@ -213,7 +213,7 @@ def reproduce(
     levels: Optional[str] = typer.Option(None, "--levels", "-l", help="Parallel workflows per point, e.g. 24,48,72,96 (default: the recipe's)."),
     window: Optional[str] = typer.Option(None, "--window", "-w", help="Steps/min window relative to each point's start, e.g. 10m-70m (default: the recipe's)."),
     duration: Optional[str] = typer.Option(None, "--duration", help="Length of each point, e.g. 80m (default: the recipe's; must cover the window)."),
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms: vllm,thunderagent,continuum,bound (continuum, bound: des only; on des, bound comes with thunderagent: its headroom)."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms: vllm,thunderagent,continuum,bound,vllm-offload,thunderagent-offload (continuum, bound: des only; on des, bound comes with thunderagent: its headroom; *-offload: with KV offloading to host memory, --kv-offload-gib)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Workload seed (same trajectories for every arm)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default results/<recipe>/<UTC timestamp>)."),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second (default: the recipe's)."),
@@ -223,6 +223,7 @@ def reproduce(
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
     repeats: int = typer.Option(1, "--repeats", help="Run every point with N seeds (--seed, --seed+1, ...): steps/min is their mean and its 95% CI the t-interval across them."),
     as_json: bool = typer.Option(False, "--json", help="Print the results directory and summary rows as JSON on stdout (progress and the table go to stderr)."),
+    kv_offload_gib: Optional[float] = typer.Option(None, "--kv-offload-gib", help="Host KV tier of the vllm-offload / thunderagent-offload arms, GiB over all GPUs (vLLM's --kv-offloading-size; default: the recipe's [engine].kv_offload_gib)."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -241,7 +242,8 @@ def reproduce(
         opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                             arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
                             argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload,
-                            bands=bands, band_points=band_points, repeats=repeats)
+                            bands=bands, band_points=band_points, repeats=repeats,
+                            kv_offload_gib=kv_offload_gib)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"
@@ -352,6 +354,7 @@ def sim_serve(
     num_gpu_blocks: Optional[int] = typer.Option(None, "--num-gpu-blocks", help="Override the profile's KV capacity (blocks)."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name to serve (default: the profile name)."),
     script: Optional[Path] = typer.Option(None, "--script", help="JSON script of replies (content or tool calls) to drive a real agent."),
+    kv_offloading_size: Optional[float] = typer.Option(None, "--kv-offloading-size", help="Host KV tier in GiB over all GPUs, as vLLM's flag (profiles with an [offload] table)."),
 ) -> None:
     """Serve the simulated engine with vLLM's HTTP API and /metrics (every number labelled simulated).
 
@@ -365,8 +368,10 @@ def sim_serve(
         if time_scale <= 0:
             raise ReproduceError(f"--time-scale must be > 0, got {time_scale}")
         check_port_free(host, port, "the simulator")
+        if kv_offloading_size is not None and kv_offloading_size < 0:
+            raise ReproduceError(f"--kv-offloading-size must be >= 0 GiB, got {kv_offloading_size}")
         server.serve(profile, port, host=host, time_scale=time_scale, num_gpu_blocks=num_gpu_blocks,
-                     model_name=served_model_name, script=script)
+                     model_name=served_model_name, script=script, kv_offload_gib=kv_offloading_size)
 
 
 # ------------------------------------------------------------------------------------------ workload

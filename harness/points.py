@@ -100,9 +100,10 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
             workload=None if traces else workload_params(opts), trajectories=traces, resample=bool(traces),
-            policy_config=proxy_config(r) if arm == "thunderagent" else None,
+            policy_config=proxy_config(r) if arm.startswith("thunderagent") else None,
             num_gpu_blocks=opts.kv_blocks or r.sim.num_gpu_blocks or None, out_dir=run_dir,
             run_id=f"{r.name}-{arm}-{programs}",
+            kv_offload_gib=opts.offload_gib if arm.endswith("-offload") else None,
         )
     except DesError as e:
         raise PointFailed(str(e)) from None
@@ -113,6 +114,9 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
         m.workload = opts.workload
     m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3),
                    workload_params=workload_record(opts))
+    if arm.endswith("-offload"):  # the host KV tier this point ran with, and what it served
+        host = {k: v for k, v in res.summary().items() if k.startswith(("host_", "combined_"))}
+        m.extra.update(kv_offload_gib=opts.offload_gib, **host)
     if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
         m.extra["design"] = opts.design
     m.write(run_dir / "manifest.json")
@@ -272,17 +276,20 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
     logs = run_dir / "logs"
     with Supervisor(logs, console) as sup:
         try:
-            eng = sim_spec(r, port=free_port(), time_scale=ts) if sim else vllm_spec(r)
+            gib = opts.offload_gib if arm.endswith("-offload") else None  # vLLM's KV offloading to host memory
+            eng = (sim_spec(r, port=free_port(), time_scale=ts, kv_offload_gib=gib) if sim
+                   else vllm_spec(r, kv_offload_gib=gib))
             sup.start(eng)
             backend = f"http://{eng.host}:{eng.port}"
             base_url = backend + "/v1"
-            if arm == "thunderagent":
-                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"))
+            if arm.startswith("thunderagent"):
+                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"),
+                                kv_offload_gib=gib)
                 sup.start(px)
                 base_url = f"http://{px.host}:{px.port}/v1"
         except LaunchError as e:
             raise PointFailed(str(e)) from None
-        endpoint = Endpoint(base_url=base_url, model=r.engine.served_name, thunderagent=arm == "thunderagent")
+        endpoint = Endpoint(base_url=base_url, model=r.engine.served_name, thunderagent=arm.startswith("thunderagent"))
         dataset = "lite-synthetic" if opts.agent == "synthetic" and sim else opts.dataset
         cfg = RunConfig(
             run_dir=run_dir, arm=arm, programs=programs, endpoint=endpoint,

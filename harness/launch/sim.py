@@ -9,7 +9,7 @@ from harness.recipes import Recipe
 
 
 def sim_command(recipe: Recipe, *, port: int | None = None, time_scale: float | None = None,
-                host: str = "127.0.0.1") -> list[str]:
+                host: str = "127.0.0.1", kv_offload_gib: float | None = None) -> list[str]:
     """`thunderbench sim serve ...` run with this interpreter (no dependence on PATH)."""
     s = recipe.sim
     argv = [
@@ -22,14 +22,17 @@ def sim_command(recipe: Recipe, *, port: int | None = None, time_scale: float | 
     ]
     if s.num_gpu_blocks:
         argv += ["--num-gpu-blocks", str(s.num_gpu_blocks)]
+    if kv_offload_gib is not None:  # the offload arms: the host KV tier, vLLM's flag name
+        argv += ["--kv-offloading-size", _num(kv_offload_gib)]
     return argv
 
 
 def sim_spec(recipe: Recipe, *, port: int | None = None, time_scale: float | None = None,
-             host: str = "127.0.0.1") -> ProcessSpec:
+             host: str = "127.0.0.1", kv_offload_gib: float | None = None) -> ProcessSpec:
     p = port if port is not None else recipe.sim.port
     return ProcessSpec(
-        name="sim", argv=tuple(sim_command(recipe, port=p, time_scale=time_scale, host=host)),
+        name="sim", argv=tuple(sim_command(recipe, port=p, time_scale=time_scale, host=host,
+                                           kv_offload_gib=kv_offload_gib)),
         health_url=f"http://{host}:{p}/health", host=host, port=p, health_timeout_s=recipe.sim.health_timeout_s,
     )
 

@@ -56,18 +56,19 @@ class Plan:
 
 def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
     """The processes `up` would start, in order."""
-    if arm not in ("thunderagent", "vllm"):
-        raise LaunchError(f"unknown arm {arm!r}: choose thunderagent or vllm")
+    if arm not in ("thunderagent", "vllm", "thunderagent-offload", "vllm-offload"):
+        raise LaunchError(f"unknown arm {arm!r}: choose thunderagent, vllm, thunderagent-offload or vllm-offload")
     if engine not in UP_ENGINES:
         raise LaunchError(f"unknown engine {engine!r}: choose one of {', '.join(UP_ENGINES)}")
     if engine == "auto":
         engine = "vllm" if real_engine_available(recipe) else "sim"
-    eng = vllm_spec(recipe) if engine == "vllm" else sim_spec(recipe)
+    gib = recipe.engine.kv_offload_gib if arm.endswith("-offload") else None  # the offload arms' host KV tier
+    eng = vllm_spec(recipe, kv_offload_gib=gib) if engine == "vllm" else sim_spec(recipe, kv_offload_gib=gib)
     backend = f"http://{eng.host}:{eng.port}"
     specs: list[ProcessSpec] = [eng]
     endpoint = backend + "/v1"
-    if arm == "thunderagent":
-        px = proxy_spec(recipe, backend)
+    if arm.startswith("thunderagent"):
+        px = proxy_spec(recipe, backend, kv_offload_gib=gib)
         specs.append(px)
         endpoint = f"http://{px.host}:{px.port}/v1"
     return Plan(engine, tuple(specs), endpoint)

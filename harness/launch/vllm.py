@@ -93,6 +93,8 @@ class VllmEngine:
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
     download_dir: str | None = None
+    kv_offloading_size: float | None = None  # GiB of host memory for KV, summed over TP ranks (native offloading)
+    kv_offloading_backend: str | None = None  # "native" | "lmcache"; vLLM's default is native
     # cpu only
     kv_cache_space_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; without it the worker grabs 92% of RAM
     omp_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND, e.g. "1" for a second instance
@@ -152,6 +154,10 @@ def _flags(engine: VllmEngine) -> list[str]:
     flag("enable-prompt-tokens-details", engine.enable_prompt_tokens_details)
     flag("enable-auto-tool-choice", engine.enable_auto_tool_choice)
     opt("tool-call-parser", engine.tool_call_parser)
+    if engine.kv_offloading_size is not None:
+        size = float(engine.kv_offloading_size)
+        opt("kv-offloading-size", int(size) if size.is_integer() else size)
+        opt("kv-offloading-backend", engine.kv_offloading_backend)
     opt("host", engine.host)
     opt("port", engine.port)
     args.extend(engine.extra_args)

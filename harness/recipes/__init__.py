@@ -26,7 +26,9 @@ from pydantic.dataclasses import dataclass as spec
 RECIPES_DIR = Path(__file__).resolve().parent
 
 ENGINE_KINDS = ("vllm", "vllm-cpu")
-ARMS = ("vllm", "thunderagent", "continuum", "bound")  # bound: des only (vLLM with the KV limit lifted)
+ARMS = ("vllm", "thunderagent", "continuum", "bound",  # bound: des only (vLLM with the KV limit lifted)
+        "vllm-offload", "thunderagent-offload")  # with vLLM's KV offloading to host memory ([engine].kv_offload_gib)
+OFFLOAD_BACKENDS = ("native", "lmcache")
 AGENTS = ("openhands", "mini-swe-agent", "synthetic")
 
 # strict scalars: a TOML string is never read as a number, a boolean never as an integer; an integer is a
@@ -77,8 +79,17 @@ class EngineSpec:
     extra_args: Strs = ()  # appended verbatim to the command line
     env: dict[StrictStr, StrictStr] = field(default_factory=dict)  # extra environment for the engine process
     health_timeout_s: Float = 1800.0  # upstream waits up to 1800 s for /health
-    # (a host-memory KV tier, when the engine gets one, is a field here: typed, defaulted, with a validator
-    # for its range below)
+    # the *-offload arms only: --kv-offloading-size (GiB of host memory over all TP ranks; 0 = no tier, the
+    # arm is then the plain one) and --kv-offloading-backend
+    kv_offload_gib: Annotated[Float, Field(ge=0.0)] = 0.0
+    kv_offloading_backend: StrictStr = "native"
+
+    @field_validator("kv_offloading_backend")
+    @classmethod
+    def _offload_backend(cls, v: str) -> str:
+        if v not in OFFLOAD_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(OFFLOAD_BACKENDS)}")
+        return v
 
     @field_validator("model")
     @classmethod

@@ -18,7 +18,10 @@ Arms:
                      perfect scheduler could at most reach on this compute, against which a scheduler's
                      headroom is reported;
   * "continuum"    — the engine pins a program's blocks for `pin_ttl_s` after every response that ends in a
-                     tool call (all but the last turn), Continuum-style.
+                     tool call (all but the last turn), Continuum-style;
+  * "vllm-offload", "thunderagent-offload" — "vllm" / "thunderagent" with vLLM's native KV offloading on the
+                     engine: a host-memory tier of `kv_offload_gib` GiB (harness/sim/offload.py), so a prefix
+                     evicted from the GPU is loaded over PCIe instead of recomputed when the tier still holds it.
 
 Outputs are the harness's own formats: StepRecords (one per LLM call, virtual seconds) and the engine-metrics
 series (one row per `metrics_interval`), in memory and optionally written to a run directory with a manifest
@@ -40,12 +43,13 @@ import numpy as np
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, git_revision, package_versions
 from harness.sim.engine import Engine, Request, SegmentSeq
 from harness.sim.metrics import engine_sample, histogram_sample
-from harness.sim.timing import Profile, load_profile
+from harness.sim.timing import Profile, ProfileError, load_profile
 from harness.workload import Trajectory, WorkloadParams, load_workload_params, sample_trajectory, trajectory_rng
 from ThunderAgent.policy.base import Policy, Proceed, Reject, Resume
 from ThunderAgent.records import StepRecord
 
-ARMS = ("vllm", "thunderagent", "continuum", "bound")
+ARMS = ("vllm", "thunderagent", "continuum", "bound", "vllm-offload", "thunderagent-offload")
+OFFLOAD_SUFFIX = "-offload"  # the arm with vLLM's host KV tier (--kv-offloading-size) on its engine
 BACKEND = "sim://engine0"
 
 # segment kinds of a program's token stream (the key's low 2 bits)
@@ -113,12 +117,27 @@ class DesResult:
             "steps_per_min": round(self.steps_per_min(), 2),
             "steps_total": sum(1 for s in self.steps if s.status == "ok"),
             "prefix_hit_rate": round(h / q, 4) if q else None,
+            **self._host_summary(last, q),
             "preemptions": int(last.get("vllm:num_preemptions_total", 0)),
             "engine_steps": self.engine_steps,
             "engine_calls": self.engine_calls,
             "cpu_s": round(self.cpu_s, 3),
             "holds": self.holds(),
             **({"policy": self.policy_stats} if self.policy_stats else {}),
+        }
+
+    @staticmethod
+    def _host_summary(last: dict[str, float], q: float) -> dict[str, Any]:
+        """With a host KV tier: the share of queried prompt tokens it served, and what crossed PCIe."""
+        if "vllm:external_prefix_cache_hits_total" not in last:
+            return {}
+        eh = last["vllm:external_prefix_cache_hits_total"]
+        return {
+            "host_hit_rate": round(eh / q, 4) if q else None,
+            "combined_hit_rate": round((last.get("vllm:prefix_cache_hits_total", 0.0) + eh) / q, 4) if q else None,
+            "host_load_gb": round(last["vllm:kv_offload_load_bytes_total"] / 1e9, 2),
+            "host_load_s": round(last["vllm:kv_offload_load_time_total"], 2),
+            "host_store_gb": round(last["vllm:kv_offload_store_bytes_total"] / 1e9, 2),
         }
 
     def holds(self) -> dict[str, Any]:
@@ -213,6 +232,7 @@ def run_des(
     learn_prefill_cost: bool = True,
     resample: bool = False,
     once: bool = False,
+    kv_offload_gib: float | None = None,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
@@ -225,6 +245,12 @@ def run_des(
     batch job or an RL rollout sends them); the run ends when the last one is done, or at duration_s."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
+    offload = arm.endswith(OFFLOAD_SUFFIX)
+    if offload and kv_offload_gib is None:
+        raise DesError(f"arm {arm!r} needs a host-tier size (kv_offload_gib, GiB over all GPUs)")
+    if kv_offload_gib is not None and kv_offload_gib < 0:
+        raise DesError(f"kv_offload_gib must be >= 0, got {kv_offload_gib}")
+    base_arm = arm.removesuffix(OFFLOAD_SUFFIX)
     if programs < 1:
         raise DesError("programs must be >= 1")
     if duration_s <= 0:
@@ -238,12 +264,15 @@ def run_des(
         raise DesError("give a workload (name or WorkloadParams) or a trajectory list")
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    engine = Engine.from_profile(prof, skip_ahead=skip_ahead)
+    try:
+        engine = Engine.from_profile(prof, skip_ahead=skip_ahead, kv_offload_gib=kv_offload_gib if offload else None)
+    except ProfileError as e:
+        raise DesError(str(e)) from None
     bs = prof.engine.block_size
     max_len = prof.engine.max_model_len
 
     pol: Policy | None = None
-    if arm == "thunderagent":
+    if base_arm == "thunderagent":
         if policy is not None:
             pol = policy
         else:
@@ -260,6 +289,10 @@ def run_des(
                 import dataclasses  # the simulator knows the prefill cost per token: its profile's
 
                 cfg = dataclasses.replace(cfg, cost_prefill_seconds_per_token=prefill_seconds_per_token(prof))
+            if engine.host is not None and not cfg.kv_offload_tokens:
+                import dataclasses  # the host tier's size in tokens, as the operator passes --kv-offload-tokens
+
+                cfg = dataclasses.replace(cfg, kv_offload_tokens=engine.host.capacity_blocks * bs)
             pol = make_policy(cfg)
         pol.add_backend(BACKEND)
         actions0 = pol.set_capacity(BACKEND, prof.engine.kv_tokens, 0.0)
@@ -421,7 +454,7 @@ def run_des(
         if t >= next_scrape:
             row: dict[str, float] = {"t": t}
             row.update(engine_sample(engine.stats, num_running=engine.num_running, num_waiting=engine.num_waiting,
-                                     kv_cache_usage=engine.kv_usage()))
+                                     kv_cache_usage=engine.kv_usage(), host=engine.host))
             metrics.append(row)
             next_scrape += metrics_interval
             observe = getattr(pol, "observe_engine", None) if learns else None
@@ -448,7 +481,7 @@ def run_des(
                     finish(req, t)
                 continue
         engine.expire_pins(t)
-        pe = engine.next_pin_expiry()
+        pe = engine.next_wakeup()
         t = max(t, min(next_ev, pe if pe is not None else math.inf))
 
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0

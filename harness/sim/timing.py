@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.sim.offload import HostLink
+
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
@@ -233,6 +235,15 @@ class Profile:
     source_path: str | None = None
     # the served model's tokenizer (harness/sim/tokenizer.py): "tiny" or a model directory; None: the estimator
     tokenizer: str | None = None
+    # GPU <-> host transfers for the host KV tier (harness/sim/offload.py), from the [offload] table
+    host: HostLink | None = None
+
+    def host_link(self) -> HostLink:
+        """The host link the KV offloading tier uses; a profile without an [offload] table cannot offload."""
+        if self.host is None:
+            raise ProfileError(f"profile {self.name!r} has no [offload] table (PCIe bandwidth), so it cannot "
+                               "simulate KV offloading; add one or use a profile that has it")
+        return self.host
 
     def with_num_gpu_blocks(self, num_gpu_blocks: int | None) -> "Profile":
         """The same profile with KV capacity overridden (vLLM's --num-gpu-blocks-override)."""
@@ -385,6 +396,7 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         max_model_len=int(eng.get("max_model_len", 1 << 20)),
     )
     prof = Profile(
+        host=_host_link(doc, derivation, where),
         name=str(doc.get("name", path.stem)),
         description=str(doc.get("description", "")),
         engine=settings,
@@ -395,6 +407,25 @@ def load_profile(name_or_path: str, *, num_gpu_blocks: int | None = None) -> Pro
         tokenizer=_tokenizer_field(doc, where),
     )
     return prof.with_num_gpu_blocks(num_gpu_blocks)
+
+
+def _host_link(doc: dict[str, Any], derivation: Derivation | None, where: str) -> HostLink | None:
+    """[offload]: pcie_bytes_per_s (effective, one GPU, one direction; a number or {central, low, high}) and,
+    for profiles without a derivation, kv_bytes_per_token_per_gpu and num_gpus."""
+    off = doc.get("offload")
+    if off is None:
+        return None
+    w = where + " [offload]"
+    bw = _triple(_get(off, "pcie_bytes_per_s", w), w + " pcie_bytes_per_s")[1]
+    if derivation is not None:
+        per_tok = derivation.kv_bytes_per_token_per_gpu
+        n_gpu = int(doc.get("hardware", {}).get("num_gpus", off.get("num_gpus", 1)))
+    else:
+        per_tok = float(_get(off, "kv_bytes_per_token_per_gpu", w))
+        n_gpu = int(off.get("num_gpus", 1))
+    if bw <= 0 or per_tok <= 0 or n_gpu < 1:
+        raise ProfileError(f"{w}: bandwidth, KV bytes per token and GPU count must be positive")
+    return HostLink(per_tok, n_gpu, bw, str(off.get("source_pcie", "")))
 
 
 def _tokenizer_field(doc: dict[str, Any], where: str) -> str | None:
