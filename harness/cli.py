@@ -206,6 +206,23 @@ def status() -> None:
 
 # ------------------------------------------------------------------------------------------ run/reproduce
 
+_ENDPOINT_HELP = ("URL of a running engine (vLLM or `thunderbench sim serve`), e.g. http://127.0.0.1:8100: the vllm "
+                  "arm talks to it and its /metrics is scraped; nothing is started. Default: what `thunderbench up` "
+                  "recorded (./.thunderbench/state.json or $THUNDERBENCH_STATE_DIR), else an engine of its own.")
+_PROXY_HELP = ("URL of a running ThunderAgent for the thunderagent arm (its single backend is the engine unless "
+               "--endpoint says otherwise). Without it, the thunderagent arm starts a proxy in front of --endpoint.")
+
+
+def _say_targets(opts) -> None:
+    t = opts.targets
+    if t is None:
+        return
+    what = f"SIMULATED engine (profile {t.profile}, time scale {t.time_scale:g})" if t.simulated else "engine"
+    err.print(f"measuring running servers from {t.source}: {what} {t.engine}"
+              + (f", ThunderAgent {t.proxy}" if t.proxy else "") + "; nothing is started for them",
+              highlight=False, soft_wrap=True)
+
+
 @app.command()
 def reproduce(
     recipe: str = typer.Argument(..., help="glm4.6, qwen3-235b, tiny-cpu, or a path to a recipe .toml."),
@@ -221,6 +238,8 @@ def reproduce(
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
     bands: bool = typer.Option(False, "--bands", help="des: also simulate a Latin hypercube over the workload and KV-capacity ranges and report each level's TA/vLLM ratio band and the knee's band (measured: about 6x the time of the central sweep)."),
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
+    proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -239,7 +258,8 @@ def reproduce(
         opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                             arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
                             argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload,
-                            bands=bands, band_points=band_points)
+                            bands=bands, band_points=band_points, endpoint=endpoint, proxy=proxy)
+        _say_targets(opts)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"
@@ -263,6 +283,8 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed"),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second."),
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
+    proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
 ) -> None:
     """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,
     engine_metrics.jsonl, predictions.jsonl), then print its steps/min.
@@ -275,7 +297,9 @@ def run(
         r = _recipe(recipe)
         opts = make_options(r, engine=engine, levels=(programs,), window=window, duration=duration,
                             arms=(arm,), seed=seed, out=out_dir, time_scale=time_scale, agent=agent,
-                            dataset=dataset, argv=tuple(["thunderbench", *sys.argv[1:]]), workload=workload)
+                            dataset=dataset, argv=tuple(["thunderbench", *sys.argv[1:]]), workload=workload,
+                            endpoint=endpoint, proxy=proxy)
+        _say_targets(opts)
         row = run_single(opts, err)
         from harness.reproduce import print_table
 

@@ -75,6 +75,7 @@ class SweepOptions:
     band_points: int = 8
     design: dict[str, float] | None = None  # one band design point: input -> position in its range
     kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
+    targets: Any = None  # harness.launch.targets.Targets: running servers to measure (nothing is started)
 
     @property
     def simulated(self) -> bool:
@@ -82,6 +83,8 @@ class SweepOptions:
 
     @property
     def profile(self) -> str | None:
+        if self.targets is not None and self.targets.simulated:
+            return self.targets.profile
         return self.recipe.sim.profile if self.simulated else None
 
 
@@ -134,9 +137,17 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
-                 band_points: int = 8) -> SweepOptions:
+                 band_points: int = 8, endpoint: str | None = None, proxy: str | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
-    eng = resolve_engine(engine, recipe)
+    targets = _targets(engine, endpoint, proxy)
+    if targets is not None:
+        eng = "live-sim" if targets.simulated else "vllm"
+        if time_scale is not None and targets.time_scale is not None and time_scale != targets.time_scale:
+            raise ReproduceError(f"--time-scale {time_scale:g}: the simulator at {targets.engine} runs at time scale "
+                                 f"{targets.time_scale:g} (it says so in /v1/models); drop --time-scale")
+        time_scale = targets.time_scale
+    else:
+        eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
     w0, w1 = parse_window(win)
     if duration is not None:
@@ -171,7 +182,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                              "trace:PATH) have none: fit them first (thunderbench workload fit) or drop --bands")
     if bands and "vllm" not in run_arms:
         raise ReproduceError("--bands reports ratios to the vllm arm: include vllm in --arms")
-    if eng in ("des", "live-sim"):
+    if eng in ("des", "live-sim") and targets is None:
         from harness.sim.timing import ProfileError, load_profile
 
         try:
@@ -188,14 +199,37 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         from harness.points import check_workload
         from harness.sim.timing import load_profile
 
-        mml = load_profile(recipe.sim.profile).engine.max_model_len if eng in ("des", "live-sim") else None
+        mml = (load_profile(recipe.sim.profile).engine.max_model_len
+               if eng in ("des", "live-sim") and targets is None else None)
         check_workload(workload, mml)  # a bad trace or parameter file: one error line before anything runs
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
+        targets=targets,
     )
+
+
+def _targets(engine: str, endpoint: str | None, proxy: str | None):  # -> Targets | None
+    """Running servers to measure: --endpoint/--proxy, else (engine auto or vllm) what `thunderbench up` recorded."""
+    from harness.launch.targets import resolve
+
+    given = endpoint is not None or proxy is not None
+    if given and engine not in ("auto", "vllm", "live-sim"):
+        raise ReproduceError(f"--endpoint/--proxy measure running servers; --engine {engine} would simulate in this "
+                             "process: drop one of them")
+    if not given and engine not in ("auto", "vllm"):
+        return None  # des runs in-process; live-sim starts its own simulator on free ports
+    t = resolve(endpoint, proxy, use_up_state=not given)
+    if t is None:
+        return None
+    if engine == "vllm" and t.simulated:
+        raise ReproduceError(f"--engine vllm: the engine at {t.engine} ({t.source}) is the simulator server "
+                             f"(profile {t.profile}); drop --engine or use --engine live-sim")
+    if engine == "live-sim" and not t.simulated:
+        raise ReproduceError(f"--engine live-sim: the engine at {t.engine} is not the simulator server; drop --engine")
+    return t
 
 
 # --- the sweep -------------------------------------------------------------------------------------------
@@ -501,6 +535,7 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "agent": opts.agent,
         "workload": opts.workload or None,
         "time_scale": opts.time_scale if opts.engine == "live-sim" else None,
+        "targets": opts.targets.as_dict() if opts.targets is not None else None,
         "command": list(opts.argv) or None,
         "thunderbench": __version__,
         "git_revision": git_revision(),

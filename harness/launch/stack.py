@@ -52,6 +52,8 @@ class Plan:
     engine: str  # "vllm" | "sim"
     specs: tuple[ProcessSpec, ...]
     endpoint: str  # the OpenAI base URL agents should use (with /v1)
+    engine_url: str = ""  # the engine's root URL (its /metrics is what `run` scrapes)
+    proxy_url: str | None = None  # ThunderAgent's root URL (arm thunderagent)
 
 
 def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
@@ -65,12 +67,12 @@ def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
     eng = vllm_spec(recipe) if engine == "vllm" else sim_spec(recipe)
     backend = f"http://{eng.host}:{eng.port}"
     specs: list[ProcessSpec] = [eng]
-    endpoint = backend + "/v1"
+    proxy = None
     if arm == "thunderagent":
         px = proxy_spec(recipe, backend)
         specs.append(px)
-        endpoint = f"http://{px.host}:{px.port}/v1"
-    return Plan(engine, tuple(specs), endpoint)
+        proxy = f"http://{px.host}:{px.port}"
+    return Plan(engine, tuple(specs), (proxy or backend) + "/v1", backend, proxy)
 
 
 def up(recipe: Recipe, arm: str, engine: str = "auto", console: Console | None = None) -> tuple[Plan, list[Running]]:
@@ -96,6 +98,7 @@ def up(recipe: Recipe, arm: str, engine: str = "auto", console: Console | None =
             process.save_state(recipe.name, arm, started)
             took = process.wait_healthy(r, spec.health_timeout_s, console)
             console.print(f"[green]✓[/] {spec.name} healthy at {spec.health_url} in {took:.1f} s (log {r.log})")
+        process.save_state(recipe.name, arm, started, endpoints={"engine": p.engine_url, "proxy": p.proxy_url})
     except BaseException:
         for r in reversed(started):
             process.stop(r)
