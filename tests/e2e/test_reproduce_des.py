@@ -34,7 +34,7 @@ def test_layout(sweep):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", "summary.json", "summary.csv", "throughput.png"]
         + [f"{a}-{n}" for a in ARMS for n in (4, 8)])
-    assert not list(out.parent.glob(".*partial*")), "no temporary directory left behind"
+    assert not list(out.parent.glob("*.incomplete")), "no working directory left behind"
     for a in ARMS:
         for n in (4, 8):
             d = out / f"{a}-{n}"
