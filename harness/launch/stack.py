@@ -13,13 +13,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.launch import process, vllm_spec
+from harness.launch import engine_name, process, vllm_spec
 from harness.launch.process import LaunchError, ProcessSpec, Running
 from harness.launch.proxy import proxy_spec
 from harness.launch.sim import sim_spec
 from harness.recipes import Recipe
 
-UP_ENGINES = ("auto", "vllm", "sim")
 
 
 def gpu_available() -> bool:
@@ -49,22 +48,25 @@ def real_engine_available(recipe: Recipe) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    engine: str  # "vllm" | "sim"
+    engine: str  # "vllm" | "live-sim"
     specs: tuple[ProcessSpec, ...]
     endpoint: str  # the OpenAI base URL agents should use (with /v1)
     engine_url: str = ""  # the engine's root URL (its /metrics is what `run` scrapes)
     proxy_url: str | None = None  # ThunderAgent's root URL (arm thunderagent)
 
 
-def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
-    """The processes `up` would start, in order."""
+def plan(recipe: Recipe, arm: str, engine: str = "auto", dry_run: bool = False) -> Plan:
+    """The processes `up` would start, in order (engine names as everywhere: auto | vllm | live-sim, alias
+    sim; des runs inside `run`/`reproduce` and has no server). A dry run needs no engine installed."""
     if arm not in ("thunderagent", "vllm"):
         raise LaunchError(f"unknown arm {arm!r}: choose thunderagent or vllm")
-    if engine not in UP_ENGINES:
-        raise LaunchError(f"unknown engine {engine!r}: choose one of {', '.join(UP_ENGINES)}")
+    engine = engine_name(engine)
+    if engine == "des":
+        raise LaunchError("engine des simulates inside `thunderbench run`/`reproduce`: there is no server to start "
+                          "(use --engine live-sim for the simulator's HTTP server)")
     if engine == "auto":
-        engine = "vllm" if real_engine_available(recipe) else "sim"
-    eng = vllm_spec(recipe) if engine == "vllm" else sim_spec(recipe)
+        engine = "vllm" if real_engine_available(recipe) else "live-sim"
+    eng = vllm_spec(recipe, dry_run=dry_run) if engine == "vllm" else sim_spec(recipe)
     backend = f"http://{eng.host}:{eng.port}"
     specs: list[ProcessSpec] = [eng]
     proxy = None
