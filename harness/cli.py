@@ -210,6 +210,11 @@ def status() -> None:
 _ENDPOINT_HELP = ("URL of a running engine (vLLM or `thunderbench sim serve`), e.g. http://127.0.0.1:8100: the vllm "
                   "arm talks to it and its /metrics is scraped; nothing is started. Default: what `thunderbench up` "
                   "recorded (./.thunderbench/state.json or $THUNDERBENCH_STATE_DIR), else an engine of its own.")
+_WORKSPACE_HELP = ("Real agents: where they work, local (a git checkout) or docker (the swebench image). "
+                   "Default: $THUNDERBENCH_WORKSPACE, else local.")
+_REPOS_HELP = ("Real agents, local workspace: clones named <owner>__<name> (nothing is downloaded). "
+               "Default: $THUNDERBENCH_REPOS_DIR.")
+_MAXIT_HELP = "Agent step cap per instance (default: the recipe's \\[workload].max_iterations)."
 _PROXY_HELP = ("URL of a running ThunderAgent for the thunderagent arm (its single backend is the engine unless "
                "--endpoint says otherwise). Without it, the thunderagent arm starts a proxy in front of --endpoint.")
 
@@ -242,6 +247,9 @@ def reproduce(
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
+    workspace: Optional[str] = typer.Option(None, "--workspace", envvar="THUNDERBENCH_WORKSPACE", help=_WORKSPACE_HELP),
+    repos_dir: Optional[str] = typer.Option(None, "--repos-dir", envvar="THUNDERBENCH_REPOS_DIR", help=_REPOS_HELP),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help=_MAXIT_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a sweep DIR (a kept <out>.incomplete, or a finished one with failed points) with the options it recorded: finished points are kept, the others run again."),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when a point failed (default: exit 1)."),
 ) -> None:
@@ -271,7 +279,8 @@ def reproduce(
             opts = make_options(r, engine=engine, levels=_levels(levels), window=window, duration=duration,
                                 arms=_arms(arms), seed=seed, out=out_dir, time_scale=time_scale,
                                 argv=argv, jobs=jobs, workload=workload,
-                                bands=bands, band_points=band_points, endpoint=endpoint, proxy=proxy)
+                                bands=bands, band_points=band_points, endpoint=endpoint, proxy=proxy,
+                                workspace=workspace, repos_dir=repos_dir, max_iterations=max_iterations)
             opts = replace(opts, inputs=inputs_of(opts, recipe))
         _say_targets(opts)
         sim = f", SIMULATED (profile {opts.profile})" if opts.simulated else ""
@@ -321,9 +330,9 @@ def run(
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
     slice_: Optional[str] = typer.Option(None, "--slice", help="Live engines: START:STOP[:STEP] of the dataset's instances, e.g. 0:10."),
     instances: Optional[str] = typer.Option(None, "--instances", help="Live engines: only these instance ids (comma-separated)."),
-    workspace: Optional[str] = typer.Option(None, "--workspace", envvar="THUNDERBENCH_WORKSPACE", help="Real agents: where they work, local (a git checkout) or docker (the swebench image). Default: $THUNDERBENCH_WORKSPACE, else local."),
-    repos_dir: Optional[str] = typer.Option(None, "--repos-dir", envvar="THUNDERBENCH_REPOS_DIR", help="Real agents, local workspace: clones named <owner>__<name> (nothing is downloaded). Default: $THUNDERBENCH_REPOS_DIR."),
-    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Agent step cap per instance (default: the recipe's \\[workload].max_iterations)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", envvar="THUNDERBENCH_WORKSPACE", help=_WORKSPACE_HELP),
+    repos_dir: Optional[str] = typer.Option(None, "--repos-dir", envvar="THUNDERBENCH_REPOS_DIR", help=_REPOS_HELP),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help=_MAXIT_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a kept run DIR (<out>.incomplete) with the options it recorded: finished instances are skipped, no step is written twice."),
 ) -> None:
     """Run ONE arm at ONE concurrency into a run directory (manifest.json, steps.jsonl,

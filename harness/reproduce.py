@@ -158,10 +158,6 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         from dataclasses import replace as _replace
 
         recipe = _replace(recipe, workload=_replace(recipe.workload, max_iterations=max_iterations))
-    if workspace is not None and workspace not in ("local", "docker"):
-        raise ReproduceError(f"--workspace {workspace!r}: choose local or docker")
-    if repos_dir is not None and not Path(repos_dir).expanduser().is_dir():
-        raise ReproduceError(f"--repos-dir {repos_dir}: no such directory")
     if slice is not None:
         from harness.datasets import _apply_slice
 
@@ -190,6 +186,11 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
     if eng != "vllm" and ag != "synthetic":
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
+    if ag != "synthetic":  # where real agents work (the flags, or the env vars they fall back to)
+        if workspace is not None and workspace not in ("local", "docker"):
+            raise ReproduceError(f"--workspace {workspace!r}: choose local or docker")
+        if repos_dir is not None and not Path(repos_dir).expanduser().is_dir():
+            raise ReproduceError(f"--repos-dir {repos_dir}: no such directory")
     ds = dataset or recipe.workload.dataset
     if eng == "des" and (slice is not None or instances):
         raise ReproduceError("--slice/--instances choose the instances of a live run; engine des samples its "
