@@ -231,7 +231,7 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
         except LaunchError as e:
             raise PointFailed(str(e)) from None
         endpoint = Endpoint(base_url=base_url, model=model, thunderagent=arm == "thunderagent")
-        dataset = "lite-synthetic" if opts.agent == "synthetic" and sim else opts.dataset
+        dataset = opts.dataset  # make_options resolved it (lite-synthetic for synthetic agents on the simulator)
         extra: dict[str, Any] = {"window": opts.window}
         if argv is not None:
             extra["engine_argv"] = argv

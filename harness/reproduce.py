@@ -184,7 +184,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if not run_arms:
         raise ReproduceError(f"no arm to run on engine {eng} (asked for {', '.join(arms or ())})")
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
-    if eng != "vllm" and ag != "synthetic":
+    if eng != "vllm" and ag != "synthetic" and targets is None:  # a running simulator may be scripted for them
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
     if ag != "synthetic":  # where real agents work (the flags, or the env vars they fall back to)
         if workspace is not None and workspace not in ("local", "docker"):
@@ -195,7 +195,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if eng == "des" and (slice is not None or instances):
         raise ReproduceError("--slice/--instances choose the instances of a live run; engine des samples its "
                              "programs from the workload model: drop them or use --engine live-sim/vllm")
-    if eng != "vllm":  # simulated engines sample synthetic trajectories: their instances are lite-synthetic
+    if eng != "vllm" and ag == "synthetic":  # simulated synthetic trajectories: their instances are lite-synthetic
         from harness.datasets import is_synthetic_source
 
         if dataset is not None and not is_synthetic_source(dataset):

@@ -193,3 +193,37 @@ def test_readme_up_run_down(tmp_path):
         down = _tb("down", cwd=tmp_path, env=env, timeout=120)
     assert down.returncode == 0, down.stderr
     assert not (tmp_path / "state" / "state.json").exists()
+
+
+@pytest.mark.real
+@pytest.mark.agents
+def test_run_a_real_agent_against_a_running_server_then_evaluate(tmp_path):
+    """run -> evaluate as the README has it, with a real agent (mini-swe-agent on the toy fixtures) against a
+    running engine given by URL: a simulator server scripted to look around, then submit."""
+    pytest.importorskip("minisweagent", reason="needs the agent extras: bash scripts/setup/setup.sh")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([
+        {"tool_calls": [{"name": "bash", "arguments": {"command": "ls"}}]},
+        {"tool_calls": [{"name": "bash", "arguments": {
+            "command": "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT && git diff --no-color"}}]},
+    ]))
+    sp = _free_port()
+    engine = f"http://127.0.0.1:{sp}"
+    sim = _start([sys.executable, "-m", "harness.sim.server", "--profile", "glm4.6-8xh100", "--port", str(sp),
+                  "--served-model-name", MODEL, "--script", str(script)], tmp_path / "sim.log")
+    try:
+        _wait_healthy(engine + "/health", sim)
+        out = tmp_path / "mini"
+        r = _tb("run", "-r", "glm4.6", "--arm", "vllm", "-n", "3", "--agent", "mini-swe-agent", "--dataset", "toy",
+                "--max-iterations", "4", "--duration", "90s", "--window", "0s-90s", "--endpoint", engine,
+                "-o", str(out), cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        _stop(sim)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["agent"] == "mini-swe-agent" and m["dataset"] == "toy" and m["extra"]["processes"] == []
+    preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines() if ln.strip()]
+    assert preds and all(p["instance_id"].startswith("thunderbench-toy__") for p in preds)
+    ev = _tb("evaluate", str(out / "predictions.jsonl"), "--dataset", "toy", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert all(p["instance_id"] in ev.stdout for p in preds)
