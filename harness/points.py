@@ -239,7 +239,8 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
             extra["targets"] = tg.as_dict()
         cfg = RunConfig(
             run_dir=run_dir, arm=arm, programs=programs, endpoint=endpoint,
-            instances=load_instances(dataset, slice=opts.slice, instances=opts.instances), duration_s=opts.duration_s / ts, metrics_urls=[backend],
+            instances=load_instances(dataset, slice=opts.slice, instances=opts.instances),
+            duration_s=opts.duration_s / ts, metrics_urls=[backend],
             scrape_interval_s=max(0.25, 5.0 / ts), agent_name=opts.agent,
             engine="sim" if sim else ("vllm" if tg is not None else r.engine.kind), simulated=sim,
             profile=opts.profile if sim else None,

@@ -77,7 +77,7 @@ class SweepOptions:
     design: dict[str, float] | None = None  # one band design point: input -> position in its range
     kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
     targets: Any = None  # harness.launch.targets.Targets: running servers to measure (nothing is started)
-    inputs: dict[str, Any] | None = None  # what the command was given (JSON): written to options.json for --resume
+    inputs: dict[str, Any] | None = None  # what the command was given (JSON): options.json, for --resume
     resume: Path | None = None  # the directory being continued (`<out>.incomplete`, or a finished sweep's)
     slice: str | None = None  # live engines: START:STOP[:STEP] of the dataset's instances
     instances: tuple[str, ...] | None = None  # live engines: only these instance ids
@@ -148,7 +148,8 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
                  band_points: int = 8, endpoint: str | None = None, proxy: str | None = None,
-                 inputs: dict[str, Any] | None = None, resume: Path | None = None, slice: str | None = None,  # noqa: A002
+                 inputs: dict[str, Any] | None = None, resume: Path | None = None,
+                 slice: str | None = None,  # noqa: A002  (load_instances' name for it)
                  instances: tuple[str, ...] | None = None, workspace: str | None = None,
                  repos_dir: str | None = None, max_iterations: int | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
@@ -169,8 +170,8 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if targets is not None:
         eng = "live-sim" if targets.simulated else "vllm"
         if time_scale is not None and targets.time_scale is not None and time_scale != targets.time_scale:
-            raise ReproduceError(f"--time-scale {time_scale:g}: the simulator at {targets.engine} runs at time scale "
-                                 f"{targets.time_scale:g} (it says so in /v1/models); drop --time-scale")
+            raise ReproduceError(f"--time-scale {time_scale:g}: the simulator at {targets.engine} runs at time "
+                                 f"scale {targets.time_scale:g} (it says so in /v1/models); drop --time-scale")
         time_scale = targets.time_scale
     else:
         eng = resolve_engine(engine, recipe)
@@ -184,7 +185,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if not run_arms:
         raise ReproduceError(f"no arm to run on engine {eng} (asked for {', '.join(arms or ())})")
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
-    if eng != "vllm" and ag != "synthetic" and targets is None:  # a running simulator may be scripted for them
+    if eng != "vllm" and ag != "synthetic" and targets is None:  # (a running simulator may be scripted for them)
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
     if ag != "synthetic":  # where real agents work (the flags, or the env vars they fall back to)
         if workspace is not None and workspace not in ("local", "docker"):
@@ -195,21 +196,21 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
     if eng == "des" and (slice is not None or instances):
         raise ReproduceError("--slice/--instances choose the instances of a live run; engine des samples its "
                              "programs from the workload model: drop them or use --engine live-sim/vllm")
-    if eng != "vllm" and ag == "synthetic":  # simulated synthetic trajectories: their instances are lite-synthetic
+    if eng != "vllm" and ag == "synthetic":  # simulated synthetic trajectories run over lite-synthetic
         from harness.datasets import is_synthetic_source
 
         if dataset is not None and not is_synthetic_source(dataset):
-            raise ReproduceError(f"engine {eng} samples synthetic trajectories over lite-synthetic (the workload "
-                                 f"model's stand-in for SWE-bench Lite), not --dataset {dataset}: drop --dataset, "
-                                 "or use --engine vllm with a real agent")
+            raise ReproduceError(f"engine {eng} samples synthetic trajectories over lite-synthetic (the "
+                                 f"workload model's stand-in for SWE-bench Lite), not --dataset {dataset}: drop "
+                                 "--dataset, or use --engine vllm with a real agent")
         ds = dataset or "lite-synthetic"
     if resume is None and out is not None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out "
                                  f"(or continue it with --resume {out})")
         if work_dir(out).exists():
-            raise ReproduceError(f"an earlier run into {out} stopped before the end and is kept in {work_dir(out)}: "
-                                 f"continue it with --resume {work_dir(out)}, or remove it")
+            raise ReproduceError(f"an earlier run into {out} stopped before the end and is kept in "
+                                 f"{work_dir(out)}: continue it with --resume {work_dir(out)}, or remove it")
     if jobs is not None and jobs < 1:
         raise ReproduceError(f"--jobs must be >= 1, got {jobs}")
     if jobs is None:
@@ -251,8 +252,8 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
         time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=ds,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
-        targets=targets, inputs=inputs, resume=resume, slice=slice, instances=tuple(instances) if instances else None,
-        workspace=workspace, repos_dir=repos_dir,
+        targets=targets, inputs=inputs, resume=resume, slice=slice,
+        instances=tuple(instances) if instances else None, workspace=workspace, repos_dir=repos_dir,
     )
 
 
@@ -274,8 +275,8 @@ def resume_inputs(directory: Path, command: str) -> tuple[dict[str, Any], Path]:
         raise ReproduceError(f"--resume {directory}: no such directory")
     data = _read_json(directory / OPTIONS_FILE)
     if not data:
-        raise ReproduceError(f"--resume {directory}: no {OPTIONS_FILE} there (not a directory `thunderbench {command}` "
-                             "wrote)")
+        raise ReproduceError(f"--resume {directory}: no {OPTIONS_FILE} there (not a directory that "
+                             f"`thunderbench {command}` wrote)")
     if data.get("command") != command:
         raise ReproduceError(f"--resume {directory}: it was written by `thunderbench {data.get('command')}`, "
                              f"not `{command}`")

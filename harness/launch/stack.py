@@ -20,7 +20,6 @@ from harness.launch.sim import sim_spec
 from harness.recipes import Recipe
 
 
-
 def gpu_available() -> bool:
     """An NVIDIA GPU is visible (nvidia-smi lists at least one)."""
     if not shutil.which("nvidia-smi"):
