@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib.util
 import logging
 import os
@@ -149,6 +150,12 @@ def validate(cfg: Config) -> None:
         # the Docker SDK is an extra: a proxy-only install does not carry it
         raise CliError("--reclaim docker needs the Docker SDK, which comes with thunderbench's 'docker' extra: "
                        "pip install 'thunderbench[docker]'")
+    from ThunderAgent.policy import make_policy
+
+    try:  # the policy's own checks (watermarks, decay, tr modes, cost limits, ...) before anything starts
+        make_policy(cfg)
+    except ValueError as e:
+        raise CliError(str(e)) from None
 
 
 ADMIN_TOKEN_ENV = "THUNDERAGENT_ADMIN_TOKEN"
@@ -185,8 +192,37 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return cfg
 
 
+def check_port(host: str, port: int) -> None:
+    """CliError when host:port cannot be bound (taken, or an address this machine does not have), so that a
+    taken port is one line and exit 2 before start-up rather than uvicorn's log lines and exit 3."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CliError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not "taken"
+        try:
+            s.bind(addr)
+        except OSError as e:
+            why = "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise CliError(f"cannot listen on {host}:{port}: {why} (stop what holds it or pick another --port)") \
+                from None
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"thunderagent: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
+    try:
+        check_port(cfg.host, cfg.port)
+    except CliError as e:
+        _fail(str(e))
     level = cfg.log_level.upper() if cfg.log_level != "trace" else "DEBUG"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ThunderAgent.logsafe import install
@@ -199,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         app = create_app(cfg)
-    except (ValueError, ImportError, OSError) as e:
-        sys.exit(f"thunderagent: error: {e}")
+    except (ValueError, ImportError, OSError) as e:  # a value only the app can judge: still one line, exit 2
+        _fail(str(e))
     try:
         uvicorn.run(
             app,
@@ -211,5 +247,5 @@ def main(argv: list[str] | None = None) -> None:
             timeout_keep_alive=SERVER_KEEPALIVE,
             http=bounded_protocol(cfg.max_header_bytes, cfg.max_headers, cfg.header_timeout),
         )
-    except OSError as e:  # e.g. address in use
-        sys.exit(f"thunderagent: error: cannot serve on {cfg.host}:{cfg.port}: {e}")
+    except OSError as e:  # e.g. the port taken between the check and the bind
+        _fail(f"cannot serve on {cfg.host}:{cfg.port}: {e}")

@@ -236,18 +236,25 @@ def make_agent(opts: "SweepOptions", programs: int, run_dir: Path):  # -> harnes
         if traces:
             return SyntheticAgent(traces=traces, seed=opts.seed, programs=programs, time_scale=ts, resample=True)
         return SyntheticAgent(workload_params(opts), seed=opts.seed, programs=programs, time_scale=ts)
+    where: dict[str, Any] = {}  # --workspace / --repos-dir (the agents fall back to their env vars)
+    if opts.repos_dir is not None:
+        where["repos_dir"] = Path(opts.repos_dir).expanduser()
     if opts.agent == "openhands":
         from harness.agents import openhands
 
+        if opts.workspace is not None:
+            where["workspace"] = opts.workspace
         return openhands.make_agent(max_iterations=opts.recipe.workload.max_iterations,
                                     predictions_path=run_dir / "predictions.jsonl",
-                                    conversations_path=run_dir / "conversations.jsonl")
+                                    conversations_path=run_dir / "conversations.jsonl", **where)
     if opts.agent == "mini-swe-agent":
         from harness.agents import miniswe
 
+        if opts.workspace is not None:
+            where["environment"] = opts.workspace
         return miniswe.make_agent(max_iterations=opts.recipe.workload.max_iterations,
                                   predictions_path=run_dir / "predictions.jsonl",
-                                  trajectories_dir=run_dir / "trajectories")
+                                  trajectories_dir=run_dir / "trajectories", **where)
     raise ValueError(f"unknown agent {opts.agent!r}")
 
 
@@ -273,33 +280,49 @@ def run_point_live(opts: "SweepOptions", arm: str, programs: int, run_dir: Path,
     r = opts.recipe
     sim = opts.engine == "live-sim"
     ts = opts.time_scale if sim else 1.0
+    tg = opts.targets  # running servers (--endpoint/--proxy or `up`): nothing of theirs is started or stopped
     logs = run_dir / "logs"
     with Supervisor(logs, console) as sup:
         try:
             gib = opts.offload_gib if arm.endswith("-offload") else None  # vLLM's KV offloading to host memory
-            eng = (sim_spec(r, port=free_port(), time_scale=ts, kv_offload_gib=gib) if sim
-                   else vllm_spec(r, kv_offload_gib=gib))
-            sup.start(eng)
-            backend = f"http://{eng.host}:{eng.port}"
+            if tg is not None:  # a running engine brings whatever tier it was started with
+                backend, argv = tg.engine, None
+            else:
+                eng = (sim_spec(r, port=free_port(), time_scale=ts, kv_offload_gib=gib) if sim
+                       else vllm_spec(r, kv_offload_gib=gib))
+                sup.start(eng)
+                backend, argv = f"http://{eng.host}:{eng.port}", list(eng.argv)
             base_url = backend + "/v1"
             if arm.startswith("thunderagent"):
-                px = proxy_spec(r, backend, port=free_port() if sim else None, profile_dir=str(run_dir / "proxy"),
-                                kv_offload_gib=gib)
-                sup.start(px)
-                base_url = f"http://{px.host}:{px.port}/v1"
+                if tg is not None and tg.proxy is not None:
+                    base_url = tg.proxy + "/v1"
+                else:
+                    own = sim or tg is not None  # in front of a running engine: a free port, not the recipe's
+                    px = proxy_spec(r, backend, port=free_port() if own else None, profile_dir=str(run_dir / "proxy"),
+                                    kv_offload_gib=gib)
+                    sup.start(px)
+                    base_url = f"http://{px.host}:{px.port}/v1"
+            model = tg.model_for(r.engine.served_name) if tg is not None else r.engine.served_name
         except LaunchError as e:
             raise PointFailed(str(e)) from None
-        endpoint = Endpoint(base_url=base_url, model=r.engine.served_name, thunderagent=arm.startswith("thunderagent"))
-        dataset = "lite-synthetic" if opts.agent == "synthetic" and sim else opts.dataset
+        endpoint = Endpoint(base_url=base_url, model=model, thunderagent=arm.startswith("thunderagent"))
+        dataset = opts.dataset  # make_options resolved it (lite-synthetic for synthetic agents on the simulator)
+        extra: dict[str, Any] = {"window": opts.window}
+        if argv is not None:
+            extra["engine_argv"] = argv
+        if tg is not None:
+            extra["targets"] = tg.as_dict()
+        if opts.agent == "synthetic":
+            extra["workload_params"] = workload_record(opts)
         cfg = RunConfig(
             run_dir=run_dir, arm=arm, programs=programs, endpoint=endpoint,
-            instances=load_instances(dataset), duration_s=opts.duration_s / ts, metrics_urls=[backend],
+            instances=load_instances(dataset, slice=opts.slice, instances=opts.instances),
+            duration_s=opts.duration_s / ts, metrics_urls=[backend],
             scrape_interval_s=max(0.25, 5.0 / ts), agent_name=opts.agent,
-            engine="sim" if sim else r.engine.kind, simulated=sim, profile=r.sim.profile if sim else None,
+            engine="sim" if sim else ("vllm" if tg is not None else r.engine.kind), simulated=sim,
+            profile=opts.profile if sim else None,
             time_scale=ts, recipe=r.name, workload=opts.workload or r.workload.params_source(r.path.parent), dataset=dataset,
-            seed=opts.seed, progress=False, handle_signals=False,
-            extra={"window": opts.window, "engine_argv": list(eng.argv),
-                   **({"workload_params": workload_record(opts)} if opts.agent == "synthetic" else {})},
+            seed=opts.seed, progress=False, handle_signals=False, extra=extra,
         )
         agent = make_agent(opts, programs, run_dir)
 

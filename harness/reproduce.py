@@ -11,10 +11,11 @@ Engines:
 
 Output: results/<recipe>/<timestamp>/ with manifest.json, one directory per point (<arm>-<programs>/ with
 manifest.json, steps.jsonl, engine_metrics.jsonl, predictions.jsonl), summary.json, summary.csv and
-throughput.png. The sweep is written into a hidden temporary directory next to the final one and renamed
-at the end, so an aborted sweep never leaves a half-written result directory behind (a real-engine sweep
-that is interrupted is kept as <timestamp>.incomplete instead: GPU hours are not thrown away).
-A point that fails (engine died, never healthy) is recorded as failed with its reason and the sweep goes on.
+throughput.png. A sweep (and a single `run`) is written in `<out>.incomplete` and renamed to `<out>` at the
+end; one that fails or is interrupted stays there with its logs, and `--resume DIR` continues it from
+DIR/options.json (finished points are kept, the others run again; a single live run skips its finished
+instances). A point that fails (engine died, never healthy) is recorded as failed with its reason and the
+sweep goes on; the command then exits 1 unless --allow-failures.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.launch import ENGINES  # one set of engine names for every command
 from harness.progress import SweepProgress
 from harness.recipes import ARMS, Recipe, RecipeError, parse_duration, parse_window
 
-ENGINES = ("auto", "vllm", "live-sim", "des")
 SUMMARY_FIELDS = (
     "recipe", "arm", "programs", "status", "steps_per_min", "ci_low", "ci_high", "steps_per_min_records",
     "prefix_hit_rate", "preemptions", "p50_step_latency_s", "p95_step_latency_s", "steps_in_window",
@@ -85,6 +86,13 @@ class SweepOptions:
     kv_blocks: int | None = None  # one band design point: its KV capacity in blocks
     repeats: int = 1  # the sweep run with seeds seed, seed+1, ...: steps/min and its CI across them
     kv_offload_gib: float | None = None  # the *-offload arms' host KV tier (GiB); None = the recipe's
+    targets: Any = None  # harness.launch.targets.Targets: running servers to measure (nothing is started)
+    inputs: dict[str, Any] | None = None  # what the command was given (JSON): options.json, for --resume
+    resume: Path | None = None  # the directory being continued (`<out>.incomplete`, or a finished sweep's)
+    slice: str | None = None  # live engines: START:STOP[:STEP] of the dataset's instances
+    instances: tuple[str, ...] | None = None  # live engines: only these instance ids
+    workspace: str | None = None  # real agents: local | docker (None: $THUNDERBENCH_WORKSPACE, else local)
+    repos_dir: str | None = None  # real agents: local repository mirrors (None: $THUNDERBENCH_REPOS_DIR)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -101,6 +109,8 @@ class SweepOptions:
 
     @property
     def profile(self) -> str | None:
+        if self.targets is not None and self.targets.simulated:
+            return self.targets.profile
         return self.recipe.sim.profile if self.simulated else None
 
 
@@ -119,6 +129,9 @@ class PointResult:
 # --- options ---------------------------------------------------------------------------------------------
 
 def resolve_engine(requested: str, recipe: Recipe) -> str:
+    from harness.launch import ENGINE_ALIASES
+
+    requested = ENGINE_ALIASES.get(requested, requested)
     if requested not in ENGINES:
         raise ReproduceError(f"unknown engine {requested!r}: choose one of {', '.join(ENGINES)}")
     if requested != "auto":
@@ -154,27 +167,71 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                  seed: int | None = None, out: Path | None = None, time_scale: float | None = None,
                  agent: str | None = None, dataset: str | None = None, argv: tuple[str, ...] = (),
                  jobs: int | None = None, workload: str | None = None, bands: bool = False,
-                 band_points: int = 8, repeats: int = 1, kv_offload_gib: float | None = None) -> SweepOptions:
+                 band_points: int = 8, repeats: int = 1,
+                 kv_offload_gib: float | None = None, endpoint: str | None = None, proxy: str | None = None,
+                 inputs: dict[str, Any] | None = None, resume: Path | None = None,
+                 slice: str | None = None,  # noqa: A002  (load_instances' name for it)
+                 instances: tuple[str, ...] | None = None, workspace: str | None = None,
+                 repos_dir: str | None = None, max_iterations: int | None = None) -> SweepOptions:
     """Validate everything before anything is started or written."""
-    eng = resolve_engine(engine, recipe)
+    if max_iterations is not None:
+        if max_iterations < 1:
+            raise ReproduceError(f"--max-iterations must be >= 1, got {max_iterations}")
+        from dataclasses import replace as _replace
+
+        recipe = _replace(recipe, workload=_replace(recipe.workload, max_iterations=max_iterations))
+    if slice is not None:
+        from harness.datasets import _apply_slice
+
+        _apply_slice([], slice)  # a bad START:STOP[:STEP] is one error line now
+    from harness.launch import ENGINE_ALIASES
+
+    engine = ENGINE_ALIASES.get(engine, engine)
+    targets = _targets(engine, endpoint, proxy)
+    if targets is not None:
+        eng = "live-sim" if targets.simulated else "vllm"
+        if time_scale is not None and targets.time_scale is not None and time_scale != targets.time_scale:
+            raise ReproduceError(f"--time-scale {time_scale:g}: the simulator at {targets.engine} runs at time "
+                                 f"scale {targets.time_scale:g} (it says so in /v1/models); drop --time-scale")
+        time_scale = targets.time_scale
+    else:
+        eng = resolve_engine(engine, recipe)
     win = window or recipe.sweep.window
     w0, w1 = parse_window(win)
-    if duration is not None:
-        dur = parse_duration(duration)
-    elif window is not None:
-        dur = max(w1, recipe.duration_s)
-    else:
-        dur = recipe.duration_s
-    if w1 > dur:
-        raise ReproduceError(f"window {win} ends after the run's duration ({dur / 60:g}m): lengthen --duration")
+    dur = parse_duration(duration) if duration is not None else recipe.duration_s
+    if w1 > dur:  # never stretched silently: the run would not be the one asked for
+        raise ReproduceError(f"window {win} ends after the run's duration ({dur / 60:g}m"
+                             + ("" if duration is not None else f", the recipe's") + "): lengthen --duration")
     run_arms, skipped = arms_for(eng, tuple(arms or recipe.sweep.arms))
     if not run_arms:
         raise ReproduceError(f"no arm to run on engine {eng} (asked for {', '.join(arms or ())})")
     ag = agent or ("synthetic" if eng != "vllm" else recipe.workload.agent)
-    if eng != "vllm" and ag != "synthetic":
+    if eng != "vllm" and ag != "synthetic" and targets is None:  # (a running simulator may be scripted for them)
         raise ReproduceError(f"engine {eng} drives synthetic agents only (asked for {ag}); use --engine vllm")
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out")
+    if ag != "synthetic":  # where real agents work (the flags, or the env vars they fall back to)
+        if workspace is not None and workspace not in ("local", "docker"):
+            raise ReproduceError(f"--workspace {workspace!r}: choose local or docker")
+        if repos_dir is not None and not Path(repos_dir).expanduser().is_dir():
+            raise ReproduceError(f"--repos-dir {repos_dir}: no such directory")
+    ds = dataset or recipe.workload.dataset
+    if eng == "des" and (slice is not None or instances):
+        raise ReproduceError("--slice/--instances choose the instances of a live run; engine des samples its "
+                             "programs from the workload model: drop them or use --engine live-sim/vllm")
+    if eng != "vllm" and ag == "synthetic":  # simulated synthetic trajectories run over lite-synthetic
+        from harness.datasets import is_synthetic_source
+
+        if dataset is not None and not is_synthetic_source(dataset):
+            raise ReproduceError(f"engine {eng} samples synthetic trajectories over lite-synthetic (the "
+                                 f"workload model's stand-in for SWE-bench Lite), not --dataset {dataset}: drop "
+                                 "--dataset, or use --engine vllm with a real agent")
+        ds = dataset or "lite-synthetic"
+    if resume is None and out is not None:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ReproduceError(f"output directory {out} exists and is not empty: choose another --out "
+                                 f"(or continue it with --resume {out})")
+        if work_dir(out).exists():
+            raise ReproduceError(f"an earlier run into {out} stopped before the end and is kept in "
+                                 f"{work_dir(out)}: continue it with --resume {work_dir(out)}, or remove it")
     if jobs is not None and jobs < 1:
         raise ReproduceError(f"--jobs must be >= 1, got {jobs}")
     if jobs is None:
@@ -195,7 +252,7 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
                              "trace:PATH) have none: fit them first (thunderbench workload fit) or drop --bands")
     if bands and "vllm" not in run_arms:
         raise ReproduceError("--bands reports ratios to the vllm arm: include vllm in --arms")
-    if eng in ("des", "live-sim"):
+    if eng in ("des", "live-sim") and targets is None:
         from harness.sim.timing import ProfileError, load_profile
 
         try:
@@ -214,15 +271,137 @@ def make_options(recipe: Recipe, *, engine: str = "auto", levels: tuple[int, ...
         from harness.points import check_workload
         from harness.sim.timing import load_profile
 
-        mml = load_profile(recipe.sim.profile).engine.max_model_len if eng in ("des", "live-sim") else None
+        mml = (load_profile(recipe.sim.profile).engine.max_model_len
+               if eng in ("des", "live-sim") and targets is None else None)
         check_workload(workload, mml)  # a bad trace or parameter file: one error line before anything runs
     return SweepOptions(
         recipe=recipe, engine=eng, levels=tuple(levels or recipe.sweep.levels), arms=run_arms, window=win,
         duration_s=dur, seed=recipe.sweep.seed if seed is None else seed, out=out or default_out(recipe),
-        time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=dataset or recipe.workload.dataset,
+        time_scale=time_scale or recipe.sim.time_scale, agent=ag, dataset=ds,
         argv=argv, skipped_arms=skipped, jobs=jobs, workload=workload or "", bands=bands, band_points=band_points,
         repeats=repeats, kv_offload_gib=kv_offload_gib,
+        targets=targets, inputs=inputs, resume=resume, slice=slice,
+        instances=tuple(instances) if instances else None, workspace=workspace, repos_dir=repos_dir,
     )
+
+
+# --- resume ----------------------------------------------------------------------------------------------
+
+INCOMPLETE = ".incomplete"
+OPTIONS_FILE = "options.json"  # what the command was given, so that --resume DIR needs nothing else
+
+
+def work_dir(final: Path) -> Path:
+    """Where a run or sweep is written until it ends: `<out>.incomplete`, renamed to `<out>` at the end and
+    kept under that name (logs and all) when it fails or is interrupted."""
+    return final.with_name(final.name + INCOMPLETE)
+
+
+def resume_inputs(directory: Path, command: str) -> tuple[dict[str, Any], Path]:
+    """(the options the interrupted command was given, its final directory) from DIR/options.json."""
+    if not directory.is_dir():
+        raise ReproduceError(f"--resume {directory}: no such directory")
+    data = _read_json(directory / OPTIONS_FILE)
+    if not data:
+        raise ReproduceError(f"--resume {directory}: no {OPTIONS_FILE} there (not a directory that "
+                             f"`thunderbench {command}` wrote)")
+    if data.get("command") != command:
+        raise ReproduceError(f"--resume {directory}: it was written by `thunderbench {data.get('command')}`, "
+                             f"not `{command}`")
+    name = directory.name
+    final = directory.with_name(name[: -len(INCOMPLETE)]) if name.endswith(INCOMPLETE) else directory
+    if final != directory and final.exists():
+        raise ReproduceError(f"--resume {directory}: {final} exists already; move one of them away")
+    return {k: v for k, v in data.items() if k != "command"}, final
+
+
+def inputs_of(opts: SweepOptions, recipe: str) -> dict[str, Any]:
+    """The make_options arguments that reproduce these options (engine and servers as resolved, so that a
+    resumed sweep measures the same thing even after `up`'s servers are gone or a GPU appeared)."""
+    t = opts.targets
+    spec = str(Path(recipe).resolve()) if recipe.endswith(".toml") else recipe
+    return {
+        "recipe": spec, "engine": "auto" if t is not None else opts.engine, "levels": list(opts.levels),
+        "arms": list(opts.arms), "window": opts.window, "duration": f"{opts.duration_s:g}s", "seed": opts.seed,
+        "time_scale": None if t is not None else opts.time_scale, "agent": opts.agent, "dataset": opts.dataset,
+        "jobs": opts.jobs, "workload": opts.workload or None, "bands": opts.bands, "band_points": opts.band_points,
+        "endpoint": t.engine if t is not None else None, "proxy": t.proxy if t is not None else None,
+        "slice": opts.slice, "instances": list(opts.instances) if opts.instances else None,
+        "workspace": opts.workspace, "repos_dir": opts.repos_dir,
+        "max_iterations": opts.recipe.workload.max_iterations, "repeats": opts.repeats,
+        "kv_offload_gib": opts.kv_offload_gib,
+    }
+
+
+def options_from_inputs(inputs: dict[str, Any], final: Path, resume: Path, argv: tuple[str, ...]) -> SweepOptions:
+    """make_options again from what options.json recorded (for --resume)."""
+    from harness.recipes import load_recipe
+
+    kw = dict(inputs)
+    recipe = load_recipe(kw.pop("recipe"))
+    kw["levels"] = tuple(kw["levels"])
+    kw["arms"] = tuple(kw["arms"])
+    if kw.get("instances"):
+        kw["instances"] = tuple(kw["instances"])
+    return make_options(recipe, **kw, out=final, argv=argv, inputs=inputs, resume=resume)
+
+
+def _work_dir_of(opts: SweepOptions) -> Path:
+    return opts.resume if opts.resume is not None else work_dir(opts.out)
+
+
+def _write_options(work: Path, command: str, opts: SweepOptions) -> None:
+    if opts.inputs is not None:
+        _write_json(work / OPTIONS_FILE, {"command": command, **opts.inputs})
+
+
+def _set_aside(work: Path, name: str, engine: str) -> None:
+    """A point that did not finish, before it runs again: a simulated one is deleted (rerunning it gives the
+    same records), a measured one moves to superseded/<name>-<k> (its logs and steps are kept, outside the
+    sweep's point directories so no summary reads them)."""
+    d = work / name
+    if not d.exists():
+        return
+    if engine == "des":
+        shutil.rmtree(d)
+        return
+    k = 1
+    while (work / "superseded" / f"{name}-{k}").exists():
+        k += 1
+    (work / "superseded").mkdir(exist_ok=True)
+    d.rename(work / "superseded" / f"{name}-{k}")
+
+
+def _keep_or_drop(work: Path, command: str, console: Console) -> None:
+    """After a failure or interrupt: keep what was written (and say where), or remove a directory that holds
+    nothing but the options."""
+    left = [p for p in work.iterdir() if p.name not in (OPTIONS_FILE, "manifest.json")] if work.exists() else []
+    if not left:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    console.print(f"[yellow]kept[/] {escape(str(work))} (continue with: thunderbench {command} --resume "
+                  f"{escape(str(work))})", highlight=False, soft_wrap=True)
+
+
+def _targets(engine: str, endpoint: str | None, proxy: str | None):  # -> Targets | None
+    """Running servers to measure: --endpoint/--proxy, else (engine auto or vllm) what `thunderbench up` recorded."""
+    from harness.launch.targets import resolve
+
+    given = endpoint is not None or proxy is not None
+    if given and engine not in ("auto", "vllm", "live-sim"):
+        raise ReproduceError(f"--endpoint/--proxy measure running servers; --engine {engine} would simulate in this "
+                             "process: drop one of them")
+    if not given and engine not in ("auto", "vllm"):
+        return None  # des runs in-process; live-sim starts its own simulator on free ports
+    t = resolve(endpoint, proxy, use_up_state=not given)
+    if t is None:
+        return None
+    if engine == "vllm" and t.simulated:
+        raise ReproduceError(f"--engine vllm: the engine at {t.engine} ({t.source}) is the simulator server "
+                             f"(profile {t.profile}); drop --engine or use --engine live-sim")
+    if engine == "live-sim" and not t.simulated:
+        raise ReproduceError(f"--engine live-sim: the engine at {t.engine} is not the simulator server; drop --engine")
+    return t
 
 
 # --- the sweep -------------------------------------------------------------------------------------------
@@ -240,66 +419,89 @@ def point_runner(engine: str) -> PointRunner:
     return run_point_live
 
 
-def reproduce(opts: SweepOptions, console: Console | None = None) -> Path:
-    """Run the sweep; returns the final results directory."""
+def reproduce(opts: SweepOptions, console: Console | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run the sweep (or, with opts.resume, the points of an earlier one that did not finish); returns the final
+    results directory and the summary rows. It is written in `<out>.incomplete` and renamed at the end; a
+    failed or interrupted sweep stays there, to be continued with --resume."""
     console = console or Console(stderr=True)
     final = opts.out
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.partial-{int(time.time() * 1000)}"
-    tmp.mkdir(parents=True)
+    work = _work_dir_of(opts)
     t0 = time.time()
-    manifest = _sweep_manifest(opts, t0)
-    _write_json(tmp / "manifest.json", manifest)
+    manifest = _read_json(work / "manifest.json") if opts.resume is not None else {}
+    if manifest:
+        manifest.setdefault("resumed", []).append({"at": t0, "command": list(opts.argv) or None})
+        manifest.pop("finished", None)
+    else:
+        work.mkdir(parents=True, exist_ok=opts.resume is not None)
+        manifest = _sweep_manifest(opts, t0)
+    _write_options(work, "reproduce", opts)
+    _write_json(work / "manifest.json", manifest)
     runner = point_runner(opts.engine)
-    results: list[PointResult] = []
+    points = [(arm, programs, seed) for programs in opts.levels for arm in opts.arms for seed in opts.seeds]
+    done: dict[tuple[str, int, int], PointResult] = {}
+    for p in manifest.get("points") or []:  # finished in an earlier run of this sweep: kept as they are
+        key = (p.get("arm"), p.get("programs"), opts.seed if p.get("seed") is None else p.get("seed"))
+        if p.get("status") == "ok" and key in points and (work / str(p.get("run_dir")) / "manifest.json").exists():
+            done[key] = PointResult(**p)
+    todo = [p for p in points if p not in done]
+    if opts.resume is not None:
+        console.print(f"resuming {escape(str(work))}: {len(done)} point(s) finished, {len(todo)} to run",
+                      highlight=False, soft_wrap=True)
+    for arm, programs, seed in todo:
+        _set_aside(work, point_name(opts, arm, programs, seed), opts.engine)
+
+    def record() -> None:
+        manifest["points"] = [asdict(done[p]) for p in points if p in done]
+        _write_json(work / "manifest.json", manifest)
+
     ok = False
+    bands = None
+    rows: list[dict[str, Any]] = []
     try:
-        points = [(arm, programs, seed) for programs in opts.levels for arm in opts.arms for seed in opts.seeds]
-        parallel = opts.engine == "des" and opts.jobs > 1 and len(points) > 1
-        progress = SweepProgress(console, len(points), jobs=min(opts.jobs, len(points)) if parallel else 1,
+        parallel = opts.engine == "des" and opts.jobs > 1 and len(todo) > 1
+        progress = SweepProgress(console, len(todo), jobs=min(opts.jobs, len(todo)) if parallel else 1,
                                  time_scale=opts.time_scale if opts.engine == "live-sim" else 1.0)
         with progress.shown():
             if parallel:
-                results = _run_parallel(opts, points, tmp, console, progress)
+                done.update(zip(todo, _run_parallel(opts, todo, work, console, progress)))
             else:
-                for arm, programs, seed in points:
-                    results.append(_run_one(replace(opts, seed=seed), runner, arm, programs, tmp, console,
-                                            name=point_name(opts, arm, programs, seed), progress=progress))
-                    manifest["points"] = [asdict(r) for r in results]
-                    _write_json(tmp / "manifest.json", manifest)
-        per_seed = summarize(tmp, opts.window, results, recipe=opts.recipe.name)
+                for arm, programs, seed in todo:
+                    done[(arm, programs, seed)] = _run_one(
+                        replace(opts, seed=seed), runner, arm, programs, work, console,
+                        name=point_name(opts, arm, programs, seed), progress=progress)
+                    record()
+        results = [done[p] for p in points]
+        for r in results:  # reasons name files by where they will be once the directory has its final name
+            if r.reason and work != final:
+                r.reason = r.reason.replace(str(work), str(final))
+        per_seed = summarize(work, opts.window, results, recipe=opts.recipe.name)
         rows = combine_repeats(per_seed) if opts.repeats > 1 else per_seed
-        manifest["points"] = [asdict(r) for r in results]
-        bands = None
+        record()
         if opts.bands:
             from harness.bands import apply_bands, run_bands
 
-            bands = apply_bands(rows, run_bands(opts, tmp, console), opts)
+            bands = apply_bands(rows, run_bands(opts, work, console), opts)
             manifest["bands"] = {k: bands[k] for k in ("method", "points", "inputs", "design")}
-        write_summary(tmp, rows, bands, repeats=per_seed if opts.repeats > 1 else None)
+        write_summary(work, rows, bands, repeats=per_seed if opts.repeats > 1 else None)
         if any(r["status"] == "ok" for r in rows):
             from harness.plots import plot_summary
 
-            plot_summary(rows, tmp / FIGURE_NAME, title=figure_title(rows))
+            plot_summary(rows, work / FIGURE_NAME, title=figure_title(rows))
         manifest.update(finished=time.time(), wall_s=round(time.time() - t0, 3))
-        _write_json(tmp / "manifest.json", manifest)
-        tmp.rename(final)
+        _write_json(work / "manifest.json", manifest)
+        if work != final:
+            work.rename(final)
         ok = True
     finally:
         if not ok:
-            if opts.engine == "vllm" and results:
-                kept = final.with_name(final.name + ".incomplete")
-                tmp.rename(kept)
-                console.print(f"[yellow]sweep interrupted: the points measured so far are in {kept}[/]")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            _keep_or_drop(work, "reproduce", console)
     print_table(rows, console, title=f"{opts.recipe.name} on {opts.engine}"
                 + (f" (SIMULATED, profile {opts.profile})" if opts.simulated else ""))
     if bands is not None:
         from harness.bands import print_bands
 
         print_bands(bands, console)
-    return final
+    return final, rows
 
 
 def point_name(opts: SweepOptions, arm: str, programs: int, seed: int) -> str:
@@ -339,30 +541,50 @@ def _run_one(opts: SweepOptions, runner: PointRunner, arm: str, programs: int, r
 
 
 def run_single(opts: SweepOptions, console: Console) -> dict[str, Any]:
-    """`thunderbench run`: one arm at one concurrency written straight into opts.out (a run directory),
-    via a temporary sibling renamed at the end. Returns its summary row."""
+    """`thunderbench run`: one arm at one concurrency, written in `<out>.incomplete` and renamed to opts.out
+    at the end (kept, logs and all, when it fails or is interrupted: `--resume` continues it). Returns its
+    summary row."""
     arm, programs = opts.arms[0], opts.levels[0]
     final = opts.out
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.partial-{int(time.time() * 1000)}"
-    tmp.mkdir(parents=True)
+    work = _work_dir_of(opts)
+    if opts.resume is None:
+        work.mkdir(parents=True)
+    elif opts.engine == "des":  # a simulated point is not continued mid-way: it is simulated again
+        for p in work.iterdir():
+            if p.name != OPTIONS_FILE:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _write_options(work, "run", opts)
+    if opts.resume is not None and opts.engine != "des":
+        _say_deadline(work, console)
     ok = False
     try:
         try:
-            point_runner(opts.engine)(opts, arm, programs, tmp, console)
+            point_runner(opts.engine)(opts, arm, programs, work, console)
         except PointFailed as e:
             raise ReproduceError(f"{arm} x {programs} on {opts.engine} failed: {e}") from None
-        rows = summarize(tmp.parent, opts.window, [PointResult(arm, programs, tmp.name, seed=opts.seed)],
+        rows = summarize(work.parent, opts.window, [PointResult(arm, programs, work.name, seed=opts.seed)],
                          opts.recipe.name)
-        if final.exists():
-            final.rmdir()  # make_options checked it is empty
-        tmp.rename(final)
+        if work != final:
+            work.rename(final)
         ok = True
     finally:
         if not ok:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _keep_or_drop(work, "run", console)
     rows[0]["run_dir"] = str(final)
     return rows[0]
+
+
+def _say_deadline(work: Path, console: Console) -> None:
+    """A resumed live run continues until its original deadline (its window stays on one clock): say how
+    much of it is left."""
+    m = _read_json(work / "manifest.json")
+    if not m.get("start_time") or not m.get("duration_s"):
+        return
+    left = m["start_time"] + m["duration_s"] - time.time()
+    console.print(f"resuming {escape(str(work))}: finished instances are skipped; "
+                  + (f"{left:.0f} s left until the run's original deadline" if left > 0 else
+                     "its duration already elapsed (the run continues until its original deadline, so nothing "
+                     "more is run: start a new run for more data)"), highlight=False, soft_wrap=True)
 
 
 def _des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> PointResult:
@@ -663,6 +885,7 @@ def _sweep_manifest(opts: SweepOptions, t0: float) -> dict[str, Any]:
         "workload": opts.workload or None,
         "workload_params": workload_record(opts),
         "time_scale": opts.time_scale if opts.engine == "live-sim" else None,
+        "targets": opts.targets.as_dict() if opts.targets is not None else None,
         "command": list(opts.argv) or None,
         "thunderbench": __version__,
         "git_revision": git_revision(),
@@ -742,5 +965,5 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ENGINES", "SweepOptions", "make_options", "reproduce", "load_results", "print_table",
+__all__ = ["ENGINES", "SweepOptions", "make_options", "reproduce", "resume_inputs", "work_dir", "inputs_of", "options_from_inputs", "load_results", "print_table",
            "write_summary", "read_summary", "figure_title", "ReproduceError", "PointFailed"]

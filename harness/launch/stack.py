@@ -13,13 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.launch import process, vllm_spec
+from harness.launch import engine_name, process, vllm_spec
 from harness.launch.process import LaunchError, ProcessSpec, Running
 from harness.launch.proxy import proxy_spec
 from harness.launch.sim import sim_spec
 from harness.recipes import Recipe
-
-UP_ENGINES = ("auto", "vllm", "sim")
 
 
 def gpu_available() -> bool:
@@ -49,29 +47,35 @@ def real_engine_available(recipe: Recipe) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    engine: str  # "vllm" | "sim"
+    engine: str  # "vllm" | "live-sim"
     specs: tuple[ProcessSpec, ...]
     endpoint: str  # the OpenAI base URL agents should use (with /v1)
+    engine_url: str = ""  # the engine's root URL (its /metrics is what `run` scrapes)
+    proxy_url: str | None = None  # ThunderAgent's root URL (arm thunderagent)
 
 
-def plan(recipe: Recipe, arm: str, engine: str = "auto") -> Plan:
-    """The processes `up` would start, in order."""
+def plan(recipe: Recipe, arm: str, engine: str = "auto", dry_run: bool = False) -> Plan:
+    """The processes `up` would start, in order (engine names as everywhere: auto | vllm | live-sim, alias
+    sim; des runs inside `run`/`reproduce` and has no server). A dry run needs no engine installed."""
     if arm not in ("thunderagent", "vllm", "thunderagent-offload", "vllm-offload"):
         raise LaunchError(f"unknown arm {arm!r}: choose thunderagent, vllm, thunderagent-offload or vllm-offload")
-    if engine not in UP_ENGINES:
-        raise LaunchError(f"unknown engine {engine!r}: choose one of {', '.join(UP_ENGINES)}")
+    engine = engine_name(engine)
+    if engine == "des":
+        raise LaunchError("engine des simulates inside `thunderbench run`/`reproduce`: there is no server to start "
+                          "(use --engine live-sim for the simulator's HTTP server)")
     if engine == "auto":
-        engine = "vllm" if real_engine_available(recipe) else "sim"
+        engine = "vllm" if real_engine_available(recipe) else "live-sim"
     gib = recipe.engine.kv_offload_gib if arm.endswith("-offload") else None  # the offload arms' host KV tier
-    eng = vllm_spec(recipe, kv_offload_gib=gib) if engine == "vllm" else sim_spec(recipe, kv_offload_gib=gib)
+    eng = (vllm_spec(recipe, kv_offload_gib=gib, dry_run=dry_run) if engine == "vllm"
+           else sim_spec(recipe, kv_offload_gib=gib))
     backend = f"http://{eng.host}:{eng.port}"
     specs: list[ProcessSpec] = [eng]
-    endpoint = backend + "/v1"
+    proxy = None
     if arm.startswith("thunderagent"):
         px = proxy_spec(recipe, backend, kv_offload_gib=gib)
         specs.append(px)
-        endpoint = f"http://{px.host}:{px.port}/v1"
-    return Plan(engine, tuple(specs), endpoint)
+        proxy = f"http://{px.host}:{px.port}"
+    return Plan(engine, tuple(specs), (proxy or backend) + "/v1", backend, proxy)
 
 
 def up(recipe: Recipe, arm: str, engine: str = "auto", console: Console | None = None) -> tuple[Plan, list[Running]]:
@@ -97,6 +101,7 @@ def up(recipe: Recipe, arm: str, engine: str = "auto", console: Console | None =
             process.save_state(recipe.name, arm, started)
             took = process.wait_healthy(r, spec.health_timeout_s, console)
             console.print(f"[green]✓[/] {spec.name} healthy at {spec.health_url} in {took:.1f} s (log {r.log})")
+        process.save_state(recipe.name, arm, started, endpoints={"engine": p.engine_url, "proxy": p.proxy_url})
     except BaseException:
         for r in reversed(started):
             process.stop(r)

@@ -228,20 +228,16 @@ class Recipe:
 
 # --- durations and windows ---------------------------------------------------------------------------
 
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|m|s|min)?\s*$")
-
-
 def parse_duration(text: str | int | float) -> float:
-    """'80m' -> 4800.0, '90s' -> 90.0, '1.5h' -> 5400.0, a bare number is seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise RecipeError(f"bad duration {text!r}: must be >= 0")
-        return float(text)
-    m = _DUR.match(str(text))
-    if not m:
-        raise RecipeError(f"bad duration {text!r}: use a number with a unit, e.g. 90s, 80m, 1.5h")
-    unit = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, None: 1.0}[m.group(2)]
-    return float(m.group(1)) * unit
+    """'80m' -> 4800.0, '90s' -> 90.0, '1.5h' -> 5400.0, '1h10m' -> 4200.0, '80min', a bare number is seconds
+    (harness.durations: the one grammar)."""
+    from harness.durations import DurationError
+    from harness.durations import parse_duration as _parse
+
+    try:
+        return _parse(text)
+    except DurationError as e:
+        raise RecipeError(str(e)) from None
 
 
 def parse_window(text: str) -> tuple[float, float]:

@@ -32,9 +32,9 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
 def test_layout(sweep):
     out, _ = sweep
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json", "summary.json", "summary.csv", "throughput.png"]
+        ["manifest.json", "options.json", "summary.json", "summary.csv", "throughput.png"]
         + [f"{a}-{n}" for a in ARMS for n in (4, 8)])
-    assert not list(out.parent.glob(".*partial*")), "no temporary directory left behind"
+    assert not list(out.parent.glob("*.incomplete")), "no working directory left behind"
     for a in ARMS:
         for n in (4, 8):
             d = out / f"{a}-{n}"

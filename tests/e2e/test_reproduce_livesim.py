@@ -73,9 +73,10 @@ def test_live_sim_sweep_starts_and_stops_real_processes(tmp_path):
     assert proxy_cmd and "-m ThunderAgent" in (out / "thunderagent-3" / proxy_cmd[0]["log"]).read_text().splitlines()[0]
 
 
-def test_sigterm_mid_sweep_stops_everything_and_leaves_no_results(tmp_path):
+def test_sigterm_mid_sweep_stops_everything_and_keeps_the_partial_sweep(tmp_path):
     """Killing `thunderbench reproduce` (SIGTERM) while a point runs: the simulator and proxy process
-    groups are stopped, and no results directory (complete or partial) is left."""
+    groups are stopped, no final results directory appears, and what was measured stays in
+    <out>.incomplete (logs included) for --resume."""
     import signal
     import time
 
@@ -87,7 +88,7 @@ def test_sigterm_mid_sweep_stops_everything_and_leaves_no_results(tmp_path):
     deadline = time.monotonic() + 120
     logs: list[Path] = []
     while time.monotonic() < deadline:
-        logs = list((tmp_path / "results").glob(".live.partial-*/thunderagent-2/logs/proxy.log"))
+        logs = list((tmp_path / "results").glob("live.incomplete/thunderagent-2/logs/proxy.log"))
         if logs and "Uvicorn running" in logs[0].read_text():
             break
         if p.poll() is not None:
@@ -105,7 +106,9 @@ def test_sigterm_mid_sweep_stops_everything_and_leaves_no_results(tmp_path):
     for k in kids:
         assert _gone(k), f"child {k} survived"
         assert _group_empty(k), f"child {k}'s group survived"
-    assert not out.exists() and not list((tmp_path / "results").glob(".*partial*"))
+    kept = tmp_path / "results" / "live.incomplete"
+    assert not out.exists() and (kept / "thunderagent-2" / "logs" / "proxy.log").exists()
+    assert f"--resume {kept}" in " ".join(err.split())
 
 
 def _ppid(pid: int) -> int | None:
@@ -130,7 +133,7 @@ def test_engine_dying_mid_point_marks_it_failed_and_the_sweep_goes_on(tmp_path):
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and p.poll() is None:
-        steps = list(tmp_path.glob(".live.partial-*/vllm-2/steps.jsonl"))
+        steps = list(tmp_path.glob("live.incomplete/vllm-2/steps.jsonl"))
         if steps and steps[0].stat().st_size > 0:  # the engine is serving the first point
             for d in Path("/proc").iterdir():
                 if d.name.isdigit() and _ppid(int(d.name)) == p.pid:
@@ -141,9 +144,12 @@ def test_engine_dying_mid_point_marks_it_failed_and_the_sweep_goes_on(tmp_path):
         time.sleep(0.1)
     stdout, stderr = p.communicate(timeout=300)
     assert killed is not None, "never saw the first point's simulator serving"
-    assert p.returncode == 0, stderr
+    assert p.returncode == 1, stderr  # a failed point fails the command (--allow-failures to opt out)
+    assert "1 of 2 points failed (vllm-2" in stderr
     rows = {x["arm"]: x for x in json.loads((out / "summary.json").read_text())["rows"]}
     assert rows["vllm"]["status"] == "failed" and "sim died during the run" in rows["vllm"]["reason"]
+    log = rows["vllm"]["reason"].split("(log ")[1].rstrip(")")
+    assert Path(log).exists(), log  # the summary cites the final directory, not a deleted one
     assert rows["thunderagent"]["status"] == "ok" and rows["thunderagent"]["steps_per_min"] > 0
     assert (out / "vllm-2" / "failed.json").exists()
     assert "failed vllm × 2: sim died during the run" in stderr
