@@ -247,7 +247,7 @@ def reproduce(
     band_points: int = typer.Option(8, "--band-points", help="With --bands: design points of the Latin hypercube."),
     repeats: int = typer.Option(1, "--repeats", help="Run every point with N seeds (--seed, --seed+1, ...): steps/min is their mean and its 95% CI the t-interval across them."),
     as_json: bool = typer.Option(False, "--json", help="Print the results directory and summary rows as JSON on stdout (progress and the table go to stderr)."),
-    kv_offload_gib: Optional[float] = typer.Option(None, "--kv-offload-gib", help="Host KV tier of the vllm-offload / thunderagent-offload arms, GiB over all GPUs (vLLM's --kv-offloading-size; default: the recipe's [engine].kv_offload_gib)."),
+    kv_offload_gib: Optional[float] = typer.Option(None, "--kv-offload-gib", help="Host KV tier of the vllm-offload / thunderagent-offload arms, GiB over all GPUs (vLLM's --kv-offloading-size; default: the recipe's \\[engine].kv_offload_gib)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
     proxy: Optional[str] = typer.Option(None, "--proxy", help=_PROXY_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", envvar="THUNDERBENCH_WORKSPACE", help=_WORKSPACE_HELP),
@@ -507,7 +507,7 @@ def workload_fit(
     """Fit the trajectory model to traces and write a workload parameter file that names them as its source.
 
     Turn counts are fitted as censored at the cap, per-call output/observation tokens as lognormals, tool time as
-    a two-component lognormal mixture. Use the result with a recipe's [workload].params.
+    a two-component lognormal mixture. Use the result with a recipe's \\[workload].params.
 
     Example: [bold]thunderbench workload fit output.jsonl --cap 50 --template-tokens 900 -o openhands-fit.toml[/]
     """
