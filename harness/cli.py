@@ -323,7 +323,7 @@ def _only_resume(ctx: typer.Context, allowed: tuple[str, ...]) -> None:
 def run(
     ctx: typer.Context,
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name or .toml path (required unless --resume)."),
-    arm: Optional[str] = typer.Option(None, "--arm", help="vllm | thunderagent | continuum | bound (continuum, bound: des only; required unless --resume)."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="vllm | thunderagent | continuum | bound | vllm-offload | thunderagent-offload (continuum, bound: des only; *-offload: with the recipe's host KV tier; required unless --resume)."),
     programs: Optional[int] = typer.Option(None, "--programs", "-n", min=1, help="Parallel workflows (programs kept in flight; required unless --resume)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (must be new or empty; written as <out>.incomplete until the run ends; required unless --resume)."),
     agent: Optional[str] = typer.Option(None, "--agent", help="openhands | mini-swe-agent | synthetic (simulator engines: synthetic)."),
