@@ -140,7 +140,9 @@ def test_engine_dies_during_a_live_reproduce_point(tmp_path: Path, monkeypatch: 
         stop.set()
         t.join(5)
     assert killed, "the simulator was never seen running"
-    assert r.exit_code == 0, r.output
+    # the sweep goes on past the failed point, then exits 1 naming it and the command that reruns it
+    assert r.exit_code == 1, r.output
+    assert "1 of 2 points failed (vllm-2" in r.output and f"--resume {out}" in r.output, r.output
     rows = json.loads((out / "summary.json").read_text())["rows"]
     by = {(x["arm"], x["programs"]): x for x in rows}
     assert by[("vllm", 2)]["status"] == "failed", rows
