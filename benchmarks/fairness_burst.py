@@ -72,7 +72,10 @@ def measure(arm: str, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10, help="bursts (arrival orders) per arm")
+    ap.add_argument("--quick", action="store_true", help="CI size: 3 seeds")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds = min(args.seeds, 3)
     print(f"SIMULATED ({PROFILE}, KV cache {BLOCKS} x 128 = {BLOCKS * 128:,} tokens): burst of 24 programs "
           f"(first prompts {', '.join(f'8 x {v}' for v in SIZES.values())} tokens + {SYSTEM} shared), "
           f"{TURNS} calls each, {args.seeds} seeds")

@@ -8,6 +8,7 @@ tests/unit/test_sim_offload.py checks it), so the plain arms stand for the 0 GiB
 SIMULATED, labelled with the profile.
 
     python benchmarks/offload_compare.py SWEEP[@VARIANT][#ARM,ARM] ... --out results/offload
+    python benchmarks/offload_compare.py --quick     (CI size: runs one small sweep itself, prints the table)
 
 VARIANT names a policy setting the sweep ran with (a column of its own, e.g. "tier-blind"); #ARM,ARM keeps only
 those arms of the sweep.
@@ -18,6 +19,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 ARMS = ("vllm", "vllm-offload", "thunderagent", "thunderagent-offload", "bound")
@@ -78,9 +82,16 @@ def window_rates(path: Path, window: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweeps", nargs="+", help="SWEEP_DIR[@VARIANT][#ARM,ARM]")
+    ap.add_argument("sweeps", nargs="*", help="SWEEP_DIR[@VARIANT][#ARM,ARM]")
     ap.add_argument("--out", type=Path, default=Path("results/offload"))
+    ap.add_argument("--quick", action="store_true",
+                    help="CI size: simulate glm4.6 at 64 programs, the four arms with a 256 GiB tier, 12 minutes, "
+                         "and print the table (nothing written outside a temporary directory)")
     a = ap.parse_args(argv)
+    if a.quick:
+        return quick()
+    if not a.sweeps:
+        ap.error("give one or more SWEEP directories (or --quick)")
     rows: list[dict[str, object]] = []
     seen: set[tuple] = set()
     for d in a.sweeps:
@@ -96,6 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     plot(rows, a.out / "offload.png")
+    print_table(rows)
+    return 0
+
+
+def quick() -> int:
+    """One small sweep, simulated here and now; the table it prints is the figure."""
+    with tempfile.TemporaryDirectory(prefix="offload-quick-") as tmp:
+        sweep = Path(tmp) / "sweep"
+        subprocess.run([sys.executable, "-m", "harness.cli", "reproduce", "glm4.6", "--engine", "des",
+                        "--levels", "64", "--duration", "12m", "--window", "2m-12m", "--jobs", "2",
+                        "--arms", "vllm,vllm-offload,thunderagent,thunderagent-offload", "--kv-offload-gib", "256",
+                        "--out", str(sweep)], check=True, stdout=subprocess.DEVNULL)
+        rows = read_sweep(str(sweep))
+    rows.sort(key=lambda r: (r["recipe"], r["programs"], ARMS.index(str(r["arm"])), r["kv_offload_gib"]))
+    print("SIMULATED (glm4.6-8xh100), 64 programs, 12-minute DES runs, window 2-12 min, host tier 256 GiB")
     print_table(rows)
     return 0
 

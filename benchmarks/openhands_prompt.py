@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="text,native", help="comma list of text (the paper's setting), native")
     ap.add_argument("--instances", type=int, default=3, help="toy instances run concurrently (the first is "
                     "reported call by call; all give the prefix their first prompts share)")
+    ap.add_argument("--quick", action="store_true", help="CI size: text mode only (the paper's setting)")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.modes = "text"
     instances = toy_instances()[: max(1, a.instances)]
     logging.getLogger("openhands").setLevel(logging.WARNING)  # the SDK's per-conversation INFO lines
     counter = Counter()
