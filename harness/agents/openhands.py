@@ -40,6 +40,7 @@ from typing import Any
 
 from harness.agents.base import Endpoint, Instance, InstanceResult
 from harness.agents.checkout import diff_against, prepare_checkout
+from harness.agents.predictions import append_line
 from harness.agents.steps import StepRecorder
 from harness.agents.threaded import StopRequested, StopSignal, ThreadedAgent
 
@@ -317,17 +318,10 @@ class OpenHandsAgent(ThreadedAgent):
                                   network=self.docker_network)
 
 
-_CONVERSATIONS_LOCK = threading.Lock()
-
-
 def append_conversation(path: Path, instance_id: str, program_id: str, events: Any) -> None:
     """One JSON line per instance: its events as the SDK persists them (model_dump_json, None fields left out)."""
     history = [json.loads(ev.model_dump_json(exclude_none=True)) for ev in events]
-    line = json.dumps({"instance_id": instance_id, "program_id": program_id, "history": history},
-                      ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _CONVERSATIONS_LOCK, open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    append_line(path, {"instance_id": instance_id, "program_id": program_id, "history": history})
 
 
 def make_agent(max_iterations: int = 50, **kwargs: Any) -> OpenHandsAgent:

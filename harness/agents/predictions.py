@@ -28,6 +28,11 @@ def append_prediction(path: str | os.PathLike[str], row: dict[str, Any]) -> None
     missing = [k for k in REQUIRED if k not in row]
     if missing:
         raise ValueError(f"prediction is missing {missing}")
+    append_line(path, row)
+
+
+def append_line(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
+    """One JSON line appended and flushed, under a lock: agents' worker threads share the run's files."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, ensure_ascii=False) + "\n"
