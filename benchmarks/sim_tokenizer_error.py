@@ -7,8 +7,8 @@ available offline) count prompt tokens with harness/sim/tokenizer.py's regex est
 and that of characters / 4, against the BPEs at hand offline: o200k_base and cl100k_base (200K / 100K
 vocabularies, the nearest in size to the 151K of Qwen3 and GLM-4.6; read from the tiktoken files litellm
 installs with itself) and the tiny model's 4,096-token BPE. The texts are this repository's own files, one per
-kind an agent's prompt is made of: English prose (README.md and docs/*.md: the user guide and design notes), Python source (harness/sim/engine.py), SWE-bench
-issues and diffs (the toy fixtures), JSON (a reference run manifest), and shell output (`git log --stat`
+kind an agent's prompt is made of: English prose (README.md and docs/*.md: the user guide and design notes),
+Python source (harness/sim/engine.py), SWE-bench issues and diffs (the toy fixtures), JSON (a reference run manifest), and shell output (`git log --stat`
 of a fixed range is not stable across clones, so a fixed `ls -l`-shaped listing is generated). Prints figures;
 asserts nothing. (benchmarks/openhands_prompt.py puts the same columns on the prompts our OpenHands runner sends.)
 """

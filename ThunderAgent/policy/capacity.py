@@ -65,7 +65,7 @@ from vllm:cache_config_info, which does not count the host tier) plus --kv-offlo
 otherwise, by decision. Crediting the tier pays while the running programs' contexts fit in GPU + host (an
 eviction then costs a PCIe load, 47-70x cheaper than re-prefilling a 30K-token context on 8xH100 in the
 simulator's profiles, so there is nothing to pause for), and costs dearly past that: the tier is LRU over every
-stored prompt, paused programs' included, and the overcommitted GPU pool thrashes (README, "KV offloading":
+stored prompt, paused programs' included, and the overcommitted GPU pool thrashes (docs/offload.md:
 simulated, +17% at 48 GLM-4.6 programs with 256 GiB, -42% at 96-192). Pause and resume orders are unchanged:
 the policy cannot see which prefixes the tier still holds (vLLM exports no per-program figure).
 """
