@@ -70,7 +70,7 @@ async def test_streaming_strips_injected_usage_chunk(fake_vllm: FakeVLLM):
 
 
 async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
-    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))) as (
+    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))) as (
         c,
         proxy,
     ):
@@ -85,7 +85,7 @@ async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
 
 
 async def test_streaming_include_usage_false_still_measured_but_not_shown(fake_vllm: FakeVLLM):
-    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         r = await c.post(
             "/v1/chat/completions",
@@ -98,7 +98,7 @@ async def test_streaming_include_usage_false_still_measured_but_not_shown(fake_v
 
 async def test_streaming_continuous_usage_uses_last_usage(fake_vllm: FakeVLLM):
     fake_vllm.completion_tokens = 3
-    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         so = {"include_usage": True, "continuous_usage_stats": True}
         r = await c.post("/v1/chat/completions", json=chat(program_id="c", stream=True, stream_options=so))

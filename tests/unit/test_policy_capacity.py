@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import pytest
 
+from ThunderAgent.cli import validate
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Pause, Phase, Proceed, Reject, Resume, State, Wait
 from ThunderAgent.policy.capacity import CapacityPolicy
+from ThunderAgent.policy.limits import Limits
 
 B1, B2 = "http://b1", "http://b2"
 
 
 def mk(capacity: int | None = 100_000, backends=(B1,), **kw) -> CapacityPolicy:
     kw.setdefault("buffer_per_program", 100)
-    pol = CapacityPolicy(Config(backends=tuple(backends), router="tr", **kw))
+    pol = CapacityPolicy(Config(backends=tuple(backends), router="tr", **kw).policy_settings())
     for b in backends:
         pol.set_capacity(b, capacity, 0.0)
     return pol
@@ -46,7 +48,7 @@ def view(pol: CapacityPolicy, pid: str):
 
 # ------------------------------------------------------------------------------------------ factory, config
 def test_make_policy_builds_tr_with_every_backend():
-    pol = make_policy(Config(backends=(B1, B2), router="tr"))
+    pol = make_policy(Config(backends=(B1, B2), router="tr").policy_settings())
     assert isinstance(pol, CapacityPolicy) and pol.name == "tr"
     assert [b.url for b in pol.backends()] == [B1, B2]
     assert pol.unknown_capacity() == [B1, B2]
@@ -66,7 +68,7 @@ def test_make_policy_builds_tr_with_every_backend():
 )
 def test_bad_knobs_are_refused_with_the_flag_name(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        CapacityPolicy(Config(backends=(B1,), **kw))
+        validate(Config(backends=(B1,), **kw))
 
 
 # ------------------------------------------------------------------------------------------ §3.5 transitions
@@ -578,16 +580,16 @@ def test_views_report_queue_marks_pauses_and_resumes():
 
 # ------------------------------------------------------------------------------------ more edges
 def test_limits_are_a_plug_in_for_other_modes():
-    """Issue 11's cost-aware mode supplies its own limits; the bookkeeping stays the policy's."""
+    """A mode (e.g. cost-aware) supplies its own limits; the bookkeeping stays the policy's."""
 
-    class Overcommit:
+    class Overcommit(Limits):
         def high(self, url: str, capacity: int) -> float:
             return 2.0 * capacity
 
         def low(self, url: str, capacity: int) -> float:
             return 1.5 * capacity
 
-    pol = CapacityPolicy(Config(backends=(B1,)), limits=Overcommit())
+    pol = CapacityPolicy(Config(backends=(B1,)).policy_settings(), limits=Overcommit())
     pol.set_capacity(B1, 10_000, 0.0)
     assert pol.on_arrival("a", 9_000, 0.0) == Proceed(B1)
     assert pol.on_arrival("b", 5_000, 0.0) == Proceed(B1)  # 14,200 ≤ 15,000
@@ -595,7 +597,7 @@ def test_limits_are_a_plug_in_for_other_modes():
 
 
 def test_engine_observations_reach_the_limits_and_recheck_the_backend():
-    class Learning:
+    class Learning(Limits):
         def __init__(self) -> None:
             self.factor = 1.0
             self.seen: list[tuple[str, float]] = []
@@ -611,7 +613,7 @@ def test_engine_observations_reach_the_limits_and_recheck_the_backend():
             self.factor = 2.0 if metrics["vllm:num_preemptions_total"] == 0 else 1.0
 
     lim = Learning()
-    pol = CapacityPolicy(Config(backends=(B1,)), limits=lim)
+    pol = CapacityPolicy(Config(backends=(B1,)).policy_settings(), limits=lim)
     pol.set_capacity(B1, 10_000, 0.0)
     pol.on_arrival("a", 9_000, 0.0)
     assert pol.on_arrival("b", 5_000, 0.0) == Wait()
