@@ -24,17 +24,18 @@ if TYPE_CHECKING:
 
 def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     """The summary-row fields of one run directory (W's harness.throughput does the counting)."""
-    from harness.throughput import summarize_run as _summarize
+    from harness.throughput import RunData
 
-    s = _summarize(run_dir, window)
-    engine = agent = dataset = None
-    try:
-        from harness.records import RunManifest
+    return summary_row(RunData.load(run_dir), window)
 
-        m = RunManifest.read(Path(run_dir) / "manifest.json")
-        engine, agent, dataset = m.engine, m.agent, m.dataset
-    except (OSError, ValueError, TypeError):
-        pass
+
+def summary_row(run, window: str) -> dict[str, Any]:  # run: harness.throughput.RunData, on disk or in memory
+    """The summary-row fields of one run (harness.throughput does the counting)."""
+    from harness.throughput import summarize
+
+    s = summarize(run, window)
+    m = run.manifest
+    engine, agent, dataset = m.engine, m.agent, m.dataset
     return {
         "steps_per_min": s.steps_per_min,
         "ci_low": s.ci_low,
@@ -90,12 +91,19 @@ def proxy_config(recipe: "Recipe"):  # -> ThunderAgent.config.Config
 def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, console: Console) -> dict[str, Any]:
     """E's discrete-event simulator for one point: a fresh engine model, the recipe's workload model and
     (arm thunderagent) the same policy core the proxy runs, on virtual time. Writes the run directory."""
-    from harness.records import RunManifest
     from harness.reproduce import PointFailed
     from harness.sim.des import DesError, run_des
 
     r = opts.recipe
     traces = workload_traces(opts)
+    # the manifest is written once, by the simulation: the sweep's part of it goes in before the run (the DES
+    # adds des_cpu_s, des_wall_s and, on an -offload arm, kv_offload_gib and what the host tier served)
+    record: dict[str, Any] = {"recipe": r.name, "dataset": "lite-synthetic",
+                              "extra": {"window": opts.window, "workload_params": workload_record(opts)}}
+    if opts.workload:
+        record["workload"] = opts.workload
+    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
+        record["extra"]["design"] = opts.design
     try:
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
@@ -103,25 +111,17 @@ def run_point_des(opts: "SweepOptions", arm: str, programs: int, run_dir: Path, 
             policy_config=proxy_config(r) if arm.startswith("thunderagent") else None,
             num_gpu_blocks=opts.kv_blocks or r.sim.num_gpu_blocks or None, out_dir=run_dir,
             run_id=f"{r.name}-{arm}-{programs}",
-            kv_offload_gib=opts.offload_gib if arm.endswith("-offload") else None,
+            kv_offload_gib=opts.offload_gib if arm.endswith("-offload") else None, record=record,
         )
     except DesError as e:
         raise PointFailed(str(e)) from None
-    m = RunManifest.read(run_dir / "manifest.json")
-    m.recipe = r.name
-    m.dataset = "lite-synthetic"
-    if opts.workload:
-        m.workload = opts.workload
-    m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3),
-                   workload_params=workload_record(opts))
-    if arm.endswith("-offload"):  # the host KV tier this point ran with, and what it served
-        host = {k: v for k, v in res.summary().items() if k.startswith(("host_", "combined_"))}
-        m.extra.update(kv_offload_gib=opts.offload_gib, **host)
-    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
-        m.extra["design"] = opts.design
-    m.write(run_dir / "manifest.json")
     (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
-    return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
+    out = {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
+    try:  # the summary row from the run in memory; a window that does not fit is reported by the sweep
+        out["summary"] = summary_row(res.run_data(), opts.window)
+    except ValueError:
+        pass
+    return out
 
 
 TRACE_PREFIX = "trace:"

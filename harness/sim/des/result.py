@@ -144,8 +144,9 @@ class DesResult:
 
 
 def engine_samples(metrics: list[dict[str, float]]) -> list[EngineSample]:
-    """The engine-metrics series (one row per scrape, "t" = virtual seconds) as run-directory samples."""
-    return [EngineSample(t=row["t"], engine="sim", values={k: v for k, v in row.items() if k != "t"})
+    """The engine-metrics series (one row per scrape, "t" = virtual seconds) as run-directory samples: floats,
+    as a run directory's reader returns them, so the in-memory run and the written one count the same."""
+    return [EngineSample(t=float(row["t"]), engine="sim", values={k: float(v) for k, v in row.items() if k != "t"})
             for row in metrics]
 
 

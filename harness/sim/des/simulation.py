@@ -339,7 +339,7 @@ def run_des(
     resample: bool = False,
     once: bool = False,
     kv_offload_gib: float | None = None,
-    manifest: RunManifest | None = None,
+    record: dict[str, Any] | None = None,
 ) -> DesResult:
     """Simulate `programs` concurrent agent programs for `duration_s` virtual seconds on one engine.
 
@@ -351,8 +351,9 @@ def run_des(
     With `once`, each slot runs one program and then stays empty (a burst of `programs` programs, as a
     batch job or an RL rollout sends them); the run ends when the last one is done, or at duration_s.
 
-    `manifest`: what the caller records of the run beyond these arguments (recipe, dataset, extra fields); its
-    run fields are set from the arguments. With `out_dir` the run directory is written once, at the end."""
+    `record`: what the caller's manifest says of the run beyond these arguments: RunManifest fields (recipe,
+    dataset, workload: the name it was given by) and `extra` entries (merged under the run's own). The result
+    carries the manifest; with `out_dir` the run directory is written once, at the end."""
     if arm not in ARMS:
         raise DesError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     offload = arm.endswith(OFFLOAD_SUFFIX)
@@ -376,8 +377,11 @@ def run_des(
         workload=wl.name if isinstance(wl, WorkloadParams) else (wl if isinstance(wl, str) else "traces"),
         run_id=run_id or f"des-{arm}-{programs}", num_gpu_blocks=num_gpu_blocks,
         pin_ttl_s=pin_ttl_s if arm == "continuum" else None, kv_offload_gib=kv_offload_gib if offload else None)
-    if manifest is not None:  # the caller's record of the run, with the run's own fields from the arguments
-        m = replace(manifest, **{f: getattr(m, f) for f in _RUN_FIELDS}, extra={**manifest.extra, **m.extra})
+    if record:
+        fields = {k: v for k, v in record.items() if k != "extra"}
+        if clash := sorted(set(fields) & set(_RUN_FIELDS)):
+            raise DesError(f"the record names fields the run sets itself: {', '.join(clash)}")
+        m = replace(m, **fields, extra={**record.get("extra", {}), **m.extra})
     source = trajectory_source(wl if isinstance(wl, WorkloadParams) else None, trajectories, seed, programs, resample)
     sim = Simulation(m, prof, source, policy=policy, settings=policy_config, metrics_interval=metrics_interval,
                      skip_ahead=skip_ahead, learn_prefill_cost=learn_prefill_cost, once=once)
@@ -387,6 +391,6 @@ def run_des(
     return result
 
 
-# the manifest fields a DES run sets itself (the caller's manifest keeps the others: recipe, dataset, ...)
+# the manifest fields a DES run sets itself from run_des's arguments (a caller's record adds the others)
 _RUN_FIELDS = ("run_id", "arm", "programs", "agent", "engine", "simulated", "profile", "start_time", "time_scale",
                "seed", "duration_s", "end_time")
