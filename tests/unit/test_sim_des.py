@@ -201,3 +201,15 @@ def test_the_manifest_is_the_callers_record_plus_the_results_written_once(tmp_pa
     assert res.steps_per_min((60.0, 540.0)) == disk["record_steps_per_min"]
     with pytest.raises(DesError, match="sets itself: arm"):
         run_des("tiny-cpu", programs=1, duration_s=10, trajectories=trajs(1), record={"arm": "other"})
+
+
+def test_a_simulation_runs_from_its_manifest_as_run_des_does() -> None:
+    from harness.sim.des import Simulation, des_manifest, trajectory_source
+
+    prof = load_profile("glm4.6-8xh100")
+    m = des_manifest(prof, arm="vllm", programs=2, duration_s=120.0, seed=0, workload="traces", run_id="sim-x")
+    res = Simulation(m, prof, trajectory_source(None, trajs(2), 0, 2)).run()
+    via = run_des(prof, arm="vllm", programs=2, duration_s=120.0, trajectories=trajs(2), run_id="sim-x")
+    assert res.steps == via.steps and res.metrics == via.metrics
+    assert sum(s.status == "ok" for s in res.steps) > 3
+    assert res.manifest is m and m.extra["summary"]["steps_total"] == sum(s.status == "ok" for s in res.steps)
