@@ -73,8 +73,8 @@ class Engine:
         self._frontend = bool(getattr(timing, "frontend_request_s", 0.0) or getattr(timing, "frontend_token_s", 0.0))
         self.skip_ahead = skip_ahead
         self.stats = EngineStats()
-        self.kv = KVCacheManager(BlockPool(num_gpu_blocks, unhashed_to_front=unhashed_to_front), block_size,
-                                 self.stats, enable_caching=enable_caching, host=host)
+        self.kv = KVCacheManager(num_gpu_blocks, block_size, self.stats, enable_caching=enable_caching,
+                                 unhashed_to_front=unhashed_to_front, host=host)
         self.scheduler = Scheduler(
             self.kv, self.stats, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
         )

@@ -43,9 +43,9 @@ def _extend_block_table(req: Request, new: np.ndarray) -> None:
 
 
 class KVCacheManager:
-    def __init__(self, block_pool: BlockPool, block_size: int, stats: EngineStats, *, enable_caching: bool = True,
-                 host: HostKVTier | None = None) -> None:
-        self.block_pool = block_pool
+    def __init__(self, num_gpu_blocks: int, block_size: int, stats: EngineStats, *, enable_caching: bool = True,
+                 unhashed_to_front: bool = True, host: HostKVTier | None = None) -> None:
+        self.block_pool = BlockPool(num_gpu_blocks, unhashed_to_front=unhashed_to_front)
         self.block_size = block_size
         self.stats = stats
         self.enable_caching = enable_caching
