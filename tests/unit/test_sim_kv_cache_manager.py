@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.sim.engine import EngineStats, HostKVTier, HostLink, KVCacheManager, Request, Scheduler, SegmentSeq
+from harness.sim.engine import (EngineStats, HostKVTier, HostLink, KVCacheManager, Request, Scheduler,
+                                SegmentSeq)
 
 BS = 4
 
@@ -34,7 +35,7 @@ def test_allocate_slots_takes_whole_blocks_and_refuses_what_does_not_fit() -> No
     assert not kv.allocate_slots(b, 8)  # needs 2, 1 free: nothing taken
     assert b.nblocks == 0 and kv.num_free_blocks == 1
     kv.free(a)
-    assert a.nblocks == 0 and kv.num_free_blocks == 4 and kv.usage() == 0.0
+    assert a.nblocks == 0 and kv.num_free_blocks == 4 and kv.usage == 0.0
 
 
 def test_get_computed_blocks_finds_the_freed_prefix_and_leaves_one_token_to_compute() -> None:

@@ -158,7 +158,7 @@ class Engine:
         return nl if pe is None else min(pe, nl)
 
     def kv_usage(self) -> float:
-        return self.kv.usage()
+        return self.kv.usage
 
     def sync(self) -> None:
         """Materialise every decoder (exact per-request counters and block lists; tests and debugging)."""
@@ -247,7 +247,9 @@ class Engine:
     def _run_length(self, s: int, out: SchedulerOutput, horizon: float) -> int:
         """How many identical decode-only steps (step s included) can run before something changes."""
         sch = self.scheduler
-        kmax = sch.next_finish_step() - s + 1  # type: ignore[operator]  # up to and including the step of the next finish
+        next_finish = sch.next_finish_step()
+        assert next_finish is not None  # step() asks only when a decoder is due to finish
+        kmax = next_finish - s + 1  # up to and including the step of the next finish
         if kmax <= 1:
             return 1
         t = self.timing
@@ -258,26 +260,26 @@ class Engine:
             return t.decode_run_time(k, b, ctx) + fe * k
 
         if run_time(kmax - 1) >= horizon:  # keep steps that start before the horizon
-            lo, hi = 1, kmax - 1
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
+            low, high = 1, kmax - 1
+            while low < high:
+                mid = (low + high + 1) // 2
                 if run_time(mid - 1) < horizon:
-                    lo = mid
+                    low = mid
                 else:
-                    hi = mid - 1
-            kmax = lo
+                    high = mid - 1
+            kmax = low
         if kmax <= 1:
             return 1
         free = self.kv.num_free_blocks
         if sch.blocks_for_run(s, kmax) > free:  # stop before a step that would have to preempt
-            lo, hi = 1, kmax
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
+            low, high = 1, kmax
+            while low < high:
+                mid = (low + high + 1) // 2
                 if sch.blocks_for_run(s, mid) <= free:
-                    lo = mid
+                    low = mid
                 else:
-                    hi = mid - 1
-            kmax = lo
+                    high = mid - 1
+            kmax = low
         return kmax
 
 

@@ -59,8 +59,9 @@ class KVCacheManager:
     def num_free_blocks(self) -> int:
         return self.block_pool.num_free
 
+    @property
     def usage(self) -> float:
-        """vllm:kv_cache_usage_perc."""
+        """vllm:kv_cache_usage_perc (a property, as in vLLM)."""
         return self.block_pool.usage()
 
     # --- prefix cache and allocation
@@ -198,7 +199,8 @@ class KVCacheManager:
         assert self.host is not None
         return self.host.load(req.seq.hash_list()[first_block:first_block + num_blocks], now)
 
-    def record_lookup(self, num_tokens: int, num_gpu_hit_tokens: int, num_host_hit_tokens: int | None = None) -> None:
+    def record_lookup(self, num_tokens: int, num_gpu_hit_tokens: int,
+                      num_host_hit_tokens: int | None = None) -> None:
         """Count one admission's prefix-cache lookup: vllm:prefix_cache_queries/hits, and with a host tier the
         external (connector) queries past the GPU hits and, when the tier was hit, its hits."""
         self.stats.prefix_cache_queries += num_tokens

@@ -181,7 +181,7 @@ class Scheduler:
         bs = self.block_size
         loaded_tokens = num_host_blocks * bs
         if req.num_preemptions == 0 and req.num_cached_tokens < 0:  # vLLM records both lookups at this pass
-            self.kv.record_lookup(req.num_prompt_tokens + req.num_output_tokens, num_hit_tokens, loaded_tokens)
+            self.kv.record_lookup(req.num_tokens, num_hit_tokens, loaded_tokens)
         if req.num_cached_tokens < 0:
             req.num_cached_tokens = num_hit_tokens + loaded_tokens
         if req.first_scheduled_time is None:
@@ -273,18 +273,18 @@ class Scheduler:
                     n = req.num_prompt_tokens + req.num_output_tokens - n_hit
                     hits = hit_blocks if n_hit else None
                     if kv.has_host_tier:
-                        m = kv.get_num_host_hit_blocks(req, len(hit_blocks))
-                        if m:
+                        num_host_blocks = kv.get_num_host_hit_blocks(req, len(hit_blocks))
+                        if num_host_blocks:
                             # vLLM admits a load only if its whole sequence fits in the free blocks less what
                             # the loads already in flight still need to finish (they hold blocks, make no
                             # progress and cannot be preempted)
                             if kv.get_num_blocks_to_allocate(req, n, hits) + self._inflight_reserved() \
                                     > kv.num_free_blocks:
                                 break
-                            if not kv.allocate_slots(req, m * self.block_size, hits):
+                            if not kv.allocate_slots(req, num_host_blocks * self.block_size, hits):
                                 break
                             waiting.popleft()
-                            self._start_load(req, n_hit, m, now)
+                            self._start_load(req, n_hit, num_host_blocks, now)
                             continue
                 # vLLM >= 0.3x scheduler_reserve_full_isl (default on): admit only if the WHOLE sequence fits,
                 # not just its first chunk
@@ -317,13 +317,14 @@ class Scheduler:
                 budget -= n
                 admitted += 1
                 self.on_admitted(req)
-        d = self.num_decoders
-        pctx = 0
+        num_decoders = self.num_decoders
+        prefill_context = 0
         for req, n in prefills:  # chunk of n tokens from position p attends to n*p + n(n+1)/2 tokens in all
             p = req.num_computed_tokens
-            pctx += n * p + n * (n + 1) // 2
-        return SchedulerOutput(prefills, prefill_tokens, d, self.sum_decode_offset + d * s, preempted, admitted,
-                               pctx, new)
+            prefill_context += n * p + n * (n + 1) // 2
+        decode_context = self.sum_decode_offset + num_decoders * s
+        return SchedulerOutput(prefills, prefill_tokens, num_decoders, decode_context, preempted, admitted,
+                               prefill_context, new)
 
     def update_from_output(self, out: SchedulerOutput, s: int, k: int, end: float) -> tuple[list[Request],
                                                                                                list[Request]]:
