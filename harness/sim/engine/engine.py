@@ -70,7 +70,7 @@ class Engine:
         self.num_gpu_blocks = num_gpu_blocks
         self.max_model_len = max_model_len
         self.timing = timing
-        self._frontend = bool(getattr(timing, "frontend_request_s", 0.0) or getattr(timing, "frontend_token_s", 0.0))
+        self._frontend = bool(timing.frontend_request_s or timing.frontend_token_s)
         self.skip_ahead = skip_ahead
         self.stats = EngineStats()
         self.kv = KVCacheManager(num_gpu_blocks, block_size, self.stats, enable_caching=enable_caching,
@@ -254,7 +254,7 @@ class Engine:
             return 1
         t = self.timing
         b, ctx = out.decode_tokens, out.decode_context
-        fe = getattr(t, "frontend_token_s", 0.0) * b  # per step, when the API server shares the cores
+        fe = t.frontend_token_s * b  # per step, when the API server shares the cores
 
         def run_time(k: int) -> float:
             return t.decode_run_time(k, b, ctx) + fe * k
@@ -284,6 +284,13 @@ class Engine:
 
 
 class StepTimeModelLike(Protocol):
+    """What the engine needs of timing.StepTimeModel: step times, and the API server's CPU time when it shares
+    the engine's cores (0 when it does not)."""
+
+    frontend_request_s: float
+    frontend_token_s: float
+
+    def frontend_time(self, new_requests: int, output_tokens: int) -> float: ...
     def step_time(self, prefill_tokens: int, decode_tokens: int, decode_context: int,
                   prefill_context: int = 0) -> float: ...
     def decode_run_time(self, k: int, decode_tokens: int, decode_context: int) -> float: ...

@@ -76,7 +76,7 @@ class KVCacheManager:
         seq = req.seq
         harr = seq.hashes_upto(max_blocks)
         pool = self.block_pool
-        known = getattr(seq, "last_blocks", None)
+        known = seq.last_blocks
         i = 0
         parts: list[np.ndarray] = []
         if known is not None and len(known):
@@ -134,7 +134,7 @@ class KVCacheManager:
             seq = req.seq
             harr = seq.hashes_upto(num_full_blocks)
             self.block_pool.cache_blocks(req.blocks, harr, seq.hash_list(), start, num_full_blocks,
-                                         getattr(seq, "last_blocks", None))
+                                         seq.last_blocks)
             req.num_cached_blocks = num_full_blocks
         host = self.host
         if host is not None:
@@ -148,8 +148,7 @@ class KVCacheManager:
         """Free a request's blocks in reverse order (its tail is evicted before its head)."""
         blocks = req.block_ids()
         if len(blocks):
-            if hasattr(req.seq, "last_blocks"):
-                req.seq.last_blocks = blocks[: req.num_cached_blocks].copy()
+            req.seq.last_blocks = blocks[: req.num_cached_blocks].copy()
             self.block_pool.free_blocks(blocks[::-1])
         req.nblocks = 0
         req.num_cached_blocks = 0

@@ -37,6 +37,9 @@ class TokenSeq(Protocol):
     """The token stream of a request: prompt followed by the output tokens it will generate."""
 
     block_size: int
+    # the leading cached blocks the sequence's previous request held when it was freed (set by the KV cache
+    # manager): the first place to look for this sequence's prefix
+    last_blocks: np.ndarray | None
 
     @property
     def length(self) -> int: ...
