@@ -25,8 +25,7 @@ from harness.records import RunManifest
 from harness.sim.des.adapter import DesPolicy
 from harness.sim.des.programs import DesError, Program, trajectory_source
 from harness.sim.des.result import DesResult, des_manifest, write_run_dir
-from harness.sim.engine import Engine, Request
-from harness.sim.metrics import engine_sample, histogram_sample
+from harness.sim.engine import Engine, Request, engine_sample, histogram_sample
 from harness.sim.timing import Profile, ProfileError, load_profile
 from harness.workload import Trajectory, WorkloadParams, load_workload_params
 from ThunderAgent.config import Config
