@@ -1,6 +1,8 @@
 """The simulator as an HTTP server that speaks vLLM's OpenAI-compatible API and its /metrics.
 
-    python -m harness.sim.server --profile tiny-cpu --port 8100 [--time-scale 20] [--num-gpu-blocks 24]
+    thunderbench sim serve --profile tiny-cpu --port 8100 [--time-scale 20] [--num-gpu-blocks 24]
+
+(`python -m harness.sim.server ARGS` runs the same command.)
 
 One asyncio task runs the engine model (harness/sim/engine.py) on an accelerated clock: virtual time =
 wall time since start x time_scale. The engine keeps its own clock (harness/sim/liveclock.py): a request joins
@@ -16,7 +18,7 @@ estimator counts them (a word with its leading space, a run of punctuation, or w
 ChatML-like rendering); the startup line and /v1/models (`tokenizer`) say which is in use and why. Either way
 identical prefixes give identical ids, so the prefix cache sees a conversation's reuse as vLLM would. The output
 is deterministic text of exactly `max_tokens` tokens (with `ignore_eos`, or whenever max_tokens is given;
-otherwise `--default-output-tokens` and finish_reason "stop"); sent back as the next assistant message it
+otherwise `default_output_tokens`, 64, and finish_reason "stop"); sent back as the next assistant message it
 encodes to the same ids, so turn k+1 reuses turn k's output blocks. `--script FILE`
 (JSON list; entry i answers a request whose conversation already holds i assistant messages; the last entry
 repeats) returns scripted content or tool calls so a real agent can be driven.
@@ -29,7 +31,6 @@ simulated; /metrics and /v1/models say which profile they assume.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import socket
@@ -51,7 +52,7 @@ from harness.sim.metrics import render_metrics
 from harness.sim.openai_api import (
     VERSION, Api, ApiError, ChatApi, CompletionsApi, ServedModel, load_script, render_messages,
 )
-from harness.sim.timing import Profile, ProfileError, load_profile
+from harness.sim.timing import Profile, load_profile
 from harness.sim.tokenizer import SimTokenizer, load_tokenizer
 
 
@@ -334,31 +335,6 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.sim.server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="tiny-cpu", help="profile name (harness/sim/profiles) or a .toml path")
-    ap.add_argument("--port", type=int, default=8100)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
-    ap.add_argument("--num-gpu-blocks", type=int, default=None, help="override the KV capacity (blocks)")
-    ap.add_argument("--served-model-name", default=None, help="model name (default: the profile name)")
-    ap.add_argument("--script", default=None, help="JSON script of replies (content or tool calls)")
-    ap.add_argument("--default-output-tokens", type=int, default=64)
-    ap.add_argument("--log-level", default="warning")
-    ap.add_argument("--kv-offloading-size", type=float, default=None,
-                    help="host KV tier in GiB over all GPUs, as vLLM's flag (needs a profile with [offload])")
-    a = ap.parse_args(argv)
-    try:
-        if a.time_scale <= 0:
-            raise ValueError("--time-scale must be > 0")
-        serve(a.profile, a.port, host=a.host, time_scale=a.time_scale, num_gpu_blocks=a.num_gpu_blocks,
-              model_name=a.served_model_name, script=a.script, default_output_tokens=a.default_output_tokens,
-              log_level=a.log_level, kv_offload_gib=a.kv_offloading_size)
-    except (ProfileError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m harness.sim.server ARGS` is `thunderbench sim serve ARGS`
+    from harness.cli import app
+    app(["sim", "serve", *sys.argv[1:]], prog_name="thunderbench")
