@@ -47,8 +47,8 @@ import uvicorn
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from harness.sim.engine.stats import render_metrics
 from harness.sim.liveclock import Pending, SimEngineRunner
-from harness.sim.metrics import render_metrics
 from harness.sim.openai_api import (
     VERSION, Api, ApiError, ChatApi, CompletionsApi, ServedModel, load_script, render_messages,
 )
