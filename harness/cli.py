@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import __version__
+from harness.sim.calibrate.command import calibrate as sim_calibrate
 
 app = typer.Typer(
     name="thunderbench",
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 sim_app = typer.Typer(help="The engine simulator (vLLM v1 model) as an HTTP server.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
+sim_app.command("calibrate")(sim_calibrate)
 workload_app = typer.Typer(help="Workloads from evidence: import agent traces, fit the trajectory model, show it.",
                            no_args_is_help=True)
 app.add_typer(workload_app, name="workload")

@@ -321,7 +321,7 @@ async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: st
     taken just before the arms, give a scalar that the load-adjusted simulation multiplies the betas by.
     Needs an otherwise idle engine.
     """
-    from harness.sim.calibrate import Prober
+    from harness.sim.calibrate.probe import Prober
     from harness.sim.timing import load_profile
 
     tm = load_profile(profile).timing

@@ -151,6 +151,13 @@ def engine_delta(run: RunData, key: str, window: Window) -> float | None:
     return total
 
 
+def ok_steps_per_min(steps: Iterable[StepRecord], start_s: float, end_s: float) -> float:
+    """Ok step records whose `end` lies in [start_s, end_s), per minute of that span: the records' count for a
+    run held in memory (times as its records hold them, e.g. seconds since its start on its own clock)."""
+    n = sum(1 for r in steps if r.status == "ok" and start_s <= r.end < end_s)
+    return n / ((end_s - start_s) / 60.0)
+
+
 def _in_window(run: RunData, window: Window, ok_only: bool = True) -> list[StepRecord]:
     return [r for r in run.steps if (not ok_only or r.status == "ok")
             and window.start_s <= run.rel(r.end) < window.end_s]
