@@ -50,8 +50,8 @@ def config() -> Config:
 class NaivePolicy:
     """The same decisions as CapacityPolicy (watermarks, counted marks, minimal pause sets, resume of started
     programs smallest first then of newcomers in arrival order, origin then best-fit placement, unmarking),
-    computed by scanning all programs every time — as upstream does (spec §4.3: sums recomputed on demand;
-    §4.7: the queue sorted per pass)."""
+    computed by scanning all programs every time — as upstream does (per-backend sums recomputed on demand,
+    the queue sorted on every pass)."""
 
     def __init__(self, cfg: Config) -> None:
         self.w, self.buf = cfg.acting_token_weight, cfg.buffer_per_program

@@ -31,11 +31,12 @@ from typing import Any, Iterable
 
 from harness.agents.checkout import git, is_toy, prepare_checkout
 from harness.agents.predictions import read_predictions
+from harness.errors import UserError
 
 Instance = dict[str, Any]
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UserError, RuntimeError):
     """Evaluation cannot run (the message is one line naming the fix)."""
 
 

@@ -2,7 +2,7 @@
 line per arm, 95% CI band), each arm's steps/min ÷ vLLM's per level, prefix-cache hit rate, per-step latency —
 and the throughput-over-time plot of single runs.
 
-Input is the summary rows of harness/reproduce.py (one dict per arm x concurrency, the rows of summary.json).
+Input is the summary rows of harness/sweep/summary.py (one dict per arm x concurrency, the rows of summary.json).
 Honest labels: when every series is simulated the main title says SIMULATED once, with the profiles; a figure
 that mixes real and simulated series says so in the main title and tags each row. Colours are the Okabe-Ito
 palette (distinguishable with the common colour-vision deficiencies), and every arm also has its own line

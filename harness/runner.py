@@ -40,11 +40,12 @@ import httpx
 
 from harness.agents.base import Agent, Endpoint, Instance, InstanceResult, release_program
 from harness.datasets import program_id_for
+from harness.errors import UserError
 from harness.records import (EngineSample, InstanceEvent, JsonlWriter, RunManifest, RunPaths, StepRecord,
                              git_revision, package_versions, read_instance_events, read_jsonl)
 
 
-class RunnerError(RuntimeError):
+class RunnerError(UserError, RuntimeError):
     """A run cannot start (bad arguments, a run dir from a different experiment)."""
 
 
