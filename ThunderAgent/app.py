@@ -1123,9 +1123,9 @@ class Proxy:
         results = await asyncio.gather(*(self._scrape_or_probe(st) for st in sts))
         for st, (ok, alive) in zip(sts, results):
             self._observe_health(st.url, alive)
-            observe = getattr(self.policy, "observe_engine", None)
-            if ok and observe is not None:  # a cost-aware tr learns prefill cost and load from the engine
-                self._call_policy("observe_engine", lambda st=st: observe(st.url, st.latest, self.clock()))
+            if ok and self.policy.learns_from_engine:  # a cost-aware tr learns prefill cost and load from the engine
+                self._call_policy("observe_engine",
+                                  lambda st=st: self.policy.observe_engine(st.url, st.latest, self.clock()))
 
     async def probe_unhealthy_once(self) -> None:
         """Probe /health of every backend marked unhealthy, so it comes back when it recovers, in every mode
@@ -1170,7 +1170,7 @@ class Proxy:
                 name="health",
             )
         )
-        learns = self.config.scheduling_enabled and getattr(self.config, "tr_mode", "fixed") == "cost-aware"
+        learns = self.policy.learns_from_engine
         if (self.config.metrics or learns) and self.config.metrics_interval > 0:
             self._tasks.append(
                 asyncio.create_task(
@@ -1385,7 +1385,7 @@ def create_app(
         reclaimer = reclaimer_from_config(config)
     proxy = Proxy(
         config=config,
-        policy=policy if policy is not None else make_policy(config),
+        policy=policy if policy is not None else make_policy(config.policy_settings()),
         clock=clock or time.monotonic,
         reclaimer=reclaimer,
     )

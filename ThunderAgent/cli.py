@@ -21,6 +21,7 @@ from typing import Any, NoReturn, get_args, get_origin
 
 from ThunderAgent import __version__
 from ThunderAgent.config import Config
+from ThunderAgent.policy.settings import InvalidSetting
 
 EPILOG = """\
 Binding: the proxy listens on 127.0.0.1 by default (upstream: 0.0.0.0), so only this machine can reach
@@ -37,13 +38,13 @@ http://<host>:<port>/p/<program_id>/v1).
 SERVER_KEEPALIVE = 65
 
 
-class CliError(Exception):
-    pass
+class CliError(ValueError):
+    """A bad flag or flag value: one line naming it."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one readable line, no usage dump
-        self.exit(2, f"thunderagent: error: {message} (see thunderagent --help)\n")
+        raise CliError(f"{message} (see thunderagent --help)")
 
 
 def _flag(name: str) -> str:
@@ -150,12 +151,10 @@ def validate(cfg: Config) -> None:
         # the Docker SDK is an extra: a proxy-only install does not carry it
         raise CliError("--reclaim docker needs the Docker SDK, which comes with thunderbench's 'docker' extra: "
                        "pip install 'thunderbench[docker]'")
-    from ThunderAgent.policy import make_policy
-
-    try:  # the policy's own checks (watermarks, decay, tr modes, cost limits, ...) before anything starts
-        make_policy(cfg)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    try:  # the policy's settings check their own ranges (watermarks, decay, tr modes, cost limits, ...)
+        cfg.policy_settings()
+    except InvalidSetting as e:
+        raise CliError(f"{_flag(e.field)} {e.problem}") from None
 
 
 ADMIN_TOKEN_ENV = "THUNDERAGENT_ADMIN_TOKEN"
@@ -178,18 +177,23 @@ def admin_token(flag: str | None, path: str | None) -> str | None:
     return os.environ.get(ADMIN_TOKEN_ENV) or None
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """argv -> a validated Config (exits with one line on a bad flag)."""
-    p = build_parser()
-    ns = vars(p.parse_args(argv))
+def config_from_flags(argv: list[str]) -> Config:
+    """Command-line flags -> a validated Config, for the proxy's own command line and for anything that
+    describes a proxy by its flags (a recipe's [proxy].args). Raises CliError (one line) on a bad flag."""
+    ns = vars(build_parser().parse_args(argv))
     names = {f.name for f in dataclasses.fields(Config)}
-    try:
-        ns["admin_token"] = admin_token(ns.get("admin_token"), ns.get("admin_token_file"))
-        cfg = Config(**{k: v for k, v in ns.items() if k in names})
-        validate(cfg)
-    except CliError as e:
-        p.exit(2, f"thunderagent: error: {e}\n")
+    ns["admin_token"] = admin_token(ns.get("admin_token"), ns.get("admin_token_file"))
+    cfg = Config(**{k: v for k, v in ns.items() if k in names})
+    validate(cfg)
     return cfg
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """argv (default: sys.argv[1:]) -> a validated Config; exits 2 with one line on a bad flag."""
+    try:
+        return config_from_flags(sys.argv[1:] if argv is None else argv)
+    except CliError as e:
+        _fail(f"{e}")
 
 
 def check_port(host: str, port: int) -> None:

@@ -11,8 +11,12 @@ field off the command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from ThunderAgent.policy.settings import PolicySettings
+
+_POLICY = PolicySettings()  # the policy's own defaults are the flags' defaults
 
 
 def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -46,9 +50,9 @@ class Config:
     profile_dir: str = opt("/tmp/thunderagent_profiles", "directory for the profiling files (created if missing)")
     metrics: bool = opt(False, "scrape each backend's /metrics periodically (engine metrics + health)")
     metrics_interval: float = opt(5.0, "seconds between backend metrics scrapes")
-    scheduler_interval: float = opt(5.0, "seconds between scheduler ticks (router tr only)")
+    scheduler_interval: float = opt(_POLICY.scheduler_interval, "seconds between scheduler ticks (router tr only)")
     acting_token_weight: float = opt(
-        1.0, "weight of ACTING programs' tokens in capacity accounting (0.1 = aggressive, 0 = ignore)"
+        _POLICY.acting_token_weight, "weight of ACTING programs' tokens in capacity accounting (0.1 = aggressive, 0 = ignore)"
     )
     use_acting_token_decay: bool = opt(
         False, "decay ACTING programs' tokens with the time spent acting (selects --acting-decay exp)"
@@ -126,61 +130,61 @@ class Config:
     )
 
     # --- tr scheduler (see ThunderAgent/policy/capacity.py for the meaning of each) ----------------------
-    buffer_per_program: int = opt(100, "decode headroom tokens charged per registered program (upstream: 100)")
-    high_watermark: float = opt(1.0, "pause when a backend's charged usage > high_watermark * its KV capacity")
+    buffer_per_program: int = opt(_POLICY.buffer_per_program, "decode headroom tokens charged per registered program (upstream: 100)")
+    high_watermark: float = opt(_POLICY.high_watermark, "pause when a backend's charged usage > high_watermark * its KV capacity")
     low_watermark: float = opt(
-        0.95, "pause down to (marked programs counted as gone), and admit/resume only up to, low_watermark * capacity"
+        _POLICY.low_watermark, "pause down to (marked programs counted as gone), and admit/resume only up to, low_watermark * capacity"
     )
     acting_decay: str = opt(
-        "off",
+        _POLICY.acting_decay,
         "decay of ACTING tokens: off | exp (half-life --acting-decay-half-life) | geometric (--acting-decay-base per tick)",
         choices=("off", "exp", "geometric"),
     )
-    acting_decay_half_life: float = opt(1.0, "seconds (exp decay); upstream's fixed 2^-t has half-life 1 s")
-    acting_decay_base: float = opt(2.0, "geometric decay base x: weight = x^-k after k ticks")
+    acting_decay_half_life: float = opt(_POLICY.acting_decay_half_life, "seconds (exp decay); upstream's fixed 2^-t has half-life 1 s")
+    acting_decay_base: float = opt(_POLICY.acting_decay_base, "geometric decay base x: weight = x^-k after k ticks")
     resume_timeout: float = opt(
-        1800.0, "seconds a held request waits before a forced resume (the pause pass then restores the watermark)"
+        _POLICY.resume_timeout, "seconds a held request waits before a forced resume (the pause pass then restores the watermark)"
     )
     aging_bound: float = opt(
-        300.0,
+        _POLICY.aging_bound,
         "seconds after which a held request goes first and reserves room, so large programs cannot starve; it then "
         "starts as running programs finish, or as programs idle this long are swapped out for it (programs in "
         "mid-trajectory are not rotated out: a re-prefill each); --resume-timeout is the hard bound on a wait",
     )
-    shared_prefix_credit: bool = opt(False, "count a prefix shared by several programs on a backend once")
+    shared_prefix_credit: bool = opt(_POLICY.shared_prefix_credit, "count a prefix shared by several programs on a backend once")
     shared_prefix_tokens: int = opt(
-        0, "size in tokens of the prefix all programs share (system prompt + tools), for --shared-prefix-credit"
+        _POLICY.shared_prefix_tokens, "size in tokens of the prefix all programs share (system prompt + tools), for --shared-prefix-credit"
     )
     tr_mode: str = opt(
-        "cost-aware",
+        _POLICY.tr_mode,
         "how tr sets its limits: fixed = the watermarks times the KV capacity (upstream's rule, made explicit); "
         "cost-aware = the same limits times an overcommit factor that grows while losing the prefix cache would "
         "be cheap (see --cost-recompute-budget) and falls back to 1 when re-prefill is expensive",
         choices=("fixed", "cost-aware"),
     )
     cost_recompute_budget: float = opt(
-        1.0,
+        _POLICY.cost_recompute_budget,
         "cost-aware: the largest share of the engine's time that re-prefilling EVERY prompt from scratch at the "
         "current call rate may take (prompt tokens/s x prefill s/token) for tr to still admit past the KV "
         "capacity (1 = the break-even: above it a full loss of the prefix cache could not even sustain today's "
         "calls); above the budget tr pauses programs as the fixed rule does",
     )
     cost_max_overcommit: float = opt(
-        8.0,
+        _POLICY.cost_max_overcommit,
         "cost-aware: the most tr admits, as a multiple of the fixed limits, when re-prefill is cheap (past "
         "the KV capacity the engine itself evicts and preempts, as raw vLLM would)",
     )
     cost_prefill_seconds_per_token: float = opt(
-        0.0,
+        _POLICY.cost_prefill_seconds_per_token,
         "cost-aware: engine seconds to prefill one prompt token (e.g. 1e-5 for a 355B model on 8xH100: 30K "
         "tokens ~0.3 s); 0 = learn it from the engine's prefill-time histograms (needs --metrics)",
     )
     cost_half_life: float = opt(
-        10.0, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine; also how "
+        _POLICY.cost_half_life, "cost-aware: half-life, in metrics scrapes, of the rates and fits learned from the engine; also how "
         "many scrapes in a row, while the fixed limit binds, the share must stay under the budget before tr relaxes"
     )
     tr_queue_order: str = opt(
-        "arrival",
+        _POLICY.tr_queue_order,
         "order of programs waiting for their FIRST response: arrival (first come, first served: a large program "
         "is never overtaken by a later one, so its size does not delay its start) | smallest (smallest context "
         "first, upstream: best packing, but large programs wait for every smaller one). Programs already "
@@ -188,25 +192,25 @@ class Config:
         choices=("arrival", "smallest"),
     )
     tr_placement: str = opt(
-        "best_fit",
+        _POLICY.tr_placement,
         "where a resumed program goes when its origin backend has no room: best_fit (tightest backend that "
         "fits; keeps big holes for big programs) | worst_fit (roomiest; upstream, balances load)",
         choices=("best_fit", "worst_fit"),
     )
     kv_offload_tokens: int = opt(
-        0,
+        _POLICY.kv_offload_tokens,
         "KV tokens the engine keeps in host memory (vLLM --kv-offloading-size: GiB x 2^30 / KV bytes per token "
         "over all GPUs; vLLM does not publish it); 0 = no tier: tr counts the GPU KV cache only",
     )
     kv_offload_credit: float = opt(
-        0.0,
+        _POLICY.kv_offload_credit,
         "share of --kv-offload-tokens tr counts as capacity on top of the GPU KV cache (a prefix evicted to host "
         "memory comes back at PCIe cost, not a re-prefill); 0 = tier-blind, the default: in the simulator 0.5 "
         "paid only where the programs' contexts fit in GPU + host (1.17x steps/min at 48 GLM-4.6 programs, "
         "256 GiB) and cost dearly past that (0.58x at 96-192 programs)",
     )
     unknown_capacity_programs: int = opt(
-        16,
+        _POLICY.unknown_capacity_programs,
         "while a backend's KV capacity is unknown, admit at most this many programs to it (0 = none) and "
         "never pause there; the proxy warns until the capacity is known",
     )
@@ -215,3 +219,10 @@ class Config:
     @property
     def scheduling_enabled(self) -> bool:
         return self.router == "tr"
+
+    def policy_settings(self) -> PolicySettings:
+        """The policy's share of this Config (raises InvalidSetting naming the bad field)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(PolicySettings)}
+        if self.acting_decay == "off" and self.use_acting_token_decay:  # upstream's switch selects exp decay
+            kw["acting_decay"] = "exp"
+        return PolicySettings(**kw)

@@ -131,17 +131,17 @@ class _StateCollector(Collector):
         yield progs
         yield healthy
 
-        report = getattr(getattr(self._policy, "limits", None), "report", None)  # tr --tr-mode cost-aware
-        if report is not None:
+        reports = {b.url: self._policy.report(b.url) for b in self._policy.backends()}
+        if any(reports.values()):  # a policy that learns (tr --tr-mode cost-aware) says what it believes
             cost = GaugeMetricFamily(
                 "thunderagent_cost_aware",
                 "What the cost-aware tr believes per backend: overcommit (limits = fixed limits x it), share "
                 "(full-thrash recompute share of the engine's time), prefill_seconds_per_token (learned or given)",
                 labels=["backend", "name"],
             )
-            for b in self._policy.backends():
-                for name, value in report(b.url).items():
-                    cost.add_metric([redact_url(b.url), name], value)
+            for url, report in reports.items():
+                for name, value in report.items():
+                    cost.add_metric([redact_url(url), name], value)
             yield cost
 
         engine = GaugeMetricFamily(

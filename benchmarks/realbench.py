@@ -310,7 +310,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
 
     from harness.sim.des import BACKEND, run_des
     from harness.sim.timing import load_profile
-    from ThunderAgent.cli import parse_config
+    from ThunderAgent.cli import config_from_flags
 
     prof = load_profile(profile)
     label = f"simulated {profile}"
@@ -322,7 +322,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
     table = arms if isinstance(arms, dict) else parse_arms(",".join(arms))
     out: list[ArmResult] = []
     for arm, flags in table.items():
-        cfg = parse_config(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
+        cfg = config_from_flags(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
         cfg = replace(cfg, backends=(BACKEND,))  # the DES's one engine
         res = run_des(prof, arm="vllm" if flags is None else "thunderagent", programs=workload.programs,
                       duration_s=hi, trajectories=trajectories or workload.trajectories(arm), policy_config=cfg,

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ThunderAgent.config import Config  # noqa: E402
 from ThunderAgent.policy.base import Proceed, Reject, Resume, State  # noqa: E402
 from ThunderAgent.policy.capacity import CapacityPolicy  # noqa: E402
+from ThunderAgent.policy.settings import PolicySettings  # noqa: E402
 
 # CPU time of this thread, not wall time: on a shared machine, time spent descheduled is not the policy's
 clock = time.thread_time
@@ -41,19 +42,20 @@ EVENTS_PER_TICK = 20
 MEAN_TOKENS = 11_000
 
 
-def config() -> Config:
+def config() -> PolicySettings:
     # the naive twin implements the core rule only: no aging, no forced resume, no decay, no credit
-    return Config(backends=BACKENDS, router="tr", aging_bound=1e18, resume_timeout=1e18, low_watermark=0.9)
+    return Config(backends=BACKENDS, router="tr", aging_bound=1e18, resume_timeout=1e18,
+                  low_watermark=0.9).policy_settings()
 
 
 # ====================================================================================== the naive twin
 class NaivePolicy:
     """The same decisions as CapacityPolicy (watermarks, counted marks, minimal pause sets, resume of started
     programs smallest first then of newcomers in arrival order, origin then best-fit placement, unmarking),
-    computed by scanning all programs every time — as upstream does (per-backend sums recomputed on demand,
-    the queue sorted on every pass)."""
+    computed by scanning all programs every time — as upstream does (its sums are recomputed on demand and
+    its queue sorted on every pass)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: PolicySettings) -> None:
         self.w, self.buf = cfg.acting_token_weight, cfg.buffer_per_program
         self.hi, self.lo = cfg.high_watermark, cfg.low_watermark
         self.cap: dict[str, int | None] = {u: None for u in cfg.backends}
@@ -64,7 +66,7 @@ class NaivePolicy:
     @classmethod
     def copy_of(cls, pol: CapacityPolicy) -> NaivePolicy:
         """The same scheduling state as `pol` (so a 10,000-program setup is not paid in O(n²))."""
-        twin = cls(pol.config)
+        twin = cls(pol.settings)
         for url, b in pol.book.backends.items():
             twin.cap[url], twin.healthy[url] = b.capacity, b.healthy
         for pid, p in pol.book.programs.items():

@@ -1,29 +1,24 @@
 """The scheduling decision core: pure objects, no I/O, no asyncio, time passed in as `now`.
 
-The HTTP proxy (ThunderAgent/app.py) and the discrete-event simulator (harness/sim/des.py) drive the same
-policy objects through the interface in `base.py`. `make_policy(config)` picks one by `config.router`.
+`base.py` declares the interface and its actions, `settings.py` what a policy reads, `driver.py` the one
+loop that drives a policy (the proxy and the discrete-event simulator are thin adapters around it);
+`passthrough.py` ("default") and `capacity.py` ("tr", with `ledger.py`'s accounting and `limits.py`'s
+lines) implement it. `make_policy(settings)` picks one by `settings.router`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ThunderAgent.policy.base import Policy
+from ThunderAgent.policy.capacity import CapacityPolicy
+from ThunderAgent.policy.passthrough import PassthroughPolicy
+from ThunderAgent.policy.settings import ROUTERS, PolicySettings
 
-if TYPE_CHECKING:
-    from ThunderAgent.config import Config
-    from ThunderAgent.policy.base import Policy
-
-ROUTERS = ("tr", "default")
+__all__ = ["ROUTERS", "Policy", "PolicySettings", "make_policy"]
 
 
-def make_policy(config: "Config") -> "Policy":
-    """The policy for `config.router`: "default" -> PassthroughPolicy, "tr" -> CapacityPolicy; every backend
-    of `config.backends` is added."""
-    if config.router == "default":
-        from ThunderAgent.policy.passthrough import PassthroughPolicy
-
-        return PassthroughPolicy(config)
-    if config.router == "tr":
-        from ThunderAgent.policy.capacity import CapacityPolicy
-
-        return CapacityPolicy(config)
-    raise ValueError(f"unknown router {config.router!r}: choose one of {', '.join(ROUTERS)}")
+def make_policy(settings: PolicySettings) -> Policy:
+    """The policy for `settings.router`: "default" -> PassthroughPolicy, "tr" -> CapacityPolicy; every backend
+    of `settings.backends` is added."""
+    if settings.router == "default":
+        return PassthroughPolicy(settings)
+    return CapacityPolicy(settings)

@@ -22,9 +22,9 @@ otherwise. Program state: ACTIVE (placed on a backend), PAUSED (in the one globa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 
 class Phase(StrEnum):
@@ -128,28 +128,56 @@ class PolicyStats:
     unknown_capacity: tuple[str, ...] = ()  # backends whose KV capacity is still unknown: warn loudly
 
 
-class Policy(Protocol):
-    """What the proxy and the simulator call. Implementations: passthrough.PassthroughPolicy ("default"),
-    capacity.CapacityPolicy ("tr")."""
+class Policy(ABC):
+    """What the policy driver (driver.py) calls — the only caller. Implementations: passthrough.PassthroughPolicy
+    ("default"), capacity.CapacityPolicy ("tr"). The optional hooks are no-ops here, so a caller never asks
+    whether a policy has one."""
 
-    name: str
+    name: str = ""
+    mode: str | None = None  # the variant of the rule, where a policy has several (tr: "fixed", "cost-aware")
+    learns_from_engine: bool = False  # wants engine metrics through observe_engine
 
     # backends
+    @abstractmethod
     def add_backend(self, url: str) -> None: ...
+    @abstractmethod
     def set_capacity(self, url: str, tokens: int | None, now: float) -> list[Action]: ...
+    @abstractmethod
     def set_healthy(self, url: str, healthy: bool, now: float) -> list[Action]: ...
 
+    def observe_engine(self, url: str, metrics: dict[str, float], now: float) -> list[Action]:
+        """Engine metrics of `url` (vLLM names, as a /metrics scrape reads them)."""
+        return []
+
+    def set_shared_prefix(self, tokens: int) -> None:
+        """Size of the prefix every program shares (system prompt + tool schemas)."""
+
     # requests
+    @abstractmethod
     def on_arrival(self, program_id: str, tokens: int, now: float) -> Admission: ...
-    def on_progress(self, program_id: str, tokens: int) -> None: ...
+
+    def on_progress(self, program_id: str, tokens: int) -> None:
+        """A streamed response grew the program's context by `tokens`."""
+
+    @abstractmethod
     def on_request_end(self, program_id: str, now: float, total_tokens: int | None) -> list[Action]: ...
 
     # lifecycle
+    @abstractmethod
     def release(self, program_id: str, now: float) -> tuple[bool, list[Action]]: ...
+    @abstractmethod
     def tick(self, now: float) -> list[Action]: ...
 
     # views
+    @abstractmethod
     def program(self, program_id: str) -> ProgramView | None: ...
+    @abstractmethod
     def programs(self) -> list[ProgramView]: ...
+    @abstractmethod
     def backends(self) -> list[BackendView]: ...
+    @abstractmethod
     def stats(self) -> PolicyStats: ...
+
+    def report(self, url: str) -> dict[str, float]:
+        """What the policy has learned about `url`, for /metrics and run reports (empty: nothing)."""
+        return {}

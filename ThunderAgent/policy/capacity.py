@@ -76,13 +76,13 @@ import math
 
 from sortedcontainers import SortedList
 
-from ThunderAgent.config import Config
 from ThunderAgent.policy.base import (
     Action,
     Admission,
     BackendView,
     Pause,
     Phase,
+    Policy,
     PolicyStats,
     Proceed,
     ProgramView,
@@ -93,68 +93,45 @@ from ThunderAgent.policy.base import (
 )
 from ThunderAgent.policy.ledger import Book, Entry, Key, Ledger
 from ThunderAgent.policy.limits import Limits, make_limits
-
-DECAYS = ("off", "exp", "geometric")
-PLACEMENTS = ("best_fit", "worst_fit")
-QUEUE_ORDERS = ("arrival", "smallest")
+from ThunderAgent.policy.settings import PolicySettings
 
 
-class CapacityPolicy:
+class CapacityPolicy(Policy):
     """The "tr" router. Implements `ThunderAgent.policy.base.Policy`; see the module docstring."""
 
     name = "tr"
 
-    def __init__(self, config: Config, *, limits: Limits | None = None) -> None:
-        self.config = config
-        self.limits: Limits = limits if limits is not None else make_limits(config)
-        decay = config.acting_decay
-        if decay == "off" and config.use_acting_token_decay:
-            decay = "exp"
-        if decay not in DECAYS:
-            raise ValueError(f"unknown --acting-decay {decay!r}: choose one of {', '.join(DECAYS)}")
-        if decay == "exp" and not config.acting_decay_half_life > 0:
-            raise ValueError("--acting-decay-half-life must be > 0 seconds")
-        if decay == "geometric" and not config.acting_decay_base > 1:
-            raise ValueError("--acting-decay-base must be > 1")
-        order = getattr(config, "tr_queue_order", "arrival")
-        if order not in QUEUE_ORDERS:
-            raise ValueError(f"unknown --tr-queue-order {order!r}: choose one of {', '.join(QUEUE_ORDERS)}")
-        placement = getattr(config, "tr_placement", "best_fit")
-        if placement not in PLACEMENTS:
-            raise ValueError(f"unknown --tr-placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
-        if config.acting_token_weight < 0:
-            raise ValueError("--acting-token-weight must be >= 0")
-        if config.buffer_per_program < 0:
-            raise ValueError("--buffer-per-program must be >= 0")
-        if config.kv_offload_tokens < 0 or not 0.0 <= config.kv_offload_credit <= 1.0:
-            raise ValueError("--kv-offload-tokens must be >= 0 and --kv-offload-credit within 0..1")
-        if config.aging_bound < 0 or config.resume_timeout <= 0:
-            raise ValueError("--aging-bound must be >= 0 and --resume-timeout > 0")
+    def __init__(self, settings: PolicySettings, *, limits: Limits | None = None) -> None:
+        self.settings = settings
+        self.mode = settings.tr_mode
+        self.learns_from_engine = settings.learns_from_engine
+        self.limits: Limits = limits if limits is not None else make_limits(settings)
+        decay = settings.acting_decay
         self.decay = decay
-        self.best_fit = placement == "best_fit"
-        self._aging = float(config.aging_bound)
-        self._timeout = float(config.resume_timeout)
-        self._unknown_slots = int(getattr(config, "unknown_capacity_programs", 16))
-        self._credit = bool(config.shared_prefix_credit)
+        self.best_fit = settings.tr_placement == "best_fit"
+        self._aging = float(settings.aging_bound)
+        self._timeout = float(settings.resume_timeout)
+        self._unknown_slots = int(settings.unknown_capacity_programs)
+        self._credit = bool(settings.shared_prefix_credit)
         # decay clock: u = now (exp, unit = half-life) or u = ticks (geometric, unit = 1)
         base, unit = (
-            (2.0, float(config.acting_decay_half_life))
+            (2.0, float(settings.acting_decay_half_life))
             if decay == "exp"
-            else (float(config.acting_decay_base), 1.0)
+            else (float(settings.acting_decay_base), 1.0)
         )
         self.book = Ledger(
-            weight=config.acting_token_weight,
-            buffer=config.buffer_per_program,
+            weight=settings.acting_token_weight,
+            buffer=settings.buffer_per_program,
             decay=decay,
             base=base,
             unit=unit,
-            prefix=int(getattr(config, "shared_prefix_tokens", 0)) if self._credit else 0,
-            arrival_order=order == "arrival",
+            prefix=settings.shared_prefix_tokens if self._credit else 0,
+            arrival_order=settings.tr_queue_order == "arrival",
         )  # the accounting (ledger.py); read it, never mutate it from outside
         self._buffered: list[Action] = []  # actions produced where the interface cannot return them
         self._pauses = self._resumes = self._forced = self._marks = self._rejects = 0
         self._swaps = self._unmarks = 0
-        for url in config.backends:
+        for url in settings.backends:
             self.add_backend(url)
 
     # ================================================================================ backends
@@ -174,7 +151,7 @@ class CapacityPolicy:
 
     def _host_credit(self) -> int:
         """KV offloading: tokens of the host tier counted as capacity beyond the GPU cache (see the module doc)."""
-        return int(self.config.kv_offload_credit * self.config.kv_offload_tokens)
+        return int(self.settings.kv_offload_credit * self.settings.kv_offload_tokens)
 
     def set_healthy(self, url: str, healthy: bool, now: float) -> list[Action]:
         """Unhealthy backends get no new or resumed programs; programs already there stay (and are still
@@ -191,18 +168,20 @@ class CapacityPolicy:
         """Engine metrics of `url` (e.g. from a /metrics scrape). Passed to the limits (a cost-aware mode
         learns from them), then the backend is re-checked, as its limits may have moved."""
         self.add_backend(url)
-        observe = getattr(self.limits, "observe", None)
-        if observe is not None:
-            b = self.book.backends[url]
-            # the limit binds: programs from this backend are paused, requests wait, or usage is at the limit
-            binding = (b.capacity is None or b.paused_count > 0 or len(self.book.pending_age) > 0
-                       or self.book.used(b) >= self.limits.low(url, b.capacity))
-            observe(url, metrics, now, binding=binding)
+        b = self.book.backends[url]
+        # the limit binds: programs from this backend are paused, requests wait, or usage is at the limit
+        binding = (b.capacity is None or b.paused_count > 0 or len(self.book.pending_age) > 0
+                   or self.book.used(b) >= self.limits.low(url, b.capacity))
+        self.limits.observe(url, metrics, now, binding=binding)
         actions = self._flush()
         self.book.advance(now)
         self._pause_pass(self.book.backends[url], actions)
         self._resume_pass(now, actions)
         return actions
+
+    def report(self, url: str) -> dict[str, float]:
+        """What the limits learned about `url` (a cost-aware mode: overcommit, share, prefill cost)."""
+        return self.limits.report(url)
 
     def set_shared_prefix(self, tokens: int) -> None:
         """Size in tokens of the prefix every program shares (e.g. the system prompt + tool schemas); only

@@ -8,7 +8,7 @@ answers "how many charged tokens may this backend hold?" as two numbers:
 
 The gap between them is the hysteresis that stops a program from being paused and resumed on alternate
 ticks. `FixedLimits` ("--tr-mode fixed") is upstream's rule made explicit: a fixed fraction of the engine's
-KV-cache tokens. `CostAwareLimits` ("--tr-mode cost-aware", issue 11) scales those numbers by an overcommit
+KV-cache tokens. `CostAwareLimits` ("--tr-mode cost-aware") scales those numbers by an overcommit
 factor that moves with what pausing saves and costs (usage may run past the KV capacity when re-prefill is
 cheap), fed engine figures through `observe`, without touching the policy's bookkeeping.
 """
@@ -16,16 +16,19 @@ cheap), fed engine figures through `observe`, without touching the policy's book
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from ThunderAgent.config import Config
-
-TR_MODES = ("fixed", "cost-aware")
+from ThunderAgent.policy.settings import PolicySettings
 
 
-class Limits(Protocol):
-    def high(self, url: str, capacity: int) -> float: ...
-    def low(self, url: str, capacity: int) -> float: ...
+class Limits:
+    """The two lines of one backend. Subclasses answer `high` and `low`; `observe` and `report` are for modes
+    that learn (no-ops here)."""
+
+    def high(self, url: str, capacity: int) -> float:
+        raise NotImplementedError
+
+    def low(self, url: str, capacity: int) -> float:
+        raise NotImplementedError
 
     def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
         """Engine figures for `url` (vLLM metric names, as ThunderAgent.backends.parse_vllm_metrics returns
@@ -33,17 +36,16 @@ class Limits(Protocol):
         binds on that backend now (programs from it are paused, requests wait, or its charged usage is at
         the low limit), i.e. whether what the engine shows was measured under the pressure the limits decide
         about (CapacityPolicy.observe_engine computes it)."""
-        ...
+
+    def report(self, url: str) -> dict[str, float]:
+        """What a learning mode currently believes about `url` (empty: nothing learned, nothing to export)."""
+        return {}
 
 
-class FixedLimits:
+class FixedLimits(Limits):
     """high = high_watermark × capacity, low = low_watermark × capacity (capacity in KV tokens)."""
 
     def __init__(self, high_watermark: float, low_watermark: float) -> None:
-        if not (0.0 < low_watermark <= high_watermark):
-            raise ValueError(
-                f"need 0 < --low-watermark <= --high-watermark, got low={low_watermark} high={high_watermark}"
-            )
         self.high_watermark = high_watermark
         self.low_watermark = low_watermark
 
@@ -53,11 +55,8 @@ class FixedLimits:
     def low(self, url: str, capacity: int) -> float:
         return self.low_watermark * capacity
 
-    def observe(self, url: str, metrics: dict[str, float], now: float, *, binding: bool = True) -> None:
-        return None
 
-
-# ===================================================================================== cost-aware (issue 11)
+# ===================================================================================== cost-aware
 PROMPT = "vllm:prompt_tokens_total"
 HITS = "vllm:prefix_cache_hits_total"
 PREFILL_SUM = "vllm:request_prefill_time_seconds_sum"
@@ -137,7 +136,7 @@ class Learned:
         return self.prefill_s / self.uncached
 
 
-class CostAwareLimits:
+class CostAwareLimits(Limits):
     """Fixed limits scaled by an overcommit factor m ≥ 1 that follows what pausing saves and costs.
 
     Pausing a program only pays when its evicted prefix would be expensive to re-prefill. The figure that
@@ -180,14 +179,6 @@ class CostAwareLimits:
     def __init__(self, high_watermark: float, low_watermark: float, *, budget: float, max_overcommit: float,
                  prefill_seconds_per_token: float = 0.0, half_life: float = 10.0) -> None:
         self.fixed = FixedLimits(high_watermark, low_watermark)
-        if not budget > 0:
-            raise ValueError("--cost-recompute-budget must be > 0")
-        if not max_overcommit >= 1:
-            raise ValueError("--cost-max-overcommit must be >= 1")
-        if prefill_seconds_per_token < 0:
-            raise ValueError("--cost-prefill-seconds-per-token must be >= 0 (0 = learn from the engine)")
-        if not half_life > 0:
-            raise ValueError("--cost-half-life must be > 0")
         self.budget = budget
         self.max_overcommit = max_overcommit
         self.prior = prefill_seconds_per_token
@@ -270,17 +261,15 @@ class CostAwareLimits:
         e.overcommit = min(self.max_overcommit, max(1.0, e.overcommit * step))
 
 
-def make_limits(config: Config) -> Limits:
-    mode = getattr(config, "tr_mode", "fixed")
-    if mode == "fixed":
-        return FixedLimits(config.high_watermark, config.low_watermark)
-    if mode == "cost-aware":
-        return CostAwareLimits(
-            config.high_watermark,
-            config.low_watermark,
-            budget=config.cost_recompute_budget,
-            max_overcommit=config.cost_max_overcommit,
-            prefill_seconds_per_token=config.cost_prefill_seconds_per_token,
-            half_life=config.cost_half_life,
-        )
-    raise ValueError(f"unknown --tr-mode {mode!r}: choose one of {', '.join(TR_MODES)}")
+def make_limits(settings: PolicySettings) -> Limits:
+    """The limits of `settings.tr_mode` (settings are validated when built)."""
+    if settings.tr_mode == "fixed":
+        return FixedLimits(settings.high_watermark, settings.low_watermark)
+    return CostAwareLimits(
+        settings.high_watermark,
+        settings.low_watermark,
+        budget=settings.cost_recompute_budget,
+        max_overcommit=settings.cost_max_overcommit,
+        prefill_seconds_per_token=settings.cost_prefill_seconds_per_token,
+        half_life=settings.cost_half_life,
+    )

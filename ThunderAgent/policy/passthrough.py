@@ -1,4 +1,4 @@
-"""Router "default": a sticky, least-loaded pass-through (upstream's `--router default`, spec §5).
+"""Router "default": a sticky, least-loaded pass-through (upstream's `--router default`).
 
 Every request proceeds at once. A program is placed at its first request on the healthy backend with the
 fewest *live* programs (ties: configuration order; none healthy: the first backend) and stays there for
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ThunderAgent.config import Config
 from ThunderAgent.policy.base import (
     Action,
     Admission,
     BackendView,
     Phase,
+    Policy,
     PolicyStats,
     Proceed,
     ProgramView,
     State,
 )
+from ThunderAgent.policy.settings import PolicySettings
 
 
 @dataclass(slots=True)
@@ -51,15 +52,15 @@ class _Backend:
     reasoning_count: int = 0
 
 
-class PassthroughPolicy:
+class PassthroughPolicy(Policy):
     """The "default" router. Implements `ThunderAgent.policy.base.Policy`."""
 
     name = "default"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, settings: PolicySettings) -> None:
         self._backends: dict[str, _Backend] = {}
         self._programs: dict[str, _Program] = {}
-        for url in config.backends:
+        for url in settings.backends:
             self.add_backend(url)
 
     # --- backends --------------------------------------------------------------------------------------

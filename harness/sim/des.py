@@ -294,13 +294,13 @@ def run_des(
                 import dataclasses  # the host tier's size in tokens, as the operator passes --kv-offload-tokens
 
                 cfg = dataclasses.replace(cfg, kv_offload_tokens=engine.host.capacity_blocks * bs)
-            pol = make_policy(cfg)
+            pol = make_policy(cfg.policy_settings())
         pol.add_backend(BACKEND)
         actions0 = pol.set_capacity(BACKEND, prof.engine.kv_tokens, 0.0)
         assert not actions0 or all(isinstance(a, (Resume, Reject)) or True for a in actions0)
     tick_interval = float(getattr(policy_config, "scheduler_interval", 5.0) or 5.0) if pol else math.inf
     # only a cost-aware tr learns from metrics; other policies see no extra calls (their runs stay as they were)
-    learns = getattr(getattr(pol, "config", None), "tr_mode", "fixed") == "cost-aware"
+    learns = pol is not None and pol.learns_from_engine
     pin_ttl = pin_ttl_s if arm == "continuum" else None
 
     source = _trajectory_source(wl if isinstance(wl, WorkloadParams) else None, trajectories, seed, programs, resample)
@@ -458,15 +458,14 @@ def run_des(
                                      kv_cache_usage=engine.kv_usage(), host=engine.host))
             metrics.append(row)
             next_scrape += metrics_interval
-            observe = getattr(pol, "observe_engine", None) if learns else None
-            if observe is not None:  # a cost-aware tr learns from the engine as it would from /metrics
+            if pol is not None and learns:  # a cost-aware tr learns from the engine as it would from /metrics
                 seen = dict(row)
                 seen["vllm:request_prefill_time_seconds_sum"] = engine.stats.prefill_time.total
                 seen["vllm:request_prefill_time_seconds_count"] = engine.stats.prefill_time.n
                 seen["vllm:inter_token_latency_seconds_sum"] = engine.stats.inter_token_latency.total
                 seen["vllm:inter_token_latency_seconds_count"] = engine.stats.inter_token_latency.n
                 seen.update(histogram_sample("vllm:iteration_tokens_total", engine.stats.iteration_tokens))
-                apply(observe(BACKEND, seen, t), t)
+                apply(pol.observe_engine(BACKEND, seen, t), t)
         if pol is not None and t >= next_tick:
             apply(pol.tick(t), t)
             next_tick += tick_interval
@@ -491,12 +490,11 @@ def run_des(
         st = pol.stats()
         pstats = {k: getattr(st, k) for k in ("pauses", "resumes", "forced_resumes", "marks", "rejects", "queue_length",
                                               "swaps", "unmarks") if hasattr(st, k)}
-        mode = getattr(getattr(pol, "config", None), "tr_mode", None)
-        if mode is not None:  # which tr rule ran, and (cost-aware) what it believed at the end
-            pstats["tr_mode"] = mode
-        report = getattr(getattr(pol, "limits", None), "report", None)
-        if report is not None:
-            pstats["cost_aware"] = {k: round(v, 9) for k, v in report(BACKEND).items()}
+        if pol.mode is not None:  # which tr rule ran, and (cost-aware) what it believed at the end
+            pstats["tr_mode"] = pol.mode
+        report = pol.report(BACKEND)
+        if report:
+            pstats["cost_aware"] = {k: round(v, 9) for k, v in report.items()}
     if arm == "continuum":
         pstats = {"pins": engine.stats.pins, "pin_expiries": engine.stats.pin_expiries, "pin_ttl_s": pin_ttl_s}
     result = DesResult(arm, prof.name, programs, duration_s, seed, steps, metrics, engine.num_steps, engine_calls,

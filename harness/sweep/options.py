@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import contextlib
-import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,8 @@ from harness.recipes import ARMS, Recipe
 from harness.sim.timing import ProfileError, load_profile
 from harness.traces import TraceError, load_traces
 from harness.workload import load_workload_params
-from ThunderAgent.cli import parse_config
+from ThunderAgent.cli import CliError, config_from_flags
+from ThunderAgent.config import Config
 
 TRACE_PREFIX = "trace:"
 
@@ -250,17 +249,14 @@ def _targets(engine: str, endpoint: str | None, proxy: str | None):  # -> Target
     return t
 
 
-def proxy_config(recipe: "Recipe"):  # -> ThunderAgent.config.Config
-    """The ThunderAgent Config the recipe's proxy would run with (router + [proxy].args), parsed by the
-    proxy's own CLI parser so the DES policy and the real proxy read the same flags the same way."""
+def proxy_config(recipe: Recipe) -> Config:
+    """The ThunderAgent Config the recipe's proxy would run with (router + [proxy].args), read by the proxy's
+    own flag parser so the DES policy and the real proxy read the same flags the same way."""
     argv = ["--router", recipe.proxy.router, *recipe.proxy.args]
-    buf = io.StringIO()
     try:
-        with contextlib.redirect_stderr(buf):
-            return parse_config(argv)
-    except SystemExit:
-        msg = " ".join(buf.getvalue().split()) or "invalid flags"
-        raise ReproduceError(f"recipe {recipe.path.name}: [proxy].args {argv!r}: {msg}") from None
+        return config_from_flags(argv)
+    except CliError as e:
+        raise ReproduceError(f"recipe {recipe.path.name}: [proxy].args {argv!r}: thunderagent: error: {e}") from None
 
 
 def check_workload(workload: str, max_model_len: int | None = None) -> None:

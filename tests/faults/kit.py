@@ -83,7 +83,7 @@ class BackendProcess:
 
 def start_proxy(config: Config, policy: Any = None) -> tuple[ServerThread, Proxy, SpyPolicy]:
     """The proxy app on a real uvicorn socket in a thread, its policy wrapped in a SpyPolicy."""
-    spy = SpyPolicy(policy if policy is not None else make_policy(config))
+    spy = SpyPolicy(policy if policy is not None else make_policy(config.policy_settings()))
     app = create_app(config, policy=spy)
     srv = ServerThread(app).start()
     return srv, app.state.proxy, spy

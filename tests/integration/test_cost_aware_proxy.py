@@ -1,4 +1,4 @@
-"""The proxy feeds every successful /metrics scrape to the policy's observe_engine (issue 11), and a cost-aware tr
+"""The proxy feeds every successful /metrics scrape to the policy's observe_engine, and a cost-aware tr
 learns from it: the engine's prompt-token counter moves the limits."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ThunderAgent.policy.capacity import CapacityPolicy
 async def test_scrapes_reach_the_cost_aware_limits(fake_vllm: FakeVLLM):
     config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="cost-aware", metrics_interval=3600,
                     cost_prefill_seconds_per_token=1e-9)
-    policy = CapacityPolicy(config)
+    policy = CapacityPolicy(config.policy_settings())
     async with running_proxy(config, policy=policy) as (_c, proxy):
         await proxy.scrape_once()
         await proxy.scrape_once()

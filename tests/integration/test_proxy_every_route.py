@@ -43,7 +43,7 @@ def last_path(fake: FakeVLLM) -> str:
 
 
 def spy_for(fake: FakeVLLM) -> SpyPolicy:
-    return SpyPolicy(PassthroughPolicy(cfg(fake.url)))
+    return SpyPolicy(PassthroughPolicy(cfg(fake.url).policy_settings()))
 
 
 BODIES = {"completions": completion, "responses": response}

@@ -43,7 +43,7 @@ def assert_consistent(proxy, spy: SpyPolicy, pid: str = "p") -> None:
 @pytest.fixture(params=["default", "tr"])
 def spy(fake_vllm: FakeVLLM, request) -> SpyPolicy:
     """A spy around the real policy of each router (the proxy's contract must hold for both)."""
-    return SpyPolicy(make_policy(Config(backends=(fake_vllm.url,), router=request.param)))
+    return SpyPolicy(make_policy(Config(backends=(fake_vllm.url,), router=request.param).policy_settings()))
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ async def test_oversized_body_413(fake_vllm: FakeVLLM):
 
 async def test_backend_refusing_connections_502(spy: SpyPolicy):
     url = free_port_url()
-    spy.inner = make_policy(Config(backends=(url,), router=spy.name))
+    spy.inner = make_policy(Config(backends=(url,), router=spy.name).policy_settings())
     async with running_proxy(cfg(url), policy=spy) as (c, proxy):
         for stream in (False, True):
             r = await c.post("/v1/chat/completions", json=chat(program_id="p", stream=stream))

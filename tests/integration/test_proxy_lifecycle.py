@@ -98,7 +98,7 @@ async def test_abandoned_held_request_is_ended_when_resumed(fake_vllm: FakeVLLM)
 async def test_scheduler_ticks_only_with_tr(fake_vllm: FakeVLLM):
     for router, expect_ticks in (("tr", True), ("default", False)):
         c0 = Config(backends=(fake_vllm.url,), router=router, scheduler_interval=0.02)
-        spy = SpyPolicy(PassthroughPolicy(c0))
+        spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
         async with running_proxy(c0, policy=spy) as (c, proxy):
             if expect_ticks:
                 await until(lambda: spy.ticks >= 3, what="3 ticks")
@@ -168,7 +168,7 @@ async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
     fake_vllm.metrics_status = 503
     fake_vllm.num_gpu_blocks = 24
     c0 = cfg(fake_vllm.url)
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         assert await proxy.discover_capacity_once() is False
         assert fake_vllm.url not in spy.capacities
@@ -183,7 +183,7 @@ async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
 
 async def test_health_hysteresis_from_scrapes(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url, metrics=True, metrics_interval=3600)
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         fake_vllm.metrics_status = 500  # a failed scrape alone is not a failure: /health still answers
         await proxy.scrape_once()
@@ -227,7 +227,7 @@ async def test_default_router_sticky_least_loaded_live_programs(fake_vllm_factor
             await c.post("/v1/chat/completions", json=chat(program_id=pid))
         progs = (await c.get("/programs")).json()
         assert [progs[p]["backend"] for p in "abc"] == [f1.url, f2.url, f1.url]
-        for _ in range(2):  # sticky (§12.6)
+        for _ in range(2):  # sticky
             await c.post("/v1/chat/completions", json=chat(program_id="b"))
         assert (await c.get("/programs")).json()["b"]["backend"] == f2.url
         await c.post("/programs/release", json={"program_id": "a"})
@@ -239,7 +239,7 @@ async def test_default_router_sticky_least_loaded_live_programs(fake_vllm_factor
 
 async def test_token_estimate_is_last_exact_total_plus_new_messages(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url)
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         msgs = [{"role": "system", "content": "s" * 400}, {"role": "user", "content": "u" * 400}]
         r1 = await c.post("/v1/chat/completions", json={"model": "tiny", "messages": msgs, "program_id": "p"})
@@ -256,7 +256,7 @@ async def test_token_estimate_is_last_exact_total_plus_new_messages(fake_vllm: F
 async def test_streaming_progress_reported_every_20_events(fake_vllm: FakeVLLM):
     fake_vllm.completion_tokens = 45
     c0 = cfg(fake_vllm.url)
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         await c.post("/v1/chat/completions", json={**chat(program_id="p", stream=True), "max_tokens": 100})
         # 46 content events + the usage chunk = 47 data events -> two progress reports of 20
@@ -292,7 +292,7 @@ async def test_held_time_is_profiled_as_pause(fake_vllm: FakeVLLM, tmp_path):
 async def test_concurrent_requests_same_program_reasoning_until_last_ends(fake_vllm: FakeVLLM):
     fake_vllm.delay = 0.3
     c0 = cfg(fake_vllm.url)
-    spy = SpyPolicy(PassthroughPolicy(c0))
+    spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         tasks = [asyncio.create_task(c.post("/v1/chat/completions", json=chat())) for _ in range(10)]
         await until(lambda: proxy.registry.get("default") is not None and proxy.registry.get("default").inflight == 10)

@@ -33,7 +33,7 @@ async def test_non_streaming_passthrough_and_usage(fake_vllm: FakeVLLM):
         progs = (await c.get("/programs")).json()
         p = progs["p1"]
         assert p["status"] == "acting" and p["state"] == "active"
-        assert p["total_tokens"] == body["usage"]["total_tokens"]  # §12.4
+        assert p["total_tokens"] == body["usage"]["total_tokens"]
         assert p["step_count"] == 1 and p["backend"] == fake_vllm.url and p["inflight"] == 0
 
 
@@ -70,7 +70,7 @@ async def test_streaming_strips_injected_usage_chunk(fake_vllm: FakeVLLM):
 
 
 async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
-    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))) as (
+    async with running_proxy(cfg(fake_vllm.url), policy=SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))) as (
         c,
         proxy,
     ):
@@ -85,7 +85,7 @@ async def test_streaming_usage_kept_when_client_asked(fake_vllm: FakeVLLM):
 
 
 async def test_streaming_include_usage_false_still_measured_but_not_shown(fake_vllm: FakeVLLM):
-    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         r = await c.post(
             "/v1/chat/completions",
@@ -98,7 +98,7 @@ async def test_streaming_include_usage_false_still_measured_but_not_shown(fake_v
 
 async def test_streaming_continuous_usage_uses_last_usage(fake_vllm: FakeVLLM):
     fake_vllm.completion_tokens = 3
-    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url)))
+    spy = SpyPolicy(PassthroughPolicy(cfg(fake_vllm.url).policy_settings()))
     async with running_proxy(cfg(fake_vllm.url), policy=spy) as (c, proxy):
         so = {"include_usage": True, "continuous_usage_stats": True}
         r = await c.post("/v1/chat/completions", json=chat(program_id="c", stream=True, stream_options=so))
@@ -186,7 +186,7 @@ async def test_models_health_programs_release(fake_vllm: FakeVLLM):
         )
         assert h["per_backend"][fake_vllm.url]["total"] == 1
         assert h["backends"] == [fake_vllm.url] and h["profile_enabled"] is False
-        # release: known, unknown, bad input (§12.5)
+        # release: known, unknown, bad input
         assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {
             "program_id": "a",
             "released": True,

@@ -32,7 +32,7 @@ def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: Fak
     fake_vllm.completion_tokens = 200
     fake_vllm.token_delay = 0.02
     c0 = Config(backends=(fake_vllm.url,), router=router)
-    spy = SpyPolicy(make_policy(c0))
+    spy = SpyPolicy(make_policy(c0.policy_settings()))
     srv, proxy = start_proxy(c0, spy)
     try:
         with httpx.Client(timeout=10) as c:
@@ -59,7 +59,7 @@ def test_stream_is_incremental_and_client_disconnect_ends_request(fake_vllm: Fak
 def test_non_streaming_client_disconnect_cancels_backend_request(fake_vllm: FakeVLLM, router: str):
     fake_vllm.delay = 20.0  # long, so that the deadlines below can be generous on a loaded machine
     c0 = Config(backends=(fake_vllm.url,), router=router)
-    spy = SpyPolicy(make_policy(c0))
+    spy = SpyPolicy(make_policy(c0.policy_settings()))
     srv, proxy = start_proxy(c0, spy)
     try:
         t0 = time.monotonic()
@@ -158,7 +158,7 @@ def test_client_disconnect_while_sending_body(fake_vllm: FakeVLLM, caplog):
     import socket
 
     c0 = Config(backends=(fake_vllm.url,), router="default")
-    srv, proxy = start_proxy(c0, PassthroughPolicy(c0))
+    srv, proxy = start_proxy(c0, PassthroughPolicy(c0.policy_settings()))
     cancelled = proxy.telemetry.requests.labels("cancelled")
     try:
         with caplog.at_level("ERROR"):

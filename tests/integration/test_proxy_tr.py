@@ -28,7 +28,7 @@ def tr_config(url: str, **kw) -> Config:
 
 async def test_tr_basic_flow_and_views(fake_vllm: FakeVLLM):
     c0 = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(c0))
+    spy = SpyPolicy(make_policy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         await until(lambda: fake_vllm.url in spy.capacities, what="capacity discovered")
         r = await c.post("/v1/chat/completions", json=chat(program_id="a"))
@@ -52,7 +52,7 @@ async def test_tr_basic_flow_and_views(fake_vllm: FakeVLLM):
 async def test_tr_holds_a_program_until_room_frees(fake_vllm: FakeVLLM):
     fake_vllm.block_size, fake_vllm.num_gpu_blocks = 16, 24  # 384 tokens of KV
     c0 = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(c0))
+    spy = SpyPolicy(make_policy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         await until(lambda: spy.capacities.get(fake_vllm.url) == 384, what="capacity discovered")
         r = await c.post("/v1/chat/completions", json=chat("x" * 400, program_id="a"))
@@ -90,7 +90,7 @@ async def test_tr_release_while_held_rejects(fake_vllm: FakeVLLM):
 
 async def test_tr_failures_leave_program_acting(fake_vllm: FakeVLLM):
     c0 = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(c0))
+    spy = SpyPolicy(make_policy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         fake_vllm.fail_status = 500
         assert (await c.post("/v1/chat/completions", json=chat(program_id="p"))).status_code == 502

@@ -36,7 +36,7 @@ class CheckedPolicy(CapacityPolicy):
 
 def test_tr_policy_under_the_simulator_keeps_its_books_and_its_watermark():
     cfg = Config(router="tr", backends=(BACKEND,), scheduler_interval=5.0)
-    pol = CheckedPolicy(cfg)
+    pol = CheckedPolicy(cfg.policy_settings())
     res = run_des("glm4.6-8xh100", arm="thunderagent", programs=96, duration_s=300.0, policy=pol,
                   policy_config=cfg, seed=3)  # fmt: skip
     assert pol.ticks >= 59

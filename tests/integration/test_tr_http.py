@@ -56,7 +56,7 @@ def tr_config(url: str) -> Config:
 async def test_scheduler_paused_program_is_held_without_a_byte_until_room_frees(fake_vllm: FakeVLLM):
     fake_vllm.block_size, fake_vllm.num_gpu_blocks, fake_vllm.completion_tokens = 16, 50, 4  # 800 tokens
     cfg = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(cfg))
+    spy = SpyPolicy(make_policy(cfg.policy_settings()))
     async with running_proxy(cfg, policy=spy) as (c, proxy):
         await until(lambda: spy.capacities.get(fake_vllm.url) == 800, what="capacity discovered")
         await pause_a_by_the_scheduler(fake_vllm, c, proxy)
@@ -86,7 +86,7 @@ async def test_scheduler_paused_program_is_held_without_a_byte_until_room_frees(
 async def test_concurrent_requests_of_one_program_are_counted_in_flight(fake_vllm: FakeVLLM):
     fake_vllm.delay = 0.3
     cfg = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(cfg))
+    spy = SpyPolicy(make_policy(cfg.policy_settings()))
     async with running_proxy(cfg, policy=spy) as (c, proxy):
         await until(lambda: fake_vllm.url in spy.capacities, what="capacity discovered")
         url = "/v1/chat/completions"
@@ -107,7 +107,7 @@ async def test_concurrent_requests_of_one_program_are_counted_in_flight(fake_vll
 async def test_concurrent_held_requests_of_a_paused_program_are_released_together(fake_vllm: FakeVLLM):
     fake_vllm.block_size, fake_vllm.num_gpu_blocks, fake_vllm.completion_tokens = 16, 50, 4
     cfg = tr_config(fake_vllm.url)
-    spy = SpyPolicy(make_policy(cfg))
+    spy = SpyPolicy(make_policy(cfg.policy_settings()))
     async with running_proxy(cfg, policy=spy) as (c, proxy):
         await until(lambda: spy.capacities.get(fake_vllm.url) == 800, what="capacity discovered")
         await pause_a_by_the_scheduler(fake_vllm, c, proxy)

@@ -1,10 +1,11 @@
-"""Unit tests of the cost-aware tr limits (issue 11) on a fake clock: the overcommit factor follows the
+"""Unit tests of the cost-aware tr limits on a fake clock: the overcommit factor follows the
 full-thrash recompute share (prompt tokens/s × prefill s/token) against --cost-recompute-budget."""
 
 from __future__ import annotations
 
 import pytest
 
+from ThunderAgent.cli import validate
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Proceed, Resume, Wait
@@ -31,10 +32,10 @@ def feed(lim: CostAwareLimits, rate: float, seconds: int, start: float = 0.0, t0
 
 
 def test_make_limits_builds_each_mode_and_refuses_unknown():
-    assert isinstance(make_limits(Config(tr_mode="fixed")), FixedLimits)
-    assert isinstance(make_limits(Config(tr_mode="cost-aware")), CostAwareLimits)
+    assert isinstance(make_limits(Config(tr_mode="fixed").policy_settings()), FixedLimits)
+    assert isinstance(make_limits(Config(tr_mode="cost-aware").policy_settings()), CostAwareLimits)
     with pytest.raises(ValueError, match="--tr-mode"):
-        make_limits(Config(tr_mode="bogus"))
+        validate(Config(tr_mode="bogus"))
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -45,7 +46,7 @@ def test_make_limits_builds_each_mode_and_refuses_unknown():
 ])
 def test_bad_cost_knobs_name_their_flag(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        make_limits(Config(tr_mode="cost-aware", **kw))
+        validate(Config(tr_mode="cost-aware", **kw))
 
 
 def test_starts_as_the_fixed_rule_before_any_evidence():
@@ -197,7 +198,7 @@ def test_learned_upper_bound_keeps_the_fixed_rule_when_prefill_looks_expensive()
 
 def test_policy_admits_past_capacity_once_the_engine_shows_recompute_is_cheap():
     pol = make_policy(Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5,
-                             cost_half_life=1.0))
+                             cost_half_life=1.0).policy_settings())
     assert isinstance(pol, CapacityPolicy)
     pol.set_capacity(URL, 10_000, 0.0)
     assert pol.on_arrival("a", 9_000, 0.0) == Proceed(URL)
@@ -211,7 +212,7 @@ def test_policy_admits_past_capacity_once_the_engine_shows_recompute_is_cheap():
 def test_policy_falls_back_to_pausing_when_recompute_turns_expensive():
     cfg = Config(backends=(URL,), tr_mode="cost-aware", cost_prefill_seconds_per_token=1e-5, cost_half_life=1.0,
                  scheduler_interval=1.0)
-    pol = make_policy(cfg)
+    pol = make_policy(cfg.policy_settings())
     pol.set_capacity(URL, 10_000, 0.0)
     assert pol.on_arrival("a", 9_000, 0.0) == Proceed(URL)
     assert pol.on_arrival("b", 9_000, 0.0) == Wait()  # the limit binds: the cheap evidence counts
@@ -238,7 +239,7 @@ def test_simulator_feeds_a_cost_aware_tr_with_its_profiles_prefill_cost():
     p = prefill_seconds_per_token(prof)
     assert prof.timing.beta1 < p < 3 * prof.timing.beta1  # GEMMs plus attention over one 8K chunk
     cfg = Config(router="tr", backends=(BACKEND,), tr_mode="cost-aware", cost_prefill_seconds_per_token=p)
-    pol = make_policy(cfg)
+    pol = make_policy(cfg.policy_settings())
     run_des(prof, arm="thunderagent", programs=8, duration_s=120.0, policy=pol, policy_config=cfg,
             metrics_interval=5.0)
     learned = pol.limits.engines[BACKEND]  # type: ignore[attr-defined]
@@ -256,7 +257,7 @@ def test_simulator_learned_prefill_cost_recovers_the_profiles_physics():
     prof = load_profile("glm4.6-8xh100")
     p = prefill_seconds_per_token(prof)
     cfg = Config(router="tr", backends=(BACKEND,), tr_mode="cost-aware")
-    pol = make_policy(cfg)
+    pol = make_policy(cfg.policy_settings())
     run_des(prof, arm="thunderagent", programs=8, duration_s=300.0, policy=pol, policy_config=cfg,
             metrics_interval=5.0, learn_prefill_cost=True)
     learned = pol.limits.prefill_seconds_per_token(BACKEND)  # type: ignore[attr-defined]
@@ -322,7 +323,7 @@ def test_the_policy_tells_its_limits_whether_the_fixed_limit_binds():
         def observe(self, url, metrics, now, *, binding=True):
             seen.append(binding)
 
-    pol = CapacityPolicy(Config(backends=(URL,)), limits=Spy(1.0, 0.95))
+    pol = CapacityPolicy(Config(backends=(URL,)).policy_settings(), limits=Spy(1.0, 0.95))
     pol.set_capacity(URL, 10_000, 0.0)
     pol.observe_engine(URL, counters(0), 0.5)  # empty backend
     assert pol.on_arrival("a", 6_000, 1.0) == Proceed(URL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from ThunderAgent.cli import validate
 from ThunderAgent.config import Config
 from ThunderAgent.policy.base import Pause, Proceed, Wait
 from ThunderAgent.policy.capacity import CapacityPolicy
@@ -14,7 +15,7 @@ B = "http://b1"
 
 
 def mk(**kw) -> CapacityPolicy:
-    pol = CapacityPolicy(Config(backends=(B,), router="tr", tr_mode="fixed", buffer_per_program=100, **kw))
+    pol = CapacityPolicy(Config(backends=(B,), router="tr", tr_mode="fixed", buffer_per_program=100, **kw).policy_settings())
     pol.set_capacity(B, 10_000, 0.0)
     return pol
 
@@ -62,4 +63,4 @@ def test_the_credit_moves_the_pause_line_too() -> None:
 @pytest.mark.parametrize("kw", [dict(kv_offload_tokens=-1), dict(kv_offload_credit=1.5)])
 def test_bad_offload_knobs(kw) -> None:
     with pytest.raises(ValueError, match="kv-offload"):
-        CapacityPolicy(Config(backends=(B,), router="tr", **kw))
+        validate(Config(backends=(B,), router="tr", **kw))

@@ -47,7 +47,7 @@ class Driver:
         waited since earlier (and could fit an empty backend) may still be waiting."""
         self.fresh.pop(pid, None)
         self.started.add(pid)
-        if getattr(self.pol.config, "tr_queue_order", "arrival") != "arrival":
+        if self.pol.settings.tr_queue_order != "arrival":
             return
         me = (since, self.created[pid])
         self.order_checks += bool(self.fresh)
@@ -155,7 +155,7 @@ class Driver:
                 assert pid in views or self.held.get(pid, 0) == 0
         if not after_tick:
             return
-        cfg = pol.config
+        cfg = pol.settings
         for b in pol.backends():
             if b.capacity is None:
                 continue
@@ -181,7 +181,7 @@ class Driver:
             break
 
     def _oversize(self, v) -> bool:
-        pol, cfg = self.pol, self.pol.config
+        pol, cfg = self.pol, self.pol.settings
         c = v.tokens - min(v.tokens, pol.book.prefix) + cfg.buffer_per_program + pol.book.prefix
         for b in pol.backends():
             if b.healthy and (b.capacity is None or c <= cfg.low_watermark * b.capacity):
@@ -189,7 +189,7 @@ class Driver:
         return True
 
     def _placeable(self, v) -> bool:
-        pol, cfg = self.pol, self.pol.config
+        pol, cfg = self.pol, self.pol.settings
         prefix = pol.book.prefix  # the test mirrors the policy's charge
         c = v.tokens - min(v.tokens, prefix) + cfg.buffer_per_program
         for b in pol.backends():
@@ -270,7 +270,7 @@ def make(cfg: dict) -> CapacityPolicy:
             aging_bound=cfg["aging_bound"],
             resume_timeout=cfg["resume_timeout"],
             tr_queue_order=cfg["tr_queue_order"],
-        )
+        ).policy_settings()
     )
     pol.set_shared_prefix(cfg["prefix"])
     pol.set_capacity(BACKENDS[0], 20_000, 0.0)
@@ -319,7 +319,7 @@ def closed_loop_worst_wait(sizes: list[int], tool: float, aging: float, until: f
     Returns the longest time a request was held."""
     interval, response = 5.0, 2.0
     pol = CapacityPolicy(Config(backends=BACKENDS[:1], aging_bound=aging, low_watermark=0.9,
-                                resume_timeout=timeout))
+                                resume_timeout=timeout).policy_settings())
     pol.set_capacity(BACKENDS[0], 10_000, 0.0)
     d = Driver(pol)
     ctx = {f"q{i}": s for i, s in enumerate(sizes)}

@@ -69,7 +69,7 @@ def test_outlier_ratio_samples_ignored():
 
 
 def test_passthrough_phases_and_accounting():
-    p = PassthroughPolicy(Config(backends=("a", "b"), router="default"))
+    p = PassthroughPolicy(Config(backends=("a", "b"), router="default").policy_settings())
     assert p.on_arrival("x", 100, 0.0) == Proceed("a")
     assert p.on_arrival("x", 120, 0.0) == Proceed("a")  # concurrent request, same program
     v = p.program("x")
@@ -96,7 +96,7 @@ def test_passthrough_phases_and_accounting():
 
 
 def test_passthrough_least_loaded_healthy():
-    p = PassthroughPolicy(Config(backends=("a", "b", "c"), router="default"))
+    p = PassthroughPolicy(Config(backends=("a", "b", "c"), router="default").policy_settings())
     p.set_healthy("a", False, 0)
     assert [p.on_arrival(x, 1, 0).backend for x in "pqr"] == ["b", "c", "b"]
     p.set_healthy("b", False, 0)
@@ -106,10 +106,10 @@ def test_passthrough_least_loaded_healthy():
 
 
 def test_make_policy():
-    assert make_policy(Config(router="default")).name == "default"
-    assert make_policy(Config(router="tr")).name == "tr"
+    assert make_policy(Config(router="default").policy_settings()).name == "default"
+    assert make_policy(Config(router="tr").policy_settings()).name == "tr"
     with pytest.raises(ValueError):
-        make_policy(Config(router="nope"))
+        make_policy(Config(router="nope").policy_settings())
 
 
 # --- registry -------------------------------------------------------------------------------------------
@@ -281,3 +281,21 @@ def test_estimate_responses_items_incrementally():
     # with previous_response_id the engine holds the earlier turns: each call sends only new items
     est.learn(st, 140, 150)
     assert est.estimate(st, [out], chars=response_item_chars, all_new=True) == 150 + 10 + 4
+
+
+def test_config_from_flags_returns_a_validated_config_or_raises_one_line():
+    from ThunderAgent.cli import CliError, config_from_flags
+
+    cfg = config_from_flags(["--router", "tr", "--tr-mode", "fixed", "--low-watermark", "0.8"])
+    assert cfg.tr_mode == "fixed" and cfg.policy_settings().low_watermark == 0.8
+    for argv, flag in ((["--no-such-flag"], "--no-such-flag"), (["--low-watermark", "1.5"], "--low-watermark"),
+                       (["--tr-mode", "psychic"], "--tr-mode"), (["--acting-decay", "exp", "--acting-decay-half-life",
+                                                                  "0"], "--acting-decay-half-life")):
+        with pytest.raises(CliError, match=flag) as e:
+            config_from_flags(argv)
+        assert "\n" not in str(e.value)
+
+
+def test_upstreams_decay_switch_selects_exp_decay_in_the_policy_settings():
+    assert Config(use_acting_token_decay=True).policy_settings().acting_decay == "exp"
+    assert Config().policy_settings().acting_decay == "off"
