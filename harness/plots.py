@@ -25,6 +25,8 @@ if "matplotlib.pyplot" not in sys.modules:  # files only, never a display; a not
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from harness.throughput import RunData, timeline  # noqa: E402
+
 # Okabe & Ito (2008), "Color Universal Design": vermillion, blue, bluish green, black.
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73", "yellow": "#F0E442",
              "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7", "black": "#000000"}
@@ -252,8 +254,6 @@ def draw_timeline(run_dirs: Iterable[str | Path], ax: Any = None, bin_s: float =
                   window: tuple[float, float] | None = None) -> Any:
     """Steps/min over time (bins of `bin_s`) of single run directories (steps.jsonl or steps.jsonl.gz), one
     line per run, in its arm's colour and style; `window` (minutes) is shaded. Returns the axes."""
-    from harness.throughput import RunData, timeline
-
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 3.8))
     profiles = set()
