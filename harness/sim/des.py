@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import UserError
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, git_revision, package_versions
 from harness.sim.engine import Engine, Request, SegmentSeq
 from harness.sim.engine.stats import engine_sample, histogram_sample
@@ -56,7 +57,7 @@ BACKEND = "sim://engine0"
 _SYS, _USER, _OUT, _OBS = 0, 1, 2, 3
 
 
-class DesError(ValueError):
+class DesError(UserError, ValueError):
     """Bad DES arguments (one readable line)."""
 
 

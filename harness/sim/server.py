@@ -2,9 +2,9 @@
 
     thunderbench sim serve --profile tiny-cpu --port 8100 [--time-scale 20] [--num-gpu-blocks 24]
 
-(`python -m harness.sim.server ARGS` runs the same command.)
+(`python -m harness.entry sim serve ARGS` in a subprocess.)
 
-One asyncio task runs the engine model (harness/sim/engine.py) on an accelerated clock: virtual time =
+One asyncio task runs the engine model (harness/sim/engine/) on an accelerated clock: virtual time =
 wall time since start x time_scale. The engine keeps its own clock (harness/sim/liveclock.py): a request joins
 when engine time reaches its arrival, each step starts where the previous one ended, the loop sleeps until the
 step is due and then delivers its first tokens and finished requests; late wake-ups delay deliveries but never
@@ -282,7 +282,7 @@ def serve_in_process(profile: str, *, time_scale: float = 1.0, num_gpu_blocks: i
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    argv = [sys.executable, "-m", "harness.sim.server", "--profile", profile, "--port", str(port),
+    argv = [sys.executable, "-m", "harness.entry", "sim", "serve", "--profile", profile, "--port", str(port),
             "--time-scale", str(time_scale)]
     if num_gpu_blocks is not None:
         argv += ["--num-gpu-blocks", str(num_gpu_blocks)]
@@ -334,7 +334,3 @@ def serve(
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
-
-if __name__ == "__main__":  # `python -m harness.sim.server ARGS` is `thunderbench sim serve ARGS`
-    from harness.cli import app
-    app(["sim", "serve", *sys.argv[1:]], prog_name="thunderbench")

@@ -39,12 +39,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
 from harness.sim.engine.offload import HostLink
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile is missing or malformed (the message names the file and the field)."""
 
 
