@@ -1,13 +1,13 @@
 """Backends: capacity discovery, metrics scraping, health with hysteresis.
 
-Everything here is I/O at the edges plus small pure parsers that other parts of the project reuse
-(`parse_vllm_metrics`, `parse_cache_config`; the simulator's tests and the harness scraper call them).
+Everything here is I/O at the edges plus small pure parsers (`parse_sglang_capacity`, `parse_skyrl_metrics`);
+vLLM's /metrics text is read by ThunderAgent/promtext.py (`parse_vllm_metrics`, `parse_cache_config`).
 
 * Capacity (KV tokens) is fetched at start and retried until known (upstream tries once and then treats
   the backend as unbounded forever): vLLM `vllm:cache_config_info` labels block_size × num_gpu_blocks
   (summed over engines), SGLang `/get_server_info` max_total_num_tokens, SkyRL engines × 200,000.
-* Metrics (`--metrics`) are parsed with prometheus_client's text parser: exponents, `+Inf`, several
-  engines / models (counters summed, ratio gauges averaged), vLLM V0 names mapped to V1 names.
+* Metrics (`--metrics`) are parsed by promtext.py (prometheus_client's text parser underneath): exponents,
+  `+Inf`, several engines / models (counters summed, ratio gauges averaged), vLLM V0 names mapped to V1 names.
 * Every fetch here has a total deadline and a size cap (`bounded_get`): a backend that trickles bytes or
   answers a huge /metrics costs one failed attempt, never a hung loop; large texts are parsed off the
   event loop.
@@ -20,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from ThunderAgent.policy.limits import bucket_key  # the key format the cost-aware limits read
+# the parsers of /metrics text live in promtext.py; MetricsParseError and bucket_key stay importable from here
+from ThunderAgent.policy.limits import bucket_key  # noqa: F401
+from ThunderAgent.promtext import MetricsParseError, parse_cache_config, parse_vllm_metrics  # noqa: F401
 
 log = logging.getLogger("thunderagent.backends")
 
@@ -74,16 +73,6 @@ async def _off_loop(fn: Any, text: str) -> Any:
 
 FETCH_ERRORS = (httpx.HTTPError, ValueError, TimeoutError, OSError)
 
-# Gauges that are fractions/ratios: averaged over engines instead of summed.
-AVERAGED = frozenset(
-    {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage", "sglang:cache_hit_rate"}
-)
-# vLLM V0 names -> V1 names (filled only when the V1 name is absent).
-V0_NAMES = {
-    "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
-    "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
-    "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
-}
 # The series the proxy (and the engine-metrics JSONL) cares about.
 VLLM_SERIES = (
     "vllm:num_requests_running",
@@ -96,82 +85,6 @@ VLLM_SERIES = (
     "vllm:num_preemptions_total",
     "vllm:request_success_total",
 )
-
-
-# Histograms whose buckets are kept (the rest are reduced to _sum/_count): engine steps by token count, which
-# tells steps that finish a prefill from decode-only steps (the cost-aware mode's de-biasing, policy/limits.py).
-KEPT_BUCKETS = frozenset({"vllm:iteration_tokens_total"})
-
-
-class MetricsParseError(ValueError):
-    pass
-
-
-def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {sample name: value}, aggregated over label sets (engines, models, reasons).
-
-    Counters and count-like gauges are summed (e.g. "vllm:request_success_total" = sum over
-    finished_reason and engines); ratio gauges (AVERAGED) are averaged. Histogram buckets and `_created`
-    timestamps are skipped, except the cumulative buckets of KEPT_BUCKETS (keyed by `bucket_key`, summed);
-    `_sum`/`_count` are kept (summed). Raises MetricsParseError on malformed text.
-    """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                name = s.name
-                if name.endswith("_bucket") and family.name in KEPT_BUCKETS:
-                    name = bucket_key(family.name, float(s.labels.get("le", "nan")))
-                elif (
-                    name.endswith("_created")
-                    or name.endswith("_bucket")
-                    or name.endswith("_gsum")
-                    or name.endswith("_gcount")
-                ):
-                    continue
-                value = float(s.value)
-                if math.isnan(value):
-                    continue
-                sums[name] = sums.get(name, 0.0) + value
-                counts[name] = counts.get(name, 0) + 1
-    except (ValueError, TypeError, IndexError) as e:
-        raise MetricsParseError(f"malformed Prometheus text: {e}") from e
-    out = {k: (v / counts[k] if k in AVERAGED else v) for k, v in sums.items()}
-    for old, new in V0_NAMES.items():
-        if old in out and new not in out:
-            out[new] = out[old]
-    return out
-
-
-def parse_cache_config(text: str) -> tuple[int, int] | None:
-    """(block_size, num_gpu_blocks) from `vllm:cache_config_info` labels, or None if absent/unknown.
-
-    With several engines behind one server (data parallel) each engine has its own KV pool, so
-    num_gpu_blocks is summed over distinct engines. Capacity in tokens = block_size * num_gpu_blocks.
-    """
-    block_size: int | None = None
-    blocks: dict[str, int] = {}
-    try:
-        families = list(text_string_to_metric_families(text))
-    except (ValueError, TypeError, IndexError):
-        return None
-    for family in families:
-        if family.name != "vllm:cache_config_info":
-            continue
-        for s in family.samples:
-            try:
-                bs = int(s.labels["block_size"])
-                nb = int(s.labels["num_gpu_blocks"])
-            except (KeyError, ValueError):
-                continue
-            if bs <= 0 or nb <= 0:
-                continue
-            block_size = bs
-            blocks[s.labels.get("engine", str(len(blocks)))] = nb
-    if block_size is None:
-        return None
-    return block_size, sum(blocks.values())
 
 
 def parse_sglang_capacity(info: Any) -> int | None:

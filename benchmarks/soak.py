@@ -1,6 +1,6 @@
 """Bounded soak: accelerated simulated serving at 96 programs through the real proxy (router tr).
 
-Three processes: the engine simulator (`python -m harness.sim.server`, profile glm4.6-8xh100 by default, on an
+Three processes: the engine simulator (`python -m harness.entry sim serve`, profile glm4.6-8xh100 by default, on an
 accelerated clock), the proxy (`python -m ThunderAgent --router tr --profile`, its time knobs divided by the
 same time scale), and this driver, which keeps `--programs` agent programs in flight: each plays one trajectory
 of the workload model (harness/workload.py: prep time, turns of output/observation tokens and tool time;
@@ -185,7 +185,7 @@ async def run(args: argparse.Namespace) -> int:
     sim_url, proxy_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{proxy_port}"
     prof_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     aging = args.aging_bound
-    sim = start([sys.executable, "-m", "harness.sim.server", "--profile", args.profile, "--port", str(sim_port),
+    sim = start([sys.executable, "-m", "harness.entry", "sim", "serve", "--profile", args.profile, "--port", str(sim_port),
                  "--time-scale", str(scale)], sim_url)
     proxy = start([sys.executable, "-m", "ThunderAgent", "--backends", sim_url, "--port", str(proxy_port), "--router", "tr",
                    "--log-level", "warning", "--profile", "--profile-dir", str(prof_dir),

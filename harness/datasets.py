@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.errors import UserError
+
 Instance = dict[str, Any]
 
 HF_ALIASES = {
@@ -27,12 +29,12 @@ HF_ALIASES = {
     "swe-bench_lite": "princeton-nlp/SWE-bench_Lite",
     "verified": "princeton-nlp/SWE-bench_Verified",
 }
-# SWE-bench Lite sizes (agents-and-datasets.md §3): test 300, dev 23.
+# SWE-bench Lite sizes (the dataset card of princeton-nlp/SWE-bench_Lite): test 300, dev 23.
 SYNTHETIC_SIZES = {"test": 300, "dev": 23}
 TOY_PATH = Path(__file__).parent / "fixtures" / "toy" / "instances.jsonl"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """The instances cannot be loaded; the message names the source and the fix (one line)."""
 
 
@@ -129,7 +131,7 @@ def _load_hf(name: str, split: str) -> list[Instance]:
     return [dict(r) for r in ds]
 
 
-def _apply_slice(rows: list[Instance], sl: str | slice | None) -> list[Instance]:
+def apply_slice(rows: list[Instance], sl: str | slice | None) -> list[Instance]:
     if sl is None or sl == "":
         return rows
     if isinstance(sl, slice):
@@ -181,4 +183,4 @@ def load_instances(source: str, *, split: str = "test", slice: str | slice | Non
                                + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
         keep = set(wanted)
         rows = [r for r in rows if r["instance_id"] in keep]
-    return _apply_slice(rows, slice)
+    return apply_slice(rows, slice)

@@ -31,11 +31,14 @@ from typing import Any, Iterable
 
 from harness.agents.checkout import git, is_toy, prepare_checkout
 from harness.agents.predictions import read_predictions
+from harness.datasets import HF_ALIASES, DatasetError, load_instances
+from harness.errors import UserError
+from harness.fixtures.make_toy import TOY_ORG
 
 Instance = dict[str, Any]
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(UserError, RuntimeError):
     """Evaluation cannot run (the message is one line naming the fix)."""
 
 
@@ -177,8 +180,6 @@ def grade_swebench(preds: list[dict[str, Any]], dataset: str, split: str, *, run
     report_dir.mkdir(parents=True, exist_ok=True)
     pred_file = report_dir / f"predictions.{run_id}.jsonl"
     pred_file.write_text("".join(json.dumps(p) + "\n" for p in preds))
-    from harness.datasets import HF_ALIASES
-
     dataset_name = HF_ALIASES.get(dataset, dataset)
     cmd = [sys.executable, "-m", "swebench.harness.run_evaluation", "--dataset_name", dataset_name,
            "--split", split, "--predictions_path", str(pred_file), "--run_id", run_id,
@@ -215,8 +216,6 @@ def _infer_dataset(predictions_path: Path, ids: Iterable[str]) -> str:
                 return str(ds)
         except ValueError:
             pass
-    from harness.fixtures.make_toy import TOY_ORG
-
     return "toy" if all(i.startswith(TOY_ORG + "__") for i in ids) else "lite"
 
 
@@ -225,8 +224,6 @@ def evaluate(predictions_path: str | os.PathLike[str], dataset_source: str | Non
              report_dir: str | os.PathLike[str] | None = None, write_report: bool = True) -> EvalReport:
     """Grade every prediction in `predictions_path` against the instances of `dataset_source`
     (anything harness.datasets.load_instances accepts; inferred when None)."""
-    from harness.datasets import DatasetError, load_instances
-
     t0 = time.time()
     path = Path(predictions_path)
     if not path.exists():

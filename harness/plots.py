@@ -2,7 +2,7 @@
 line per arm, 95% CI band), each arm's steps/min ÷ vLLM's per level, prefix-cache hit rate, per-step latency —
 and the throughput-over-time plot of single runs.
 
-Input is the summary rows of harness/reproduce.py (one dict per arm x concurrency, the rows of summary.json).
+Input is the summary rows of harness/sweep/summary.py (one dict per arm x concurrency, the rows of summary.json).
 Honest labels: when every series is simulated the main title says SIMULATED once, with the profiles; a figure
 that mixes real and simulated series says so in the main title and tags each row. Colours are the Okabe-Ito
 palette (distinguishable with the common colour-vision deficiencies), and every arm also has its own line
@@ -24,6 +24,8 @@ if "matplotlib.pyplot" not in sys.modules:  # files only, never a display; a not
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from harness.throughput import RunData, timeline  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": vermillion, blue, bluish green, black.
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73", "yellow": "#F0E442",
@@ -252,8 +254,6 @@ def draw_timeline(run_dirs: Iterable[str | Path], ax: Any = None, bin_s: float =
                   window: tuple[float, float] | None = None) -> Any:
     """Steps/min over time (bins of `bin_s`) of single run directories (steps.jsonl or steps.jsonl.gz), one
     line per run, in its arm's colour and style; `window` (minutes) is shaded. Returns the axes."""
-    from harness.throughput import RunData, timeline
-
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 3.8))
     profiles = set()

@@ -58,7 +58,7 @@ def read_step_records(path: str | os.PathLike[str]) -> list[StepRecord]:
     return [StepRecord.from_dict(d) for d in read_jsonl(path)]
 
 
-# The engine-metrics series (shared_iface item 4): the same series the proxy scrapes and parses
+# The engine-metrics series: the same series the proxy scrapes and parses
 # (ThunderAgent.backends.VLLM_SERIES). Counters are cumulative, as vLLM exports them.
 ENGINE_METRIC_KEYS: tuple[str, ...] = VLLM_SERIES
 

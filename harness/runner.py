@@ -40,11 +40,13 @@ import httpx
 
 from harness.agents.base import Agent, Endpoint, Instance, InstanceResult, release_program
 from harness.datasets import program_id_for
+from harness.errors import UserError
 from harness.records import (EngineSample, InstanceEvent, JsonlWriter, RunManifest, RunPaths, StepRecord,
                              git_revision, package_versions, read_instance_events, read_jsonl)
+from ThunderAgent.backends import parse_vllm_metrics
 
 
-class RunnerError(RuntimeError):
+class RunnerError(UserError, RuntimeError):
     """A run cannot start (bad arguments, a run dir from a different experiment)."""
 
 
@@ -353,7 +355,7 @@ class Runner:
             await self._scrape_once(result, client)
 
     async def _scrape_once(self, result: RunResult, client: httpx.AsyncClient) -> None:
-        parse = _metrics_parser()
+        parse = parse_vllm_metrics
         for url in self.cfg.metrics_urls:
             try:
                 r = await client.get(url.rstrip("/") + "/metrics")
@@ -365,12 +367,6 @@ class Runner:
             with JsonlWriter(self.paths.engine_metrics) as w:
                 w.write_line(sample.to_json())
             result.scrapes += 1
-
-
-def _metrics_parser() -> Callable[[str], dict[str, float]]:
-    from ThunderAgent.backends import parse_vllm_metrics
-
-    return parse_vllm_metrics
 
 
 class _Progress:

@@ -1,8 +1,8 @@
 """Steps/min over a window, counted twice (engine counters and client step records), plus prefix hit
 rate, preemptions, per-step latency percentiles and a bootstrap confidence interval.
 
-One step = one served LLM call (ThunderAgent paper §5.1; seed README: "count the total number of served
-LLM calls within a stable serving window ... divide by the window duration"). A window like "10m-70m" is
+One step = one served LLM call (the ThunderAgent paper's measure: count the served LLM calls within a
+stable serving window and divide by the window's duration). A window like "10m-70m" is
 relative to the run's start (manifest.start_time) and measured in *simulated* seconds when the run was
 accelerated (manifest.time_scale), so an accelerated live-sim run and a real run read the same way.
 
@@ -23,6 +23,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from harness import durations
+from harness.durations import WindowError
+from harness.errors import UserError
 from harness.records import (EngineSample, RunManifest, RunPaths, StepRecord, read_engine_samples,
                              read_step_records)
 
@@ -36,12 +39,10 @@ QUERIES = "vllm:prefix_cache_queries_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
 
 
-class RunDataError(ValueError):
+class RunDataError(UserError, ValueError):
     """A run directory whose files cannot be read (corrupt JSON, wrong schema, a directory for a file)."""
 
 
-class WindowError(ValueError):
-    """A window string that cannot be parsed, or one that does not fit the run (one readable line)."""
 
 
 # ----------------------------------------------------------------------------------------------- window
@@ -64,13 +65,7 @@ class Window:
 
 def parse_window(text: str) -> Window:
     """Parse "10m-70m", "600s-4200s", "1h-2h", "1h10m-2h", "600-4200" (seconds): harness.durations' grammar."""
-    from harness.durations import DurationError
-    from harness.durations import parse_window as _parse
-
-    try:
-        a, b = _parse(text)
-    except DurationError as e:
-        raise WindowError(str(e)) from None
+    a, b = durations.parse_window(text)
     return Window(a, b, text.strip())
 
 
@@ -151,6 +146,13 @@ def engine_delta(run: RunData, key: str, window: Window) -> float | None:
     return total
 
 
+def ok_steps_per_min(steps: Iterable[StepRecord], start_s: float, end_s: float) -> float:
+    """Ok step records whose `end` lies in [start_s, end_s), per minute of that span: the records' count for a
+    run held in memory (times as its records hold them, e.g. seconds since its start on its own clock)."""
+    n = sum(1 for r in steps if r.status == "ok" and start_s <= r.end < end_s)
+    return n / ((end_s - start_s) / 60.0)
+
+
 def _in_window(run: RunData, window: Window, ok_only: bool = True) -> list[StepRecord]:
     return [r for r in run.steps if (not ok_only or r.status == "ok")
             and window.start_s <= run.rel(r.end) < window.end_s]
@@ -206,7 +208,7 @@ def timeline(run: RunData, bin_s: float = 60.0) -> list[tuple[float, float]]:
 
 @dataclass
 class ThroughputSummary:
-    """One row of the comparison table (harness/cli.py, harness/plots.py)."""
+    """One row of the comparison table (harness/sweep/summary.py, harness/plots.py)."""
 
     arm: str
     programs: int

@@ -6,7 +6,7 @@ Adapted from shared/samples/make_tiny_model.py. A randomly initialised ``LlamaFo
 ``ignore_eos`` + ``max_tokens`` to get fixed-length outputs, which is all a scheduling benchmark needs.
 
 Why these numbers: vLLM's CPU attention kernel supports only head_dim in {32, 64, 80, ...}; head_dim 16 kills
-the engine on the first request (spec environment.md §2, fix 3). Everything else is as small as possible so
+the engine on the first request. Everything else is as small as possible so
 that a step is dominated by vLLM's scheduling and batching overheads, like the real thing at scale.
 
 Deterministic: the tokenizer is trained on a sorted, fixed list of source files of the pinned vllm package

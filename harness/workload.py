@@ -9,14 +9,17 @@ All programs of a workload share the same system prompt (+ tool schemas) prefix 
 
 The rest of the module is the statistical model that produces such trajectories for OpenHands and
 mini-swe-agent on SWE-bench Lite (parameters as data in harness/workloads/<agent>.toml, each with its
-source), deterministic for a seed, plus trace replay (`load_traces`).
+source), deterministic for a seed. Recorded trajectories are read by harness.traces (`load_traces`),
+which builds on these types (so this module does not import it).
+
+One module of ~530 lines on purpose: the types, the parameter file's schema and ranges, and the sampler
+change together (a new parameter touches all three).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +27,8 @@ from typing import Annotated, Any, Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, ValidationError, model_validator
+
+from harness.errors import UserError
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,7 @@ class Trajectory:
 WORKLOADS_DIR = Path(__file__).parent / "workloads"
 
 
-class WorkloadError(ValueError):
+class WorkloadError(UserError, ValueError):
     """A workload file or trace is missing or malformed (the message names the file and the fix)."""
 
 
@@ -509,19 +514,6 @@ def sample_trajectories(params: WorkloadParams, instance_ids: Iterable[str], see
     """One trajectory per instance id, each from its own stream (`trajectory_rng(seed, id, attempt)`)."""
     return [sample_trajectory(params, iid, trajectory_rng(seed, iid, attempt), programs=programs)
             for iid in instance_ids]
-
-
-# --------------------------------------------------------------------------------------------------
-# Trace replay
-# --------------------------------------------------------------------------------------------------
-
-def load_traces(path: str | os.PathLike[str], *, system_tokens: int | None = None) -> list[Trajectory]:
-    """Load recorded trajectories to replay instead of sampling: the trace format of
-    harness/traces/format.py (one trajectory per line) or our own steps.jsonl; the other importers
-    (OpenHands, mini-swe-agent, chat messages) are reached through harness.traces.load_traces."""
-    from harness.traces import import_traces
-
-    return import_traces(path, "auto", system_tokens=system_tokens)[0]
 
 
 def describe(trajectories: Iterable[Trajectory]) -> dict[str, float]:

@@ -68,6 +68,10 @@ simulator's profiles, so there is nothing to pause for), and costs dearly past t
 stored prompt, paused programs' included, and the overcommitted GPU pool thrashes (docs/offload.md:
 simulated, +17% at 48 GLM-4.6 programs with 256 GiB, -42% at 96-192). Pause and resume orders are unchanged:
 the policy cannot see which prefixes the tier still holds (vLLM exports no per-program figure).
+
+Size: one class of about 600 lines, on purpose. The pause pass, the resume pass (its six classes), placement
+and the aging swap all move programs between the same ledger classes under the same invariants
+(`check_invariants`); split into modules they would reach into each other's private state.
 """
 
 from __future__ import annotations

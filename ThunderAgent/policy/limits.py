@@ -170,7 +170,7 @@ class CostAwareLimits(Limits):
     pausing is the side it errs on.
 
     Prefill seconds per token: --cost-prefill-seconds-per-token when > 0 (a deployment may pass its calibrated
-    figure, e.g. harness/sim/calibrate.py's beta1), else learned online from vLLM's request histograms (see
+    figure, e.g. `thunderbench sim calibrate`'s beta1), else learned online from vLLM's request histograms (see
     Learned.prefill_per_token; exponentially weighted over scrapes, half-life --cost-half-life) — the default,
     in the proxy and in the simulator alike.
     Until a figure is known m stays at 1: the mode starts as the fixed rule and only relaxes on evidence.

@@ -208,7 +208,7 @@ class MiniSweAgent(ThreadedAgent):
 
 
 def make_agent(max_iterations: int = 50, **kwargs: Any) -> MiniSweAgent:
-    """The factory the CLI uses (harness/points.py): `max_iterations` is mini's step_limit. Environment
+    """The factory the CLI uses (harness/sweep/points.py): `max_iterations` is mini's step_limit. Environment
     defaults: THUNDERBENCH_WORKSPACE=local|docker, THUNDERBENCH_REPOS_DIR=<mirrors>.
     Pass `predictions_path=<run dir>/predictions.jsonl` to get swebench predictions."""
     kwargs.setdefault("environment", os.environ.get("THUNDERBENCH_WORKSPACE", "local"))

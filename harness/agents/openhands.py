@@ -325,7 +325,7 @@ def append_conversation(path: Path, instance_id: str, program_id: str, events: A
 
 
 def make_agent(max_iterations: int = 50, **kwargs: Any) -> OpenHandsAgent:
-    """The factory the CLI uses (harness/points.py). Environment defaults, so a recipe run can choose
+    """The factory the CLI uses (harness/sweep/points.py). Environment defaults, so a recipe run can choose
     without new flags: THUNDERBENCH_WORKSPACE=local|docker, THUNDERBENCH_REPOS_DIR=<mirrors>.
     Pass `predictions_path=<run dir>/predictions.jsonl` to get swebench predictions."""
     kwargs.setdefault("workspace", os.environ.get("THUNDERBENCH_WORKSPACE", "local"))

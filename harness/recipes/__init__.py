@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt
 from pydantic import AfterValidator, field_validator, model_validator
 from pydantic.dataclasses import dataclass as spec
 
+from harness.durations import DurationError, parse_duration, parse_window
+from harness.errors import UserError
+
 RECIPES_DIR = Path(__file__).resolve().parent
 
 ENGINE_KINDS = ("vllm", "vllm-cpu")
@@ -52,7 +55,7 @@ Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 SECTION = ConfigDict(extra="forbid")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe cannot be used. The message is one line meant for the user."""
 
 
@@ -199,7 +202,7 @@ class SweepSpec:
         try:
             _, w1 = parse_window(self.window)
             dur = parse_duration(self.duration)
-        except RecipeError as err:
+        except DurationError as err:
             raise ValueError(f"{err}") from None
         if w1 > dur:
             raise ValueError(f".window {self.window} ends after duration {self.duration}")
@@ -224,32 +227,6 @@ class Recipe:
     @property
     def duration_s(self) -> float:
         return parse_duration(self.sweep.duration)
-
-
-# --- durations and windows ---------------------------------------------------------------------------
-
-def parse_duration(text: str | int | float) -> float:
-    """'80m' -> 4800.0, '90s' -> 90.0, '1.5h' -> 5400.0, '1h10m' -> 4200.0, '80min', a bare number is seconds
-    (harness.durations: the one grammar)."""
-    from harness.durations import DurationError
-    from harness.durations import parse_duration as _parse
-
-    try:
-        return _parse(text)
-    except DurationError as e:
-        raise RecipeError(str(e)) from None
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    """'10m-70m' -> (600.0, 4200.0), relative to the run start (harness.throughput's syntax and rules)."""
-    from harness.throughput import WindowError
-    from harness.throughput import parse_window as _parse
-
-    try:
-        w = _parse(str(text))
-    except WindowError as e:
-        raise RecipeError(str(e)) from None
-    return w.start_s, w.end_s
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

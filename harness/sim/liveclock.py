@@ -16,13 +16,21 @@ then replays exactly the timeline the DES would compute — a step never starts 
 arrived, and a late wake-up only delays delivery of results, it never stretches the engine. Lag is given up
 (and counted in `lost_v`) only beyond `max_lag_v`, when the process really cannot keep up with the time scale.
 Pure and clock-agnostic (virtual seconds in, `StepResult`s out), so tests drive it on a fake clock.
+
+`SimEngineRunner` is the asyncio side: it owns the engine, its `CatchUpStepper` and the accelerated clock
+(virtual time = wall time since start x time_scale), runs one task that steps the engine, and wakes each
+submitted request's waiters when its first token and its end are due. It knows nothing of HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
+from dataclasses import dataclass, field
 
 from harness.sim.engine import Engine, Request, StepResult
+from harness.sim.timing import Profile
 
 
 class CatchUpStepper:
@@ -82,3 +90,103 @@ class CatchUpStepper:
         res = self.engine.step(self.et, horizon)
         self.et += res.duration
         return res
+
+
+@dataclass
+class Pending:
+    """A submitted request's two moments: first token delivered, request finished (or aborted)."""
+    req: Request
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SimEngineRunner:
+    """Owns the engine and its accelerated clock; one asyncio task steps it."""
+
+    def __init__(self, profile: Profile, *, time_scale: float = 1.0, slice_s: float = 0.005,
+                 max_lag_s: float = 1.0, kv_offload_gib: float | None = None) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        self.profile = profile
+        self.engine = Engine.from_profile(profile, kv_offload_gib=kv_offload_gib)  # the DES's engine, same tier
+        self.time_scale = time_scale
+        self.slice_s = slice_s
+        self.max_lag_s = max_lag_s
+        self.clock = CatchUpStepper(self.engine, max_lag_v=max_lag_s * time_scale)
+        self.t0 = time.monotonic()
+        self.pending: dict[str, Pending] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def vnow(self) -> float:
+        return (time.monotonic() - self.t0) * self.time_scale
+
+    def start(self) -> None:
+        """Reset the clock to now and start stepping (the server calls it when it starts serving)."""
+        if self._task is None:
+            self.t0 = time.monotonic()
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._loop(), name="sim-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def submit(self, req: Request) -> Pending:
+        p = Pending(req)
+        self.engine.validate(req)  # a request that can never run is refused now, not when engine time reaches it
+        self.clock.submit(req, self.vnow())
+        self.pending[req.request_id] = p
+        self._wake.set()
+        return p
+
+    def abort(self, p: Pending) -> None:
+        if not p.done.is_set():
+            self.clock.withdraw(p.req)  # not yet reached by engine time: the engine never sees it
+            self.engine.abort(p.req, self.vnow())
+            p.done.set()
+        self.pending.pop(p.req.request_id, None)
+
+    async def _loop(self) -> None:
+        """Step the engine on its own clock (CatchUpStepper: requests join when engine time reaches their
+        arrival), sleeping only while it is ahead of virtual time. A late wake-up (OS scheduling jitter is
+        milliseconds, tens of them on a loaded machine; a tiny-model step is ~2 ms) only delays delivery, it does
+        not cost engine time; beyond `max_lag_s` of wall time behind, the gap counts as idle (clock.lost_v)."""
+        eng = self.engine
+        clock = self.clock
+        clock.idle(self.vnow())
+        while True:
+            if not clock.has_work():
+                self._wake.clear()
+                pe = eng.next_pin_expiry()
+                timeout = None if pe is None else max(0.0, (pe - self.vnow()) / self.time_scale)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    eng.expire_pins(self.vnow())
+                continue
+            res = clock.step(self.vnow())
+            if res.steps == 0:  # nothing fits (e.g. pinned blocks): wait for a change
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.slice_s)
+                except TimeoutError:
+                    pass
+                clock.idle(self.vnow())
+                continue
+            delay = (clock.et - self.vnow()) / self.time_scale
+            await asyncio.sleep(max(0.0, delay))  # also yields to the request handlers when behind
+            for r in res.first_tokens:
+                p = self.pending.get(r.request_id)
+                if p is not None:
+                    p.first.set()
+            for r in res.finished:
+                p = self.pending.pop(r.request_id, None)
+                if p is not None:
+                    p.first.set()
+                    p.done.set()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from harness.throughput import ok_steps_per_min
 from harness.workload import Trajectory
 from ThunderAgent.records import StepRecord
 
@@ -35,8 +36,8 @@ class LiveResult:
     time_scale: float
 
     def steps_per_min(self) -> float:
-        n = sum(1 for s in self.steps if s.status == "ok" and s.end < self.duration_s)
-        return n / (self.duration_s / 60.0)
+        """Served calls per virtual minute over the whole run (records' times start at 0)."""
+        return ok_steps_per_min(self.steps, 0.0, self.duration_s)
 
 
 async def run_live(

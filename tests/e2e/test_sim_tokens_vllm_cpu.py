@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.launch.tiny import tiny_vllm_launch
 from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, VllmServer
-from harness.realbench import tiny_vllm_launch
 from harness.sim.server import serve_in_thread
 from tests.e2e.test_vllm_cpu import _require_vllm_cpu
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.realbench import ArmResult, TinyAgentWorkload, engine_capacity, run_bench
+from harness.launch.tiny import proxy_launch, tiny_vllm_launch
 from harness.launch.vllm import (
     CPU_STARTUP_TIMEOUT_S,
     PROXY_STARTUP_TIMEOUT_S,
@@ -29,14 +31,6 @@ from harness.launch.vllm import (
     free_port,
     tiny_model_dir,
     vllm_cpu_python,
-)
-from harness.realbench import (
-    ArmResult,
-    TinyAgentWorkload,
-    engine_capacity,
-    proxy_launch,
-    run_bench,
-    tiny_vllm_launch,
 )
 from ThunderAgent.backends import parse_vllm_metrics
 

@@ -92,7 +92,8 @@ def test_des_run_dir_reads_back_through_throughput_and_trace_replay(tmp_path):
     """The DES writes the same run directory: both step counts agree on it, and its steps.jsonl replays
     as trajectories whose token/tool statistics are the workload's."""
     from harness.sim.des import run_des
-    from harness.workload import describe, load_traces
+    from harness.traces import load_traces
+    from harness.workload import describe
 
     params = load_workload_params("miniswe")
     run_des("glm4.6-8xh100", arm="vllm", programs=8, duration_s=20 * 60, seed=1, workload=params,
@@ -182,7 +183,7 @@ async def test_runner_against_the_simulator_server(tmp_path, arm):
     import httpx
 
     scale = 60.0
-    sim, sim_log, sim_url = _start(lambda port: ["-m", "harness.sim.server", "--profile", "glm4.6-8xh100",
+    sim, sim_log, sim_url = _start(lambda port: ["-m", "harness.entry", "sim", "serve", "--profile", "glm4.6-8xh100",
                                                  "--port", str(port), "--time-scale", str(scale),
                                                  "--served-model-name", "glm"], tmp_path / "sim.log", "sim")
     procs = [(sim, sim_log)]

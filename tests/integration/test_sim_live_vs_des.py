@@ -44,7 +44,7 @@ def server_process(profile: str, time_scale: float, blocks: int) -> Iterator[str
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "harness.sim.server", "--profile", profile, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "harness.entry", "sim", "serve", "--profile", profile, "--port", str(port),
                              "--time-scale", str(time_scale), "--num-gpu-blocks", str(blocks)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -210,6 +210,26 @@ def test_client_disconnect_aborts_the_request() -> None:
         assert 'vllm:request_success_total{engine="0",finished_reason="abort",model_name="tiny-cpu"} 1.0' in text
 
 
+def test_a_non_streaming_client_that_gives_up_aborts_its_request() -> None:
+    """/v1/completions without streaming: the client times out mid-generation, the server sees the disconnect
+    (it checks every 0.5 s while waiting) and aborts the request in the engine, as vLLM does."""
+    import time
+
+    with sim_server(time_scale=1.0) as u:
+        body = {"model": "tiny-cpu", "prompt": list(range(16, 116)), "max_tokens": 1500}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{u}/v1/completions", json=body, timeout=0.3)
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{u}/metrics").text
+            if 'finished_reason="abort",model_name="tiny-cpu"} 1.0' in text:
+                break
+        m = parse_vllm_metrics(text)
+        assert 'vllm:request_success_total{engine="0",finished_reason="abort",model_name="tiny-cpu"} 1.0' in text
+        assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0.0
+
+
 def test_histograms_are_cumulative_and_count_requests(url: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -1,4 +1,4 @@
-"""The prediction-band design (harness/bands.py): a Latin hypercube over the input ranges, band options
+"""The prediction-band design (harness/sweep/bands.py): a Latin hypercube over the input ranges, band options
 that move the workload and the KV capacity, and the band arithmetic over the summary rows."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.bands import apply_bands, design_options, knee_sim, latin_hypercube
+from harness.sweep.bands import apply_bands, design_options, knee_sim, latin_hypercube
 from harness.recipes import load_recipe
-from harness.reproduce import ReproduceError, make_options
+from harness.errors import ReproduceError
+from harness.sweep.options import make_options
 
 
 def test_latin_hypercube_uses_every_stratum_once_and_is_seeded():
@@ -30,7 +31,7 @@ def test_design_options_move_workload_and_kv(tmp_path: Path):
     ds = design_options(opts)
     assert len(ds) == 4 and all(d.arms == ("vllm", "thunderagent") for d in ds)
     assert "kv_capacity" in ds[0].design and "observation_tokens" in ds[0].design
-    from harness.points import workload_params
+    from harness.sweep.inputs import workload_params
     from harness.sim.timing import load_profile
 
     lo, c, hi = load_profile("glm4.6-8xh100").kv_blocks_range()
@@ -57,7 +58,7 @@ def _rows(spm: dict[tuple[str, int], float]) -> list[dict]:
 
 
 def test_band_arithmetic(tmp_path: Path, monkeypatch):
-    import harness.bands as bands
+    import harness.sweep.bands as bands
 
     monkeypatch.setattr(bands, "knee_kv", lambda opts: 50.0)
     central = _rows({("vllm", 24): 100, ("thunderagent", 24): 110, ("vllm", 96): 60, ("thunderagent", 96): 150,

@@ -97,7 +97,7 @@ def test_real_and_simulated_recipes_get_their_own_rows(tmp_path, monkeypatch):
 
 
 def test_figure_title_comes_from_the_manifests():
-    from harness.reproduce import figure_title
+    from harness.sweep.summary import figure_title
 
     rows = [dict(r, agent="synthetic", dataset="lite-synthetic", engine="des") for r in _rows()]
     t = figure_title(rows)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.durations import DurationError, parse_duration
 from harness.launch import vllm_engine
 from harness.launch.proxy import proxy_command
 from harness.launch.sim import sim_command
 from harness.recipes import (RECIPES_DIR, EngineSpec, ProxySpec, RecipeError, SimSpec, SweepSpec, WorkloadSpec,
-                             list_recipes, load_recipe, parse_duration, parse_levels, recipe_from_dict)
+                             list_recipes, load_recipe, parse_levels, recipe_from_dict)
 
 
 def test_bundled_recipes():
@@ -71,7 +72,7 @@ def test_parse_duration(text, seconds):
 
 @pytest.mark.parametrize("bad", ["", "m", "10 minutes", "-5m"])
 def test_parse_duration_bad(bad):
-    with pytest.raises(RecipeError):
+    with pytest.raises(DurationError):
         parse_duration(bad)
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import harness.reproduce as rp
+import harness.sweep.reproduce as rp
 from harness.cli import app
 from harness.recipes import load_recipe
+from harness.sweep import options, points, summary
 
 
 @pytest.fixture(autouse=True)
@@ -22,13 +23,13 @@ def _cwd(tmp_path, monkeypatch):
 
 
 def _des_then_fail(fail_arm: str, exc: BaseException | None = None):
-    real = rp.point_runner("des")
+    real = points.point_runner("des")
 
     def runner(opts, arm, programs, run_dir, console):
         if arm == fail_arm:
             if exc is not None:
                 raise exc
-            raise rp.PointFailed("engine died: exit code -9 (log logs/engine.log)")
+            raise points.PointFailed("engine died: exit code -9 (log logs/engine.log)")
         return real(opts, arm, programs, run_dir, console)
 
     return lambda engine: runner
@@ -69,7 +70,7 @@ def test_interrupted_sweep_is_kept_incomplete(tmp_path, monkeypatch, exc, code):
 
 
 def test_all_points_failed_gives_no_figure_but_a_summary(tmp_path, monkeypatch):
-    monkeypatch.setattr(rp, "point_runner", lambda engine: (lambda *a: (_ for _ in ()).throw(rp.PointFailed("x"))))
+    monkeypatch.setattr(rp, "point_runner", lambda engine: (lambda *a: (_ for _ in ()).throw(points.PointFailed("x"))))
     out = tmp_path / "res"
     r = CliRunner().invoke(app, ["reproduce", "glm4.6", "-e", "des", "-l", "2", "--duration", "4m", "-w", "1m-4m",
                                  "--arms", "vllm", "-j", "1", "--out", str(out), "--allow-failures"])
@@ -82,30 +83,30 @@ def test_auto_engine_is_des_without_gpus(monkeypatch):
     from harness.launch import stack
 
     monkeypatch.setattr(stack, "gpu_available", lambda: False)
-    assert rp.resolve_engine("auto", load_recipe("glm4.6")) == "des"
+    assert options.resolve_engine("auto", load_recipe("glm4.6")) == "des"
     monkeypatch.setattr(stack, "gpu_available", lambda: True)
     monkeypatch.setattr(stack.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert rp.resolve_engine("auto", load_recipe("qwen3-235b")) == "vllm"
+    assert options.resolve_engine("auto", load_recipe("qwen3-235b")) == "vllm"
 
 
 def test_continuum_and_bound_only_on_des():
     r = load_recipe("glm4.6")
-    assert rp.arms_for("des", r.sweep.arms) == (("vllm", "thunderagent", "continuum", "bound"), ())
-    assert rp.arms_for("live-sim", r.sweep.arms) == (("vllm", "thunderagent"), ("continuum",))
-    assert rp.arms_for("live-sim", ("thunderagent", "bound")) == (("thunderagent",), ("bound",))
-    assert rp.arms_for("des", ("vllm",)) == (("vllm",), ())  # the bound comes with a thunderagent arm
+    assert options.arms_for("des", r.sweep.arms) == (("vllm", "thunderagent", "continuum", "bound"), ())
+    assert options.arms_for("live-sim", r.sweep.arms) == (("vllm", "thunderagent"), ("continuum",))
+    assert options.arms_for("live-sim", ("thunderagent", "bound")) == (("thunderagent",), ("bound",))
+    assert options.arms_for("des", ("vllm",)) == (("vllm",), ())  # the bound comes with a thunderagent arm
 
 
 def test_headroom_is_thunderagent_over_the_bound_per_level():
     rows = [dict(arm=a, programs=n, status="ok", steps_per_min=v) for a, n, v in [
         ("thunderagent", 96, 250.0), ("bound", 96, 320.0), ("vllm", 96, 130.0), ("thunderagent", 192, 240.0)]]
-    rp.add_headroom(rows)
+    summary.add_headroom(rows)
     assert [r.get("headroom") for r in rows] == [0.781, None, None, None]  # no bound at 192: no figure
-    assert "headroom" in rp.SUMMARY_FIELDS
+    assert "headroom" in summary.SUMMARY_FIELDS
 
 
 def test_default_out_is_results_recipe_timestamp():
-    p = rp.default_out(load_recipe("qwen3-235b"))
+    p = options.default_out(load_recipe("qwen3-235b"))
     assert p.parts[:2] == ("results", "qwen3-235b") and len(p.name) == len("20261125-120000")
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from harness.progress import SweepProgress, fmt_duration
+from harness.sweep.progress import SweepProgress, fmt_duration
 
 
 class Clock:

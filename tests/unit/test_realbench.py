@@ -1,4 +1,4 @@
-"""harness/realbench.py without an engine: workload shape, arm parsing, flags, the simulated twin, CLI errors."""
+"""benchmarks/realbench.py without an engine: workload shape, arm parsing, flags, the simulated twin, CLI errors."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.realbench import (
-    TinyAgentWorkload,
-    main,
-    parse_arms,
-    proxy_flags,
-    proxy_launch,
-    simulate,
-)
+from benchmarks.realbench import TinyAgentWorkload, main, parse_arms, simulate
+from harness.launch.tiny import proxy_flags, proxy_launch
 from ThunderAgent.cli import parse_config
 
 
@@ -87,7 +81,7 @@ def test_cli_errors_are_one_line(argv: list[str], message: str, capsys: pytest.C
 
 
 def test_regimes_fit_the_model_and_have_the_working_sets_they_claim() -> None:
-    from harness.realbench import REGIMES
+    from benchmarks.realbench import REGIMES
 
     ratios = {}
     for name, (wl, blocks, description) in REGIMES.items():
@@ -107,7 +101,7 @@ def test_regime_flags_override_the_preset(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_realized_trajectories_replay_what_the_engine_saw(tmp_path) -> None:
-    from harness.realbench import realized_trajectories
+    from benchmarks.realbench import realized_trajectories
     from ThunderAgent.records import StepRecord
 
     def rec(pid: str, step: int, prompt: int, t: float) -> str:

