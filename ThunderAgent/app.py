@@ -64,7 +64,8 @@ from ThunderAgent.forward import (
     usage_from,
 )
 from ThunderAgent.policy import make_policy
-from ThunderAgent.policy.base import Action, Pause, Phase, Policy, Reject, Resume, State, Wait
+from ThunderAgent.policy.base import Phase, Policy, State
+from ThunderAgent.policy.driver import Ticket
 from ThunderAgent.programs import (
     MAX_RESOURCE_ID_LEN,
     MAX_RESOURCE_IDS,
@@ -74,6 +75,7 @@ from ThunderAgent.programs import (
 )
 from ThunderAgent.logsafe import redact_url
 from ThunderAgent.records import StepRecord
+from ThunderAgent.scheduling import ProxyScheduler
 from ThunderAgent.telemetry import ProfileWriter, Telemetry, csv_row
 from ThunderAgent.tokens import (
     ProgramTokenState,
@@ -530,6 +532,7 @@ class Call:
     start_wall: float | None = None
     first_token_wall: float | None = None
     backend: str | None = None
+    ticket: Ticket | None = None
     finished: bool = False
 
 
@@ -548,8 +551,7 @@ class Proxy:
         self.backends: dict[str, BackendState] = {
             url: BackendState(url=url, backend_type=self.config.backend_type) for url in self.config.backends
         }
-        for url in self.config.backends:
-            self.policy.add_backend(url)
+        self.scheduler = ProxyScheduler(self.policy, self.clock, self.config.backends)
         self.telemetry = Telemetry(self.policy, self.registry, lambda: self.backends)
         if self.reclaimer is not None and hasattr(self.reclaimer, "register_metrics"):
             self.reclaimer.register_metrics(self.telemetry.registry)
@@ -563,55 +565,6 @@ class Proxy:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
-
-    # --- actions -----------------------------------------------------------------------------------
-    def apply(self, actions: list[Action]) -> None:
-        """Carry out what a policy call decided: wake (Resume) or fail (Reject) held requests."""
-        for a in actions:
-            if isinstance(a, Resume):
-                self._wake(a.program_id, a.backend)
-            elif isinstance(a, Reject):
-                self._fail_waiters(
-                    a.program_id, ProxyError(a.status, a.message, "scheduler_rejected", code=a.status)
-                )
-            elif isinstance(a, Pause):
-                log.debug("program %s paused (from %s)", a.program_id, redact_url(a.backend))
-
-    def _wake(self, program_id: str, backend: str) -> None:
-        rec = self.registry.get(program_id)
-        if rec is None or not rec.waiters:
-            return
-        waiters, rec.waiters = rec.waiters, []
-        for fut in waiters:
-            if fut.done():  # its client gave up while held: the policy counts it as running now, end it
-                self._end_policy_request(program_id)
-            else:
-                fut.set_result(backend)
-
-    def _fail_waiters(self, program_id: str, err: ProxyError) -> None:
-        rec = self.registry.get(program_id)
-        if rec is None:
-            return
-        waiters, rec.waiters = rec.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_exception(err)
-
-    def _end_policy_request(self, program_id: str) -> None:
-        try:
-            actions = self.policy.on_request_end(program_id, self.clock(), None)
-        except Exception:  # noqa: BLE001 - a policy bug must not take the proxy down
-            log.exception("policy.on_request_end failed for %s", program_id)
-            return
-        self.apply(actions)
-
-    def _call_policy(self, what: str, fn: Callable[[], list[Action]]) -> None:
-        try:
-            actions = fn()
-        except Exception:  # noqa: BLE001
-            log.exception("policy.%s failed", what)
-            return
-        self.apply(actions)
 
     # --- the scheduled request lifecycle ------------------------------------------------------------
     async def infer(self, request: Request, route: Route, url_program_id: str | None = None) -> Response:
@@ -673,7 +626,7 @@ class Proxy:
         call = Call(route, pid, rec, rec.step_count, prepared.stream, estimate, now, arrival_wall)
 
         try:
-            admission = self.policy.on_arrival(pid, estimate, now)
+            ticket = self.scheduler.arrive(pid, estimate)
         except Exception as e:  # noqa: BLE001 - e.g. no backend configured (LookupError)
             if isinstance(e, LookupError):
                 log.warning("no backend for program %s: %s", pid, e)
@@ -684,9 +637,10 @@ class Proxy:
                 ProxyError(503, f"no backend available: {e}", "unavailable", code="no_backend")
             )
 
-        if isinstance(admission, Wait):
+        call.ticket = ticket
+        if ticket.held:
             try:
-                backend = await self._hold(call, request)
+                backend = await self._hold(call, ticket, request)
             except ProxyError as e:
                 self._record_unforwarded(call, "rejected", e)
                 return error_response(e)
@@ -696,7 +650,7 @@ class Proxy:
                     ProxyError(CLIENT_CLOSED, "client closed the request while it was held", "cancelled")
                 )
         else:
-            backend = admission.backend
+            backend = ticket.backend or ""
 
         call.backend = backend
         call.start = self.clock()
@@ -739,13 +693,12 @@ class Proxy:
             code="context_length_exceeded",
         )
 
-    async def _hold(self, call: Call, request: Request) -> str:
+    async def _hold(self, call: Call, ticket: Ticket, request: Request) -> str:
         """Wait (no byte sent) for the policy to Resume (-> backend) or Reject (-> ProxyError) the program.
         While no backend is healthy the wait is bounded: after --no-backend-grace seconds without any
         healthy backend the request gets 503 with Retry-After (the client sees why, and when to retry)."""
         rec = call.record
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        rec.waiters.append(fut)
+        fut: asyncio.Future[str] = ticket.handle
         rec.held += 1
         watcher = asyncio.ensure_future(_until_disconnect(request.receive))
         grace = self.config.no_backend_grace
@@ -763,14 +716,14 @@ class Proxy:
                 if done:
                     break
         except BaseException:
-            self._abandon(call.program_id, fut)
+            self.scheduler.abandon(ticket)
             raise
         finally:
             watcher.cancel()
             rec.held -= 1
         if fut.done():
             return fut.result()
-        self._abandon(call.program_id, fut)
+        self.scheduler.abandon(ticket)
         if watcher.done() and not watcher.cancelled():
             raise ClientGone
         retry = max(1, math.ceil(2 * self.config.health_interval))
@@ -781,14 +734,6 @@ class Proxy:
             code="no_healthy_backend",
             headers={"Retry-After": str(retry)},
         )
-
-    def _abandon(self, program_id: str, fut: asyncio.Future[str]) -> None:
-        """A held request's client is gone. If the resume already happened, end the request now; otherwise
-        the cancelled future tells `_wake` to end it when the resume comes."""
-        if fut.cancel():
-            return
-        if not fut.cancelled() and fut.exception() is None:
-            self._end_policy_request(program_id)
 
     async def _forward(self, call: Call, request: Request, prepared: Prepared) -> Response:
         backend = call.backend or ""
@@ -869,11 +814,8 @@ class Proxy:
         def on_event(n: int) -> None:
             if call.first_token_wall is None:
                 call.first_token_wall = time.time()
-            if n % PROGRESS_EVENTS == 0:
-                try:
-                    self.policy.on_progress(call.program_id, PROGRESS_EVENTS)
-                except Exception:  # noqa: BLE001
-                    log.exception("policy.on_progress failed")
+            if n % PROGRESS_EVENTS == 0 and call.ticket is not None:
+                self.scheduler.progress(call.ticket, PROGRESS_EVENTS)
 
         tap = SSETap(prepared.strip_usage_chunk, on_event)
         status = upstream.status_code
@@ -903,9 +845,8 @@ class Proxy:
             rec.last_activity = now
             total = usage.total_tokens if usage else None
             self.estimator.learn(rec.tokens, usage.prompt_tokens if usage else None, total)
-            self._call_policy(
-                "on_request_end", lambda: self.policy.on_request_end(call.program_id, now, total)
-            )
+            if call.ticket is not None:
+                self.scheduler.end(call.ticket, total)
             self.telemetry.requests.labels(outcome).inc()
             self.telemetry.latency.labels("true" if call.stream else "false").observe(
                 max(0.0, now - call.arrival)
@@ -1052,22 +993,7 @@ class Proxy:
     # --- release and expiry ------------------------------------------------------------------------
     def drop_program(self, program_id: str, reason: str) -> bool:
         """Release (client) or expire (idle) a program: policy, held requests, registry, reclaim."""
-        now = self.clock()
-        released = False
-        try:
-            released, actions = self.policy.release(program_id, now)
-            self.apply(actions)
-        except Exception:  # noqa: BLE001
-            log.exception("policy.release failed for %s", program_id)
-        self._fail_waiters(
-            program_id,
-            ProxyError(
-                410,
-                f"program {program_id} was {reason} while its request was held",
-                "program_released",
-                code="program_released",
-            ),
-        )
+        released = self.scheduler.release(program_id, reason)
         rec = self.registry.remove(program_id)
         if rec is not None and rec.resources and self.reclaimer is not None:
             self.reclaimer.schedule(program_id, {k: list(v) for k, v in rec.resources.items()})
@@ -1093,7 +1019,7 @@ class Proxy:
         changed = st.health.record(ok)
         if changed is not None:
             log.warning("backend %s is now %s", redact_url(url), "healthy" if changed else "UNHEALTHY")
-            self._call_policy("set_healthy", lambda: self.policy.set_healthy(url, changed, self.clock()))
+            self.scheduler.set_healthy(url, changed)
 
     async def discover_capacity_once(self) -> bool:
         """One capacity attempt for every backend still unknown; True when all are known."""
@@ -1105,9 +1031,7 @@ class Proxy:
         for st, cap in zip(pending, results):
             if cap is not None:
                 log.info("backend %s: KV capacity %d tokens", redact_url(st.url), cap)
-                self._call_policy(
-                    "set_capacity", lambda st=st, cap=cap: self.policy.set_capacity(st.url, cap, self.clock())
-                )
+                self.scheduler.set_capacity(st.url, cap)
         return all(st.capacity is not None for st in self.backends.values())
 
     async def _scrape_or_probe(self, st: BackendState) -> tuple[bool, bool]:
@@ -1123,9 +1047,8 @@ class Proxy:
         results = await asyncio.gather(*(self._scrape_or_probe(st) for st in sts))
         for st, (ok, alive) in zip(sts, results):
             self._observe_health(st.url, alive)
-            if ok and self.policy.learns_from_engine:  # a cost-aware tr learns prefill cost and load from the engine
-                self._call_policy("observe_engine",
-                                  lambda st=st: self.policy.observe_engine(st.url, st.latest, self.clock()))
+            if ok and self.scheduler.learns_from_engine:  # e.g. a cost-aware tr learns prefill cost and load
+                self.scheduler.observe_engine(st.url, st.latest)
 
     async def probe_unhealthy_once(self) -> None:
         """Probe /health of every backend marked unhealthy, so it comes back when it recovers, in every mode
@@ -1158,7 +1081,7 @@ class Proxy:
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._capacity_loop(), name="capacity"))
         if self.config.scheduling_enabled and self.config.scheduler_interval > 0:
-            tick = lambda: self._call_policy("tick", lambda: self.policy.tick(self.clock()))  # noqa: E731
+            tick = self.scheduler.tick
             self._tasks.append(
                 asyncio.create_task(
                     self._every(self.config.scheduler_interval, "scheduler tick", tick), name="tick"
@@ -1170,7 +1093,7 @@ class Proxy:
                 name="health",
             )
         )
-        learns = self.policy.learns_from_engine
+        learns = self.scheduler.learns_from_engine
         if (self.config.metrics or learns) and self.config.metrics_interval > 0:
             self._tasks.append(
                 asyncio.create_task(
@@ -1194,8 +1117,7 @@ class Proxy:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self._tasks.clear()
-        for rec in self.registry.records():
-            self._fail_waiters(rec.program_id, ProxyError(503, "proxy is shutting down", "unavailable"))
+        self.scheduler.shut_down()
         await self.client.aclose()
         await self.probe_client.aclose()
         if self.profiler is not None:

@@ -2,14 +2,13 @@
 
 The policy (ThunderAgent/policy/) owns scheduling state — phase, placement, token accounting. This module
 keeps what only the HTTP layer needs: requests in flight and held, step counts, timestamps for profiling
-and idle expiry, the token estimator's memory, tool resources to reclaim at release, and the futures that
-held requests wait on. Released ids are remembered (bounded) so that a late request for one is logged as
-starting a new program instead of silently resurrecting the old one.
+and idle expiry, the token estimator's memory, tool resources to reclaim at release. (Held requests
+themselves are tickets of the policy driver: scheduling.py.) Released ids are remembered (bounded) so that
+a late request for one is logged as starting a new program instead of silently resurrecting the old one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -70,7 +69,6 @@ class ProgramRecord:
     total_tokens: int = 0  # last exact usage.total_tokens, else the last estimate
     tokens: ProgramTokenState = field(default_factory=ProgramTokenState)
     resources: dict[str, dict[str, None]] = field(default_factory=dict)  # key -> ids (an ordered set)
-    waiters: list[asyncio.Future[str]] = field(default_factory=list)
     profile: ProfileTotals = field(default_factory=ProfileTotals)
 
     @property
