@@ -13,6 +13,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ThunderAgent.records import StepRecord
 from ThunderAgent.tokens import ProgramTokenState
 
 log = logging.getLogger("thunderagent.programs")
@@ -25,7 +26,7 @@ RELEASED_MEMORY = 10_000
 
 @dataclass(slots=True)
 class ProfileTotals:
-    """Running sums for upstream's per-program profile averages (spec §7.3)."""
+    """Running sums for upstream ThunderAgent's per-program profile averages (/profiles)."""
 
     steps: int = 0
     prefill_s: float = 0.0
@@ -37,6 +38,22 @@ class ProfileTotals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+
+    def add(self, rec: StepRecord, tool_call_s: float) -> None:
+        """Count one completed step: prefill until its first token, decode after it (both 0 for a
+        non-streaming call), its pause and the tool time before it, its usage."""
+        self.steps += 1
+        first = rec.first_token
+        self.prefill_s += max(0.0, first - rec.start) if first is not None else 0.0
+        self.decode_s += max(0.0, rec.end - first) if first is not None else 0.0
+        self.pause_s += rec.pause_s
+        self.tool_call_s += tool_call_s
+        self.prompt_tokens += rec.prompt_tokens or 0
+        self.completion_tokens += rec.completion_tokens or 0
+        self.cached_tokens += rec.cached_tokens or 0
+        if rec.cached_tokens is not None and rec.prompt_tokens:
+            self.kv_hit_sum += rec.cached_tokens / rec.prompt_tokens
+            self.kv_hit_n += 1
 
     def averages(self) -> dict[str, float | int | None]:
         n = self.steps

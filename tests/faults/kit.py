@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from ThunderAgent.app import Proxy, create_app
+from ThunderAgent.app import create_app
+from ThunderAgent.proxy import Proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase

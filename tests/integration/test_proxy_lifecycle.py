@@ -170,7 +170,7 @@ async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url)
     spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
-        assert await proxy.discover_capacity_once() is False
+        assert await proxy.monitor.discover_capacity_once() is False
         assert fake_vllm.url not in spy.capacities
         fake_vllm.metrics_status = 200
         await until(
@@ -186,22 +186,22 @@ async def test_health_hysteresis_from_scrapes(fake_vllm: FakeVLLM):
     spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         fake_vllm.metrics_status = 500  # a failed scrape alone is not a failure: /health still answers
-        await proxy.scrape_once()
-        await proxy.scrape_once()
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == []
         fake_vllm.health_status = 500  # now the backend is down
-        await proxy.scrape_once()
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == []  # two failures are not enough
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False)]
         assert (await c.get("/metrics?format=json")).json()["backends"][fake_vllm.url]["healthy"] is False
         fake_vllm.metrics_status = 200
         fake_vllm.health_status = 200
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False)]
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False), (fake_vllm.url, True)]
 
 
