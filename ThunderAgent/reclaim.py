@@ -287,7 +287,7 @@ class DockerReclaimer(Reclaimer):
 
     The Docker client is created lazily in a worker thread; when the daemon is unreachable every id of the
     job counts one ``daemon_unavailable`` error and the next job tries to connect again (no retry of old
-    jobs: the containers are left to an operator, as upstream's tool_improve branch does).
+    jobs: the containers are left to an operator, as upstream ThunderAgent's reclaim leaves them).
     """
 
     def __init__(
