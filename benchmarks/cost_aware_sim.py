@@ -1,4 +1,4 @@
-"""Cost-aware tr vs upstream's fixed rule vs raw vLLM in the discrete-event simulator (issue 11), SIMULATED.
+"""Cost-aware tr vs upstream's fixed rule vs raw vLLM in the discrete-event simulator, SIMULATED.
 
 Profiles glm4.6-8xh100 and qwen3-235b-8xh100 (first-principles 8xH100 profiles, harness/sim/profiles), the
 OpenHands-like synthetic workload, closed loop at several concurrencies. Where KV thrashing dominates, the

@@ -8,7 +8,7 @@ and that of characters / 4, against the BPEs at hand offline: o200k_base and cl1
 vocabularies, the nearest in size to the 151K of Qwen3 and GLM-4.6; read from the tiktoken files litellm
 installs with itself) and the tiny model's 4,096-token BPE. The texts are this repository's own files, one per
 kind an agent's prompt is made of: English prose (README.md and docs/*.md: the user guide and design notes),
-Python source (harness/sim/engine.py), SWE-bench issues and diffs (the toy fixtures), JSON (a reference run manifest), and shell output (`git log --stat`
+Python source (harness/sim/engine/engine.py), SWE-bench issues and diffs (the toy fixtures), JSON (a reference run manifest), and shell output (`git log --stat`
 of a fixed range is not stable across clones, so a fixed `ls -l`-shaped listing is generated). Prints figures;
 asserts nothing. (benchmarks/openhands_prompt.py puts the same columns on the prompts our OpenHands runner sends.)
 """
@@ -58,7 +58,7 @@ def samples() -> dict[str, str]:
     return {
         "English prose (README + docs)": "\n\n".join(
             p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]),
-        "Python source (engine.py)": (ROOT / "harness/sim/engine.py").read_text(encoding="utf-8"),
+        "Python source (engine.py)": (ROOT / "harness/sim/engine/engine.py").read_text(encoding="utf-8"),
         "issues (toy problem statements)": "\n\n".join(t["problem_statement"] for t in toy),
         "diffs (toy patches + tests)": "\n".join(t["patch"] + t["test_patch"] for t in toy),
         "JSON (reference manifest)": manifest.read_text(encoding="utf-8") if manifest else "{}",

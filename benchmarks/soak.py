@@ -3,7 +3,7 @@
 Three processes: the engine simulator (`python -m harness.sim.server`, profile glm4.6-8xh100 by default, on an
 accelerated clock), the proxy (`python -m ThunderAgent --router tr --profile`, its time knobs divided by the
 same time scale), and this driver, which keeps `--programs` agent programs in flight: each plays one trajectory
-of W's workload model (harness/workload.py: prep time, turns of output/observation tokens and tool time;
+of the workload model (harness/workload.py: prep time, turns of output/observation tokens and tool time;
 tool times slept / time scale), streaming every call, releasing the program at the end and starting the next.
 
 It prints (labelled SIMULATED with the profile):

@@ -1,6 +1,6 @@
 """OpenHands (openhands-sdk / openhands-tools 1.58.2) on SWE-bench instances, one program_id per instance.
 
-Per instance (see shared spec "agents-and-datasets" §1.3 / §6a):
+Per instance:
   * a copy of the base LLM with `litellm_extra_body={"program_id": ...}` (only when the endpoint is
     ThunderAgent), `api_mode="chat"`, model `openai/<served name>`, `base_url` = proxy or engine;
   * configured as the paper ran OpenHands (its vendored V0 CodeActAgent, shared spec workload-and-hardware §D6):

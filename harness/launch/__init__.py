@@ -27,7 +27,7 @@ def engine_name(text: str) -> str:
 
 def vllm_engine(recipe: Recipe, *, port: int | None = None,
                 kv_offload_gib: float | None = None):  # -> harness.launch.vllm.VllmEngine
-    """The recipe's [engine] as R's VllmEngine (0 / "" in the recipe mean "vLLM's default" = None).
+    """The recipe's [engine] as a VllmEngine (0 / "" in the recipe mean "vLLM's default" = None).
     `kv_offload_gib` (the offload arms): vLLM's native KV offloading with that many GiB; 0 or None: off."""
     from harness.launch.vllm import VllmEngine
 

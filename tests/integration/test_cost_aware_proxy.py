@@ -1,4 +1,4 @@
-"""The proxy feeds every successful /metrics scrape to the policy's observe_engine (issue 11), and a cost-aware tr
+"""The proxy feeds every successful /metrics scrape to the policy's observe_engine, and a cost-aware tr
 learns from it: the engine's prompt-token counter moves the limits."""
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ async def test_default_router_sticky_least_loaded_live_programs(fake_vllm_factor
             await c.post("/v1/chat/completions", json=chat(program_id=pid))
         progs = (await c.get("/programs")).json()
         assert [progs[p]["backend"] for p in "abc"] == [f1.url, f2.url, f1.url]
-        for _ in range(2):  # sticky (§12.6)
+        for _ in range(2):  # sticky
             await c.post("/v1/chat/completions", json=chat(program_id="b"))
         assert (await c.get("/programs")).json()["b"]["backend"] == f2.url
         await c.post("/programs/release", json={"program_id": "a"})

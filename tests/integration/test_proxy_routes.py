@@ -33,7 +33,7 @@ async def test_non_streaming_passthrough_and_usage(fake_vllm: FakeVLLM):
         progs = (await c.get("/programs")).json()
         p = progs["p1"]
         assert p["status"] == "acting" and p["state"] == "active"
-        assert p["total_tokens"] == body["usage"]["total_tokens"]  # §12.4
+        assert p["total_tokens"] == body["usage"]["total_tokens"]
         assert p["step_count"] == 1 and p["backend"] == fake_vllm.url and p["inflight"] == 0
 
 
@@ -186,7 +186,7 @@ async def test_models_health_programs_release(fake_vllm: FakeVLLM):
         )
         assert h["per_backend"][fake_vllm.url]["total"] == 1
         assert h["backends"] == [fake_vllm.url] and h["profile_enabled"] is False
-        # release: known, unknown, bad input (§12.5)
+        # release: known, unknown, bad input
         assert (await c.post("/programs/release", json={"program_id": "a"})).json() == {
             "program_id": "a",
             "released": True,

@@ -89,7 +89,7 @@ async def test_runner_through_thunderagent_proxy_releases_every_program(tmp_path
 
 @pytest.mark.timeout(120)
 def test_des_run_dir_reads_back_through_throughput_and_trace_replay(tmp_path):
-    """E's DES writes the same run directory: both step counts agree on it, and its steps.jsonl replays
+    """The DES writes the same run directory: both step counts agree on it, and its steps.jsonl replays
     as trajectories whose token/tool statistics are the workload's."""
     from harness.sim.des import run_des
     from harness.workload import describe, load_traces
@@ -176,7 +176,7 @@ def _stop(proc, log) -> None:
 @pytest.mark.parametrize("arm", ["vllm", "thunderagent"])
 async def test_runner_against_the_simulator_server(tmp_path, arm):
     """12 synthetic mini-swe-agent instances (<= 20 turns), 8 in flight, GLM-4.6 profile on a 60x clock, against
-    E's simulator server (harness/sim/server.py, its own process), directly or through the ThunderAgent
+    The simulator server (harness/sim/server.py, its own process), directly or through the ThunderAgent
     proxy (`python -m ThunderAgent`, router tr): engine and record counts agree, nothing errors, the
     prefix cache sees the conversations' reuse, every program is released."""
     import httpx

@@ -1,5 +1,5 @@
-"""The "tr" policy (ThunderAgent/policy/capacity.py) on a fake clock: every transition of spec §3.5, the §4.11
-worked example (upstream's behaviour vs ours), and each deliberate fix of spec §11.1.
+"""The "tr" policy (ThunderAgent/policy/capacity.py) on a fake clock: every lifecycle transition, upstream's
+worked example (its behaviour vs ours), and each deliberate fix of an upstream flaw.
 
 Time is a plain float passed to each call; nothing sleeps. Capacities are small round numbers so the
 arithmetic in the assertions can be checked by hand: used = Σ reasoning + w·Σ acting·f + buffer·count.
@@ -71,7 +71,7 @@ def test_bad_knobs_are_refused_with_the_flag_name(kw, msg):
         validate(Config(backends=(B1,), **kw))
 
 
-# ------------------------------------------------------------------------------------------ §3.5 transitions
+# ------------------------------------------------------------------------------------------ transitions
 def test_unknown_id_is_created_and_admitted_when_it_fits():
     pol = mk()
     assert pol.on_arrival("a", 1_000, 0.0) == Proceed(B1)
@@ -133,7 +133,7 @@ def test_response_with_usage_makes_program_acting_with_exact_tokens():
 
 
 def test_response_without_usage_or_failed_still_ends_reasoning_keeping_the_estimate():
-    """Upstream leaves a program REASONING forever when usage never arrives (§11.1 #3)."""
+    """Upstream leaves a program REASONING forever when usage never arrives."""
     pol = mk()
     pol.on_arrival("a", 1_000, 0.0)
     pol.on_progress("a", 40)
@@ -178,7 +178,7 @@ def test_tick_pauses_acting_smallest_first_and_stops_at_the_low_watermark():
 
 
 def test_reasoning_programs_are_marked_only_until_projected_usage_is_below_low():
-    """Upstream marks EVERY reasoning program once acting ones are exhausted (§11.1 #1): a pause wave."""
+    """Upstream marks EVERY reasoning program once acting ones are exhausted: a pause wave."""
     pol = mk(capacity=100_000, high_watermark=1.0, low_watermark=0.95)
     for pid, t in [("a", 40_000), ("b", 30_000), ("c", 20_000)]:
         pol.on_arrival(pid, t, 0.0)
@@ -229,7 +229,7 @@ def test_marks_are_cancelled_when_room_frees_before_the_response_ends():
 
 
 def test_concurrent_requests_of_one_program_keep_it_reasoning_until_the_last_ends():
-    """Upstream shares one status per program: the first response flips it to ACTING (§11.1 #5)."""
+    """Upstream shares one status per program: the first response flips it to ACTING."""
     pol = mk()
     assert pol.on_arrival("p", 1_000, 0.0) == Proceed(B1)
     assert pol.on_arrival("p", 1_200, 0.1) == Proceed(B1)
@@ -255,7 +255,7 @@ def test_held_request_abandoned_by_its_client_stops_counting_as_waiting():
 
 
 def test_release_while_queued_rejects_the_held_request_with_410():
-    """Upstream wakes the held request and forwards it to the first backend (§11.1 #4)."""
+    """Upstream wakes the held request and forwards it to the first backend."""
     pol = mk(capacity=5_000, low_watermark=1.0)
     run(pol, "a", 4_000, end=None)
     assert pol.on_arrival("b", 2_000, 0.0) == Wait()
@@ -279,7 +279,7 @@ def test_release_of_idle_queued_program_has_nothing_to_reject():
 
 
 def test_forced_resume_after_timeout_is_capacity_aware():
-    """Upstream resumes on the origin after 1800 s ignoring capacity and stays overloaded (§11.1 #13); we
+    """Upstream resumes on the origin after 1800 s ignoring capacity and stays overloaded; we
     place it, then the pause pass brings the backend back under its high watermark."""
     pol = mk(capacity=10_000, low_watermark=0.9, resume_timeout=100.0, aging_bound=1e9)
     for pid in ("a", "b"):
@@ -307,7 +307,7 @@ def test_oversize_program_waits_for_forced_resume_without_blocking_others():
 
 # ------------------------------------------------------------------------------------------ aging
 def test_aged_program_swaps_out_programs_idle_past_the_bound():
-    """Upstream serves smallest-first with no aging: 800x wait spread (§11.1 #12). After --aging-bound the
+    """Upstream serves smallest-first with no aging: 800x wait spread. After --aging-bound the
     large program goes first; programs that have sat idle at least that long (a stuck tool or client holding
     room it does not use) are swapped out for it, longest idle first, only as many as it needs."""
     pol = mk(capacity=20_000, low_watermark=1.0, aging_bound=30.0)
@@ -364,7 +364,7 @@ def test_aged_program_reserves_room_small_programs_do_not_overtake():
 
 # ------------------------------------------------------------------------------------------ placement
 def test_resume_prefers_the_origin_backend_then_true_best_fit():
-    """Upstream resumes on the backend with the MOST room and ignores the origin (§11.1 #8)."""
+    """Upstream resumes on the backend with the MOST room and ignores the origin."""
     pol = mk(capacity=10_000, backends=(B1, B2), low_watermark=1.0)
     assert pol.on_arrival("x", 6_000, 0.0) == Proceed(B1)  # both empty: first
     assert pol.on_arrival("y", 3_000, 0.0) == Proceed(B1)  # best fit: B1 (3,900 room) over B2 (10,000)
@@ -515,9 +515,9 @@ def test_shared_prefix_credit_is_off_by_default():
     assert used(pol) == 10_200
 
 
-# ------------------------------------------------------------------------------------ §4.11 worked example
+# ------------------------------------------------------------------------------------ upstream's worked example
 def test_worked_example_4_11_upstream_vs_ours():
-    """Spec §4.11, single backend, capacity 100,000, w = 1, no decay; watermarks 1.0/1.0 (upstream's lines).
+    """Upstream's worked example, single backend, capacity 100,000, w = 1, no decay; watermarks 1.0/1.0 (upstream's lines).
 
     Same as upstream: D's growth to 100,400 pauses the smallest ACTING program C, and nothing else.
     Different: (1) upstream makes E (15,000) queue behind C although 19,700 tokens are free, because "the
@@ -526,7 +526,7 @@ def test_worked_example_4_11_upstream_vs_ours():
     for room as upstream (highest class once its request arrives) and goes back to its origin, not to the
     roomiest backend. (3) In the all-REASONING
     variant upstream marks A, B and D (a pause wave of 3); ours marks only the smallest one that brings the
-    projected usage under the line (marks are counted, §11.1 #1)."""
+    projected usage under the line (marks are counted)."""
     pol = mk(capacity=100_000, high_watermark=1.0, low_watermark=1.0)
     pol.on_arrival("A", 40_000, 0.0)
     run(pol, "B", 30_000)
@@ -677,7 +677,7 @@ def test_decayed_idle_program_is_cheap_to_resume():
 
 
 def test_resume_order_waiting_requests_first_smallest_first_then_idle():
-    """§3.5 "tick: resume pass": programs with a waiting request before idle ones (upstream also puts
+    """The tick's resume pass: programs with a waiting request before idle ones (upstream also puts
     first-step programs in between, smallest first; ours serves programs waiting for their first response in
     arrival order, so the earlier wait-large goes before the later wait-small)."""
     pol = mk(capacity=20_000, low_watermark=1.0)
@@ -696,7 +696,7 @@ def test_resume_order_waiting_requests_first_smallest_first_then_idle():
 def test_newcomers_start_in_arrival_order_whatever_their_size():
     """The fairness promise (--tr-queue-order arrival, the default): a program waiting for its first response
     is never overtaken by a later newcomer, however small (upstream: smallest first, so in a burst the large
-    programs wait for every smaller one: §11.1 #12). The head of the line reserves the room."""
+    programs wait for every smaller one). The head of the line reserves the room."""
     pol = mk(capacity=10_000, low_watermark=1.0)
     run(pol, "a", 6_000, end=None)
     assert pol.on_arrival("large", 5_000, 1.0) == Wait()  # 6,100 + 5,100 > 10,000

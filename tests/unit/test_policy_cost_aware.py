@@ -1,4 +1,4 @@
-"""Unit tests of the cost-aware tr limits (issue 11) on a fake clock: the overcommit factor follows the
+"""Unit tests of the cost-aware tr limits on a fake clock: the overcommit factor follows the
 full-thrash recompute share (prompt tokens/s × prefill s/token) against --cost-recompute-budget."""
 
 from __future__ import annotations

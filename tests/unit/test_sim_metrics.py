@@ -6,8 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.sim.engine import Engine, Request, SegmentSeq
-from harness.sim.metrics import render_metrics
+from harness.sim.engine import Engine, Request, SegmentSeq, render_metrics
 from harness.sim.timing import StepTimeModel
 from ThunderAgent.backends import parse_cache_config, parse_vllm_metrics
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness.sim.des import DesError, run_des
-from harness.sim.engine import Engine, Request, SegmentSeq, Status
-from harness.sim.metrics import render_metrics
-from harness.sim.offload import HostKVTier, HostLink
+from harness.sim.engine import Engine, HostKVTier, HostLink, Request, SegmentSeq, Status, render_metrics
 from harness.sim.timing import StepTimeModel, load_profile
 from harness.workload import Trajectory, Turn
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from harness.sim.engine import Request
-    from harness.sim.offload import HostKVTier
+from ThunderAgent.policy.limits import bucket_key
+
+from harness.sim.engine.offload import HostKVTier
+from harness.sim.engine.request import Request
 
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                    480.0, 960.0, 1920.0, 7680.0)
@@ -74,7 +74,7 @@ class EngineStats:
     request_generation_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
     request_preemptions: Histogram = field(default_factory=lambda: Histogram(PREEMPTION_BUCKETS))
 
-    def on_finish(self, req: "Request") -> None:
+    def on_finish(self, req: Request) -> None:
         self.success[req.finish_reason or "length"] = self.success.get(req.finish_reason or "length", 0) + 1
         end = req.finish_time or 0.0
         sched = req.first_scheduled_time if req.first_scheduled_time is not None else req.arrival_time
@@ -119,7 +119,7 @@ def render_metrics(
     max_num_seqs: int,
     created: float | None = None,
     profile: str | None = None,
-    host: "HostKVTier | None" = None,
+    host: HostKVTier | None = None,
 ) -> str:
     """The /metrics text of one engine (engine="0")."""
     created = time.time() if created is None else created
@@ -237,8 +237,6 @@ def render_metrics(
 
 def histogram_sample(name: str, h: Histogram) -> dict[str, float]:
     """A histogram as the proxy's parser keys a kept one (cumulative buckets, _count, _sum), without text."""
-    from ThunderAgent.backends import bucket_key
-
     out: dict[str, float] = {}
     cum = 0.0
     for le, c in zip((*h.buckets, float("inf")), h.counts):
@@ -250,9 +248,9 @@ def histogram_sample(name: str, h: Histogram) -> dict[str, float]:
 
 
 def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_cache_usage: float,
-                  host: "HostKVTier | None" = None) -> dict[str, float]:
-    """The engine-metrics series row values (shared_iface item 4) without scraping text; with a host KV tier,
-    its series as well (host_series)."""
+                  host: HostKVTier | None = None) -> dict[str, float]:
+    """One row of the engine-metrics series (the values a scrape of /metrics would give) without rendering
+    text; with a host KV tier, its series as well (host_series)."""
     row = {
         "vllm:num_requests_running": float(num_running),
         "vllm:num_requests_waiting": float(num_waiting),
@@ -269,7 +267,7 @@ def engine_sample(stats: EngineStats, *, num_running: int, num_waiting: int, kv_
     return row
 
 
-def host_series(host: "HostKVTier") -> dict[str, float]:
+def host_series(host: HostKVTier) -> dict[str, float]:
     """The host KV tier's series. vllm:* names are the ones vLLM 0.32's OffloadingConnector exports
     (kv_connector/v1/offloading/metrics.py; counters, so _total in the text) and the scheduler's connector
     prefix-cache counters (v1/metrics/loggers.py). vLLM exports no gauge of the tier's occupancy: that one is
