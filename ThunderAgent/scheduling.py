@@ -66,8 +66,11 @@ class ProxyScheduler:
         """The client of a held request left: it is never delivered, and if the policy already resumed it
         (its future holds a backend nobody will use) the request ends now."""
         fut = ticket.handle
-        if fut is not None and not fut.done():
-            fut.cancel()
+        if fut is not None:
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # a rejection nobody will read: marked read, so asyncio does not warn of it
         self.driver.end(ticket)
 
     def held(self, program_id: str) -> int:

@@ -4,6 +4,7 @@ policy's Resume/Reject resolve, a client that leaves is never delivered, a polic
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -96,6 +97,24 @@ def test_a_client_that_leaves_after_its_resume_ends_the_request_at_once():
         s.abandon(t)
         s.end(t)  # and any later exit path adds nothing
         assert len(ends(pol)) == 1
+
+    asyncio.run(go())
+
+
+def test_a_client_that_leaves_after_its_rejection_ends_nothing_and_leaves_no_unread_error():
+    async def go() -> None:
+        pol, clock, s = make()
+        pol.admit = [Wait()]
+        t = s.arrive("p", 10)
+        pol.next_actions = [Reject("p", 429, "queue full")]
+        s.tick()
+        unread: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: unread.append(ctx))
+        s.abandon(t)
+        assert ends(pol) == [] and t.handle.done()
+        t.handle = None
+        gc.collect()  # an unread future exception is reported when the future is collected
+        assert unread == []
 
     asyncio.run(go())
 
