@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import yarl
@@ -266,6 +266,35 @@ async def send_with_retry(
         if e.kind not in RETRYABLE_KINDS:
             raise
         return await client.send(method, url, headers, body, fresh=True)
+
+
+async def exchange(
+    client: BackendClient,
+    backend: str,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    *,
+    read: bool,
+    on_reached: Callable[[str, bool], None],
+    method: str = "POST",
+) -> tuple[Upstream, bytes | None]:
+    """Send (a stale pooled connection is retried once), tell `on_reached(backend, reached?)` whether the
+    backend was reached, and with `read` also read the whole body: one task to race against the client's
+    disconnect, not two."""
+    try:
+        upstream = await send_with_retry(client, url, headers, body, method)
+    except TransportError as e:
+        on_reached(backend, e.reached)
+        raise
+    on_reached(backend, True)
+    if not read:
+        return upstream, None
+    try:
+        return upstream, await upstream.aread()
+    except BaseException:  # failed or cancelled mid-body: close the connection (the engine aborts)
+        await upstream.aclose()
+        raise
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

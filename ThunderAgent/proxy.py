@@ -7,16 +7,12 @@ header, /p/<id>/ URL prefix) -> registry record + token estimate -> `scheduler.a
 future, no byte sent, until the policy resumes or rejects it) -> forward (forward.py) -> `scheduler.end`
 exactly once, whatever happened (success, error status, backend failure, client disconnect, missing
 usage). Every error reaches the client as OpenAI-style JSON with a fitting status; the proxy never
-answers 500. Unscheduled routes pass through (`Proxy.relay`) to the program's backend or the least-loaded
-healthy one.
+answers 500. Unscheduled routes pass through `Proxy.relay` (relay.py) to the program's backend or the
+least-loaded healthy one.
 
 The policy is pure and synchronous; its driver's proxy adapter (scheduling.py) turns its decisions into
 future results. `start` runs the loops on the app's lifespan: the backend monitor's (capacity discovery,
 health, metrics scraping), scheduler ticks (router tr) and idle-program expiry (--idle-ttl).
-
-Longer than ~500 lines on purpose: a request's lifecycle (arrival, hold, forward, stream, end, step
-record) is one path that must reach `scheduler.end` exactly once from every exit, and it reads best, and
-is checked best, in one place; parsing, responses, the monitor and the views live beside it.
 """
 
 from __future__ import annotations
@@ -39,10 +35,10 @@ from ThunderAgent.forward import (
     TransportError,
     Upstream,
     backend_error_body,
+    exchange,
     make_client,
     request_headers,
     response_headers,
-    send_with_retry,
     translate_transport_error,
 )
 from ThunderAgent.logsafe import redact_url
@@ -52,7 +48,6 @@ from ThunderAgent.parsing import (
     MAX_CHARS_PER_TOKEN,
     Prepared,
     Route,
-    coerce_id,
     extract_program_id,
     extract_resources,
     parse_json_object,
@@ -64,6 +59,7 @@ from ThunderAgent.policy.base import Policy
 from ThunderAgent.policy.driver import Ticket
 from ThunderAgent.programs import ProgramRecord, ProgramRegistry
 from ThunderAgent.records import ProfileWriter, StepRecord, csv_row
+from ThunderAgent.relay import Relay
 from ThunderAgent.responses import (
     CLIENT_CLOSED,
     ClientGone,
@@ -130,6 +126,7 @@ class Proxy:
         self.client = make_client(self.config)
         self.monitor = BackendMonitor(self.config, self.scheduler, self.backends)
         self.views = ProxyViews(self.config, self.policy, self.registry, self.backends, self.clock)
+        self.relay = Relay(self.config, self.policy, self.client, self.monitor.observe_health)
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
 
@@ -300,7 +297,8 @@ class Proxy:
         try:
             upstream, content = await race_disconnect(
                 request.receive,
-                self._exchange(backend, url, headers, prepared.body, read=not prepared.stream),
+                exchange(self.client, backend, url, headers, prepared.body, read=not prepared.stream,
+                         on_reached=self.monitor.observe_health),
             )
         except ClientGone:
             self._finish(call, "cancelled", None, CLIENT_CLOSED, "client disconnected")
@@ -341,32 +339,6 @@ class Proxy:
         await upstream.aclose()
         self._finish(call, "ok", usage, status, None)
         return RawResponse(content, status, response_headers(upstream.raw_headers))
-
-    async def _exchange(
-        self,
-        backend: str,
-        url: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes | None,
-        *,
-        read: bool,
-        method: str = "POST",
-    ) -> tuple[Upstream, bytes | None]:
-        """Send (a stale pooled connection is retried once), note whether the backend was reached, and with
-        `read` also read the whole body: one task to race against the client's disconnect, not two."""
-        try:
-            upstream = await send_with_retry(self.client, url, headers, body, method)
-        except TransportError as e:
-            self.monitor.observe_health(backend, e.reached)
-            raise
-        self.monitor.observe_health(backend, True)
-        if not read:
-            return upstream, None
-        try:
-            return upstream, await upstream.aread()
-        except BaseException:  # failed or cancelled mid-body: close the connection (the engine aborts)
-            await upstream.aclose()
-            raise
 
     def _stream_response(self, call: Call, upstream: Upstream, prepared: Prepared) -> ProxyStream:
         def on_event(n: int) -> None:
@@ -475,65 +447,6 @@ class Proxy:
             row = csv_row(rec, call.record.completed_steps, tool_call_s)
             call.record.profile.add(rec, tool_call_s)
         self.profiler.submit(rec, row)
-
-    # --- pass-through routes -----------------------------------------------------------------------
-    def relay_backend(self, program_id: str | None) -> str | None:
-        """Where an unscheduled request goes: the program's backend when it has one (stored responses and
-        its prefix live there), else the healthy backend with the fewest programs (any, if none is
-        healthy); None without backends."""
-        views = {b.url: b for b in self.policy.backends()}
-        if program_id is not None:
-            v = self.policy.program(program_id)
-            if v is not None and v.backend in views:
-                return v.backend
-        known = [views[u] for u in self.config.backends if u in views]
-        pool = [b for b in known if b.healthy] or known
-        if not pool:
-            return self.config.backends[0] if self.config.backends else None
-        return min(pool, key=lambda b: b.program_count).url
-
-    async def relay(
-        self, request: Request, path: str, url_program_id: str | None = None, backend: str | None = None
-    ) -> Response:
-        """Pass a request through unscheduled: the body (within --max-body-bytes), query string and end-to-
-        end headers go to `backend` (default: relay_backend of the X-Program-Id header or URL prefix) and
-        its answer comes back unchanged (event streams streamed); failures map as on scheduled routes."""
-        try:
-            body = await read_body(request, self.config.max_body_bytes)
-            header_id = coerce_id(request.headers.get("x-program-id"), "X-Program-Id")
-        except ProxyError as e:
-            return error_response(e)
-        except ClientDisconnect:
-            return error_response(
-                ProxyError(CLIENT_CLOSED, "client disconnected while sending the request", "cancelled")
-            )
-        if backend is None:
-            backend = self.relay_backend(header_id or url_program_id)
-        if backend is None:
-            return error_response(ProxyError(503, "no backend available", "unavailable", code="no_backend"))
-        query = request.scope.get("query_string", b"")
-        url = backend.rstrip("/") + path + ("?" + query.decode("latin-1") if query else "")
-        headers = request_headers(request.headers.raw)
-        try:
-            upstream, content = await race_disconnect(
-                request.receive,
-                self._exchange(backend, url, headers, body or None, read=False, method=request.method),
-            )
-            if upstream.status_code < 400 and upstream.content_type.startswith("text/event-stream"):
-                return ProxyStream(upstream, SSETap(False), backend, lambda outcome, err: None)
-            try:
-                content = await race_disconnect(request.receive, upstream.aread())
-            finally:
-                await upstream.aclose()
-        except ClientGone:
-            return error_response(ProxyError(CLIENT_CLOSED, "client disconnected", "cancelled"))
-        except TransportError as e:
-            return error_response(translate_transport_error(e, backend))
-        if upstream.status_code >= 400:
-            status, replaced = backend_error_body(upstream.status_code, content)
-            if replaced is not None:
-                return Response(replaced, status_code=status, media_type="application/json")
-        return RawResponse(content, upstream.status_code, response_headers(upstream.raw_headers))
 
     # --- release and expiry ------------------------------------------------------------------------
     def drop_program(self, program_id: str, reason: str) -> bool:
