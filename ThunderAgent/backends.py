@@ -197,7 +197,7 @@ class BackendState:
         }
 
     def metrics_json(self) -> dict[str, Any] | None:
-        """Upstream's `metrics` block (spec §6.2) from the latest scrape."""
+        """Upstream ThunderAgent's `metrics` block of /metrics?format=json, from the latest scrape."""
         if not self.latest:
             return None
         m = self.latest

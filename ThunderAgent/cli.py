@@ -5,6 +5,9 @@ and choices from the field's metadata), so adding a Config field adds a flag. Ty
 annotation: bool -> a switch (`--profile`; `--no-x` for switches that default to on), int/float/str,
 `str | None`, `tuple[str, ...]` -> a comma-separated list. Bad values end the program with one readable
 line and exit status 2.
+
+`main` imports uvicorn and the app (FastAPI, aiohttp, prometheus) only once the flags are valid, so that
+`--help` and a bad flag answer at once.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import errno
 import importlib.util
 import logging
 import os
+import socket
 import sys
+import types
 import typing
 from typing import Any, NoReturn, get_args, get_origin
 
 from ThunderAgent import __version__
 from ThunderAgent.config import Config
+from ThunderAgent.logsafe import install
 from ThunderAgent.policy.settings import InvalidSetting
 
 EPILOG = """\
@@ -53,7 +59,7 @@ def _flag(name: str) -> str:
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """(underlying type, optional?) of a field annotation."""
-    if get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         return args[0], True
     return tp, False
@@ -139,7 +145,7 @@ def validate(cfg: Config) -> None:
     if cfg.max_body_bytes <= 0:
         raise CliError(f"--max-body-bytes must be > 0, got {cfg.max_body_bytes}")
     for name in ("max_response_bytes", "max_header_bytes", "max_headers", "header_timeout"):
-        if getattr(cfg, name, 1) <= 0:
+        if getattr(cfg, name) <= 0:
             raise CliError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
     if cfg.max_metrics_bytes <= 0:
         raise CliError(f"--max-metrics-bytes must be > 0, got {cfg.max_metrics_bytes}")
@@ -199,8 +205,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
 def check_port(host: str, port: int) -> None:
     """CliError when host:port cannot be bound (taken, or an address this machine does not have), so that a
     taken port is one line and exit 2 before start-up rather than uvicorn's log lines and exit 3."""
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -229,8 +233,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e))
     level = cfg.log_level.upper() if cfg.log_level != "trace" else "DEBUG"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ThunderAgent.logsafe import install
-
     install()  # program ids come from clients: one log record stays one line
     import uvicorn
 

@@ -1,6 +1,6 @@
 """Every knob of the proxy in one frozen dataclass. CLI flags map 1:1 onto fields (see ThunderAgent/cli.py).
 
-Upstream-compatible flags keep upstream's names and defaults (shared spec §9), except `host`, which
+Upstream-compatible flags keep upstream ThunderAgent's names and defaults, except `host`, which
 defaults to 127.0.0.1 here (pass --host 0.0.0.0 to expose the proxy on all interfaces).
 
 Adding a field adds a flag: `foo_bar` becomes `--foo-bar`, typed from the annotation (str, int, float,

@@ -1,5 +1,5 @@
-"""Forwarding to a backend: request preparation, the shared aiohttp client (BackendClient), streaming
-pass-through with usage extraction, and the translation of backend failures into OpenAI-style errors.
+"""Forwarding to a backend: header filtering, the shared aiohttp client (BackendClient), and the translation
+of backend failures into OpenAI-style errors. Usage extraction and the SSE tap are in streaming.py.
 
 Bytes flow through unchanged, except that (a) program_id and harness-only fields are stripped from the
 request and (b) when the proxy itself asked the backend for a usage chunk (`stream_options.include_usage`)
@@ -11,10 +11,7 @@ API's input/output tokens).
 from __future__ import annotations
 
 import base64
-
 import json
-import math
-from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import aiohttp
@@ -42,8 +39,6 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_DROP = HOP_BY_HOP | {"accept-encoding", "x-program-id", "x-admin-token"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-encoding", "date", "server"}
-MAX_SSE_EVENT_BYTES = 1024 * 1024  # an SSE event held for inspection beyond this is passed on whole
-PROGRESS_EVENTS = 20  # report streaming progress to the policy every N content events (upstream: 20)
 
 
 # Idle pooled connections are closed after this long: below the 5 s keep-alive timeout of uvicorn-based
@@ -249,7 +244,7 @@ class BackendClient:
 def make_client(config: Config) -> BackendClient:
     """The one shared client for proxied traffic: separate connect/read timeouts, unbounded pool."""
     read = config.proxy_read_timeout if config.proxy_read_timeout > 0 else None
-    return BackendClient(config.proxy_connect_timeout, read, getattr(config, "max_response_bytes", None))
+    return BackendClient(config.proxy_connect_timeout, read, config.max_response_bytes)
 
 
 async def send_with_retry(
@@ -273,6 +268,35 @@ async def send_with_retry(
         return await client.send(method, url, headers, body, fresh=True)
 
 
+async def exchange(
+    client: BackendClient,
+    backend: str,
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    *,
+    read: bool,
+    on_reached: Callable[[str, bool], None],
+    method: str = "POST",
+) -> tuple[Upstream, bytes | None]:
+    """Send (a stale pooled connection is retried once), tell `on_reached(backend, reached?)` whether the
+    backend was reached, and with `read` also read the whole body: one task to race against the client's
+    disconnect, not two."""
+    try:
+        upstream = await send_with_retry(client, url, headers, body, method)
+    except TransportError as e:
+        on_reached(backend, e.reached)
+        raise
+    on_reached(backend, True)
+    if not read:
+        return upstream, None
+    try:
+        return upstream, await upstream.aread()
+    except BaseException:  # failed or cancelled mid-body: close the connection (the engine aborts)
+        await upstream.aclose()
+        raise
+
+
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     out = [(k, v) for k, v in headers if k.decode("latin-1").lower() not in REQUEST_DROP]
     out.append((b"accept-encoding", b"identity"))  # we parse bodies: keep them uncompressed
@@ -281,164 +305,6 @@ def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
 
 def response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in headers if k.decode("latin-1").lower() not in RESPONSE_DROP]
-
-
-# --- usage ----------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cached_tokens: int | None = None  # None when the engine does not report it
-
-
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and math.isfinite(v):
-        return int(v)
-    return None
-
-
-def usage_from(obj: Any) -> Usage | None:
-    """Usage from a response object or stream chunk; None unless its total is a finite number.
-
-    Chat and text completions carry `usage.{prompt,completion,total}_tokens` and
-    `prompt_tokens_details.cached_tokens`; the Responses API carries `usage.{input,output,total}_tokens` and
-    `input_tokens_details.cached_tokens`, on the response object itself or, when streamed, on the
-    `response` of its final event (`response.completed`, or `.incomplete` / `.failed`)."""
-    if not isinstance(obj, dict):
-        return None
-    u = obj.get("usage")
-    if not isinstance(u, dict):
-        inner = obj.get("response")  # a Responses API stream event
-        u = inner.get("usage") if isinstance(inner, dict) else None
-        if not isinstance(u, dict):
-            return None
-    total = _int(u.get("total_tokens"))
-    if "input_tokens" in u or "output_tokens" in u:
-        prompt, completion = _int(u.get("input_tokens")), _int(u.get("output_tokens"))
-        details = u.get("input_tokens_details")
-        if total is None and prompt is not None and completion is not None:
-            total = prompt + completion
-    else:
-        prompt, completion = _int(u.get("prompt_tokens")), _int(u.get("completion_tokens"))
-        details = u.get("prompt_tokens_details")
-    if total is None:
-        return None
-    if completion is None and prompt is not None:
-        completion = max(0, total - prompt)
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
-    return Usage(prompt, completion, total, cached)
-
-
-# --- streaming ------------------------------------------------------------------------------------------
-
-
-class SSETap:
-    """Watches an SSE byte stream: finds usage, first-token time and progress (events that carry generated
-    text); optionally removes the usage-only chunk (`"choices": []` with usage) that the proxy injected.
-
-    Without stripping, every input chunk is forwarded unchanged as it arrives. With stripping, complete
-    events are forwarded byte-for-byte and an incomplete trailing event is held until it completes.
-    """
-
-    def __init__(self, strip_usage_chunk: bool, on_event: Callable[[int], None] | None = None) -> None:
-        self.strip = strip_usage_chunk
-        self.usage: Usage | None = None
-        self.events = 0  # data events other than [DONE]
-        self.saw_done = False
-        self._buf = b""
-        self._on_event = on_event  # called with the running event count
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Consume a chunk; return the bytes to forward now."""
-        self._buf += chunk
-        out: list[bytes] = []
-        while True:
-            cut = _event_end(self._buf)
-            if cut is None:
-                break
-            event, self._buf = self._buf[:cut], self._buf[cut:]
-            if self._inspect(event) or not self.strip:
-                out.append(event)
-        if len(self._buf) > MAX_SSE_EVENT_BYTES:
-            # An event that never ends (a backend streaming without blank lines): pass it on uninspected
-            # rather than hold it all. Too big to be the usage-only chunk, so nothing is lost by not
-            # parsing it.
-            out.append(self._buf)
-            self._buf = b""
-        if not self.strip:
-            return chunk
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        """The held remainder at the end of the stream (an unterminated last event)."""
-        rest, self._buf = self._buf, b""
-        if rest.strip() and not self._inspect(rest) and self.strip:
-            return b""
-        return rest if self.strip else b""
-
-    def _inspect(self, event: bytes) -> bool:
-        """Parse one event; returns False if it is a usage-only chunk (to be stripped)."""
-        data = _event_data(event)
-        if data is None:
-            return True
-        if data == b"[DONE]":
-            self.saw_done = True
-            return True
-        if not _lifecycle_event(event):
-            self.events += 1
-            if self._on_event is not None:
-                self._on_event(self.events)
-        if b'"usage"' not in data:
-            return True
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return True
-        u = usage_from(obj)
-        if u is None:
-            return True
-        self.usage = u  # the last usage seen is final (continuous_usage_stats sends one per chunk)
-        return not (isinstance(obj, dict) and obj.get("choices") == [])
-
-
-def _event_end(buf: bytes) -> int | None:
-    """Index just past the first complete event (terminated by a blank line) in buf, or None."""
-    a = buf.find(b"\n\n")
-    b = buf.find(b"\r\n\r\n")
-    if a < 0 and b < 0:
-        return None
-    if b >= 0 and (a < 0 or b < a):
-        return b + 4
-    return a + 2
-
-
-def _lifecycle_event(event: bytes) -> bool:
-    """A Responses API event that carries no generated text (`event: response.created`, `.in_progress`,
-    `.output_item.added`, `.completed`, ...): not counted as progress or as the first token. Its text comes
-    in `*.delta` events."""
-    for line in event.splitlines():
-        if line.startswith(b"event:"):
-            name = line[6:].strip()
-            return name.startswith(b"response.") and not name.endswith(b".delta")
-    return False
-
-
-def _event_data(event: bytes) -> bytes | None:
-    parts = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            parts.append(line[5:].lstrip(b" "))
-    if not parts:
-        return None
-    data = b"\n".join(parts).strip()
-    return data or None
 
 
 # --- errors ---------------------------------------------------------------------------------------------

@@ -2,18 +2,18 @@
 
 The policy (ThunderAgent/policy/) owns scheduling state — phase, placement, token accounting. This module
 keeps what only the HTTP layer needs: requests in flight and held, step counts, timestamps for profiling
-and idle expiry, the token estimator's memory, tool resources to reclaim at release, and the futures that
-held requests wait on. Released ids are remembered (bounded) so that a late request for one is logged as
-starting a new program instead of silently resurrecting the old one.
+and idle expiry, the token estimator's memory, tool resources to reclaim at release. (Held requests
+themselves are tickets of the policy driver: scheduling.py.) Released ids are remembered (bounded) so that
+a late request for one is logged as starting a new program instead of silently resurrecting the old one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ThunderAgent.records import StepRecord
 from ThunderAgent.tokens import ProgramTokenState
 
 log = logging.getLogger("thunderagent.programs")
@@ -26,7 +26,7 @@ RELEASED_MEMORY = 10_000
 
 @dataclass(slots=True)
 class ProfileTotals:
-    """Running sums for upstream's per-program profile averages (spec §7.3)."""
+    """Running sums for upstream ThunderAgent's per-program profile averages (/profiles)."""
 
     steps: int = 0
     prefill_s: float = 0.0
@@ -38,6 +38,22 @@ class ProfileTotals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+
+    def add(self, rec: StepRecord, tool_call_s: float) -> None:
+        """Count one completed step: prefill until its first token, decode after it (both 0 for a
+        non-streaming call), its pause and the tool time before it, its usage."""
+        self.steps += 1
+        first = rec.first_token
+        self.prefill_s += max(0.0, first - rec.start) if first is not None else 0.0
+        self.decode_s += max(0.0, rec.end - first) if first is not None else 0.0
+        self.pause_s += rec.pause_s
+        self.tool_call_s += tool_call_s
+        self.prompt_tokens += rec.prompt_tokens or 0
+        self.completion_tokens += rec.completion_tokens or 0
+        self.cached_tokens += rec.cached_tokens or 0
+        if rec.cached_tokens is not None and rec.prompt_tokens:
+            self.kv_hit_sum += rec.cached_tokens / rec.prompt_tokens
+            self.kv_hit_n += 1
 
     def averages(self) -> dict[str, float | int | None]:
         n = self.steps
@@ -70,7 +86,6 @@ class ProgramRecord:
     total_tokens: int = 0  # last exact usage.total_tokens, else the last estimate
     tokens: ProgramTokenState = field(default_factory=ProgramTokenState)
     resources: dict[str, dict[str, None]] = field(default_factory=dict)  # key -> ids (an ordered set)
-    waiters: list[asyncio.Future[str]] = field(default_factory=list)
     profile: ProfileTotals = field(default_factory=ProfileTotals)
 
     @property

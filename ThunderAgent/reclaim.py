@@ -19,6 +19,10 @@ handler for ``docker_ids``; generic ``tool_ids`` go to whatever hooks the embedd
 Metrics: the reclaimer keeps plain counters and exposes them as a Prometheus collector, so it can be
 registered on the proxy's own CollectorRegistry (``reclaimer.register_metrics(registry)``) without global
 state. See docs/proxy.md, "Tool-resource reclaim".
+
+The Docker SDK is imported inside the Docker handler's functions: the proxy without --reclaim docker never
+needs it installed. The module is about 500 lines: the generic reclaimer (queue, pool, counters) and the
+Docker one (ownership labels, stop/remove, images) share their error accounting.
 """
 
 from __future__ import annotations
@@ -283,7 +287,7 @@ class DockerReclaimer(Reclaimer):
 
     The Docker client is created lazily in a worker thread; when the daemon is unreachable every id of the
     job counts one ``daemon_unavailable`` error and the next job tries to connect again (no retry of old
-    jobs: the containers are left to an operator, as upstream's tool_improve branch does).
+    jobs: the containers are left to an operator, as upstream ThunderAgent's reclaim leaves them).
     """
 
     def __init__(

@@ -4,15 +4,28 @@ Written by the proxy (--profile, `step_records.jsonl`), by the harness runner (c
 discrete-event simulator. harness/records.py re-exports this and adds the run manifest and the
 engine-metrics series. Times are seconds: wall-clock Unix time for real runs, virtual seconds for
 simulated ones (the run manifest says which and gives the run's start).
+
+The proxy's --profile writer is here too: per LLM call one StepRecord line in `step_records.jsonl` and,
+per completed call, one row of upstream ThunderAgent's `step_profiles.csv` (its columns), both written by
+one thread fed through a queue, so the event loop never blocks on disk.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
+import logging
 import os
+import queue
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from ThunderAgent.logsafe import csv_cell
+
+log = logging.getLogger("thunderagent.telemetry")
 
 SCHEMA_VERSION = 1
 
@@ -118,8 +131,6 @@ def _drop_partial_last_line(path: Path) -> None:
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield the objects of a JSONL file (gzip-compressed when its name ends in .gz), skipping a truncated
     last line (an interrupted writer)."""
-    import gzip
-
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
@@ -132,3 +143,85 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 def read_step_records(path: str | os.PathLike[str]) -> list[StepRecord]:
     return [StepRecord.from_dict(d) for d in read_jsonl(path)]
+
+
+# --- the proxy's --profile writer ------------------------------------------------------------------
+
+CSV_NAME = "step_profiles.csv"
+JSONL_NAME = "step_records.jsonl"
+CSV_COLUMNS = (
+    "program_id",
+    "step_id",
+    "prefill_s",
+    "decode_s",
+    "pause_s",
+    "tool_call_s",
+    "kv_hit_rate",
+    "completed_at",
+)
+
+
+def csv_row(rec: StepRecord, step_id: int, tool_call_s: float) -> list[Any]:
+    """One upstream step_profiles.csv row. Non-streaming calls have prefill = decode = 0 (as upstream);
+    kv_hit_rate is empty when the engine did not report cached tokens (upstream writes 0.0)."""
+    first = rec.first_token
+    prefill = (first - rec.start) if first is not None else 0.0
+    decode = (rec.end - first) if first is not None else 0.0
+    hit = ""
+    if rec.cached_tokens is not None and rec.prompt_tokens:
+        hit = f"{rec.cached_tokens / rec.prompt_tokens:.4f}"
+    return [
+        csv_cell(rec.program_id),
+        step_id,
+        f"{max(0.0, prefill):.4f}",
+        f"{max(0.0, decode):.4f}",
+        f"{max(0.0, rec.pause_s):.4f}",
+        f"{max(0.0, tool_call_s):.4f}",
+        hit,
+        f"{rec.end:.4f}",
+    ]
+
+
+class ProfileWriter:
+    """Appends step records (JSONL) and upstream CSV rows from a writer thread."""
+
+    _STOP = object()
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.dir / CSV_NAME
+        self.jsonl_path = self.dir / JSONL_NAME
+        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="thunderagent-profile-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: StepRecord, row: list[Any] | None) -> None:
+        self._q.put((record, row))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._q.put(self._STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        new_csv = not self.csv_path.exists()
+        with (
+            open(self.csv_path, "a", newline="", encoding="utf-8") as fcsv,
+            JsonlWriter(self.jsonl_path) as jw,
+        ):
+            w = csv.writer(fcsv)
+            if new_csv:
+                w.writerow(CSV_COLUMNS)
+                fcsv.flush()
+            while True:
+                item = self._q.get()
+                if item is self._STOP:
+                    return
+                record, row = item  # type: ignore[misc]
+                try:
+                    jw.write(record)
+                    if row is not None:
+                        w.writerow(row)
+                        fcsv.flush()
+                except (OSError, ValueError) as e:  # a full disk must not kill the writer thread
+                    log.error("profile write failed: %s", e)

@@ -1,32 +1,23 @@
-"""Telemetry: Prometheus exposition of the proxy's own state, and the --profile step writers.
+"""Telemetry: Prometheus exposition of the proxy's own state (the --profile step records are written by
+records.py's ProfileWriter).
 
 * `/metrics` (Prometheus text) comes from a per-app CollectorRegistry: a custom collector reads the
   policy's views at scrape time (programs by phase/state, queue length, per-backend used/capacity tokens,
   pause/resume counters — exact, and nothing to keep in sync), plus request counters and latency
   histograms observed per request.
-* `--profile` writes, per LLM call, one StepRecord line to `step_records.jsonl` (the project's shared
-  record format) and, per completed call, one row of upstream's `step_profiles.csv` (same columns as
-  upstream, spec §7.2). Both are written by one writer thread fed through a queue, so the event loop never
-  blocks on disk.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import queue
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ThunderAgent.logsafe import csv_cell, redact_url
+from ThunderAgent.logsafe import redact_url
 from ThunderAgent.policy.base import Phase, State
-from ThunderAgent.records import JsonlWriter, StepRecord
 
 if TYPE_CHECKING:
     from ThunderAgent.backends import BackendState
@@ -35,18 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("thunderagent.telemetry")
 
-CSV_NAME = "step_profiles.csv"
-JSONL_NAME = "step_records.jsonl"
-CSV_COLUMNS = (
-    "program_id",
-    "step_id",
-    "prefill_s",
-    "decode_s",
-    "pause_s",
-    "tool_call_s",
-    "kv_hit_rate",
-    "completed_at",
-)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -195,69 +174,3 @@ class Telemetry:
         self.released = Counter(
             "thunderagent_programs_released", "Programs released by clients", registry=self.registry
         )
-
-
-def csv_row(rec: StepRecord, step_id: int, tool_call_s: float) -> list[Any]:
-    """One upstream step_profiles.csv row. Non-streaming calls have prefill = decode = 0 (as upstream);
-    kv_hit_rate is empty when the engine did not report cached tokens (upstream writes 0.0)."""
-    first = rec.first_token
-    prefill = (first - rec.start) if first is not None else 0.0
-    decode = (rec.end - first) if first is not None else 0.0
-    hit = ""
-    if rec.cached_tokens is not None and rec.prompt_tokens:
-        hit = f"{rec.cached_tokens / rec.prompt_tokens:.4f}"
-    return [
-        csv_cell(rec.program_id),
-        step_id,
-        f"{max(0.0, prefill):.4f}",
-        f"{max(0.0, decode):.4f}",
-        f"{max(0.0, rec.pause_s):.4f}",
-        f"{max(0.0, tool_call_s):.4f}",
-        hit,
-        f"{rec.end:.4f}",
-    ]
-
-
-class ProfileWriter:
-    """Appends step records (JSONL) and upstream CSV rows from a writer thread."""
-
-    _STOP = object()
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path = self.dir / CSV_NAME
-        self.jsonl_path = self.dir / JSONL_NAME
-        self._q: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="thunderagent-profile-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, record: StepRecord, row: list[Any] | None) -> None:
-        self._q.put((record, row))
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._q.put(self._STOP)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        new_csv = not self.csv_path.exists()
-        with (
-            open(self.csv_path, "a", newline="", encoding="utf-8") as fcsv,
-            JsonlWriter(self.jsonl_path) as jw,
-        ):
-            w = csv.writer(fcsv)
-            if new_csv:
-                w.writerow(CSV_COLUMNS)
-                fcsv.flush()
-            while True:
-                item = self._q.get()
-                if item is self._STOP:
-                    return
-                record, row = item  # type: ignore[misc]
-                try:
-                    jw.write(record)
-                    if row is not None:
-                        w.writerow(row)
-                        fcsv.flush()
-                except (OSError, ValueError) as e:  # a full disk must not kill the writer thread
-                    log.error("profile write failed: %s", e)

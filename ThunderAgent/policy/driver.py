@@ -21,15 +21,12 @@ and keeps serving) and propagates otherwise (the simulator stops: a policy bug m
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ThunderAgent.policy.base import Action, Pause, Policy, Proceed, Reject, Resume
-
-log = logging.getLogger("thunderagent.policy")
+from ThunderAgent.policy.base import Action, Policy, Proceed, Reject, Resume
 
 
 class TicketState(Enum):
@@ -181,8 +178,7 @@ class PolicyDriver:
                 self._resume(a.program_id, a.backend)
             elif isinstance(a, Reject):
                 self.fail_held(a.program_id, Failed(a.status, a.message, code=a.status))
-            elif isinstance(a, Pause):
-                log.debug("program %s paused (from %s)", a.program_id, a.backend)
+            # Pause is informational: the program's next request will wait; nothing to carry out
 
     def _resume(self, program_id: str, backend: str) -> None:
         tickets = self._held.pop(program_id, [])

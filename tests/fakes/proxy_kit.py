@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from ThunderAgent.app import Proxy, create_app
+from ThunderAgent.app import create_app
+from ThunderAgent.proxy import Proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy.base import Action, Admission, Wait
 from ThunderAgent.policy.passthrough import PassthroughPolicy

@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from ThunderAgent.app import Proxy, create_app
+from ThunderAgent.app import create_app
+from ThunderAgent.proxy import Proxy
 from ThunderAgent.config import Config
 from ThunderAgent.policy import make_policy
 from ThunderAgent.policy.base import Phase
@@ -96,7 +97,7 @@ def snapshot(proxy: Proxy) -> dict[str, Any]:
     return {
         "inflight": sum(r.inflight for r in recs),
         "held": sum(r.held for r in recs),
-        "waiters": sum(len(r.waiters) for r in recs),
+        "waiters": sum(proxy.scheduler.held(r.program_id) for r in recs),
         "reasoning": sorted(v.program_id for v in views if v.phase == Phase.REASONING),
         "registry_ids": sorted(r.program_id for r in recs),
         "policy_ids": sorted(v.program_id for v in views),

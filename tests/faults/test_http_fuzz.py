@@ -95,7 +95,7 @@ def test_no_5xx_on_any_route(fake_vllm: FakeVLLM, batch: list[tuple[Any, ...]]) 
                 except Exception as e:  # noqa: BLE001 - name the request briefly (the example itself is huge)
                     raise AssertionError(f"{req[0]} {req[1]} id={req[2][:40]!r} headers={req[4]!r} body={req[5][:120]!r}: "
                                          f"{type(e).__name__}: {str(e)[:600]}") from None
-            assert all(rec.inflight == 0 and rec.held == 0 and not rec.waiters for rec in proxy.registry.records())
+            assert all(rec.inflight == 0 and rec.held == 0 and not proxy.scheduler.held(rec.program_id) for rec in proxy.registry.records())
             assert {r.program_id for r in proxy.registry.records()} == {v.program_id for v in proxy.policy.programs()}
 
     asyncio.run(run())

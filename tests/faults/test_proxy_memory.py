@@ -37,7 +37,7 @@ async def test_never_released_programs_expire_and_memory_is_bounded(fake_vllm: F
     cfg = Config(backends=(fake_vllm.url,), router=router, idle_ttl=60.0, scheduler_interval=3600, max_programs=100_000)
     async with running_proxy(cfg, clock=clock) as (client, proxy):
         if router == "tr":
-            await proxy.discover_capacity_once()
+            await proxy.monitor.discover_capacity_once()
         # warm-up round: first-use allocations (httpx pools, prometheus children, caches) happen here
         await _touch(client, [f"warm-{i}" for i in range(100)])
         clock.t += 61
@@ -89,7 +89,7 @@ async def test_max_programs_caps_the_registry(fake_vllm: FakeVLLM) -> None:
             assert r.json()["error"]["code"] == "too_many_programs" and int(r.headers["retry-after"]) >= 1
         await _touch(client, ["p0"])  # a tracked program is still served
         assert proxy.expire_idle() == []
-        assert sorted(proxy.programs_json()) == sorted(f"p{i}" for i in range(50))
+        assert sorted(proxy.views.programs_json()) == sorted(f"p{i}" for i in range(50))
         assert len(proxy.policy.programs()) == 50
 
 

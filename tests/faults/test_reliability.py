@@ -155,7 +155,7 @@ async def test_no_healthy_backend_gives_503_after_the_grace_then_recovers_fixed_
     async with running_proxy(cfg) as (client, proxy):
         fake_vllm.health_status = 503
         for _ in range(3):  # three failed exchanges, as a backend that went down gives
-            proxy._observe_health(fake_vllm.url, False)
+            proxy.monitor.observe_health(fake_vllm.url, False)
         assert not healthy(proxy, fake_vllm.url)
         t0 = time.monotonic()
         r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat(program_id="new")), 10)
@@ -239,9 +239,9 @@ async def test_backend_credentials_never_leave_the_process(
                 assert PASSWORD not in r.text and TOKEN not in r.text, (path, r.text[:300])
             assert "http://***@127.0.0.1" in seen[0] and "http://***@127.0.0.1" in seen[2]
             for u in urls:
-                proxy._observe_health(u, False)
-                proxy._observe_health(u, False)
-                proxy._observe_health(u, False)
+                proxy.monitor.observe_health(u, False)
+                proxy.monitor.observe_health(u, False)
+                proxy.monitor.observe_health(u, False)
     f = EscapingFilter()
     for rec in caplog.records:
         f.filter(rec)
@@ -299,7 +299,7 @@ async def test_new_ids_cannot_evict_and_reclaim_someone_elses_program(fake_vllm:
         ]
         assert codes == [200, 200, 200, 200, 429, 429]
         proxy.expire_idle()
-        assert "victim" in proxy.programs_json() and reclaimer.scheduled == []
+        assert "victim" in proxy.views.programs_json() and reclaimer.scheduled == []
 
 
 # --- bounds on what a peer controls ----------------------------------------------------------------------
@@ -404,7 +404,7 @@ async def test_backend_response_size_is_bounded(fake_vllm: FakeVLLM) -> None:
 
 
 def test_an_sse_event_that_never_ends_is_not_held_whole() -> None:
-    from ThunderAgent.forward import MAX_SSE_EVENT_BYTES, SSETap
+    from ThunderAgent.streaming import MAX_SSE_EVENT_BYTES, SSETap
 
     for strip in (True, False):
         tap = SSETap(strip)

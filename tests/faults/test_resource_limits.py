@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from ThunderAgent.app import ProxyError, extract_resources
+from ThunderAgent.forward import ProxyError
+from ThunderAgent.parsing import extract_resources
 from ThunderAgent.programs import MAX_RESOURCE_ID_LEN, MAX_RESOURCE_IDS, ProgramRecord
 from ThunderAgent.records import StepRecord
-from ThunderAgent.telemetry import csv_row
+from ThunderAgent.records import csv_row
 
 
 def test_too_many_ids_in_one_request_is_400() -> None:

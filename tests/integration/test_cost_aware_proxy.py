@@ -14,14 +14,14 @@ async def test_scrapes_reach_the_cost_aware_limits(fake_vllm: FakeVLLM):
                     cost_prefill_seconds_per_token=1e-9)
     policy = CapacityPolicy(config.policy_settings())
     async with running_proxy(config, policy=policy) as (_c, proxy):
-        await proxy.scrape_once()
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
         learned = policy.limits.engines[fake_vllm.url]  # type: ignore[attr-defined]
         assert learned.last is not None and "vllm:prompt_tokens_total" in learned.last
         assert learned.last_t is not None
         fake_vllm.metrics_status = 500  # a failed scrape teaches nothing
         before = learned.last_t
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert learned.last_t == before
 
 
@@ -41,7 +41,7 @@ async def test_the_proxy_metrics_say_what_the_cost_aware_mode_believes(fake_vllm
     config = Config(backends=(fake_vllm.url,), router="tr", tr_mode="cost-aware", metrics_interval=3600,
                     cost_prefill_seconds_per_token=2e-5)
     async with running_proxy(config) as (client, proxy):
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         text = (await client.get("/metrics")).text
         seen = {s.labels["name"]: s.value for f in text_string_to_metric_families(text)
                 if f.name == "thunderagent_cost_aware" for s in f.samples if s.labels["backend"] == fake_vllm.url}

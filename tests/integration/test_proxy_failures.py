@@ -228,8 +228,8 @@ async def test_never_500_on_policy_failure(fake_vllm: FakeVLLM):
 
 
 async def test_proxy_bug_mid_stream_ends_cleanly(fake_vllm: FakeVLLM, spy: SpyPolicy, monkeypatch):
-    import ThunderAgent.app as app_module
-    from ThunderAgent.forward import SSETap
+    import ThunderAgent.proxy as app_module
+    from ThunderAgent.streaming import SSETap
 
     class BrokenTap(SSETap):
         def feed(self, chunk: bytes) -> bytes:

@@ -36,7 +36,7 @@ async def test_held_request_sends_nothing_until_resumed(fake_vllm: FakeVLLM):
         )
         assert fake_vllm.requests == [] and not task.done()
         assert (await c.get("/programs")).json()["h"]["waiting"] == 1
-        proxy.apply([Resume("h", fake_vllm.url)])
+        proxy.scheduler.apply([Resume("h", fake_vllm.url)])
         r = await task
         assert r.status_code == 200 and len(fake_vllm.requests) == 1
         assert spy.balanced() and proxy.registry.get("h").held == 0
@@ -52,7 +52,7 @@ async def test_concurrent_held_requests_all_resumed(fake_vllm: FakeVLLM):
         await until(
             lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 3, what="3 held"
         )
-        proxy.apply([Resume("h", fake_vllm.url)])
+        proxy.scheduler.apply([Resume("h", fake_vllm.url)])
         assert [r.status_code for r in await asyncio.gather(*tasks)] == [200, 200, 200]
         assert spy.ends["h"] == 3 and proxy.policy.program("h").phase == Phase.ACTING
 
@@ -62,7 +62,7 @@ async def test_reject_fails_held_request(fake_vllm: FakeVLLM):
     async with running_proxy(c0, policy=HoldingPolicy(c0, hold={"h"})) as (c, proxy):
         task = asyncio.create_task(c.post("/v1/chat/completions", json=chat(program_id="h")))
         await until(lambda: proxy.registry.get("h") is not None and proxy.registry.get("h").held == 1)
-        proxy.apply([Reject("h", 409, "program is being migrated")])
+        proxy.scheduler.apply([Reject("h", 409, "program is being migrated")])
         r = await task
         assert r.status_code == 409 and r.json()["error"]["message"] == "program is being migrated"
         assert fake_vllm.requests == []
@@ -90,7 +90,7 @@ async def test_abandoned_held_request_is_ended_when_resumed(fake_vllm: FakeVLLM)
         await asyncio.gather(task, return_exceptions=True)
         assert proxy.registry.get("h").held == 0 and spy.ends["h"] == 0
         assert proxy.policy.program("h").inflight == 1  # the policy still counts the request...
-        proxy.apply([Resume("h", fake_vllm.url)])
+        proxy.scheduler.apply([Resume("h", fake_vllm.url)])
         assert spy.ends["h"] == 1 and proxy.policy.program("h").inflight == 0  # ...until it is resumed
         assert fake_vllm.requests == []
 
@@ -170,7 +170,7 @@ async def test_capacity_discovery_retries_until_known(fake_vllm: FakeVLLM):
     c0 = cfg(fake_vllm.url)
     spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
-        assert await proxy.discover_capacity_once() is False
+        assert await proxy.monitor.discover_capacity_once() is False
         assert fake_vllm.url not in spy.capacities
         fake_vllm.metrics_status = 200
         await until(
@@ -186,22 +186,22 @@ async def test_health_hysteresis_from_scrapes(fake_vllm: FakeVLLM):
     spy = SpyPolicy(PassthroughPolicy(c0.policy_settings()))
     async with running_proxy(c0, policy=spy) as (c, proxy):
         fake_vllm.metrics_status = 500  # a failed scrape alone is not a failure: /health still answers
-        await proxy.scrape_once()
-        await proxy.scrape_once()
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == []
         fake_vllm.health_status = 500  # now the backend is down
-        await proxy.scrape_once()
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == []  # two failures are not enough
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False)]
         assert (await c.get("/metrics?format=json")).json()["backends"][fake_vllm.url]["healthy"] is False
         fake_vllm.metrics_status = 200
         fake_vllm.health_status = 200
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False)]
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         assert spy.health == [(fake_vllm.url, False), (fake_vllm.url, True)]
 
 
@@ -276,7 +276,7 @@ async def test_held_time_is_profiled_as_pause(fake_vllm: FakeVLLM, tmp_path):
             lambda: time.monotonic() - t_held >= 0.1, what="0.1 s held"
         )  # hold it for a measurable time
         pol.hold.clear()
-        proxy.apply([Resume("h", fake_vllm.url)])
+        proxy.scheduler.apply([Resume("h", fake_vllm.url)])
         assert (await task).status_code == 200
         await c.post("/v1/chat/completions", json=chat(program_id="h"))
         prof = (await c.get("/profiles/h")).json()

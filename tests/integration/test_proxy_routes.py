@@ -240,7 +240,7 @@ async def test_admin_token_protects_release(fake_vllm: FakeVLLM):
 async def test_metrics_prometheus_and_json(fake_vllm: FakeVLLM):
     fake_vllm.num_gpu_blocks = 24
     async with running_proxy(cfg(fake_vllm.url)) as (c, proxy):
-        assert await proxy.discover_capacity_once()
+        assert await proxy.monitor.discover_capacity_once()
         await c.post("/v1/chat/completions", json=chat(program_id="a"))
         r = await c.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -270,7 +270,7 @@ async def test_metrics_prometheus_and_json(fake_vllm: FakeVLLM):
 async def test_metrics_scrape_fills_metrics_block(fake_vllm: FakeVLLM):
     async with running_proxy(cfg(fake_vllm.url, metrics=True, metrics_interval=3600)) as (c, proxy):
         await c.post("/v1/chat/completions", json=chat(program_id="a"))
-        await proxy.scrape_once()
+        await proxy.monitor.scrape_once()
         m = (await c.get("/metrics?format=json")).json()["backends"][fake_vllm.url]["metrics"]
         assert m["requests_completed"] == 1.0
         assert m["prefix_cache_hit_rate"] == round(11392 / 14839, 4)

@@ -91,7 +91,7 @@ def test_held_request_client_disconnect(fake_vllm: FakeVLLM):
             )
         wait_until(lambda: srv.call(lambda: proxy.registry.get("h").held) == 0, what="held count back to 0")
         assert spy.ends["h"] == 0
-        srv.call(lambda: proxy.apply([Resume("h", fake_vllm.url)]))
+        srv.call(lambda: proxy.scheduler.apply([Resume("h", fake_vllm.url)]))
         assert srv.call(lambda: (spy.ends["h"], proxy.policy.program("h").inflight)) == (1, 0)
         assert fake_vllm.requests == []  # nothing was sent for the departed client
     finally:

@@ -16,7 +16,7 @@ from ThunderAgent.policy.base import Phase, Proceed, State
 from ThunderAgent.policy.passthrough import PassthroughPolicy
 from ThunderAgent.programs import ProgramRegistry
 from ThunderAgent.records import StepRecord, read_step_records
-from ThunderAgent.telemetry import CSV_COLUMNS, ProfileWriter, csv_row
+from ThunderAgent.records import CSV_COLUMNS, ProfileWriter, csv_row
 from ThunderAgent.tokens import ProgramTokenState, TokenEstimator, message_chars
 
 # --- tokens ---------------------------------------------------------------------------------------------

@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from aiohttp.client_reqrep import ConnectionKey
 from hypothesis import strategies as st
 
-from ThunderAgent.app import ProxyError, extract_program_id, extract_resources, prepare_forward, validate_chat
 from ThunderAgent.forward import (
     BackendClient,
-    SSETap,
+    ProxyError,
     backend_error_body,
     request_headers,
     response_headers,
     translate_transport_error,
     transport_error,
-    usage_from,
 )
+from ThunderAgent.parsing import extract_program_id, extract_resources, prepare_forward, validate_chat
+from ThunderAgent.streaming import SSETap, usage_from
 
 SAMPLES = Path(__file__).parent.parent / "fakes" / "data" / "vllm-responses-sample.txt"
 
