@@ -298,7 +298,7 @@ def realized_trajectories(run_dir: Path, turns: int | None = None) -> list[Traje
 def simulate(workload: TinyAgentWorkload, arms: list[str] | dict[str, tuple[str, ...] | None], *,
              profile: str = "tiny-cpu", num_gpu_blocks: int = 24, window: tuple[float, float] | None = None,
              step_scale: float = 1.0, trajectories: list[Trajectory] | None = None) -> list[ArmResult]:
-    """The same workload in the discrete-event simulator (harness/sim/des.py) with a calibrated profile.
+    """The same workload in the discrete-event simulator (harness/sim/des/) with a calibrated profile.
 
     Duration mode only (the DES keeps ``programs`` in flight, restarting finished ones): give the same window as
     the real run. The ThunderAgent arm drives the same policy core as the proxy, with the proxy's scheduler

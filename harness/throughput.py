@@ -158,6 +158,11 @@ def _in_window(run: RunData, window: Window, ok_only: bool = True) -> list[StepR
             and window.start_s <= run.rel(r.end) < window.end_s]
 
 
+def record_steps_per_min(run: RunData, window: Window) -> float:
+    """Step records with status "ok" whose end falls inside the window, per minute of the window."""
+    return len(_in_window(run, window)) / window.minutes
+
+
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` (here: per-minute step counts). Minutes are
@@ -262,7 +267,7 @@ def summarize(run: RunData, window: Window | str = DEFAULT_WINDOW) -> Throughput
     check_window(run, w)
     m = run.manifest
     in_win = _in_window(run, w)
-    rec_spm = len(in_win) / w.minutes
+    rec_spm = record_steps_per_min(run, w)
     eng = engine_delta(run, SUCCESS, w)
     eng_spm = eng / w.minutes if eng is not None else None
     notes: list[str] = []

@@ -2,7 +2,7 @@
 input before anything is started or written (each problem is one ReproduceError line).
 
 Engines:
-  * des      — the discrete-event simulator (harness/sim/des.py) in this process, on virtual time;
+  * des      — the discrete-event simulator (harness/sim/des/) in this process, on virtual time;
                supports the Continuum-style arm and the "bound" arm.
   * live-sim — the simulator's HTTP server + (arm thunderagent) the real ThunderAgent proxy as processes,
                the runner + synthetic agents over HTTP, on an accelerated clock.

@@ -1,6 +1,6 @@
 """One measurement point (one arm at one concurrency) on each engine, and running it inside a sweep.
 
-  * run_point_des  — the discrete-event simulator (harness/sim/des.py), in-process, virtual time, with the
+  * run_point_des  — the discrete-event simulator (harness/sim/des/), in-process, virtual time, with the
                      same ThunderAgent policy core as the proxy (make_policy over the recipe's proxy flags);
   * run_point_live — a fresh engine process per point (the simulator's HTTP server on an accelerated
                      clock, or the recipe's real vLLM), ThunderAgent in front of it for the thunderagent
@@ -39,7 +39,7 @@ from harness.sweep.files import write_json
 from harness.sweep.inputs import workload_params, workload_record, workload_traces
 from harness.sweep.options import SweepOptions, proxy_config
 from harness.sweep.progress import SweepProgress
-from harness.sweep.summary import PointResult, summarize_run
+from harness.sweep.summary import PointResult, summarize_run, summary_row
 
 
 class PointFailed(RuntimeError):
@@ -54,6 +54,14 @@ def run_point_des(opts: SweepOptions, arm: str, programs: int, run_dir: Path, co
     (arm thunderagent) the same policy core the proxy runs, on virtual time. Writes the run directory."""
     r = opts.recipe
     traces = workload_traces(opts)
+    # the manifest is written once, by the simulation: the sweep's part of it goes in before the run (the DES
+    # adds des_cpu_s, des_wall_s and, on an -offload arm, kv_offload_gib and what the host tier served)
+    record: dict[str, Any] = {"recipe": r.name, "dataset": "lite-synthetic",
+                              "extra": {"window": opts.window, "workload_params": workload_record(opts)}}
+    if opts.workload:
+        record["workload"] = opts.workload
+    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
+        record["extra"]["design"] = opts.design
     try:
         res = run_des(
             r.sim.profile, arm=arm, programs=programs, duration_s=opts.duration_s, seed=opts.seed,
@@ -61,25 +69,17 @@ def run_point_des(opts: SweepOptions, arm: str, programs: int, run_dir: Path, co
             policy_config=proxy_config(r) if arm.startswith("thunderagent") else None,
             num_gpu_blocks=opts.kv_blocks or r.sim.num_gpu_blocks or None, out_dir=run_dir,
             run_id=f"{r.name}-{arm}-{programs}",
-            kv_offload_gib=opts.offload_gib if arm.endswith("-offload") else None,
+            kv_offload_gib=opts.offload_gib if arm.endswith("-offload") else None, record=record,
         )
     except DesError as e:
         raise PointFailed(str(e)) from None
-    m = RunManifest.read(run_dir / "manifest.json")
-    m.recipe = r.name
-    m.dataset = "lite-synthetic"
-    if opts.workload:
-        m.workload = opts.workload
-    m.extra.update(window=opts.window, des_cpu_s=round(res.cpu_s, 3), des_wall_s=round(res.wall_s, 3),
-                   workload_params=workload_record(opts))
-    if arm.endswith("-offload"):  # the host KV tier this point ran with, and what it served
-        host = {k: v for k, v in res.summary().items() if k.startswith(("host_", "combined_"))}
-        m.extra.update(kv_offload_gib=opts.offload_gib, **host)
-    if opts.design is not None:  # a prediction-band point: where its inputs sit inside their ranges
-        m.extra["design"] = opts.design
-    m.write(run_dir / "manifest.json")
     (run_dir / "predictions.jsonl").touch()  # synthetic agents make no patches: present, empty
-    return {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
+    out = {"des_cpu_s": round(res.cpu_s, 3), "engine_steps": res.engine_steps, **res.policy_stats}
+    try:  # the summary row from the run in memory; a window that does not fit is reported by the sweep
+        out["summary"] = summary_row(res.run_data(), opts.window)
+    except ValueError:
+        pass
+    return out
 
 
 def make_agent(opts: SweepOptions, programs: int, run_dir: Path):  # -> harness.agents.base.Agent
@@ -247,7 +247,7 @@ def des_worker(opts: SweepOptions, arm: str, programs: int, pdir: Path) -> Point
     here too, so reading the step records is parallel as well."""
     res = run_one(opts, point_runner("des"), arm, programs, pdir.parent, Console(quiet=True), mkdir=False,
                   name=pdir.name)
-    if res.status == "ok":
+    if res.status == "ok" and "summary" not in res.extra:  # run_point_des counts it from memory
         try:
             res.extra["summary"] = summarize_run(pdir, opts.window)
         except (ValueError, OSError):

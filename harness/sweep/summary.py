@@ -22,7 +22,7 @@ from rich.table import Table
 
 from harness import throughput
 from harness.errors import ReproduceError
-from harness.records import RunManifest, RunPaths
+from harness.records import RunPaths
 from harness.recipes import RecipeError
 from harness.sweep.files import read_json, write_json
 
@@ -61,13 +61,14 @@ class PointResult:
 
 def summarize_run(run_dir: Path, window: str) -> dict[str, Any]:
     """The summary-row fields of one run directory (harness.throughput does the counting)."""
-    s = throughput.summarize_run(run_dir, window)
-    engine = agent = dataset = None
-    try:
-        m = RunManifest.read(Path(run_dir) / "manifest.json")
-        engine, agent, dataset = m.engine, m.agent, m.dataset
-    except (OSError, ValueError, TypeError):
-        pass
+    return summary_row(throughput.RunData.load(run_dir), window)
+
+
+def summary_row(run: throughput.RunData, window: str) -> dict[str, Any]:
+    """The summary-row fields of one run, read from its directory or still in memory (a DES point)."""
+    s = throughput.summarize(run, window)
+    m = run.manifest
+    engine, agent, dataset = m.engine, m.agent, m.dataset
     return {
         "steps_per_min": s.steps_per_min,
         "ci_low": s.ci_low,

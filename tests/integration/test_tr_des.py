@@ -1,4 +1,4 @@
-"""The "tr" policy driven by the discrete-event simulator (harness/sim/des.py) on virtual time: the same
+"""The "tr" policy driven by the discrete-event simulator (harness/sim/des/) on virtual time: the same
 object the proxy drives, here through thousands of events per simulated second. After every tick the
 books must match a recount and every backend must be under its high watermark unless only REASONING
 programs remain; at the end no released program lingers. Numbers are simulated (glm4.6-8xh100 profile).

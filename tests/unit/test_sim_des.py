@@ -178,3 +178,38 @@ def test_a_pool_where_no_first_call_fits_is_an_error_not_a_spin():
     ok = Trajectory("fits", system_tokens=100, first_user_tokens=10, prep_time_s=0.0, turns=(Turn(16, 10, 0.1),))
     res = run_des(prof, arm="vllm", programs=2, duration_s=5.0, trajectories=[huge, ok], resample=True)
     assert any(r.status == "ok" for r in res.steps) and any(r.status == "error" for r in res.steps)
+
+
+def test_the_manifest_is_the_callers_record_plus_the_results_written_once(tmp_path: Path) -> None:
+    from harness.records import RunManifest
+    from harness.throughput import RunData, summarize
+
+    out = tmp_path / "run"
+    res = run_des("glm4.6-8xh100", arm="vllm", programs=4, duration_s=600, trajectories=trajs(), seed=1, out_dir=out,
+                  run_id="r1", record={"recipe": "rx", "dataset": "lite-synthetic", "workload": "trace:somewhere",
+                                       "extra": {"window": "1m-9m", "design": {"kv": 0.5}}})
+    m = RunManifest.read(out / "manifest.json")
+    assert (m.run_id, m.arm, m.recipe, m.dataset, m.workload) == ("r1", "vllm", "rx", "lite-synthetic",
+                                                                   "trace:somewhere")
+    assert m.extra["window"] == "1m-9m" and m.extra["design"] == {"kv": 0.5}
+    assert m.extra["summary"] == res.summary() and m.extra["des_cpu_s"] == round(res.cpu_s, 3)
+    assert m == res.manifest and res.run_dir == out
+    # the throughput code counts the in-memory run exactly as the run directory read back
+    mem, disk = summarize(res.run_data(), "1m-9m").as_dict(), summarize(RunData.load(out), "1m-9m").as_dict()
+    mem.pop("run_dir"), disk.pop("run_dir")
+    assert mem == disk and mem["steps_in_window"] > 0
+    assert res.steps_per_min((60.0, 540.0)) == disk["record_steps_per_min"]
+    with pytest.raises(DesError, match="sets itself: arm"):
+        run_des("tiny-cpu", programs=1, duration_s=10, trajectories=trajs(1), record={"arm": "other"})
+
+
+def test_a_simulation_runs_from_its_manifest_as_run_des_does() -> None:
+    from harness.sim.des import Simulation, des_manifest, trajectory_source
+
+    prof = load_profile("glm4.6-8xh100")
+    m = des_manifest(prof, arm="vllm", programs=2, duration_s=120.0, seed=0, workload="traces", run_id="sim-x")
+    res = Simulation(m, prof, trajectory_source(None, trajs(2), 0, 2)).run()
+    via = run_des(prof, arm="vllm", programs=2, duration_s=120.0, trajectories=trajs(2), run_id="sim-x")
+    assert res.steps == via.steps and res.metrics == via.metrics
+    assert sum(s.status == "ok" for s in res.steps) > 3
+    assert res.manifest is m and m.extra["summary"]["steps_total"] == sum(s.status == "ok" for s in res.steps)
