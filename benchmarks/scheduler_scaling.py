@@ -12,6 +12,7 @@ at every scale: a scheduler whose tick is O(changes + log n) costs about the sam
 Before timing, both implementations are driven through the same 100-program event stream and their
 decisions (every program's state, backend and mark after every event) are compared: the naive one is the
 same rule, not a strawman. Prints a table; asserts nothing about absolute times (the machine is shared).
+One file of ~520 lines, on purpose: the naive twin, the workload and the table belong to this benchmark only.
 
     .venv/bin/python benchmarks/scheduler_scaling.py            # full
     .venv/bin/python benchmarks/scheduler_scaling.py --quick    # CI-sized, well under a minute

@@ -1,6 +1,7 @@
 """The harness's shape: every error the CLI prints as one line derives from harness.errors.UserError (and one
-guard turns it into exit 2), nothing in harness imports a benchmark, and the sweep has no import loop even
-counting the imports written inside functions (which is how the old points.py <-> reproduce.py loop hid)."""
+guard turns it into exit 2), nothing in harness or ThunderAgent imports a benchmark, and neither has an import
+loop even counting the imports written inside functions (which is how the old points.py <-> reproduce.py loop
+hid)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for f in (ROOT / "harness").rglob("*.py"):
+    for f in [*(ROOT / "harness").rglob("*.py"), *(ROOT / "ThunderAgent").rglob("*.py")]:
         parts = f.relative_to(ROOT).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     return out
