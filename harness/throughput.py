@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -146,10 +146,12 @@ def engine_delta(run: RunData, key: str, window: Window) -> float | None:
     return total
 
 
-def ok_steps_per_min(steps: Iterable[StepRecord], start_s: float, end_s: float) -> float:
-    """Ok step records whose `end` lies in [start_s, end_s), per minute of that span: the records' count for a
-    run held in memory (times as its records hold them, e.g. seconds since its start on its own clock)."""
-    n = sum(1 for r in steps if r.status == "ok" and start_s <= r.end < end_s)
+def ok_steps_per_min(steps: Iterable[StepRecord], start_s: float, end_s: float,
+                     rel: Callable[[float], float] = float) -> float:
+    """Steps/min, counted one way for every caller (a run directory, the DES in memory, the live load generator):
+    ok step records whose end, as `rel(end)` (default: as recorded), lies in [start_s, end_s), per minute of
+    that span."""
+    n = sum(1 for r in steps if r.status == "ok" and start_s <= rel(r.end) < end_s)
     return n / ((end_s - start_s) / 60.0)
 
 
@@ -160,7 +162,7 @@ def _in_window(run: RunData, window: Window, ok_only: bool = True) -> list[StepR
 
 def record_steps_per_min(run: RunData, window: Window) -> float:
     """Step records with status "ok" whose end falls inside the window, per minute of the window."""
-    return len(_in_window(run, window)) / window.minutes
+    return ok_steps_per_min(run.steps, window.start_s, window.end_s, run.rel)
 
 
 def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
