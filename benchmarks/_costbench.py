@@ -36,7 +36,7 @@ ARMS: dict[str, tuple[str, ...] | None] = {
 
 
 def calibrated_arm(profile: str = "tiny-cpu") -> tuple[str, tuple[str, ...]]:
-    """The cost-aware arm told this engine's calibrated prefill cost per token (harness/sim/calibrate.py's fit,
+    """The cost-aware arm told this engine's calibrated prefill cost per token (`thunderbench sim calibrate`'s fit,
     the tiny-cpu profile) instead of learning it — for comparison with the default, which learns online."""
     from harness.sim.des import prefill_seconds_per_token
     from harness.sim.timing import load_profile
