@@ -76,7 +76,7 @@ def _finite(v: Any) -> Any:
 def _repo_relative(path: Path) -> str:
     """`path` relative to the repository (or the working directory) when inside it: no machine paths in results."""
     p = path.resolve()
-    for base in (Path(__file__).resolve().parents[1], Path.cwd().resolve()):
+    for base in (Path(__file__).resolve().parents[2], Path.cwd().resolve()):
         if base in p.parents:
             return p.relative_to(base).as_posix()
     return str(path)
