@@ -30,7 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ThunderAgent.config import Config  # noqa: E402
 from ThunderAgent.policy.base import Proceed, Reject, Resume, State  # noqa: E402
 from ThunderAgent.policy.capacity import CapacityPolicy  # noqa: E402
 from ThunderAgent.policy.settings import PolicySettings  # noqa: E402
@@ -45,8 +44,7 @@ MEAN_TOKENS = 11_000
 
 def config() -> PolicySettings:
     # the naive twin implements the core rule only: no aging, no forced resume, no decay, no credit
-    return Config(backends=BACKENDS, router="tr", aging_bound=1e18, resume_timeout=1e18,
-                  low_watermark=0.9).policy_settings()
+    return PolicySettings(backends=BACKENDS, router="tr", aging_bound=1e18, resume_timeout=1e18, low_watermark=0.9)
 
 
 # ====================================================================================== the naive twin

@@ -116,7 +116,7 @@ class Simulation:
                     learn_prefill_cost=learn_prefill_cost))
             self.policy = DesPolicy(policy, BACKEND, self._clock, self._submit, self._rejected)
             self.policy.start(prof.engine.kv_tokens)
-            self.tick_interval = float(settings.scheduler_interval) if settings is not None else 5.0
+            self.tick_interval = float((settings or PolicySettings()).scheduler_interval)
 
         self.events: list[tuple[float, int, int]] = []  # (time, tie-break, slot): the slot's program calls
         self.counter = 0
