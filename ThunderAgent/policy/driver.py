@@ -191,13 +191,9 @@ class PolicyDriver:
                 self.deliver(ticket, Released(backend))
 
     def _apply_from(self, what: str, call: Callable[[], list[Action]]) -> None:
-        try:
-            actions = call()
-        except Exception as e:
-            if self.on_error is None:
-                raise
-            self.on_error(what, e)
-            return
+        """Call the policy, then carry out the actions it returned (none when the call failed)."""
+        actions: list[Action] = []
+        self._guard(what, lambda: actions.extend(call()))
         self.apply(actions)
 
     def _guard(self, what: str, call: Callable[[], None]) -> None:
