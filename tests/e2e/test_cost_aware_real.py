@@ -39,6 +39,8 @@ WINDOW = (40.0, 80.0)
 # for this shared machine's noise: on a loaded machine the 3-rep mean measured 0.90x (reps 1.01, 0.87, 0.83), on a
 # quieter one 1.01-1.05x. The >= 0.95x target is the benchmark's (benchmarks/cost_aware_real.py), not a gate.
 FLOOR = 0.8
+# The cost-aware learner's mean overcommit inside the window (polled from the proxy's gauge) at or above this: relaxed.
+RELAXED = 1.5
 
 
 def _require_vllm_cpu() -> None:
@@ -73,5 +75,11 @@ def test_cost_aware_keeps_raw_vllm_throughput_where_the_fixed_rule_loses(engine,
         for r in runs:
             assert r.errors == 0, f"{arm}: {r.errors} failed calls, e.g. {r.first_errors}\n{report}"
             assert r.steps > 0, f"{arm} made no progress\n{report}"
+    # the mechanism, free of throughput noise: in its steady state every repetition ran relaxed (overcommit well
+    # above the fixed rule's 1: here the full-thrash share reads 0.1-0.3, so the mode admits past the cache)
+    assert len(res.shadows) == REGIMES[regime], report
+    for tag, shadow in res.shadows:
+        m = shadow.window_overcommit_mean
+        assert m is not None and m >= RELAXED, f"{tag}: overcommit {m} in the window (< {RELAXED})\n{report}"
     ratio = res.ratio("tr-cost-aware")
     assert ratio >= FLOOR, f"cost-aware tr at {ratio:.2f}x raw vLLM (< {FLOOR}x) in {regime}\n{report}"
