@@ -3,7 +3,9 @@
 Four regimes on one engine with a 6,144-token KV cache (benchmarks/realbench.py REGIMES): "fits",
 "2x-long-tools", "3x-short-heavy", "2.5x-short-out" (16-token outputs, 0.3 s tools: prefill-bound). Arms interleaved per repetition (see benchmarks/_costbench.py); prints
 steps/min (mean and per repetition), the ratio to raw vLLM per repetition, prefix hit rate, preemptions,
-pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit). The cost-aware arm
+pauses, and what the cost-aware learner saw (prefill s/token, full-thrash share, overcommit; inside the measured
+window its mean overcommit and pauses, and the proxy's CPU seconds; each cost-aware run directory holds the
+learner's timeline, learner.jsonl). The cost-aware arm
 is ThunderAgent's default (prefill cost learned online); --with-calibrated adds one told the calibrated figure.
 
     .venv/bin/python benchmarks/cost_aware_real.py                       # all regimes, 2 reps, 90 s arms (steady state from 40 s)
