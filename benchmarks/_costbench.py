@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.realbench import REGIMES, ArmResult, TinyAgentWorkload, run_arm
+from harness.launch.process import cpu_seconds
 from harness.launch.tiny import proxy_launch, tiny_vllm_launch
 from harness.launch.vllm import CPU_STARTUP_TIMEOUT_S, PROXY_STARTUP_TIMEOUT_S, VllmServer, free_port
 
@@ -108,15 +108,6 @@ class RegimeResult:
         return out
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (Linux /proc), None where unreadable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, *, window: tuple[float, float],
                  timeline: Path, proxy_pid: int | None = None, interval: float = 2.0) -> Shadow:
     """Poll what the proxy's cost-aware tr believes about `engine_url` (its /metrics gauge
@@ -128,7 +119,7 @@ async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, *, window
     samples: list[dict[str, float]] = []
     last: dict[str, float] = {}
     t0 = time.monotonic()
-    cpu0 = _cpu_seconds(proxy_pid) if proxy_pid else None
+    cpu0 = cpu_seconds(proxy_pid) if proxy_pid else None
     async with httpx.AsyncClient(timeout=10.0) as client:
         while not stop.is_set():
             try:
@@ -151,7 +142,7 @@ async def _watch(proxy_url: str, engine_url: str, stop: asyncio.Event, *, window
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:
                 pass
-    cpu1 = _cpu_seconds(proxy_pid) if proxy_pid else None
+    cpu1 = cpu_seconds(proxy_pid) if proxy_pid else None
     timeline.parent.mkdir(parents=True, exist_ok=True)
     timeline.write_text("".join(json.dumps(x) + "\n" for x in samples))
     return summarize(samples, last, window, cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)

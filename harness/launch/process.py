@@ -118,15 +118,29 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # --- process identity ------------------------------------------------------------------------------------
 
-def _start_ticks(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (state, ppid, ...; index i is field i + 3), None where unreadable.
+    The command name (field 2) may contain spaces and parens: the fields start after the last ')'."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # the command name (field 2) may contain spaces/parens: split after the last ')'
-    rest = stat[stat.rfind(")") + 2:].split()
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    rest = _stat_fields(pid)
     try:
-        return int(rest[19])  # field 22 overall
+        return int(rest[19]) if rest is not None else None  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds process `pid` has used so far (fields 14 and 15), None where unreadable."""
+    rest = _stat_fields(pid)
+    try:
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK") if rest is not None else None
     except (IndexError, ValueError):
         return None
 
@@ -138,11 +152,9 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is not alive
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    except OSError:
-        pass
+    rest = _stat_fields(pid)
+    if rest and rest[0] == "Z":  # a zombie is not alive
+        return False
     if start_ticks is not None:
         now = _start_ticks(pid)
         if now is not None and now != start_ticks:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
-from benchmarks._costbench import _cpu_seconds, summarize
+from benchmarks._costbench import summarize
 
 
 def _poll(t: float, m: float, pauses: float) -> dict[str, float]:
@@ -38,11 +34,3 @@ def test_no_poll_inside_the_window_reports_nothing_rather_than_zero() -> None:
     assert s.window_overcommit_mean is None and s.window_pauses is None
     assert "in the window" not in s.row() and "unlearned" in s.row()
 
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc only")
-def test_cpu_seconds_of_this_process_grows_and_unknown_pid_is_none() -> None:
-    a = _cpu_seconds(os.getpid())
-    sum(i * i for i in range(300_000))
-    b = _cpu_seconds(os.getpid())
-    assert a is not None and b is not None and b >= a
-    assert _cpu_seconds(2**22 + 12345) is None

@@ -135,6 +135,14 @@ def test_state_file_roundtrip_and_recycled_pid_is_not_alive(tmp_path, monkeypatc
         process.load_state()
 
 
+def test_cpu_seconds_of_this_process_grows_and_unknown_pid_is_none():
+    a = process.cpu_seconds(os.getpid())
+    sum(i * i for i in range(300_000))
+    b = process.cpu_seconds(os.getpid())
+    assert a is not None and b is not None and b >= a
+    assert process.cpu_seconds(2**22 + 12345) is None  # above any pid_max
+
+
 def test_supervisor_stops_in_reverse_order_on_error(tmp_path):
     port = process.free_port()
     good = ProcessSpec("sim", _http_server(port), health_url=f"http://127.0.0.1:{port}/", port=port)
